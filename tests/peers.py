@@ -1,0 +1,253 @@
+"""Real peers for tests: the node as a subprocess, dcmtk tools, a PostgreSQL server.
+
+Everything runs on loopback. Missing tools fail the test with a clear message
+rather than skipping it: CI installs them (see .ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def need_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed; .ci/run installs it (apt-get)")
+    return path
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{s}"'
+
+
+def write_config(path: Path, config: Mapping[str, Any]) -> Path:
+    """Write a TOML config; tables of lists (peers, destinations) become [[arrays]]."""
+    lines: list[str] = []
+    for section, body in config.items():
+        if isinstance(body, list):
+            for item in body:
+                lines.append(f"[[{section}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
+                lines.append("")
+        else:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
+            lines.append("")
+    path.write_text("\n".join(lines))
+    tomllib.loads(path.read_text())  # the test's own config must be valid TOML
+    return path
+
+
+def base_config(data_dir: Path, port: int, **sections: Any) -> dict[str, Any]:
+    """A node config for tests: our AE TRIAGE on loopback, peer STORESCU allowed."""
+    cfg: dict[str, Any] = {
+        "node": {
+            "ae_title": "TRIAGE",
+            "host": "127.0.0.1",
+            "port": port,
+            "data_dir": str(data_dir),
+            "settle_seconds": 1,
+        },
+        "receive": {"min_free_disk_mb": 0},
+        "worker": {"poll_seconds": 0.2, "retry_base_seconds": 1},
+        "peers": [{"ae_title": "STORESCU", "host": "127.0.0.1"},
+                  {"ae_title": "ECHOSCU", "host": "127.0.0.1"}],
+        "logging": {"format": "json", "level": "DEBUG"},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(name), dict):
+            cfg[name] = {**cfg[name], **value}
+        else:
+            cfg[name] = value
+    return cfg
+
+
+def run_cli(*args: str, config: Path | None = None, check: bool = True,
+            timeout: float = 120, env: Mapping[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """Run `triage-node ARGS` (as `python -m triage_node`) and capture its output."""
+    cmd = [sys.executable, "-m", "triage_node", *args]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
+            f"stderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+class NodeProcess:
+    """`triage-node serve|receive|work` as a real subprocess with its own config."""
+
+    def __init__(self, config_path: Path, log_path: Path, command: str = "serve") -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.command = command
+        cfg = tomllib.loads(config_path.read_text())
+        self.port = int(cfg["node"]["port"])
+        self.data_dir = Path(cfg["node"]["data_dir"])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True, timeout: float = 60) -> NodeProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "triage_node", self.command, "--config",
+             str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+        )
+        log.close()
+        if wait and self.command in ("serve", "receive"):
+            self.wait_listening(timeout)
+        return self
+
+    def wait_listening(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"node exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"node not listening on {self.port}:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def restart(self) -> NodeProcess:
+        self.kill()
+        return self.start()
+
+
+@contextmanager
+def node_running(tmp_path: Path, name: str = "node", command: str = "serve",
+                 **sections: Any) -> Iterator[NodeProcess]:
+    """Start a node on a free port with ``base_config`` plus overrides; kill it after."""
+    port = sections.pop("port", None) or free_port()
+    data_dir = sections.pop("data_dir", None) or tmp_path / f"{name}-data"
+    cfg_path = write_config(tmp_path / f"{name}.toml", base_config(Path(data_dir), port,
+                                                                  **sections))
+    node = NodeProcess(cfg_path, tmp_path / f"{name}.log", command=command)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.kill()
+
+
+def storescu(port: int, *files: Path | str, calling: str = "STORESCU", called: str = "TRIAGE",
+             extra: tuple[str, ...] = (), timeout: float = 120
+             ) -> subprocess.CompletedProcess[str]:
+    """dcmtk storescu to the node; returns the finished process (not checked)."""
+    exe = need_tool("storescu")
+    cmd = [exe, "-v", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port),
+           *map(str, files)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def echoscu(port: int, calling: str = "ECHOSCU", called: str = "TRIAGE"
+            ) -> subprocess.CompletedProcess[str]:
+    exe = need_tool("echoscu")
+    return subprocess.run([exe, "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=60)
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for cand in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(cand)
+    return None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on loopback, owned by the test session."""
+
+    def __init__(self, root: Path) -> None:
+        initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        if not initdb or not pg_ctl:
+            pytest.fail("PostgreSQL server binaries not found; .ci/run installs postgresql")
+        self.pg_ctl = pg_ctl
+        self.root = root
+        self.datadir = root / "pgdata"
+        self.port = free_port()
+        self.prefix: list[str] = []
+        if os.geteuid() == 0:  # initdb refuses to run as root
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.chown(root, "postgres", "postgres")
+            os.chmod(root, 0o755)
+            self.prefix = ["runuser", "-u", "postgres", "--"]
+        subprocess.run([*self.prefix, initdb, "-D", str(self.datadir), "-A", "trust",
+                        "-U", "triage", "--no-sync"], check=True, capture_output=True)
+        subprocess.run(
+            [*self.prefix, pg_ctl, "-D", str(self.datadir), "-l", str(root / "pg.log"), "-w",
+             "-o", f"-p {self.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+             "start"], check=True, capture_output=True)
+        self._n = 0
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql+psycopg://triage@127.0.0.1:{self.port}/{dbname}"
+
+    def new_database(self) -> str:
+        import psycopg
+
+        self._n += 1
+        name = f"t{os.getpid()}_{self._n}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=triage dbname=postgres",
+                             autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.datadir), "-m", "immediate",
+                        "stop"], capture_output=True)

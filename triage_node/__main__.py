@@ -1,0 +1,7 @@
+"""`python -m triage_node` is the `triage-node` command."""
+
+import sys
+
+from triage_node.cli import main
+
+sys.exit(main())

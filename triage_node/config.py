@@ -1,0 +1,243 @@
+"""The node's one settings object: loaded from TOML once, checked at start.
+
+Every key has a default. A wrong key, type or value raises :class:`ConfigError`
+naming the key and the file; the command line turns that into exit code 2.
+Environment variables ``TRIAGE_NODE__SECTION__KEY`` override the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_CONFIG = "TRIAGE_NODE_CONFIG"
+ENV_PREFIX = "TRIAGE_NODE__"
+SYSTEM_CONFIG = Path("/etc/triage-node/config.toml")
+
+
+class ConfigError(Exception):
+    """A configuration file or override is wrong; the message names key and file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_ae_title(value: str) -> str:
+    if not value or len(value) > 16 or not value.isascii() or "\\" in value:
+        raise ValueError("an AE title is 1 to 16 ASCII characters without backslash")
+    if value.strip() != value:
+        raise ValueError("an AE title has no leading or trailing spaces")
+    return value
+
+
+class NodeSection(_Section):
+    ae_title: str = "TRIAGE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    data_dir: Path = Path("./triage-data")
+    database_url: str = ""
+    settle_seconds: float = Field(10.0, ge=0)
+    workers: int = Field(1, ge=1, le=64)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class ReceiveSection(_Section):
+    """Association limits, timeouts and the free-disk watermark of the receiver."""
+
+    max_associations: int = Field(10, ge=1, le=1000)
+    max_pdu_size: int = Field(4_194_304, ge=0)  # 0 means unlimited
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+    network_timeout: float = Field(60.0, gt=0)
+    min_free_disk_mb: int = Field(1024, ge=0)
+    max_instance_mb: int = Field(512, ge=1)
+    fsync: bool = True
+
+
+class EligibilitySection(_Section):
+    """Which instances are scored; everything else is stored and skipped with a reason."""
+
+    modalities: list[str] = ["CR", "DX"]
+    body_parts: list[str] = ["HIP", "PELVIS"]
+    view_positions: list[str] = ["AP", "PA", ""]
+    # Extra rule: "TAG=VALUE" pairs; an instance is eligible when all of them match.
+    require: dict[str, str] = {}
+
+
+class TlsSection(_Section):
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None  # set: client certificates are required and checked
+    # For outgoing associations to destinations with tls = true.
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
+
+
+class PeerSection(_Section):
+    ae_title: str
+    host: str = "127.0.0.1"
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if value in ("*", "localhost"):
+            return value
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError("host is an IP address, a network like 10.0.0.0/24, or *") from None
+        return value
+
+
+class DestinationSection(_Section):
+    name: str
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls: bool = False
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class WorkerSection(_Section):
+    lease_seconds: float = Field(300.0, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    retry_base_seconds: float = Field(10.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+
+
+class ModelSection(_Section):
+    bundle: str = ""
+    threshold: float | Literal[""] = ""
+
+
+class LoggingSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class Settings(_Section):
+    """All configuration of one node; see README "Configuration" for every key."""
+
+    node: NodeSection = NodeSection()
+    receive: ReceiveSection = ReceiveSection()
+    eligibility: EligibilitySection = EligibilitySection()
+    tls: TlsSection = TlsSection()
+    peers: list[PeerSection] = []
+    destinations: list[DestinationSection] = []
+    worker: WorkerSection = WorkerSection()
+    model: ModelSection = ModelSection()
+    logging: LoggingSection = LoggingSection()
+
+    source: str = Field("built-in defaults", exclude=True)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.node.data_dir
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.node.data_dir / "spool"
+
+    @property
+    def database_url(self) -> str:
+        if self.node.database_url:
+            return self.node.database_url
+        return f"sqlite:///{(self.node.data_dir / 'triage.db').resolve()}"
+
+
+def default_config_path() -> Path | None:
+    """The file used when no --config is given: $TRIAGE_NODE_CONFIG, then /etc."""
+    env = os.environ.get(ENV_CONFIG)
+    if env:
+        return Path(env)
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return None
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> list[str]:
+    applied = []
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(
+                f"environment variable {name}: expected {ENV_PREFIX}SECTION__KEY"
+            )
+        section, key = parts
+        target = data.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"environment variable {name}: [{section}] is not a table")
+        target[key] = _env_value(raw)
+        applied.append(name)
+    return applied
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = e["msg"]
+        lines.append(f"config error in {source}: key '{key}': {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: Path | str | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Load and check the configuration.
+
+    ``path`` None means the default search (``$TRIAGE_NODE_CONFIG``, then
+    ``/etc/triage-node/config.toml``, then built-in defaults). Relative
+    ``data_dir`` values are taken relative to the current directory.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    cfg_path = Path(path) if path is not None else default_config_path()
+    data: dict[str, Any] = {}
+    source = "built-in defaults"
+    if cfg_path is not None:
+        source = str(cfg_path)
+        try:
+            text = cfg_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"config error: file {cfg_path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config error: cannot read {cfg_path}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error in {cfg_path}: not valid TOML: {exc}") from None
+    applied = _apply_env(data, environ)
+    if applied:
+        source += " (with environment overrides " + ", ".join(applied) + ")"
+    if "source" in data:
+        raise ConfigError(f"config error in {source}: key 'source': unknown key")
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from None
+    settings.source = source
+    return settings

@@ -1,0 +1,109 @@
+"""The scoring interface between the node and a model: dataset in, per-side result out.
+
+The worker only knows this module. A model (the DTC bundle, see MODEL.md)
+implements :class:`ScoringModel`; :func:`load_model` finds the configured
+bundle, or the shipped demo bundle when none is configured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import pydicom
+
+    from triage_node.config import Settings
+
+Side = Literal["left", "right"]
+
+
+class ModelUnavailable(Exception):
+    """No usable model bundle: missing, incomplete or tampered. The message names the file."""
+
+
+class NotScorable(Exception):
+    """The instance cannot be scored at all (e.g. pixel data does not decode)."""
+
+
+@dataclass(frozen=True)
+class SideAssessment:
+    """The result for one hip (the patient's left or right, not the image's)."""
+
+    side: Side
+    probability: float | None  # calibrated probability of osteoporosis; None if not assessable
+    not_assessable_reason: str | None = None  # e.g. "femur not found", "prosthesis", "cut off"
+    # ROI on the source image as a closed polygon, (column, row) pixel coordinates.
+    roi_polygon: list[tuple[float, float]] | None = None
+    positive: bool | None = None  # probability >= the operating point
+
+    def __post_init__(self) -> None:
+        if (self.probability is None) == (self.not_assessable_reason is None):
+            raise ValueError(
+                f"side {self.side}: give either a probability or a not-assessable reason"
+            )
+        if self.probability is not None and not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"side {self.side}: probability {self.probability} not in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ImageAssessment:
+    """What a model says about one radiograph."""
+
+    sides: tuple[SideAssessment, ...]
+    model_name: str
+    model_version: str
+    threshold: float  # operating point the decisions were made at
+    synthetic_model: bool  # trained on synthetic data: not for clinical use
+    warnings: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def assessable(self) -> bool:
+        return any(s.probability is not None for s in self.sides)
+
+    @property
+    def probability(self) -> float | None:
+        """Image-level probability: the higher of the assessable sides."""
+        probs = [s.probability for s in self.sides if s.probability is not None]
+        return max(probs) if probs else None
+
+    @property
+    def not_assessable_reason(self) -> str | None:
+        if self.assessable:
+            return None
+        reasons = sorted({f"{s.side}: {s.not_assessable_reason}" for s in self.sides})
+        return "; ".join(reasons) or "no side assessable"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["probability"] = self.probability
+        data["not_assessable_reason"] = self.not_assessable_reason
+        return data
+
+
+class ScoringModel(Protocol):
+    """A loaded model the worker can call. Implementations must be thread-safe to call."""
+
+    name: str
+    version: str
+    synthetic: bool
+    threshold: float
+
+    def assess(self, dataset: pydicom.Dataset) -> ImageAssessment:
+        """Score one decoded-able radiograph; raise :class:`NotScorable` if it can't be read."""
+        ...
+
+
+def load_model(settings: Settings) -> ScoringModel:
+    """Load the configured bundle (``[model] bundle``), or the demo bundle when empty.
+
+    Raises :class:`ModelUnavailable` naming the file when there is no usable bundle.
+    """
+    try:
+        from triage_node.score import bundle as bundle_module  # the DTC model's loader
+    except ImportError:
+        raise ModelUnavailable(
+            "no model implementation is installed in this build (triage_node.score.bundle)"
+        ) from None
+    return bundle_module.load_scoring_model(settings)  # type: ignore[no-any-return]

@@ -1,0 +1,112 @@
+"""Database connections: SQLite (WAL, synchronous FULL) by default, PostgreSQL by URL.
+
+Writers open their transaction with ``BEGIN IMMEDIATE`` on SQLite so that two
+processes never both read-then-write the same rows; PostgreSQL relies on row
+locks (``FOR UPDATE SKIP LOCKED``) in the claiming query instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from triage_node.store.models import Event, utcnow
+
+_IMMEDIATE = "triage_immediate"
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached or written."""
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from pysqlite so BEGIN is ours to emit.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        if conn.get_execution_options().get(_IMMEDIATE):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+class Store:
+    """The node's database: sessions for reading and for writing, and migrations."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split("///", 1)[1] if "///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = create_engine(url, connect_args={"timeout": 30})
+            _sqlite_setup(self.engine)
+            writer = self.engine.execution_options(**{_IMMEDIATE: True})
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+            writer = self.engine
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(writer, expire_on_commit=False)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Session]:
+        """A transaction that may write; committed on exit, rolled back on error."""
+        with self._write() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read-only snapshot transaction."""
+        with self._read() as session:
+            yield session
+            session.rollback()
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless a trivial query succeeds."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            raise StoreUnavailable(str(exc.orig)) from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def add_event(session: Session, kind: str, **fields: Any) -> Event:
+    """Record an event row in the caller's transaction (the audit trail)."""
+    ev = Event(kind=kind, at=utcnow(), **fields)
+    session.add(ev)
+    return ev
+
+
+def redact_url(url: str) -> str:
+    """The database URL without its password, for messages and status output."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
