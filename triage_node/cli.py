@@ -27,7 +27,8 @@ COMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser; only the module of the command being run is imported."""
     parser = argparse.ArgumentParser(
         prog="triage-node",
         description="On-premises DICOM node that screens hip radiographs for osteoporosis. "
@@ -35,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"triage-node {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, module_name, help_text in COMMANDS:
-        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument(
             "--config",
@@ -45,18 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
             help="config file (default: $TRIAGE_NODE_CONFIG, then "
             "/etc/triage-node/config.toml, then built-in defaults)",
         )
-        module.add_arguments(p, name) if _takes_name(module) else module.add_arguments(p)
+        if name != chosen:
+            continue
+        module = importlib.import_module(module_name)
+        add = module.add_arguments
+        add(p, name) if add.__code__.co_argcount >= 2 else add(p)
         p.set_defaults(_module=module)
     return parser
 
 
-def _takes_name(module: object) -> bool:
-    add = getattr(module, "add_arguments")
-    return add.__code__.co_argcount >= 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args._module.run(args) or 0)

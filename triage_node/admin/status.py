@@ -1,0 +1,97 @@
+"""`triage-node status`: counts per state, queue depth, oldest waiting job, disk, model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def collect_status(settings: Any) -> dict[str, Any]:
+    from triage_node.admin.common import open_existing_store
+    from triage_node.admin.views import free_disk_bytes, status_facts
+    from triage_node.score.interface import describe_model
+    from triage_node.store.db import redact_url
+
+    store = open_existing_store(settings)
+    facts: dict[str, Any]
+    if store is None:
+        facts = {"instances": {}, "instances_total": 0, "jobs": {}, "queue_depth": 0,
+                 "oldest_waiting_seconds": None,
+                 "free_disk_bytes": free_disk_bytes(settings.data_dir), "last_error": None}
+        database = {"url": redact_url(settings.database_url), "exists": False}
+    else:
+        with store.read() as session:
+            facts = status_facts(session, settings.data_dir)
+        database = {"url": redact_url(settings.database_url), "exists": True}
+        store.dispose()
+    return {
+        "node": {"ae_title": settings.node.ae_title, "host": settings.node.host,
+                 "port": settings.node.port, "data_dir": str(settings.data_dir),
+                 "config": settings.source},
+        "database": database,
+        **facts,
+        "min_free_disk_bytes": settings.receive.min_free_disk_mb * 1024 * 1024,
+        "model": describe_model(settings),
+    }
+
+
+def format_status(s: dict[str, Any]) -> str:
+    n = s["node"]
+    lines = [
+        f"node       {n['ae_title']} on {n['host']}:{n['port']}  data {n['data_dir']}",
+        f"config     {n['config']}",
+        f"database   {s['database']['url']}" + ("" if s["database"]["exists"]
+                                               else "  (not created yet)"),
+        "instances  " + (", ".join(f"{k} {v}" for k, v in s["instances"].items()) or "none")
+        + f"  (total {s['instances_total']})",
+    ]
+    for kind, states in sorted(s["jobs"].items()):
+        lines.append(f"jobs {kind:<6}" + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+    age = s["oldest_waiting_seconds"]
+    lines.append(f"queue      {s['queue_depth']} waiting"
+                 + (f", oldest {age:.0f} s" if age is not None else ""))
+    low = (s["free_disk_bytes"] is not None
+           and s["free_disk_bytes"] < s["min_free_disk_bytes"])
+    lines.append(f"free disk  {_size(s['free_disk_bytes'])}"
+                 + ("  BELOW WATERMARK: new instances are refused (0xA700)" if low else ""))
+    m = s["model"]
+    if m.get("available"):
+        desc = f"{m.get('name', m['bundle'])} {m.get('version', '')}".strip()
+        if m.get("synthetic"):
+            desc += "  (trained on synthetic data: not for clinical use)"
+        lines.append(f"model      {desc}")
+    else:
+        lines.append(f"model      {m['bundle']}: NOT AVAILABLE ({m.get('error')})")
+    err = s["last_error"]
+    lines.append("last error " + (f"{err['at']} {err['kind']} job {err['job_id']}: "
+                                  f"{err['message']}" if err else "none"))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from triage_node.config import load_settings
+
+    settings = load_settings(args.config)
+    status = collect_status(settings)
+    if args.json:
+        json.dump(status, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_status(status))
+    return 0
