@@ -157,9 +157,9 @@ class Settings(_Section):
         return f"sqlite:///{(self.node.data_dir / 'triage.db').resolve()}"
 
 
-def default_config_path() -> Path | None:
+def default_config_path(environ: dict[str, str] | None = None) -> Path | None:
     """The file used when no --config is given: $TRIAGE_NODE_CONFIG, then /etc."""
-    env = os.environ.get(ENV_CONFIG)
+    env = (os.environ if environ is None else environ).get(ENV_CONFIG)
     if env:
         return Path(env)
     if SYSTEM_CONFIG.exists():
@@ -215,7 +215,7 @@ def load_settings(
     ``data_dir`` values are taken relative to the current directory.
     """
     environ = dict(os.environ) if environ is None else environ
-    cfg_path = Path(path) if path is not None else default_config_path()
+    cfg_path = Path(path) if path is not None else default_config_path(environ)
     data: dict[str, Any] = {}
     source = "built-in defaults"
     if cfg_path is not None:
