@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +14,15 @@ from tests.peers import PostgresServer
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+def postgres() -> Iterator[PostgresServer]:
+    # Not under pytest's basetemp: as root that is /tmp/pytest-of-root (mode 0700), which
+    # the postgres user that runs the server (initdb refuses root) cannot traverse.
+    root = Path(tempfile.mkdtemp(prefix="triage-pg-"))
+    os.chmod(root, 0o755)
+    server = PostgresServer(root / "cluster")
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from triage_node.store.db import Store, add_event
@@ -72,18 +73,24 @@ def enqueue_job(
 def claim_next_job(
     store: Store, owner: str, kinds: list[str] | None = None, lease_seconds: float = 300.0
 ) -> ClaimedJob | None:
-    """Take the next due job (or one whose lease expired) and lease it to ``owner``."""
-    now = utcnow()
-    due = or_(
-        and_(Job.state == JobState.QUEUED.value, Job.next_attempt_at <= now),
-        and_(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now),
-    )
-    query = select(Job).where(due).order_by(Job.next_attempt_at, Job.id).limit(1)
-    if kinds:
-        query = query.where(Job.kind.in_(kinds))
-    if not store.is_sqlite:
-        query = query.with_for_update(skip_locked=True)
+    """Take the next due job (or one whose lease expired) and lease it to ``owner``.
+
+    ``kinds`` limits the claim to job kinds this worker can run (None: any).
+    """
     with store.write() as session:
+        # The clock is read inside the transaction: on SQLite, BEGIN IMMEDIATE may
+        # have waited for another writer, and the lease must start from now.
+        now = utcnow()
+        due = or_(
+            and_(Job.state == JobState.QUEUED.value, Job.next_attempt_at <= now),
+            and_(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now),
+        )
+        query = select(Job).where(due)
+        if kinds:
+            query = query.where(Job.kind.in_(kinds))
+        query = query.order_by(Job.next_attempt_at, Job.id).limit(1)
+        if not store.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
         job = session.scalars(query).first()
         if job is None:
             return None
@@ -142,10 +149,14 @@ def finish_job(session: Session, job: ClaimedJob, message: str | None = None) ->
 
 
 def retry_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: a delay in [base/2, min(cap, base*2**(n-1))]."""
-    upper = min(cap, base * (2 ** max(0, attempts - 1)))
+    """Exponential backoff with full jitter: a delay in [min(cap, base/2), min(cap, base*2**(n-1))].
+
+    ``attempts`` is the number of attempts made so far (1 after the first failure).
+    """
+    # Clamp the exponent: 2**attempts overflows a float long before it matters.
+    upper = min(cap, base * (2 ** min(max(0, attempts - 1), 60)))
     r = (rng or random).random()
-    return max(base / 2, upper * r)
+    return min(cap, max(base / 2, upper * r))
 
 
 def fail_job(
@@ -155,10 +166,17 @@ def fail_job(
     *,
     retry_after: float | None = None,
     permanent: bool = False,
+    count_attempt: bool = True,
+    on_change: Callable[[Session, str], None] | None = None,
 ) -> str:
     """Record a failed attempt; requeue after ``retry_after`` seconds or mark failed.
 
-    Returns the job's new state.
+    ``count_attempt=False`` is for waits that are not the job's fault (no model
+    yet): the attempt is given back and the job is requeued even past
+    ``max_attempts``, so it waits instead of being lost. ``on_change(session,
+    new_state)`` runs in the same transaction, for the handler to update the
+    instance or study row with the job. Raises :class:`LeaseLost` if the lease
+    is no longer ours. Returns the job's new state.
     """
     now = utcnow()
     with store.write() as session:
@@ -167,7 +185,10 @@ def fail_job(
         row.lease_owner = None
         row.lease_expires_at = None
         row.updated_at = now
-        if permanent or retry_after is None or row.attempts >= row.max_attempts:
+        if not count_attempt:
+            row.attempts = max(0, row.attempts - 1)
+        exhausted = count_attempt and row.attempts >= row.max_attempts
+        if permanent or retry_after is None or exhausted:
             row.state = JobState.FAILED.value
             kind = "job_failed"
         else:
@@ -175,18 +196,32 @@ def fail_job(
             row.next_attempt_at = now + dt.timedelta(seconds=retry_after)
             kind = "job_retry"
         add_event(session, kind, job_id=row.id, instance_id=row.instance_id, state=row.state,
-                  message=f"{row.kind}: {error[:500]}")
+                  message=f"{row.kind}: {error[:500]}",
+                  data={"attempts": row.attempts, "retry_after": retry_after}
+                  if kind == "job_retry" else {"attempts": row.attempts})
+        if on_change is not None:
+            on_change(session, row.state)
         return row.state
 
 
-def release_job(store: Store, job: ClaimedJob, why: str = "worker stopping") -> None:
-    """Give a job back unfinished (shutdown): queued again at once, attempt not counted."""
+def release_job(
+    store: Store,
+    job: ClaimedJob,
+    why: str = "worker stopping",
+    *,
+    on_release: Callable[[Session], None] | None = None,
+) -> bool:
+    """Give a job back unfinished (shutdown): queued again at once, attempt not counted.
+
+    ``on_release(session)`` runs in the same transaction. Returns False (and
+    changes nothing) when the lease was no longer ours.
+    """
     now = utcnow()
     with store.write() as session:
         try:
             row = _owned(session, job)
         except LeaseLost:
-            return
+            return False
         row.state = JobState.QUEUED.value
         row.attempts = max(0, row.attempts - 1)
         row.lease_owner = None
@@ -195,14 +230,28 @@ def release_job(store: Store, job: ClaimedJob, why: str = "worker stopping") -> 
         row.updated_at = now
         add_event(session, "job_released", job_id=row.id, instance_id=row.instance_id,
                   state=row.state, message=why)
+        if on_release is not None:
+            on_release(session)
+        return True
 
 
 def requeue_jobs(session: Session, job_ids: list[int]) -> int:
-    """Put failed jobs back in the queue with a fresh attempt budget (``resend``)."""
+    """Put failed jobs back in the queue with a fresh attempt budget (``resend``).
+
+    Each requeued job gets a ``job_requeued`` event. Returns how many were requeued.
+    """
+    if not job_ids:
+        return 0
     now = utcnow()
-    result = session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.state == JobState.FAILED.value)
-        .values(state=JobState.QUEUED.value, attempts=0, next_attempt_at=now, updated_at=now)
-    )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    query = select(Job).where(Job.id.in_(job_ids), Job.state == JobState.FAILED.value)
+    if session.get_bind().dialect.name != "sqlite":
+        query = query.with_for_update()
+    rows = session.scalars(query).all()
+    for row in rows:
+        row.state = JobState.QUEUED.value
+        row.attempts = 0
+        row.next_attempt_at = now
+        row.updated_at = now
+        add_event(session, "job_requeued", job_id=row.id, instance_id=row.instance_id,
+                  state=row.state, message=f"{row.kind}: requeued after failure")
+    return len(rows)
