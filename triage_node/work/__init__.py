@@ -1,1 +1,1 @@
-"""work stage."""
+"""Workers: claim jobs from the store and run them (score now; report and deliver in issue 5)."""

@@ -1,0 +1,104 @@
+"""Timers of the node (APScheduler): periodic tasks that run beside the workers.
+
+Runs in ``serve`` and ``work``. Every task here must be safe with several
+``work`` processes on one database (each process runs its own scheduler): a
+task either only reads, or changes rows in one transaction whose conditions
+make a second run a no-op.
+
+Now: queue statistics in the log. Slots, in :func:`periodic_tasks`:
+- issue 5: study settle check (enqueue a ``report`` job for each study quiet
+  for ``node.settle_seconds`` with no instance still queued or scoring);
+- issue 6: retention (remove spool files and rows past the retention period).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from triage_node.store.models import Instance, Job
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from triage_node.config import Settings
+    from triage_node.store.db import Store
+
+log = logging.getLogger(__name__)
+
+QUEUE_STATS_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class PeriodicTask:
+    """A function run every ``seconds`` (never two runs of it at once)."""
+
+    name: str
+    seconds: float
+    run: Callable[[], Any]
+
+
+def queue_stats(store: Store) -> dict[str, dict[str, int]]:
+    """Counts of jobs by kind and state and of instances by state."""
+    with store.read() as session:
+        jobs = session.execute(
+            select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+        ).all()
+        instances = session.execute(
+            select(Instance.state, func.count()).group_by(Instance.state)
+        ).all()
+    return {
+        "jobs": {f"{kind}.{state}": int(n) for kind, state, n in jobs},
+        "instances": {str(state): int(n) for state, n in instances},
+    }
+
+
+def log_queue_stats(store: Store) -> None:
+    """Write one log line with the queue statistics."""
+    stats = queue_stats(store)
+    log.info("queue stats", extra={"jobs": stats["jobs"], "instances": stats["instances"]})
+
+
+def periodic_tasks(settings: Settings, store: Store) -> list[PeriodicTask]:
+    """The node's periodic tasks."""
+    return [
+        PeriodicTask("queue-stats", QUEUE_STATS_SECONDS, lambda: log_queue_stats(store)),
+        # issue 5: PeriodicTask("settle-studies", ..., lambda: settle_studies(settings, store)),
+        # issue 6: PeriodicTask("retention", ..., lambda: apply_retention(settings, store)),
+    ]
+
+
+def _guarded(task: PeriodicTask) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            task.run()
+        except Exception:
+            log.exception("periodic task failed", extra={"task": task.name})
+
+    return run
+
+
+def start_scheduler(settings: Settings, store: Store,
+                    tasks: list[PeriodicTask] | None = None) -> BackgroundScheduler:
+    """Start a background scheduler running ``tasks`` (default: :func:`periodic_tasks`).
+
+    Each task also runs once right after start, so a fresh node logs its state.
+    Stop it with ``scheduler.shutdown(wait=False)``.
+    """
+    import datetime as dt
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(
+        timezone=dt.UTC,
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+    )
+    for task in tasks if tasks is not None else periodic_tasks(settings, store):
+        scheduler.add_job(_guarded(task), "interval", seconds=task.seconds, id=task.name,
+                          name=task.name, next_run_time=dt.datetime.now(dt.UTC))
+    scheduler.start()
+    return scheduler

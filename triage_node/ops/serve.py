@@ -1,0 +1,154 @@
+"""``serve``, ``receive`` and ``work``: run the node's stages in one process until a signal.
+
+``serve`` runs the receiver, ``node.workers`` worker threads and the scheduler;
+``receive`` only the receiver; ``work`` only workers and scheduler (several
+``work`` processes may share one database). The stages never call each other:
+they meet in the store. On SIGTERM or SIGINT the receiver stops accepting,
+workers finish a job that is nearly done or give it back, and the process
+exits 0 within :data:`SHUTDOWN_GRACE_SECONDS` plus a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from triage_node.config import Settings
+    from triage_node.store.db import Store
+
+log = logging.getLogger("triage_node.serve")
+
+# How long workers get to finish or give back their jobs on SIGTERM. The unit's
+# TimeoutStopSec must be longer.
+SHUTDOWN_GRACE_SECONDS = 15.0
+
+ROLES = {
+    "serve": {"receive", "work"},
+    "receive": {"receive"},
+    "work": {"work"},
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """``serve``/``receive``/``work`` take only ``--config`` (added by the CLI)."""
+    parser.epilog = {
+        "serve": "Stops cleanly on SIGTERM or SIGINT (exit 0).",
+        "receive": "Scale-out: run with `work` processes on the same database and spool.",
+        "work": "Scale-out: several `work` processes may share one database and spool.",
+    }[name]
+
+
+class Node:
+    """The stages of one process: receiver, worker pool, scheduler, systemd notifications."""
+
+    def __init__(self, settings: Settings, store: Store, roles: set[str]) -> None:
+        self.settings = settings
+        self.store = store
+        self.roles = roles
+        self.stop_requested = threading.Event()
+        self.receiver: Any = None
+        self.pool: Any = None
+        self.scheduler: Any = None
+        self.watchdog: Any = None
+
+    def start(self) -> None:
+        """Start every stage of this process's roles, then tell systemd we are ready."""
+        from triage_node.ops.systemd import Watchdog, sd_notify
+
+        status = []
+        if "work" in self.roles:
+            from triage_node.ops.scheduler import start_scheduler
+            from triage_node.work.worker import WorkerPool
+
+            self.pool = WorkerPool(self.settings, self.store, self.settings.node.workers)
+            self.pool.start()
+            self.scheduler = start_scheduler(self.settings, self.store)
+            status.append(f"{self.settings.node.workers} worker(s)")
+        if "receive" in self.roles:
+            from triage_node.receive import start_receiver  # type: ignore[attr-defined]
+
+            self.receiver = start_receiver(self.settings, self.store)
+            n = self.settings.node
+            status.insert(0, f"{n.ae_title} listening on {n.host}:{n.port}")
+        self.watchdog = Watchdog(self.healthy)
+        self.watchdog.start()
+        sd_notify("READY=1", "STATUS=" + ", ".join(status))
+        log.info("node ready", extra={"roles": sorted(self.roles), "status": ", ".join(status)})
+
+    def healthy(self) -> bool:
+        """True while the worker threads (if any) are alive and the store answers."""
+        if self.pool is not None and not self.pool.alive():
+            return False
+        self.store.ping()
+        return True
+
+    def wait(self) -> None:
+        """Block until :meth:`request_stop` (a signal) is called."""
+        while not self.stop_requested.wait(1.0):
+            pass
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """Signal handler: ask the main loop to stop (idempotent)."""
+        if signum is not None and not self.stop_requested.is_set():
+            log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        self.stop_requested.set()
+
+    def stop(self) -> None:
+        """Stop accepting, let workers finish or release their jobs, stop timers."""
+        from triage_node.ops.systemd import sd_notify
+
+        sd_notify("STOPPING=1", "STATUS=stopping")
+        started = time.monotonic()
+        if self.receiver is not None:
+            try:
+                self.receiver.shutdown()
+            except Exception:
+                log.exception("receiver shutdown failed")
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.pool is not None:
+            self.pool.stop(SHUTDOWN_GRACE_SECONDS)
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        self.store.dispose()
+        log.info("node stopped", extra={"seconds": round(time.monotonic() - started, 3)})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the config once, migrate the store, run this command's roles until a signal."""
+    from triage_node.config import load_settings
+    from triage_node.ops.logs import setup_logging
+    from triage_node.store import StoreUnavailable, open_store
+    from triage_node.store.db import redact_url
+
+    settings = load_settings(args.config)  # ConfigError -> exit 2 in the CLI
+    setup_logging(settings)
+    roles = ROLES[args.command]
+    try:
+        store = open_store(settings)
+    except Exception as exc:
+        log.error("cannot open the store: %s", exc,
+                  extra={"database": redact_url(settings.database_url)})
+        return 1
+    node = Node(settings, store, roles)
+    # Handlers go in before anything starts so a signal during start-up is not lost.
+    previous = {s: signal.signal(s, node.request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            node.start()
+        except (ImportError, OSError, StoreUnavailable) as exc:
+            log.error("cannot start %s: %s", args.command, exc)
+            node.stop()
+            return 1
+        node.wait()
+        node.stop()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0

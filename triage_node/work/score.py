@@ -1,0 +1,254 @@
+"""The ``score`` job: decode a spooled instance, run the model, record the result on its row.
+
+Steps, each visible on the Instance row and as an event:
+
+1. ``scoring``; the spool file is read and its pixel data decoded with pydicom
+   (every transfer syntax we accept, through the pylibjpeg, openjpeg, RLE and
+   JPEG-LS plugins). The decode facts go to ``result["decoded"]`` at once.
+   A file that does not decode fails the instance and the job permanently.
+2. The model is loaded once per process (:class:`ModelCache`). When none is
+   installed the job waits: requeued with backoff, not charged an attempt, the
+   instance back to ``queued`` with ``last_error = "model unavailable: ..."``.
+3. ``model.assess`` gives per-side probabilities: the instance becomes
+   ``scored`` (probability = the higher side) or ``not_assessable`` with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from triage_node.score.interface import ModelUnavailable, NotScorable, ScoringModel, load_model
+from triage_node.store.db import add_event
+from triage_node.store.jobs import ClaimedJob, finish_job, retry_delay
+from triage_node.store.models import Instance, InstanceState, JobKind, JobState, utcnow
+from triage_node.work.base import JobContext, PermanentFailure, RetryLater
+from triage_node.work.study import instance_finished
+
+if TYPE_CHECKING:
+    import pydicom
+
+    from triage_node.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelCache:
+    """The process's scoring model: loaded on first use, shared by all worker threads.
+
+    While no model can be loaded, each failure is remembered so the retry delay
+    grows (exponential backoff on consecutive failures), and a new load is
+    attempted at most once per ``retry_base_seconds`` rather than once per job.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._model: ScoringModel | None = None
+        self._failures = 0
+        self._last_error = ""
+        self._next_try = 0.0
+
+    def get(self) -> ScoringModel:
+        """The loaded model; raises :class:`ModelUnavailable` while there is none."""
+        with self._lock:
+            if self._model is not None:
+                return self._model
+            now = time.monotonic()
+            if now < self._next_try:
+                raise ModelUnavailable(self._last_error)
+            try:
+                self._model = load_model(self._settings)
+            except ModelUnavailable as exc:
+                self._failures += 1
+                self._last_error = str(exc)
+                self._next_try = now + self._settings.worker.retry_base_seconds
+                log.warning("model unavailable: %s", exc, extra={"failures": self._failures})
+                raise
+            self._failures = 0
+            log.info("model loaded", extra={"model_name": self._model.name,
+                                            "model_version": self._model.version,
+                                            "synthetic_model": self._model.synthetic})
+            return self._model
+
+    def wait_seconds(self) -> float:
+        """How long a job should wait for a model: grows with consecutive failed loads."""
+        w = self._settings.worker
+        return retry_delay(max(1, self._failures), w.retry_base_seconds, w.retry_max_seconds)
+
+
+@dataclass(frozen=True)
+class _InstanceRef:
+    id: int
+    sop_instance_uid: str
+    study_instance_uid: str
+    path: str
+
+
+def decode_facts(ds: pydicom.Dataset) -> dict[str, Any]:
+    """Decode the pixel data of ``ds`` and describe it; raises :class:`NotScorable`."""
+    if "PixelData" not in ds:
+        raise NotScorable("no pixel data")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for undecodable data
+        raise NotScorable(f"pixel data does not decode: {type(exc).__name__}: {exc}") from exc
+    return {
+        "rows": int(pixels.shape[0]),
+        "columns": int(pixels.shape[1]) if pixels.ndim > 1 else 1,
+        "dtype": str(pixels.dtype),
+        "photometric": str(ds.get("PhotometricInterpretation", "")),
+        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
+    }
+
+
+class ScoreHandler:
+    """Runs ``score`` jobs; one instance per process, shared by its worker threads."""
+
+    kind = JobKind.SCORE.value
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models = ModelCache(settings)
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self, ctx: JobContext) -> str | None:
+        """Score the job's instance; see the module docstring for the steps."""
+        import pydicom
+
+        job = ctx.job
+        ref = self._start(ctx)
+        fields = {"job_id": job.id, "sop_instance_uid": ref.sop_instance_uid}
+        path = self.settings.spool_dir / ref.path
+        try:
+            ds = pydicom.dcmread(path)
+        except FileNotFoundError:
+            raise PermanentFailure(f"spool file {_rel(path, self.settings)} is missing") from None
+        except Exception as exc:
+            raise PermanentFailure(
+                f"spool file {_rel(path, self.settings)} is not readable DICOM: "
+                f"{type(exc).__name__}: {exc}") from exc
+        try:
+            decoded = decode_facts(ds)
+        except NotScorable as exc:
+            raise PermanentFailure(str(exc)) from exc
+        self._record_decoded(ctx, ref, decoded)
+        log.debug("decoded", extra={**fields, **decoded})
+
+        ctx.checkpoint()
+        try:
+            model = self.models.get()
+        except ModelUnavailable as exc:
+            raise RetryLater(f"model unavailable: {exc}", delay=self.models.wait_seconds(),
+                             count_attempt=False) from exc
+        ctx.checkpoint()
+        try:
+            assessment = model.assess(ds)
+        except NotScorable as exc:
+            raise PermanentFailure(f"not scorable: {exc}") from exc
+
+        with ctx.store.write() as session:
+            inst = self._instance(session, job)
+            result = dict(inst.result or {})
+            result["decoded"] = decoded
+            result["assessment"] = assessment.to_json()
+            inst.result = result
+            inst.probability = assessment.probability
+            inst.last_error = None
+            if assessment.assessable:
+                inst.state = InstanceState.SCORED.value
+                inst.reason = None
+                outcome = f"scored p={assessment.probability:.3f}"
+            else:
+                inst.state = InstanceState.NOT_ASSESSABLE.value
+                inst.reason = assessment.not_assessable_reason
+                outcome = f"not assessable: {inst.reason}"
+            inst.updated_at = utcnow()
+            _instance_event(session, inst, f"instance_{inst.state}", job, outcome,
+                            data={"probability": assessment.probability,
+                                  "model_version": assessment.model_version})
+            instance_finished(session, inst)
+            finish_job(session, job, outcome)
+        return outcome
+
+    def _start(self, ctx: JobContext) -> _InstanceRef:
+        with ctx.store.write() as session:
+            inst = self._instance(session, ctx.job)
+            ref = _InstanceRef(inst.id, inst.sop_instance_uid, inst.study_instance_uid, inst.path)
+            if inst.state != InstanceState.SCORING.value:
+                inst.state = InstanceState.SCORING.value
+                inst.updated_at = utcnow()
+                _instance_event(session, inst, "instance_scoring", ctx.job,
+                                f"attempt {ctx.job.attempts}")
+        return ref
+
+    def _record_decoded(self, ctx: JobContext, ref: _InstanceRef,
+                        decoded: dict[str, Any]) -> None:
+        with ctx.store.write() as session:
+            inst = self._instance(session, ctx.job)
+            result = dict(inst.result or {})
+            result["decoded"] = decoded
+            inst.result = result
+            inst.rows = decoded["rows"]
+            inst.columns = decoded["columns"]
+            inst.updated_at = utcnow()
+            _instance_event(session, inst, "instance_decoded", ctx.job,
+                            f"{decoded['rows']}x{decoded['columns']} {decoded['dtype']} "
+                            f"{decoded['photometric']}", data=decoded)
+
+    @staticmethod
+    def _instance(session: Session, job: ClaimedJob) -> Instance:
+        inst = session.get(Instance, job.instance_id) if job.instance_id is not None else None
+        if inst is None:
+            raise PermanentFailure(f"job {job.id}: instance row {job.instance_id} does not exist")
+        return inst
+
+    # -- failure and release -------------------------------------------------------------
+
+    def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
+        """Instance back to ``queued`` (retry or model wait) or ``failed`` with the reason."""
+        inst = session.get(Instance, job.instance_id) if job.instance_id is not None else None
+        if inst is None:
+            return
+        inst.updated_at = utcnow()
+        inst.last_error = error[:2000]
+        if new_state == JobState.FAILED.value:
+            inst.state = InstanceState.FAILED.value
+            inst.reason = error[:2000]
+            _instance_event(session, inst, "instance_failed", job, error[:500])
+            instance_finished(session, inst)
+        else:
+            inst.state = InstanceState.QUEUED.value
+            _instance_event(session, inst, "instance_queued", job, f"retry: {error[:500]}")
+
+    def on_release(self, session: Session, job: ClaimedJob) -> None:
+        """Instance back to ``queued``: another worker (or this node after restart) takes it."""
+        inst = session.get(Instance, job.instance_id) if job.instance_id is not None else None
+        if inst is None or inst.state != InstanceState.SCORING.value:
+            return
+        inst.state = InstanceState.QUEUED.value
+        inst.updated_at = utcnow()
+        _instance_event(session, inst, "instance_queued", job, "released: worker stopping")
+
+
+def _instance_event(session: Session, inst: Instance, kind: str, job: ClaimedJob,
+                    message: str, data: dict[str, Any] | None = None) -> None:
+    add_event(session, kind, instance_id=inst.id, job_id=job.id,
+              sop_instance_uid=inst.sop_instance_uid,
+              study_instance_uid=inst.study_instance_uid, state=inst.state,
+              message=message, data=data)
+
+
+def _rel(path: Path, settings: Settings) -> str:
+    """A spool path as shown in errors: relative to the spool (no site directory layout)."""
+    try:
+        return str(path.relative_to(settings.spool_dir))
+    except ValueError:
+        return str(path)

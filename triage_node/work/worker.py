@@ -1,0 +1,251 @@
+"""The worker loop: claim a job, keep its lease alive, run its handler, record the outcome.
+
+Each worker thread has its own lease owner id (``host:pid:thread``). A claimed
+job's lease is extended in the background while its handler runs, so long jobs
+are not taken over; a worker that dies simply stops extending, the lease
+expires and another worker reclaims the job. Failures are retried with
+exponential backoff and jitter (``retry_delay``) up to the job's
+``max_attempts``, then the job is failed; every change is an event row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from triage_node.store.jobs import (
+    ClaimedJob,
+    LeaseLost,
+    claim_next_job,
+    extend_lease,
+    fail_job,
+    release_job,
+    retry_delay,
+)
+from triage_node.work.base import JobContext, JobHandler, JobReleased, PermanentFailure, RetryLater
+
+if TYPE_CHECKING:
+    from triage_node.config import Settings
+    from triage_node.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+def owner_id(thread_name: str | None = None) -> str:
+    """This worker's lease owner id: ``host:pid:thread``."""
+    name = thread_name or threading.current_thread().name
+    return f"{socket.gethostname()}:{os.getpid()}:{name}"
+
+
+def default_handlers(settings: Settings) -> dict[str, JobHandler]:
+    """The job kinds this build runs, by kind.
+
+    Issue 5 adds ``report`` and ``deliver`` here; until then such jobs stay
+    queued (workers only claim kinds they have a handler for).
+    """
+    from triage_node.work.score import ScoreHandler
+
+    score = ScoreHandler(settings)
+    return {score.kind: score}
+
+
+class LeaseKeeper:
+    """Extends a job's lease every third of its length while the handler runs."""
+
+    def __init__(self, store: Store, job: ClaimedJob, lease_seconds: float,
+                 lost: threading.Event) -> None:
+        self._store = store
+        self._job = job
+        self._lease = lease_seconds
+        self._lost = lost
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job.id}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._done.wait(self._lease / 3):
+            try:
+                extend_lease(self._store, self._job, self._lease)
+            except LeaseLost:
+                log.error("lease lost while running", extra={"job_id": self._job.id})
+                self._lost.set()
+                return
+            except Exception:
+                # The database may come back before the lease runs out; keep trying.
+                log.exception("could not extend lease", extra={"job_id": self._job.id})
+
+
+class Worker:
+    """One worker thread: claims jobs of the kinds it has handlers for and runs them."""
+
+    def __init__(self, settings: Settings, store: Store, handlers: Mapping[str, JobHandler],
+                 name: str, stopping: threading.Event) -> None:
+        self.settings = settings
+        self.store = store
+        self.handlers = dict(handlers)
+        self.name = name
+        self.stopping = stopping
+        self.owner = owner_id(name)
+        self.current: ClaimedJob | None = None
+        self._current_lock = threading.Lock()
+        self.thread = threading.Thread(target=self.run_forever, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the worker's thread."""
+        self.thread.start()
+
+    def run_forever(self) -> None:
+        """Claim and run jobs until ``stopping`` is set."""
+        log.info("worker started", extra={"owner": self.owner, "kinds": sorted(self.handlers)})
+        idle_errors = 0
+        while not self.stopping.is_set():
+            try:
+                ran = self.run_one()
+                idle_errors = 0
+            except Exception:
+                # Store down or similar: back off, never let the thread die.
+                idle_errors += 1
+                log.exception("worker loop error", extra={"owner": self.owner})
+                self.stopping.wait(min(30.0, self.settings.worker.poll_seconds * 2 ** idle_errors))
+                continue
+            if not ran:
+                self.stopping.wait(self.settings.worker.poll_seconds)
+        log.info("worker stopped", extra={"owner": self.owner})
+
+    def run_one(self) -> bool:
+        """Claim one due job and run it; False if there was none."""
+        w = self.settings.worker
+        job = claim_next_job(self.store, self.owner, sorted(self.handlers), w.lease_seconds)
+        if job is None:
+            return False
+        with self._current_lock:
+            self.current = job
+        try:
+            self._run(job)
+        finally:
+            with self._current_lock:
+                self.current = None
+        return True
+
+    def _run(self, job: ClaimedJob) -> None:
+        handler = self.handlers[job.kind]
+        fields = {"job_id": job.id, "job_kind": job.kind, "attempt": job.attempts,
+                  "owner": self.owner}
+        log.info("job started", extra={**fields, "reclaimed": job.reclaimed})
+        if job.attempts > job.max_attempts:
+            # Reclaimed after its holder died on the last allowed attempt: the job
+            # itself may be what kills workers, so stop here.
+            self._fail(handler, job, "worker died during the last allowed attempt",
+                       retry_after=None, permanent=True)
+            return
+        ctx = JobContext(self.settings, self.store, job, self.stopping)
+        started = time.monotonic()
+        try:
+            with LeaseKeeper(self.store, job, self.settings.worker.lease_seconds,
+                             ctx.lease_lost):
+                outcome = handler.run(ctx)
+        except JobReleased:
+            released = release_job(self.store, job, f"{self.owner}: worker stopping",
+                                    on_release=lambda s: handler.on_release(s, job))
+            log.info("job released" if released else "job no longer ours", extra=fields)
+        except LeaseLost:
+            log.error("lease lost; another worker has the job", extra=fields)
+        except PermanentFailure as exc:
+            self._fail(handler, job, str(exc), retry_after=None, permanent=True)
+        except RetryLater as exc:
+            delay = exc.delay if exc.delay is not None else self._backoff(job)
+            self._fail(handler, job, str(exc), retry_after=delay,
+                       count_attempt=exc.count_attempt)
+        except Exception as exc:
+            log.exception("job raised", extra=fields)
+            self._fail(handler, job, f"{type(exc).__name__}: {exc}",
+                       retry_after=self._backoff(job))
+        else:
+            log.info("job done", extra={**fields, "outcome": outcome,
+                                        "seconds": round(time.monotonic() - started, 3)})
+
+    def _backoff(self, job: ClaimedJob) -> float:
+        w = self.settings.worker
+        return retry_delay(job.attempts, w.retry_base_seconds, w.retry_max_seconds)
+
+    def _fail(self, handler: JobHandler, job: ClaimedJob, error: str, *,
+              retry_after: float | None, permanent: bool = False,
+              count_attempt: bool = True) -> None:
+        error = f"job {job.id}: {error}" if not error.startswith(f"job {job.id}:") else error
+        try:
+            state = fail_job(self.store, job, error, retry_after=retry_after,
+                             permanent=permanent, count_attempt=count_attempt,
+                             on_change=lambda s, new: handler.on_failure(s, job, new, error))
+        except LeaseLost:
+            log.error("lease lost before the failure was recorded", extra={"job_id": job.id})
+            return
+        level = logging.ERROR if state == "failed" else logging.WARNING
+        log.log(level, "job %s", "failed" if state == "failed" else "will retry",
+                extra={"job_id": job.id, "job_kind": job.kind, "error": error,
+                       "retry_after": retry_after if state != "failed" else None})
+
+    def release_current(self, why: str) -> bool:
+        """Give back the job in hand from another thread (shutdown timeout); True if released."""
+        with self._current_lock:
+            job = self.current
+        if job is None:
+            return False
+        handler = self.handlers[job.kind]
+        return release_job(self.store, job, f"{self.owner}: {why}",
+                           on_release=lambda s: handler.on_release(s, job))
+
+
+class WorkerPool:
+    """``count`` worker threads sharing one set of handlers (and so one model per process)."""
+
+    def __init__(self, settings: Settings, store: Store, count: int,
+                 handlers: Mapping[str, JobHandler] | None = None) -> None:
+        self.stopping = threading.Event()
+        handlers = handlers if handlers is not None else default_handlers(settings)
+        self.workers = [Worker(settings, store, handlers, f"worker-{i + 1}", self.stopping)
+                        for i in range(count)]
+
+    def start(self) -> None:
+        """Start every worker thread."""
+        for w in self.workers:
+            w.start()
+
+    def alive(self) -> bool:
+        """True while every worker thread runs (the systemd watchdog's health check)."""
+        return all(w.thread.is_alive() for w in self.workers)
+
+    def busy(self) -> int:
+        """How many workers hold a job right now."""
+        return sum(1 for w in self.workers if w.current is not None)
+
+    def stop(self, grace_seconds: float) -> None:
+        """Stop claiming; wait up to ``grace_seconds`` for jobs in hand, then release them.
+
+        Handlers give their job back at their next checkpoint; a job still held
+        when the grace period ends is released from here, so it is never left
+        ``running`` (its late result, if any, is refused: the lease is gone).
+        """
+        self.stopping.set()
+        deadline = time.monotonic() + grace_seconds
+        for w in self.workers:
+            w.thread.join(max(0.0, deadline - time.monotonic()))
+        for w in self.workers:
+            if w.thread.is_alive():
+                try:
+                    if w.release_current("shutdown grace period over"):
+                        log.warning("released a job still running at shutdown",
+                                    extra={"owner": w.owner})
+                except Exception:
+                    log.exception("could not release job at shutdown", extra={"owner": w.owner})
