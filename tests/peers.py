@@ -31,7 +31,20 @@ def free_port() -> int:
 
 
 def need_tool(name: str) -> str:
+    """Path of a native peer tool (dcmtk, dicom3tools, PostgreSQL) on PATH.
+
+    pynetdicom installs Python apps named storescu, storescp, echoscu... whose
+    pyenv shims come first on PATH; a test must talk to dcmtk's, so executables
+    that are scripts (``#!``) are passed over when a native one exists.
+    """
     path = shutil.which(name)
+    for directory in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(directory or ".") / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            with open(candidate, "rb") as f:
+                if f.read(2) != b"#!":
+                    path = str(candidate)
+                    break
     if path is None:
         pytest.fail(f"{name} is not installed; .ci/run installs it (apt-get)")
     return path

@@ -1,0 +1,284 @@
+"""The DICOM receiver: a pynetdicom C-ECHO/C-STORE SCP with our association policy.
+
+It owns association policy and status codes. Once an instance is durable (spool
+file fsynced, rows committed) it answers Success; what happens next is up to the
+workers reading the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import ssl
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pynetdicom.dimse_messages
+from pydicom.dataset import Dataset
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.exc import SQLAlchemyError
+
+from triage_node.config import Settings
+from triage_node.receive import status
+from triage_node.receive.contexts import add_receiver_contexts
+from triage_node.receive.eligibility import decide_eligibility
+from triage_node.receive.policy import (
+    REJECT_PERMANENT,
+    SOURCE_SERVICE_USER,
+    AssociationPolicy,
+)
+from triage_node.receive.spool import (
+    Sender,
+    SpoolFailed,
+    disk_below_watermark,
+    incoming_dir,
+    spool_instance,
+)
+from triage_node.receive.validate import InstanceRefused, read_instance
+from triage_node.store import Store, add_event
+from triage_node.store.db import StoreUnavailable
+
+log = logging.getLogger(__name__)
+_MB = 1024 * 1024
+
+
+@dataclass
+class ReceiverHandle:
+    """A running receiver: its listening ``port`` and :meth:`shutdown`."""
+
+    ae: AE
+    server: ThreadedAssociationServer
+    address: tuple[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.address = (str(self.server.server_address[0]), int(self.server.server_address[1]))
+
+    @property
+    def port(self) -> int:
+        """The TCP port the receiver listens on (useful when configured as 0)."""
+        return self.address[1]
+
+    def shutdown(self) -> None:
+        """Stop listening and end open associations."""
+        self.ae.shutdown()
+
+
+def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
+    """The server TLS context from ``[tls]``, or None when TLS is off.
+
+    With ``ca_certificates`` set, peers must present a client certificate signed by
+    one of those CAs.
+    """
+    tls = settings.tls
+    if not tls.enabled:
+        return None
+    if tls.certificate is None or tls.private_key is None:
+        raise ValueError("[tls] enabled needs certificate and private_key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
+    if tls.ca_certificates is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cafile=str(tls.ca_certificates))
+    return context
+
+
+def _receive_into(directory: Path) -> None:
+    """Have pynetdicom write incoming datasets to files in ``directory``.
+
+    With STORE_RECV_CHUNKED_DATASET pynetdicom streams each dataset to a temporary
+    Part-10 file as its PDUs arrive instead of collecting it in memory; putting
+    that file on the spool's file system lets us keep it by renaming, without
+    re-encoding or copying. Both settings are per process: one receiver a process.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.dcm"):  # left by a crash mid-transfer: never acknowledged
+        stale.unlink(missing_ok=True)
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom.dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
+        tempfile.NamedTemporaryFile, dir=str(directory), prefix="rx-"
+    )
+
+
+class StorageSCP:
+    """Event handlers of the receiver, bound to one settings object and store."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.policy = AssociationPolicy(settings.node.ae_title, settings.peers)
+
+    # -- associations ------------------------------------------------------------------
+
+    def _audit(self, kind: str, message: str, **data: Any) -> None:
+        try:
+            with self.store.write() as session:
+                add_event(session, kind, message=message, data=data)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            log.error("cannot record %s event: store unavailable (%s)", kind,
+                      type(exc).__name__)
+
+    def on_requested(self, event: Event) -> None:
+        """Apply the association policy; refuse with A-ASSOCIATE-RJ when it says no."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling = str(request.calling_ae_title).strip()
+        called = str(request.called_ae_title).strip()
+        host = str(assoc.requestor.address)
+        decision = self.policy.decide(calling, called, host)
+        if decision.accepted:
+            return
+        assert decision.diagnostic is not None
+        log.warning("association from %s@%s to %s rejected: %s", calling, host, called,
+                    decision.reason)
+        assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, decision.diagnostic)
+        self._audit("association_rejected", decision.reason, calling_ae=calling,
+                    called_ae=called, peer_host=host)
+        # As pynetdicom's own ACSE does: wait until the DUL has sent the A-ASSOCIATE-RJ,
+        # otherwise the server may close the socket before the peer has read it.
+        assoc.kill()
+
+    def on_accepted(self, event: Event) -> None:
+        """Record an accepted association (the audit trail)."""
+        assoc = event.assoc
+        calling = str(assoc.requestor.ae_title).strip()
+        called = str(assoc.acceptor.ae_title).strip()
+        host = str(assoc.requestor.address)
+        log.info("association from %s@%s accepted", calling, host)
+        self._audit("association_accepted", f"{calling}@{host} -> {called}",
+                    calling_ae=calling, called_ae=called, peer_host=host)
+
+    def on_rejected(self, event: Event) -> None:
+        """Record a rejection made by pynetdicom itself (association limit reached)."""
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling = str(request.calling_ae_title).strip() if request else ""
+        host = str(assoc.requestor.address)
+        reason = (f"association limit reached (receive.max_associations = "
+                  f"{self.settings.receive.max_associations})")
+        log.warning("association from %s@%s rejected: %s", calling, host, reason)
+        self._audit("association_rejected", reason, calling_ae=calling,
+                    called_ae=self.settings.node.ae_title, peer_host=host)
+
+    # -- C-STORE -----------------------------------------------------------------------
+
+    def on_store(self, event: Event) -> int | Dataset:
+        """Handle one C-STORE request: check, make durable, answer."""
+        assoc = event.assoc
+        sender = Sender(str(assoc.requestor.ae_title).strip(), str(assoc.requestor.address))
+        affected = str(event.request.AffectedSOPInstanceUID or "").strip() or None
+        path = Path(event.dataset_path)
+        try:
+            return self._store(event, path, sender, affected)
+        except InstanceRefused as refused:
+            log.warning("instance %s from %s@%s refused with 0x%04X: %s",
+                        refused.sop_instance_uid or "(no valid SOP Instance UID)",
+                        sender.calling_ae, sender.peer_host, refused.status, refused.reason)
+            self._record_refusal(refused, sender)
+            return status.status_dataset(refused.status, refused.reason)
+        except (SpoolFailed, SQLAlchemyError, StoreUnavailable, OSError) as exc:
+            reason = str(exc) if isinstance(exc, SpoolFailed) else type(exc).__name__
+            log.error("instance %s from %s@%s not stored (out of resources): %s",
+                      affected, sender.calling_ae, sender.peer_host, reason)
+            self._record_refusal(
+                InstanceRefused(status.OUT_OF_RESOURCES, reason, affected), sender)
+            return status.status_dataset(status.OUT_OF_RESOURCES, reason)
+        except Exception:
+            log.exception("instance %s from %s@%s: internal error", affected,
+                          sender.calling_ae, sender.peer_host)
+            return status.status_dataset(status.INTERNAL_ERROR, "internal error")
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _store(self, event: Event, path: Path, sender: Sender,
+               affected: str | None) -> int:
+        limits = self.settings.receive
+        context = event.context
+        size = path.stat().st_size
+        if size > limits.max_instance_mb * _MB:
+            raise InstanceRefused(
+                status.INSTANCE_TOO_LARGE,
+                f"instance of {size // _MB} MB exceeds receive.max_instance_mb "
+                f"({limits.max_instance_mb})",
+                affected,
+            )
+        ds, header = read_instance(path, context.abstract_syntax, context.transfer_syntax,
+                                   affected)
+        if disk_below_watermark(self.settings, size):
+            raise InstanceRefused(
+                status.OUT_OF_RESOURCES,
+                f"free disk below receive.min_free_disk_mb ({limits.min_free_disk_mb} MB)",
+                header.sop_instance_uid, header.study_instance_uid,
+            )
+        try:
+            decision = decide_eligibility(ds, header, self.settings.eligibility)
+        except Exception as exc:  # a corrupt value in an element the rules read
+            raise InstanceRefused(status.CANNOT_UNDERSTAND,
+                                  f"dataset cannot be decoded ({type(exc).__name__})",
+                                  header.sop_instance_uid, header.study_instance_uid) from exc
+        outcome = spool_instance(self.settings, self.store, path, header, decision, sender)
+        if not outcome.duplicate:
+            log.info("instance %s (instance id %d, study %s) from %s@%s stored: %s%s",
+                     header.sop_instance_uid, outcome.instance_id, header.study_instance_uid,
+                     sender.calling_ae, sender.peer_host, outcome.state,
+                     f" ({decision.reason})" if decision.reason else "")
+        return status.SUCCESS
+
+    def _record_refusal(self, refused: InstanceRefused, sender: Sender) -> None:
+        try:
+            with self.store.write() as session:
+                add_event(session, "store_refused",
+                          sop_instance_uid=refused.sop_instance_uid,
+                          study_instance_uid=refused.study_instance_uid,
+                          message=refused.reason,
+                          data={"status": f"0x{refused.status:04X}",
+                                "calling_ae": sender.calling_ae,
+                                "peer_host": sender.peer_host})
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            log.error("cannot record refusal of %s: store unavailable (%s)",
+                      refused.sop_instance_uid, type(exc).__name__)
+
+
+def build_ae(settings: Settings) -> AE:
+    """A pynetdicom AE with our title, limits, timeouts and presentation contexts."""
+    limits = settings.receive
+    ae = AE(ae_title=settings.node.ae_title)
+    ae.maximum_associations = limits.max_associations
+    ae.maximum_pdu_size = limits.max_pdu_size
+    ae.acse_timeout = limits.acse_timeout
+    ae.dimse_timeout = limits.dimse_timeout
+    ae.network_timeout = limits.network_timeout
+    # The policy (EVT_REQUESTED) checks calling and called AE titles with the host.
+    ae.require_called_aet = False
+    ae.require_calling_aet = []
+    add_receiver_contexts(ae)
+    return ae
+
+
+def start_receiver(settings: Settings, store: Store) -> ReceiverHandle:
+    """Start the receiver on ``[node] host:port`` in background threads; returns at once."""
+    _receive_into(incoming_dir(settings))
+    scp = StorageSCP(settings, store)
+    ae = build_ae(settings)
+    handlers = [
+        (evt.EVT_REQUESTED, scp.on_requested),
+        (evt.EVT_ACCEPTED, scp.on_accepted),
+        (evt.EVT_REJECTED, scp.on_rejected),
+        (evt.EVT_C_STORE, scp.on_store),
+    ]
+    server = ae.start_server(
+        (settings.node.host, settings.node.port),
+        block=False,
+        ssl_context=tls_server_context(settings),
+        evt_handlers=handlers,  # type: ignore[arg-type]
+    )
+    assert server is not None
+    handle = ReceiverHandle(ae, server)
+    log.info("receiver %s listening on %s:%d (tls %s)", settings.node.ae_title,
+             handle.address[0], handle.port, "on" if settings.tls.enabled else "off")
+    return handle

@@ -1,0 +1,239 @@
+"""Make a received instance durable: spool file (fsynced) and its rows in one transaction.
+
+The order is what makes Success mean "kept": the file is written and fsynced
+under its final name first, then one transaction records the study, the
+instance, its eligibility and (when eligible) its score job. If that transaction
+fails the file is removed again, so nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from triage_node.config import Settings
+from triage_node.receive.eligibility import EligibilityDecision
+from triage_node.receive.validate import InstanceHeader
+from triage_node.store import Instance, InstanceState, JobKind, Store, Study, add_event, utcnow
+from triage_node.store.db import StoreUnavailable
+from triage_node.store.jobs import enqueue_job
+
+log = logging.getLogger(__name__)
+
+INCOMING_DIRNAME = ".incoming"
+_MB = 1024 * 1024
+
+
+class SpoolFailed(Exception):
+    """The instance could not be made durable (disk, file system or database)."""
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who sent an instance: the association's calling AE title and peer address."""
+
+    calling_ae: str
+    peer_host: str
+
+
+@dataclass(frozen=True)
+class SpoolOutcome:
+    """Result of :func:`spool_instance`."""
+
+    instance_id: int
+    state: str
+    duplicate: bool
+    path: str | None  # relative to the spool directory; None for a duplicate
+
+
+def incoming_dir(settings: Settings) -> Path:
+    """Where instances are written while they arrive (same file system as the spool)."""
+    return settings.spool_dir / INCOMING_DIRNAME
+
+
+def disk_below_watermark(settings: Settings, needed_bytes: int = 0) -> bool:
+    """True if storing ``needed_bytes`` more would leave less than ``min_free_disk_mb``."""
+    settings.spool_dir.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(settings.spool_dir).free
+    return free - needed_bytes < settings.receive.min_free_disk_mb * _MB
+
+
+def relative_spool_path(header: InstanceHeader) -> str:
+    """Where an instance lives inside the spool: ``<study uid>/<sop instance uid>.dcm``."""
+    return f"{header.study_instance_uid}/{header.sop_instance_uid}.dcm"
+
+
+def find_instance_id(store: Store, sop_instance_uid: str) -> int | None:
+    """The id of the stored instance with this SOP Instance UID, if any."""
+    with store.read() as session:
+        return session.scalars(
+            select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
+        ).first()
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _place_file(settings: Settings, source: Path, relative: str) -> Path:
+    """Give the fsynced ``source`` its spool name without ever replacing an existing file."""
+    final = settings.spool_dir / relative
+    created_dir = not final.parent.exists()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, final)  # fails if the name exists: never clobber a stored file
+    except FileExistsError:
+        # Another association is storing the same instance right now, or a crash left
+        # a file without a row: keep ours under a unique name; the row decides.
+        final = final.with_name(f"{final.stem}.{uuid.uuid4().hex[:8]}.dcm")
+        os.link(source, final)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+        shutil.copyfile(source, tmp)
+        _fsync_path(tmp)
+        os.rename(tmp, final)
+    os.unlink(source)
+    if settings.receive.fsync:
+        _fsync_path(final.parent, directory=True)
+        if created_dir:
+            _fsync_path(settings.spool_dir, directory=True)
+    return final
+
+
+def _commit(store: Store, settings: Settings, header: InstanceHeader,
+            decision: EligibilityDecision, sender: Sender, relative: str,
+            size: int) -> SpoolOutcome:
+    now = utcnow()
+    state = InstanceState.QUEUED if decision.eligible else InstanceState.SKIPPED
+    with store.write() as session:
+        study = session.scalars(
+            select(Study).where(Study.study_instance_uid == header.study_instance_uid)
+        ).first()
+        if study is None:
+            study = Study(study_instance_uid=header.study_instance_uid, created_at=now,
+                          updated_at=now, last_instance_at=now)
+            session.add(study)
+            session.flush()
+        else:
+            study.last_instance_at = now
+            study.updated_at = now
+        instance = Instance(
+            sop_instance_uid=header.sop_instance_uid,
+            sop_class_uid=header.sop_class_uid,
+            study_id=study.id,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
+            modality=header.modality,
+            body_part=header.body_part,
+            view_position=header.view_position,
+            transfer_syntax_uid=header.transfer_syntax_uid,
+            rows=header.rows,
+            columns=header.columns,
+            path=relative,
+            size_bytes=size,
+            calling_ae=sender.calling_ae,
+            peer_host=sender.peer_host,
+            own_result=decision.own_result,
+            received_at=now,
+            updated_at=now,
+            state=state.value,
+            reason=decision.reason,
+        )
+        session.add(instance)
+        session.flush()
+        if decision.eligible:
+            enqueue_job(session, JobKind.SCORE.value, instance_id=instance.id,
+                        max_attempts=settings.worker.max_attempts)
+        add_event(
+            session,
+            "received" if decision.eligible else "skipped",
+            instance_id=instance.id,
+            sop_instance_uid=header.sop_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            state=state.value,
+            message=decision.reason or "eligible, score job queued",
+            data={"calling_ae": sender.calling_ae, "peer_host": sender.peer_host,
+                  "transfer_syntax_uid": header.transfer_syntax_uid, "size_bytes": size},
+        )
+        return SpoolOutcome(instance.id, state.value, False, relative)
+
+
+def record_duplicate(store: Store, instance_id: int, header: InstanceHeader,
+                     sender: Sender) -> SpoolOutcome:
+    """Record a second copy of a stored instance (acknowledged, not stored or queued again)."""
+    with store.write() as session:
+        add_event(session, "duplicate", instance_id=instance_id,
+                  sop_instance_uid=header.sop_instance_uid,
+                  study_instance_uid=header.study_instance_uid,
+                  message="SOP Instance UID already stored; kept the first copy",
+                  data={"calling_ae": sender.calling_ae, "peer_host": sender.peer_host})
+    log.info("duplicate instance %s (instance id %d) from %s@%s acknowledged",
+             header.sop_instance_uid, instance_id, sender.calling_ae, sender.peer_host)
+    return SpoolOutcome(instance_id, "duplicate", True, None)
+
+
+def spool_instance(settings: Settings, store: Store, received: Path, header: InstanceHeader,
+                   decision: EligibilityDecision, sender: Sender) -> SpoolOutcome:
+    """Make the received Part-10 file ``received`` durable in the spool and the store.
+
+    ``received`` must be on the spool's file system (see :func:`incoming_dir`); it is
+    consumed. Returns once the file is fsynced and the transaction committed. A
+    second copy of a stored SOP Instance UID is acknowledged as a duplicate (one
+    row, no second job). Raises :class:`SpoolFailed` if the instance could not be
+    made durable; then no file of it is left in the spool.
+    """
+    try:
+        existing = find_instance_id(store, header.sop_instance_uid)
+    except (SQLAlchemyError, StoreUnavailable) as exc:
+        raise SpoolFailed(f"store unavailable: {type(exc).__name__}") from exc
+    if existing is not None:
+        received.unlink(missing_ok=True)
+        return record_duplicate(store, existing, header, sender)
+
+    relative = relative_spool_path(header)
+    final: Path | None = None
+    try:
+        size = received.stat().st_size
+        if settings.receive.fsync:
+            _fsync_path(received)
+        final = _place_file(settings, received, relative)
+        relative = final.relative_to(settings.spool_dir).as_posix()
+    except OSError as exc:
+        received.unlink(missing_ok=True)
+        if final is not None:
+            final.unlink(missing_ok=True)
+        raise SpoolFailed(f"cannot write spool file {relative}: {exc.strerror}") from exc
+
+    for _attempt in range(3):
+        try:
+            return _commit(store, settings, header, decision, sender, relative, size)
+        except IntegrityError:
+            # A concurrent association committed the same instance (or the same new
+            # study, on PostgreSQL): look again.
+            try:
+                existing = find_instance_id(store, header.sop_instance_uid)
+            except SQLAlchemyError as exc:
+                final.unlink(missing_ok=True)
+                raise SpoolFailed(f"store unavailable: {type(exc).__name__}") from exc
+            if existing is not None:
+                final.unlink(missing_ok=True)
+                return record_duplicate(store, existing, header, sender)
+        except (SQLAlchemyError, StoreUnavailable) as exc:
+            final.unlink(missing_ok=True)
+            raise SpoolFailed(f"store unavailable: {type(exc).__name__}") from exc
+    final.unlink(missing_ok=True)
+    raise SpoolFailed(f"could not record {header.sop_instance_uid} after 3 attempts")
