@@ -187,7 +187,7 @@ def side_is_positive(side: SideAssessment, threshold: float) -> bool | None:
 
 
 def study_decision(assessments: Sequence[ImageAssessment]) -> bool | None:
-    """True: DXA recommended (any assessable side positive); False: not; None: nothing assessable."""
+    """True: DXA recommended (any assessable side positive); False: not; None: none assessable."""
     decisions = [side_is_positive(s, a.threshold) for a in assessments for s in a.sides]
     known = [d for d in decisions if d is not None]
     if not known:
@@ -353,7 +353,8 @@ def build_study_report(
     )
     groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations |
                  hd.sr.MeasurementsAndQualitativeEvaluations] = []
-    for number, (source, assessment) in enumerate(zip(checked_sources, checked), start=1):
+    for number, (source, assessment) in enumerate(zip(checked_sources, checked, strict=True),
+                                                  start=1):
         for side in sorted(assessment.sides, key=lambda s: s.side):
             groups.append(_side_group(source, number, side, assessment, algorithm))
 

@@ -1,0 +1,366 @@
+"""Build the secondary-capture heatmap of one scored radiograph (RGB, burned-in text).
+
+The picture is what a radiologist sees when scrolling past it in the viewer:
+
+* the radiograph, windowed as a viewer would show it (Modality LUT, then the
+  first VOI LUT or window of the file; MONOCHROME1 inverted; with no window
+  at all, the 0.5-99.5 percentile range of the pixels);
+* over each femur ROI, the model's class-activation map in colour
+  (matplotlib "inferno", alpha proportional to activation) clipped to the ROI,
+  and the ROI outline coloured by the side's decision; with no CAM, the
+  outline only;
+* below the image, a black band with the colour bar and burned-in text:
+  probability and decision per side, the study decision at the operating
+  point, the model name and version, "AI triage, not for diagnosis", and
+  "synthetic demo model, not for clinical use" when it is.
+
+Size: the long side of the radiograph part is scaled to at most
+:data:`MAX_LONG_SIDE` pixels (a 3000x3000 16-bit DX becomes a 2048x2048 8-bit
+RGB image of 12 MB rather than 27 MB; an SC is for looking at, not for
+measuring) and at least :data:`MIN_LONG_SIDE` (so that text stays legible on
+tiny images). Font size follows the output width. Text uses DejaVu Sans
+shipped with matplotlib, so no system font is needed.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from matplotlib import colormaps, font_manager
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.valuerep import DA, TM
+
+from triage_node import identity
+from triage_node.report.sr import (
+    check_assessment,
+    check_polygon,
+    content_datetime_of,
+    decision_text,
+    side_is_positive,
+    software_versions,
+    study_decision,
+)
+from triage_node.report.uids import heatmap_uids
+from triage_node.score.interface import ImageAssessment
+
+#: Series Number of our heatmap series.
+SC_SERIES_NUMBER = 9902
+#: Longest side, in pixels, of the radiograph part of the heatmap (see module docstring).
+MAX_LONG_SIDE = 2048
+MIN_LONG_SIDE = 768
+COLORMAP = "inferno"
+#: Outline colours: DXA recommended, low likelihood, not assessable.
+POSITIVE_RGB = (255, 64, 64)
+NEGATIVE_RGB = (64, 220, 96)
+UNKNOWN_RGB = (200, 200, 200)
+_MAX_ALPHA = 0.55
+
+
+def windowed_grayscale(source: pydicom.Dataset) -> np.ndarray:
+    """The source's pixels as a viewer shows them: float array in [0, 1], white = dense bone.
+
+    Modality LUT (rescale) first, then the first VOI LUT Sequence item or
+    Window Center/Width (pydicom's implementation of PS3.3 C.11.2);
+    MONOCHROME1 is inverted. Without any VOI, the 0.5-99.5 percentile range.
+    """
+    photometric = str(source.get("PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"source: PhotometricInterpretation {photometric!r} is not grayscale")
+    if int(source.get("NumberOfFrames", 1) or 1) != 1:
+        raise ValueError("source: multi-frame images are not supported")
+    raw = source.pixel_array
+    values = np.asarray(apply_modality_lut(raw, source), dtype=np.float64)
+    if "VOILUTSequence" in source:
+        out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=True),
+                         dtype=np.float64)
+        bits = int(source.VOILUTSequence[0].LUTDescriptor[2])
+        low, high = 0.0, float(2**bits - 1)
+    elif "WindowCenter" in source and "WindowWidth" in source:
+        out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=False),
+                         dtype=np.float64)
+        # pydicom maps the window onto the range of the stored values (after rescale)
+        bits = int(source.BitsStored)
+        if int(source.get("PixelRepresentation", 0)) == 0:
+            low, high = 0.0, float(2**bits - 1)
+        else:
+            low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+        if "RescaleSlope" in source and "RescaleIntercept" in source:
+            slope, intercept = float(source.RescaleSlope), float(source.RescaleIntercept)
+            low, high = sorted((low * slope + intercept, high * slope + intercept))
+    else:
+        out = values
+        low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+    if high <= low:
+        high = low + 1.0
+    gray = np.clip((out - low) / (high - low), 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        gray = 1.0 - gray
+    return gray
+
+
+def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+    prop = font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal")
+    path = font_manager.findfont(prop, fallback_to_default=True)
+    return ImageFont.truetype(str(Path(path)), size)
+
+
+def _check_cams(cams: object, assessment: ImageAssessment, rows: int, columns: int
+                ) -> dict[str, np.ndarray]:
+    if cams is None:
+        return {}
+    if not isinstance(cams, Mapping):
+        raise TypeError("cams: expected a dict side -> array, or None")
+    sides = {s.side for s in assessment.sides}
+    checked: dict[str, np.ndarray] = {}
+    for side, cam in cams.items():
+        if side not in sides:
+            raise ValueError(f"cams: side {side!r} is not among the assessed sides {sorted(sides)}")
+        arr = np.asarray(cam, dtype=np.float64)
+        if arr.shape != (rows, columns):
+            raise ValueError(f"cams[{side!r}]: shape {arr.shape} is not the source grid "
+                             f"{(rows, columns)}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"cams[{side!r}]: values must be finite")
+        checked[side] = np.clip(arr, 0.0, 1.0)
+    return checked
+
+
+def _output_scale(rows: int, columns: int) -> float:
+    long_side = max(rows, columns)
+    if long_side > MAX_LONG_SIDE:
+        return MAX_LONG_SIDE / long_side
+    if long_side < MIN_LONG_SIDE:
+        return MIN_LONG_SIDE / long_side
+    return 1.0
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a float image in [0, 1] to (width, height) with bilinear filtering."""
+    img = Image.fromarray(arr.astype(np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+
+
+def render_heatmap(source: pydicom.Dataset, assessment: ImageAssessment,
+                   cams: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """Render the heatmap picture as an (rows, columns, 3) uint8 RGB array.
+
+    ``cams`` maps a side ("left"/"right") to its class-activation map on the
+    source pixel grid (values in [0, 1]); None draws the ROI outlines only.
+    """
+    rows, columns = int(source.Rows), int(source.Columns)
+    checked = check_assessment(assessment, "assessment", source)
+    checked_cams = _check_cams(cams, checked, rows, columns)
+    gray = windowed_grayscale(source)
+    scale = _output_scale(rows, columns)
+    width, height = max(1, round(columns * scale)), max(1, round(rows * scale))
+    gray = _resize(gray, (width, height)) if scale != 1.0 else gray
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    cmap = colormaps[COLORMAP]
+
+    outlines: list[tuple[list[tuple[float, float]], tuple[int, int, int], str]] = []
+    for side in checked.sides:
+        positive = side_is_positive(side, checked.threshold)
+        colour = UNKNOWN_RGB if positive is None else POSITIVE_RGB if positive else NEGATIVE_RGB
+        if side.roi_polygon is None:
+            continue
+        points = check_polygon(side.roi_polygon, rows, columns,
+                               f"assessment.sides[{side.side}].roi_polygon")
+        scaled = [(float(x) * scale, float(y) * scale) for x, y in points]
+        label = f"{side.side[0].upper()} " + (
+            f"{side.probability:.2f}" if side.probability is not None else "n/a")
+        outlines.append((scaled, colour, label))
+        cam = checked_cams.get(side.side)
+        if cam is None:
+            continue
+        mask_img = Image.new("L", (width, height), 0)
+        ImageDraw.Draw(mask_img).polygon(scaled, fill=255)
+        mask = np.asarray(mask_img, dtype=np.float64) / 255.0
+        cam_out = _resize(cam, (width, height)) if scale != 1.0 else cam
+        alpha = (_MAX_ALPHA * np.clip(cam_out, 0, 1) * mask)[:, :, None]
+        rgb = rgb * (1 - alpha) + cmap(np.clip(cam_out, 0, 1))[:, :, :3] * alpha
+
+    image = Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(image)
+    line_width = max(2, round(width / 400))
+    label_font = _font(max(14, round(width / 40)), bold=True)
+    for scaled, colour, label in outlines:
+        draw.line(scaled, fill=colour, width=line_width, joint="curve")
+        x0 = min(x for x, _ in scaled)
+        y0 = min(y for _, y in scaled)
+        draw.text((x0 + line_width, max(0, y0 - label_font.size - line_width)), label,
+                  fill=colour, font=label_font, stroke_width=2, stroke_fill=(0, 0, 0))
+    return _with_caption_band(np.asarray(image), checked, bool(checked_cams))
+
+
+def _caption_lines(assessment: ImageAssessment) -> list[tuple[str, tuple[int, int, int]]]:
+    lines: list[tuple[str, tuple[int, int, int]]] = [(identity.TRIAGE_DISCLAIMER.upper(),
+                                                      (255, 220, 0))]
+    if assessment.synthetic_model:
+        lines.append((identity.SYNTHETIC_DISCLAIMER.upper(), (255, 220, 0)))
+    per_side = []
+    # Patient's right first, as it appears on the viewer's left in an AP view.
+    for side in sorted(assessment.sides, key=lambda s: s.side != "right"):
+        if side.probability is None:
+            per_side.append(f"{side.side}: not assessable ({side.not_assessable_reason})")
+        else:
+            decision = decision_text(side_is_positive(side, assessment.threshold))
+            per_side.append(f"{side.side}: p={side.probability:.2f} {decision}")
+    lines.extend((text, (255, 255, 255)) for text in per_side)
+    decision = study_decision([assessment])
+    colour = UNKNOWN_RGB if decision is None else POSITIVE_RGB if decision else NEGATIVE_RGB
+    lines.append((f"Image decision: {decision_text(decision)} "
+                  f"(operating point {assessment.threshold:.2f})", colour))
+    lines.append((f"Model: {assessment.model_name} {assessment.model_version}",
+                  (255, 255, 255)))
+    return lines
+
+
+def _with_caption_band(image: np.ndarray, assessment: ImageAssessment, with_cam: bool
+                       ) -> np.ndarray:
+    height, width = image.shape[:2]
+    font_size = max(14, round(width / 48))
+    font = _font(font_size)
+    bold = _font(font_size, bold=True)
+    margin = font_size // 2
+    lines = _caption_lines(assessment)
+    line_height = round(font_size * 1.35)
+    bar_height = font_size if with_cam else 0
+    band = margin * 2 + line_height * len(lines) + (bar_height + line_height if with_cam else 0)
+    canvas = Image.new("RGB", (width, height + band), (0, 0, 0))
+    canvas.paste(Image.fromarray(image, mode="RGB"), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = height + margin
+    for i, (text, colour) in enumerate(lines):
+        draw.text((margin, y), text, fill=colour, font=bold if i == 0 else font)
+        y += line_height
+    if with_cam:
+        bar_width = max(10, width // 2)
+        ramp = colormaps[COLORMAP](np.linspace(0, 1, bar_width))[:, :3]
+        bar = np.round(np.repeat(ramp[None, :, :], bar_height, axis=0) * 255).astype(np.uint8)
+        canvas.paste(Image.fromarray(bar, mode="RGB"), (margin, y))
+        draw.text((margin * 2 + bar_width, y - font_size // 6),
+                  "model attention: low to high", fill=(255, 255, 255), font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _patient_orientation(source: pydicom.Dataset) -> tuple[str, str]:
+    orientation = source.get("PatientOrientation")
+    if orientation and len(orientation) == 2 and all(orientation):
+        return str(orientation[0]), str(orientation[1])
+    view = str(source.get("ViewPosition", "")).upper()
+    # Without Patient Orientation, the standard display of a frontal view: AP -> rows
+    # run to the patient's left, columns to the feet; PA -> to the right.
+    if view == "PA":
+        return "R", "F"
+    if view in ("AP", ""):
+        return "L", "F"
+    raise ValueError(f"source: no Patient Orientation and view {view!r} is not AP/PA")
+
+
+def _header(ds: pydicom.Dataset) -> pydicom.Dataset:
+    header = pydicom.Dataset()
+    for elem in ds:
+        if elem.tag.group not in (0x7FE0, 0x0002):
+            header.add(deepcopy(elem))
+    return header
+
+
+def build_heatmap(
+    source: pydicom.Dataset,
+    assessment: ImageAssessment,
+    cams: Mapping[str, np.ndarray] | None = None,
+    *,
+    report_version: int,
+    series_number: int = SC_SERIES_NUMBER,
+    content_datetime: datetime.datetime | None = None,
+) -> hd.sc.SCImage:
+    """Build the RGB secondary capture of ``source`` with the model's heatmap burned in.
+
+    Parameters
+    ----------
+    source:
+        The scored radiograph (with pixel data), grayscale, one frame.
+    assessment:
+        The model's result for ``source``.
+    cams:
+        Per side ("left"/"right"), the class-activation map on the source pixel
+        grid, values in [0, 1]; None (no CAM from the model) draws only the ROIs.
+    report_version:
+        The study's report version (see :func:`triage_node.report.sr.build_study_report`).
+    series_number:
+        Series Number of the heatmap series.
+    content_datetime:
+        Content Date/Time; default derived from the source (deterministic).
+
+    Raises ``TypeError``/``ValueError`` naming the argument before anything is built.
+    """
+    if not isinstance(source, pydicom.Dataset):
+        raise TypeError(f"source: expected a pydicom Dataset, got {type(source).__name__}")
+    for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "Rows", "Columns"):
+        if not source.get(kw):
+            raise ValueError(f"source: {kw} is missing")
+    checked = check_assessment(assessment, "assessment", source)
+    if isinstance(series_number, bool) or not isinstance(series_number, int) or \
+            series_number < 1:
+        raise ValueError(f"series_number: expected a positive int, got {series_number!r}")
+    if content_datetime is None:
+        content_datetime = content_datetime_of([source])
+    elif not isinstance(content_datetime, datetime.datetime):
+        raise TypeError("content_datetime: expected a datetime.datetime")
+    uids = heatmap_uids(source.StudyInstanceUID, source.SOPInstanceUID,
+                        checked.model_version, report_version)
+    orientation = _patient_orientation(source)
+    pixels = render_heatmap(source, checked, cams)
+
+    sides = sorted({s.side for s in checked.sides})
+    laterality = {"left": "L", "right": "R"}[sides[0]] if len(sides) == 1 else None
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=_header(source),
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=uids.series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=uids.sop_instance_uid,
+        instance_number=report_version,
+        manufacturer=identity.MANUFACTURER,
+        laterality=laterality,
+        patient_orientation=orientation,
+        series_description=identity.SC_SERIES_DESCRIPTION,
+        manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
+        software_versions=software_versions(checked),
+        content_date=content_datetime.date(),
+        content_time=content_datetime.time(),
+        series_date=content_datetime.date(),
+        series_time=content_datetime.time(),
+    )
+    sc.BurnedInAnnotation = "YES"
+    sc.ImageLaterality = laterality or "B"  # both hips on one image
+    if source.get("BodyPartExamined"):
+        sc.BodyPartExamined = source.BodyPartExamined
+    sc.DerivationDescription = (
+        f"Radiograph windowed, {COLORMAP} class-activation map over the femur ROIs, "
+        f"burned-in results of {checked.model_name} {checked.model_version}")[:1024]
+    ref = pydicom.Dataset()
+    ref.ReferencedSOPClassUID = source.SOPClassUID
+    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
+    # highdicom stamps these with the clock; pin them so re-runs are byte-identical.
+    for date_kw, time_kw in (("InstanceCreationDate", "InstanceCreationTime"),
+                             ("DateOfSecondaryCapture", "TimeOfSecondaryCapture")):
+        setattr(sc, date_kw, DA(content_datetime.date()))
+        setattr(sc, time_kw, TM(content_datetime.time()))
+    return sc
+
+
+def side_labels(assessment: ImageAssessment) -> Sequence[str]:
+    """Short per-side texts as burned in (used by tests and logs)."""
+    return [text for text, _ in _caption_lines(assessment)]
