@@ -1,0 +1,165 @@
+"""Render one synthetic radiograph (hip, chest or blank) as DICOM plus its latent truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from triage_node.synth import acquisition, dicomio, scene
+from triage_node.synth.noise import resize
+from triage_node.synth.subjects import Subject, draw_subject
+from triage_node.synth.vendors import VENDORS, VendorProfile, matrix
+
+KINDS = ("hip", "chest", "blank")
+PELVIS_STEP_MM = 0.35  # raster step for pelvis, soft tissue and gas
+
+
+@dataclass
+class SyntheticImage:
+    """A rendered image: the dataset, per-side femur masks and the truth row for labels.csv."""
+
+    dataset: Dataset
+    masks: dict[str, np.ndarray] = field(default_factory=dict)  # "L"/"R" -> bool (rows, cols)
+    row: dict[str, Any] = field(default_factory=dict)
+
+
+def _downsample(a: np.ndarray, ss: int, shape: tuple[int, int]) -> np.ndarray:
+    if ss == 1:
+        return a
+    h, w = shape
+    return a[: h * ss, : w * ss].reshape(h, ss, w, ss).mean(axis=(1, 3))
+
+
+def render_instance(
+    seed: int,
+    *,
+    size: str = "small",
+    kind: str = "hip",
+    vendor: str | None = None,
+    osteoporotic: bool | None = None,
+    prosthesis: tuple[bool, bool] = (False, False),
+    laterality: str | None = None,
+    transfer_syntax: str | None = None,
+    prevalence: float = 0.38,
+    index: int | None = None,
+) -> SyntheticImage:
+    """Render one image. All randomness comes from ``(seed, index)``.
+
+    ``vendor`` None picks one from the seed; ``prosthesis`` is (right, left);
+    ``laterality`` "L"/"R" makes a unilateral hip image; ``index`` is the
+    position in a cohort (None for a stand-alone instance).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if laterality not in (None, "L", "R"):
+        raise ValueError(f"laterality must be None, 'L' or 'R', got {laterality!r}")
+    key: tuple[int, ...] = (int(seed),) if index is None else (int(seed), int(index))
+    rng = np.random.default_rng(key)
+    profile: VendorProfile = VENDORS[vendor] if vendor else VENDORS[
+        sorted(VENDORS)[int(rng.integers(len(VENDORS)))]]
+    if vendor and vendor not in VENDORS:
+        raise ValueError(f"unknown vendor {vendor!r}; known: {sorted(VENDORS)}")
+    rows, cols, spacing = matrix(profile, size)
+    grid = scene.Grid(rows, cols, spacing)
+    ss = 2 if spacing > 0.3 else 1  # supersample coarse grids so trabeculae are area-averaged
+    subject: Subject = draw_subject(rng, prevalence, osteoporotic)
+    render_rng = np.random.default_rng((*key, 1))
+
+    masks: dict[str, np.ndarray] = {}
+    geom = None
+    if kind == "hip":
+        geom = scene.draw_geometry(render_rng, grid, subject.sex, subject.weight_kg,
+                                   subject.height_cm, prosthesis, laterality)
+        step = max(PELVIS_STEP_MM, spacing / ss)
+        coarse = scene.render_pelvis(grid, geom, render_rng, step)
+        density = {"R": subject.density_right, "L": subject.density_left}
+        femurs = scene.render_femurs(grid, geom, density, render_rng, ss)
+        thickness = geom.body_thickness
+    elif kind == "chest":
+        coarse = scene.render_chest(grid, render_rng, max(PELVIS_STEP_MM, spacing / ss))
+        femurs = {}
+        thickness = 220.0
+    else:
+        coarse = np.zeros((8, 8), np.float32)
+        femurs = {}
+        thickness = 0.0
+
+    fine_shape = (rows * ss, cols * ss)
+    att = resize(coarse, fine_shape)
+    for side, (box, femur_att, mask) in femurs.items():
+        att[box] += femur_att
+        if side in (geom.present if geom else ()):
+            full = np.zeros(fine_shape, bool)
+            full[box] = mask
+            masks[side] = _downsample(full.astype(np.float32), ss, (rows, cols)) >= 0.5
+    att = _downsample(att, ss, (rows, cols)).astype(np.float32)
+    if kind != "blank":
+        letter = laterality or ("R" if render_rng.random() < 0.85 else "L")
+        att += scene.marker(att.shape, spacing, letter, at_left=(letter == "R"))
+
+    exposure = acquisition.draw_exposure(render_rng, thickness)
+    log_signal = acquisition.expose(att, spacing, profile, exposure, render_rng,
+                                    profile.spacing_mm)
+    pixels = acquisition.process(log_signal, spacing, profile, exposure)
+
+    body_part = {"chest": "CHEST"}.get(kind, "HIP" if laterality else (
+        "PELVIS" if rng.random() < 0.5 else "HIP"))
+    header = dicomio.draw_header(
+        rng, ("instance", *key), subject.sex, subject.age, subject.weight_kg, subject.height_cm,
+        body_part, "PA" if kind == "chest" else "AP", laterality, exposure.kvp, exposure.dose,
+    )
+    ds = dicomio.build_dataset(pixels, spacing, profile, header)
+    ts = transfer_syntax or profile.transfer_syntax
+    ds = dicomio.encode(ds, ts)
+    row = {
+        "sop_instance_uid": header.sop_uid,
+        "patient_id": header.patient_id,
+        "kind": kind,
+        "age": round(subject.age, 2),
+        "sex": subject.sex,
+        "weight": round(subject.weight_kg, 2),
+        "height": round(subject.height_cm, 2),
+        "weight_in_header": int(header.weight_kg is not None),
+        "height_in_header": int(header.height_cm is not None),
+        "t_score": round(subject.t_score, 4),
+        "label": subject.label,
+        "density_left": round(subject.density_left, 4),
+        "density_right": round(subject.density_right, 4),
+        "vendor": profile.name,
+        "modality": profile.modality,
+        "photometric": profile.photometric,
+        "bits_stored": profile.bits_stored,
+        "rows": rows,
+        "cols": cols,
+        "spacing_mm": spacing,
+        "dose": round(exposure.dose, 4),
+        "kvp": round(exposure.kvp, 1),
+        "prosthesis_left": int(kind == "hip" and prosthesis[1]),
+        "prosthesis_right": int(kind == "hip" and prosthesis[0]),
+        "laterality": laterality or ("B" if kind == "hip" else ""),
+        "mask_left": int("L" in masks),
+        "mask_right": int("R" in masks),
+        "transfer_syntax": str(ts),
+    }
+    return SyntheticImage(dataset=ds, masks=masks, row=row)
+
+
+def make_instance(
+    seed: int,
+    *,
+    size: str = "small",
+    kind: str = "hip",
+    vendor: str | None = None,
+    osteoporotic: bool | None = None,
+    prosthesis: tuple[bool, bool] = (False, False),
+    laterality: str | None = None,
+    transfer_syntax: str | None = None,
+) -> Dataset:
+    """One synthetic image as a pydicom Dataset (see ``render_instance`` for the truth)."""
+    return render_instance(
+        seed, size=size, kind=kind, vendor=vendor, osteoporotic=osteoporotic,
+        prosthesis=prosthesis, laterality=laterality, transfer_syntax=transfer_syntax,
+    ).dataset
