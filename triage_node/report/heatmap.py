@@ -35,7 +35,6 @@ import pydicom
 from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.valuerep import DA, TM
 
 from triage_node import identity
 from triage_node.report.sr import (
@@ -43,6 +42,7 @@ from triage_node.report.sr import (
     check_polygon,
     content_datetime_of,
     decision_text,
+    pin_creation_datetime,
     side_is_positive,
     software_versions,
     study_decision,
@@ -332,7 +332,8 @@ def build_heatmap(
         sop_instance_uid=uids.sop_instance_uid,
         instance_number=report_version,
         manufacturer=identity.MANUFACTURER,
-        laterality=laterality,
+        # series Laterality (Type 2C) may not be sent when Image Laterality is (dciodvfy)
+        laterality=None,
         patient_orientation=orientation,
         series_description=identity.SC_SERIES_DESCRIPTION,
         manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
@@ -353,11 +354,7 @@ def build_heatmap(
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [ref]
-    # highdicom stamps these with the clock; pin them so re-runs are byte-identical.
-    for date_kw, time_kw in (("InstanceCreationDate", "InstanceCreationTime"),
-                             ("DateOfSecondaryCapture", "TimeOfSecondaryCapture")):
-        setattr(sc, date_kw, DA(content_datetime.date()))
-        setattr(sc, time_kw, TM(content_datetime.time()))
+    pin_creation_datetime(sc, content_datetime)
     return sc
 
 

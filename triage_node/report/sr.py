@@ -35,7 +35,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.coding import Code
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, DT, TM
 
 import triage_node
 from triage_node import identity
@@ -410,7 +410,7 @@ def build_study_report(
         series_time=content_datetime.time(),
         coding_schemes=[codes.PRIVATE_CODING_SCHEME],
     )
-    _pin_creation_datetime(sr, content_datetime)
+    pin_creation_datetime(sr, content_datetime)
     return sr
 
 
@@ -437,10 +437,18 @@ def _qualitative_evaluations(decision: bool | None, assessments: Sequence[ImageA
     return container
 
 
-def _pin_creation_datetime(ds: pydicom.Dataset, when: datetime.datetime) -> None:
-    """highdicom stamps Instance Creation Date/Time with the clock; we use ``when``.
+def pin_creation_datetime(ds: pydicom.Dataset, when: datetime.datetime) -> None:
+    """Replace the clock readings highdicom stamps into an object with ``when``.
 
-    Same inputs must give byte-identical objects (a re-send, not a new object).
+    Instance Creation Date/Time, Contribution DateTime of the Contributing
+    Equipment, and for secondary captures Date/Time of Secondary Capture. Same
+    inputs must give byte-identical objects (a re-send, not a new object).
     """
     ds.InstanceCreationDate = DA(when.date())
     ds.InstanceCreationTime = TM(when.time())
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = DT(when)
+    if "DateOfSecondaryCapture" in ds:
+        ds.DateOfSecondaryCapture = DA(when.date())
+        ds.TimeOfSecondaryCapture = TM(when.time())

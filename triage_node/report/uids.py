@@ -2,8 +2,10 @@
 
 A re-run after a crash must produce the same objects (same UIDs) so that a
 receiving archive sees a re-send, not a duplicate. Every UID here is a
-``2.25.<integer>`` UID (PS3.5 B.2) made by :func:`pydicom.uid.generate_uid`
-with ``prefix=None`` from a SHA-512 of its inputs:
+``2.25.<integer>`` UID (PS3.5 B.2) whose integer is a name-based UUID
+(RFC 4122 version 5, :func:`uuid.uuid5`) of its inputs. (pydicom's
+``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy and returns
+a random UUID, so it cannot be used here.) The inputs:
 
 * the source SOP Instance UIDs (sorted, so arrival order does not matter),
 * the model version (a new model gives new objects),
@@ -18,18 +20,19 @@ superseding the older ones.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pydicom.uid import generate_uid
-
 from triage_node import identity
 
-_NAMESPACE = "triage-node/uids/1"
+#: Namespace of our name-based UUIDs; changing it changes every UID we make.
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:triage-node:uids:1")
 
 
 def _uid(kind: str, *parts: str) -> str:
-    return str(generate_uid(prefix=None, entropy_srcs=[_NAMESPACE, kind, *parts]))
+    # "\n" cannot occur in a UID or version string, so the joined name is unambiguous.
+    return f"2.25.{uuid.uuid5(_NAMESPACE, chr(10).join([kind, *parts])).int}"
 
 
 def _check_uid(value: object, argument: str) -> str:
