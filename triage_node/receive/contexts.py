@@ -24,20 +24,23 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
-# In our order of preference; pynetdicom as acceptor takes the first transfer syntax the
-# *requestor* proposes that is in this list, so the order matters little.
+# pynetdicom as acceptor picks, per proposed context, the first transfer syntax of THIS
+# list that the requestor offers. Lossless compressed syntaxes come first so that a
+# sender offering its file's own encoding next to the uncompressed ones never has to
+# decompress (dcmtk's storescu cannot decompress RLE, for one); lossy syntaxes come
+# last so that we never ask a sender to compress lossily what it has uncompressed.
 TRANSFER_SYNTAXES: list[str] = [
+    RLELossless,
+    JPEGLSLossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEG2000Lossless,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    RLELossless,
+    JPEGLSNearLossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
     JPEG2000,
 ]
 
