@@ -61,18 +61,21 @@ class Node:
         """Start every stage of this process's roles, then tell systemd we are ready."""
         from triage_node.ops.systemd import Watchdog, sd_notify
 
-        status = []
+        # Every stage's modules are imported here, before any thread starts: two threads
+        # importing pydicom at once can see it half-initialised (circular imports).
+        if "receive" in self.roles:
+            from triage_node.receive import start_receiver
         if "work" in self.roles:
             from triage_node.ops.scheduler import start_scheduler
             from triage_node.work.worker import WorkerPool
 
+        status = []
+        if "work" in self.roles:
             self.pool = WorkerPool(self.settings, self.store, self.settings.node.workers)
             self.pool.start()
             self.scheduler = start_scheduler(self.settings, self.store)
             status.append(f"{self.settings.node.workers} worker(s)")
         if "receive" in self.roles:
-            from triage_node.receive import start_receiver  # type: ignore[attr-defined]
-
             self.receiver = start_receiver(self.settings, self.store)
             n = self.settings.node
             status.insert(0, f"{n.ae_title} listening on {n.host}:{n.port}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pydicom
 from sqlalchemy.orm import Session
 
 from triage_node.score.interface import ModelUnavailable, NotScorable, ScoringModel, load_model
@@ -32,8 +33,6 @@ from triage_node.work.base import JobContext, PermanentFailure, RetryLater
 from triage_node.work.study import instance_finished
 
 if TYPE_CHECKING:
-    import pydicom
-
     from triage_node.config import Settings
 
 log = logging.getLogger(__name__)
@@ -121,8 +120,6 @@ class ScoreHandler:
 
     def run(self, ctx: JobContext) -> str | None:
         """Score the job's instance; see the module docstring for the steps."""
-        import pydicom
-
         job = ctx.job
         ref = self._start(ctx)
         fields = {"job_id": job.id, "sop_instance_uid": ref.sop_instance_uid}
