@@ -8,6 +8,7 @@ one ``instance_decoded`` and one ``job_retry`` per job mean it ran exactly once.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import signal
@@ -26,6 +27,7 @@ from tests.peers import REPO, NodeProcess, base_config, free_port, storescu, wri
 from tests.test_worker import add_instance, make_radiograph
 from triage_node.config import load_settings
 from triage_node.store import Event, Instance, Job, Store, open_store
+from triage_node.store.models import utcnow
 
 
 def _config(tmp_path: Path, name: str, database_url: str = "", **sections: Any) -> Path:
@@ -197,7 +199,7 @@ def test_sigterm_stops_serve_promptly_and_leaves_no_job_running(tmp_path: Path) 
     node = NodeProcess(cfg, tmp_path / "serve.log", command="serve").start()
     try:
         _wait_for(lambda: _count(store, "instance_scoring") >= 3, 120, "jobs in hand", node)
-        t0 = time.monotonic()
+        t0, stop_at = time.monotonic(), utcnow()
         rc = node.terminate(60)
         elapsed = time.monotonic() - t0
     finally:
@@ -208,7 +210,10 @@ def test_sigterm_stops_serve_promptly_and_leaves_no_job_running(tmp_path: Path) 
     with store.read() as session:
         scoring = session.scalar(select(func.count()).where(Instance.state == "scoring"))
         queued_jobs = session.scalar(select(func.count()).where(Job.state == "queued"))
+        late_claims = session.scalar(select(func.count()).where(
+            Event.kind == "job_started", Event.at > stop_at + dt.timedelta(seconds=0.5)))
     assert scoring == 0 and queued_jobs == n_jobs  # every job waiting, none lost or stuck
+    assert late_claims == 0, "a worker claimed a job after SIGTERM"
     assert "node stopped" in node.log_text()
     store.dispose()
 

@@ -108,6 +108,9 @@ class Node:
 
         sd_notify("STOPPING=1", "STATUS=stopping")
         started = time.monotonic()
+        if self.pool is not None:
+            # First, so no worker claims another job while the receiver winds down.
+            self.pool.request_stop()
         if self.receiver is not None:
             try:
                 self.receiver.shutdown()

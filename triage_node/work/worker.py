@@ -230,6 +230,10 @@ class WorkerPool:
         """How many workers hold a job right now."""
         return sum(1 for w in self.workers if w.current is not None)
 
+    def request_stop(self) -> None:
+        """Stop claiming jobs; jobs in hand are given back at their next checkpoint."""
+        self.stopping.set()
+
     def stop(self, grace_seconds: float) -> None:
         """Stop claiming; wait up to ``grace_seconds`` for jobs in hand, then release them.
 
