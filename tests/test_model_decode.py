@@ -1,0 +1,81 @@
+"""Decoding radiographs for the model: LUTs, MONOCHROME1, spacing sources, resampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from tests.dicom_files import make_radiograph
+from triage_node.score.decode import FALLBACK_SPACING_MM, decode_radiograph, resample_to_spacing
+from triage_node.score.interface import NotScorable
+
+
+def _ramp(ds: Dataset) -> np.ndarray:
+    values = (np.arange(ds.Rows * ds.Columns) % 4096).astype(np.uint16).reshape(ds.Rows, -1)
+    ds.PixelData = values.tobytes()
+    return values
+
+
+def test_monochrome2_with_rescale_and_imager_spacing() -> None:
+    ds = make_radiograph(rows=32, columns=24)
+    raw = _ramp(ds)
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    decoded = decode_radiograph(ds)
+    np.testing.assert_array_equal(decoded.pixels, 2.0 * raw - 100)
+    assert decoded.spacing_mm == (0.15, 0.15)
+    assert decoded.spacing_source == "ImagerPixelSpacing"
+    assert decoded.warnings == ()
+
+
+def test_monochrome1_is_inverted_after_the_window() -> None:
+    ds = make_radiograph(rows=32, columns=24)
+    raw = _ramp(ds)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    decoded = decode_radiograph(ds)
+    # Raw high values (dark in MONOCHROME1) come out low: bone is bright.
+    assert np.corrcoef(decoded.pixels.ravel(), raw.ravel())[0, 1] < -0.99
+    narrow = make_radiograph(rows=32, columns=24)
+    _ramp(narrow)
+    narrow.WindowCenter, narrow.WindowWidth = 300, 100
+    clipped = decode_radiograph(narrow).pixels
+    assert len(np.unique(clipped[raw < 240])) == 1 and len(np.unique(clipped[raw > 360])) == 1
+    assert len(np.unique(clipped[(raw > 260) & (raw < 340)])) > 50
+
+
+def test_spacing_preference_and_fallback_warning() -> None:
+    ds = make_radiograph(rows=16, columns=16)
+    ds.EstimatedRadiographicMagnificationFactor = 1.2
+    decoded = decode_radiograph(ds)
+    assert decoded.spacing_mm == pytest.approx((0.125, 0.125))
+    assert "Magnification" in decoded.spacing_source
+    ds.PixelSpacing = [0.1, 0.1]
+    assert decode_radiograph(ds).spacing_source == "PixelSpacing"
+    del ds.PixelSpacing, ds.ImagerPixelSpacing
+    decoded = decode_radiograph(ds)
+    assert decoded.spacing_source == "fallback"
+    assert decoded.spacing_mm == (FALLBACK_SPACING_MM, FALLBACK_SPACING_MM)
+    assert any("no pixel spacing" in w for w in decoded.warnings)
+
+
+def test_undecodable_or_colour_is_not_scorable() -> None:
+    ds = make_radiograph(rows=16, columns=16)
+    ds.PixelData = b"\x00" * 10
+    with pytest.raises(NotScorable, match=str(ds.SOPInstanceUID)):
+        decode_radiograph(ds)
+    ds = make_radiograph(rows=16, columns=16)
+    ds.SamplesPerPixel = 3
+    with pytest.raises(NotScorable, match="colour"):
+        decode_radiograph(ds)
+
+
+def test_resample_to_spacing() -> None:
+    rows, cols = np.mgrid[:300, :200]
+    image = (rows + 2 * cols).astype(float)  # linear: resampling must keep it exact
+    out = resample_to_spacing(image, (0.15, 0.1), 0.5)
+    assert out.shape == (90, 40)
+    assert out[10, 7] == pytest.approx(image[0, 0] + (10 * 0.5 / 0.15) + 2 * (7 * 5), rel=0.02)
+    checker = ((rows // 1 + cols // 1) % 2).astype(float)
+    # Anti-aliasing: a 1-pixel checkerboard becomes flat grey, not a moire pattern.
+    assert resample_to_spacing(checker, (0.1, 0.1), 0.5)[5:-5, 5:-5].std() < 0.05

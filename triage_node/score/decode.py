@@ -1,0 +1,130 @@
+"""Decoding a radiograph for the model: pixels as a viewer shows them, plus pixel spacing.
+
+Steps, in the order a viewer applies them: decode Pixel Data (any transfer
+syntax pydicom's installed plugins handle), Modality LUT / rescale
+(``apply_modality_lut``), VOI LUT or window (``apply_voi_lut``), then invert
+MONOCHROME1 so that bone is always bright. Spacing comes from Pixel Spacing
+(calibrated), else Imager Pixel Spacing divided by the Estimated Radiographic
+Magnification Factor, else Nominal Scanned Pixel Spacing, else
+:data:`FALLBACK_SPACING_MM` with a recorded warning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from scipy import ndimage
+
+from triage_node.score.interface import NotScorable
+
+#: Used when the header gives no spacing: a typical CR/DX detector pitch (mm).
+FALLBACK_SPACING_MM = 0.15
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A radiograph ready for ROI finding.
+
+    ``pixels``: float64 (rows, columns), bone bright, in the source grid.
+    ``spacing_mm``: (row, column) spacing in mm; ``spacing_source`` names the
+    attribute it came from (or ``"fallback"``). ``warnings`` are short,
+    PHI-free notes for the report.
+    """
+
+    pixels: np.ndarray
+    spacing_mm: tuple[float, float]
+    spacing_source: str
+    warnings: tuple[str, ...] = ()
+
+
+def _uid(ds: pydicom.Dataset) -> str:
+    return str(ds.get("SOPInstanceUID", "<no SOP Instance UID>"))
+
+
+def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str]:
+    def pair(keyword: str) -> tuple[float, float] | None:
+        value = ds.get(keyword)
+        try:
+            row, col = (float(v) for v in value)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            return None
+        return (row, col) if row > 0 and col > 0 else None
+
+    if (spacing := pair("PixelSpacing")) is not None:
+        return spacing, "PixelSpacing"
+    if (spacing := pair("ImagerPixelSpacing")) is not None:
+        try:
+            magnification = float(ds.get("EstimatedRadiographicMagnificationFactor", 1.0) or 1.0)
+        except (TypeError, ValueError):
+            magnification = 1.0
+        if magnification <= 0:
+            magnification = 1.0
+        source = "ImagerPixelSpacing"
+        if magnification != 1.0:
+            source += "/EstimatedRadiographicMagnificationFactor"
+        return (spacing[0] / magnification, spacing[1] / magnification), source
+    if (spacing := pair("NominalScannedPixelSpacing")) is not None:
+        return spacing, "NominalScannedPixelSpacing"
+    return None, "fallback"
+
+
+def decode_radiograph(ds: pydicom.Dataset) -> DecodedImage:
+    """Decode one single-frame greyscale radiograph the way a viewer displays it.
+
+    Raises :class:`NotScorable` naming the SOP Instance UID when the pixel
+    data cannot be decoded or are not a single greyscale frame.
+    """
+    uid = _uid(ds)
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise NotScorable(f"instance {uid}: colour image (Samples per Pixel != 1)")
+    if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+        raise NotScorable(f"instance {uid}: multi-frame image")
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise NotScorable(f"instance {uid}: Photometric Interpretation {photometric!r}")
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:  # decoders raise many types; all mean "cannot score"
+        raise NotScorable(f"instance {uid}: pixel data do not decode: {exc}") from None
+    if raw.ndim != 2:
+        raise NotScorable(f"instance {uid}: pixel array has shape {raw.shape}, expected 2-D")
+    pixels = np.asarray(apply_voi_lut(apply_modality_lut(raw, ds), ds), dtype=np.float64)
+    if photometric == "MONOCHROME1":
+        pixels = pixels.max() + pixels.min() - pixels
+    spacing, source = _spacing(ds)
+    warnings: list[str] = []
+    if spacing is None:
+        spacing = (FALLBACK_SPACING_MM, FALLBACK_SPACING_MM)
+        warnings.append(
+            f"no pixel spacing in the header; assumed {FALLBACK_SPACING_MM} mm "
+            "(ROI size and shape features may be off)"
+        )
+    elif spacing[0] != spacing[1]:
+        warnings.append(f"non-square pixels {spacing[0]} x {spacing[1]} mm")
+    return DecodedImage(pixels, spacing, source, tuple(warnings))
+
+
+def resample_to_spacing(
+    pixels: np.ndarray, spacing_mm: tuple[float, float], target_mm: float
+) -> np.ndarray:
+    """Resample ``pixels`` to square ``target_mm`` pixels (Gaussian anti-alias, then linear).
+
+    Output shape is ``round(shape * spacing / target)``; row r of the output
+    samples source row ``r * target / spacing_row`` (same convention as
+    :class:`triage_node.score.geometry.RoiGeometry`).
+    """
+    if target_mm <= 0 or min(spacing_mm) <= 0:
+        raise ValueError(f"spacing: source {spacing_mm} and target {target_mm} must be > 0")
+    steps = np.array([target_mm / spacing_mm[0], target_mm / spacing_mm[1]])
+    image = np.asarray(pixels, dtype=np.float64)
+    sigma = np.where(steps > 1.0, 0.5 * steps, 0.0)  # anti-alias only when shrinking
+    if np.any(sigma > 0):
+        image = ndimage.gaussian_filter(image, sigma=sigma)
+    shape = np.maximum(np.round(np.array(image.shape) / steps).astype(int), 1)
+    rows, cols = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    return ndimage.map_coordinates(
+        image, [rows * steps[0], cols * steps[1]], order=1, mode="nearest"
+    )
