@@ -88,7 +88,7 @@ def process(
     """Vendor processing to stored pixel values (uint16, photometric applied)."""
     sample = log_signal[::7, ::7]
     lo, hi = np.percentile(sample, [1.0, 99.5])
-    if hi - lo < 0.05:  # flat field (blank image): centre it
+    if hi - lo < 0.3:  # flat field (blank image): centre it
         lo, hi = lo - 1.0, hi + 1.0
     z = (hi - log_signal) / (hi - lo)  # attenuating = high
     z = (z - exposure.window_shift) * exposure.window_gain

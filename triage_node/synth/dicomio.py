@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -20,7 +21,6 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
-    generate_uid,
 )
 
 from triage_node import __version__
@@ -59,7 +59,8 @@ class Header:
 
 def derive_uid(*parts: object) -> str:
     """A fixed 2.25 UID derived from ``parts`` (same parts, same UID)."""
-    return generate_uid(prefix=None, entropy_srcs=[UID_ROOT, *map(str, parts)])
+    digest = hashlib.sha256("|".join([UID_ROOT, *map(str, parts)]).encode()).digest()
+    return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
 def draw_header(rng: np.random.Generator, key: tuple[object, ...], sex: str, age: float,
@@ -177,25 +178,25 @@ def build_dataset(pixels: np.ndarray, spacing_mm: float, profile: VendorProfile,
     ds.LossyImageCompression = "00"
     if profile.modality == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.ImageLaterality = h.laterality or "B"
         ds.PixelIntensityRelationship = "LOG"
         ds.PixelIntensityRelationshipSign = 1 if profile.photometric == "MONOCHROME2" else -1
         ds.PresentationLUTShape = "IDENTITY" if profile.photometric == "MONOCHROME2" else (
             "INVERSE")
         ds.DetectorType = "SCINTILLATOR"
         ds.AcquisitionContextSequence = Sequence()
-        ds.ReferencedPerformedProcedureStepSequence = Sequence()
-        ds.ViewCodeSequence = Sequence([_code("R-10206", "SRT", "frontal")])
-        ds.ViewModifierCodeSequence = Sequence()
-        anatomy = {"HIP": ("T-15710", "Hip joint"), "PELVIS": ("T-12340", "Pelvis"),
-                   "CHEST": ("T-D3000", "Chest")}[h.body_part]
-        ds.AnatomicRegionSequence = Sequence([_code(anatomy[0], "SRT", anatomy[1])])
-        ds.PatientOrientationCodeSequence = Sequence()
+        view = {"AP": ("399348003", "antero-posterior"),
+                "PA": ("399300004", "postero-anterior")}[h.view_position]
+        ds.ViewCodeSequence = Sequence([_code(view[0], "SCT", view[1])])
+        anatomy = {"HIP": ("24136001", "Hip joint"), "PELVIS": ("12921003", "Pelvis"),
+                   "CHEST": ("43799004", "Chest")}[h.body_part]
+        ds.AnatomicRegionSequence = Sequence([_code(anatomy[0], "SCT", anatomy[1])])
+        ds.PositionerType = ""
+        ds.PositionReferenceIndicator = ""
         ds.DistanceSourceToDetector = "1150"
         ds.EstimatedRadiographicMagnificationFactor = "1.1"
         ds.FrameOfReferenceUID = h.frame_uid
-    elif h.laterality is not None:
-        ds.ImageLaterality = h.laterality
+    # hips are paired: a bilateral AP pelvis is "B", a chest is unpaired "U"
+    ds.ImageLaterality = h.laterality or ("U" if h.body_part == "CHEST" else "B")
     ds.PixelData = pixels.astype("<u2").tobytes()
     return ds
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,8 @@ def render_instance(
         att += scene.marker(att.shape, spacing, letter, at_left=(letter == "R"))
 
     exposure = acquisition.draw_exposure(render_rng, thickness)
+    if kind == "blank":  # an open, empty field: nothing but detector noise
+        exposure = dataclasses.replace(exposure, collimation_mm=None)
     log_signal = acquisition.expose(att, spacing, profile, exposure, render_rng,
                                     profile.spacing_mm)
     pixels = acquisition.process(log_signal, spacing, profile, exposure)
