@@ -327,10 +327,14 @@ def test_broken_datasets_fail_and_the_next_store_succeeds(
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     garbage = _garbage_file(tmp_path / "garbage.dcm", sop_class)
     assert send_with_pynetdicom(node.port, garbage, sop_class) >> 12 == 0xC
-    full = save(make_radiograph("HIP", seed=9, rows=128, columns=128), tmp_path / "full.dcm")
-    truncated = tmp_path / "truncated.dcm"
-    truncated.write_bytes(full.read_bytes()[:-5000])
-    assert send_with_pynetdicom(node.port, truncated, sop_class) >> 12 == 0xC
+    # Small (Pixel Data read) and large (Pixel Data length checked without reading it).
+    for rows_, columns in ((128, 128), (1024, 768)):
+        full = save(make_radiograph("HIP", seed=9, rows=rows_, columns=columns),
+                    tmp_path / "full.dcm")
+        truncated = tmp_path / "truncated.dcm"
+        truncated.write_bytes(full.read_bytes()[:-5000])
+        assert send_with_pynetdicom(node.port, truncated, sop_class) >> 12 == 0xC
+        assert rows(node, pydicom.dcmread(full).SOPInstanceUID) == []
     assert send_with_pynetdicom(node.port, mismatch_path, sop_class) == 0xA900
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", False)
 

@@ -13,12 +13,14 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from triage_node.receive import status
 
 # Larger than any radiograph detector; beyond this Rows/Columns are treated as corrupt.
 MAX_DIMENSION = 16384
+_DEFER_BYTES = 1 << 20
+_PIXEL_DATA = 0x7FE00010
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
 
@@ -87,7 +89,10 @@ def _read_and_check(path: Path, context_sop_class: str, transfer_syntax: str,
                     affected_sop_instance: str | None) -> tuple[Dataset, InstanceHeader]:
     # Values are converted lazily and only those we use are touched: pydicom's
     # validation warnings quote values, and other elements may hold patient data.
-    ds = dcmread(path)
+    # Large values (native Pixel Data) are not read at all: their length is enough.
+    # (Not for deflate: pydicom inflates into memory, so offsets are not file offsets.)
+    deflated = str(transfer_syntax) == DeflatedExplicitVRLittleEndian
+    ds = dcmread(path, defer_size=None if deflated else _DEFER_BYTES)
 
     missing = [kw for kw in _REQUIRED_UIDS if not _valid_uid(ds.get(kw))]
     if missing:
@@ -119,7 +124,7 @@ def _read_and_check(path: Path, context_sop_class: str, transfer_syntax: str,
 
     has_pixels = "PixelData" in ds
     if has_pixels:
-        _check_pixel_data(ds, transfer_syntax, sop_uid, study_uid)
+        _check_pixel_data(ds, transfer_syntax, path.stat().st_size, sop_uid, study_uid)
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
     except (TypeError, ValueError):
@@ -142,7 +147,8 @@ def _read_and_check(path: Path, context_sop_class: str, transfer_syntax: str,
     return ds, header
 
 
-def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_uid: str, study_uid: str) -> None:
+def _check_pixel_data(ds: Dataset, transfer_syntax: str, file_size: int, sop_uid: str,
+                      study_uid: str) -> None:
     def refuse(reason: str) -> InstanceRefused:
         return InstanceRefused(status.INCONSISTENT_PIXEL_DATA, reason, sop_uid, study_uid)
 
@@ -152,10 +158,16 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_uid: str, study_uid
             raise refuse(f"Pixel Data present but {kw} is missing or not positive")
     if ds.Rows > MAX_DIMENSION or ds.Columns > MAX_DIMENSION:
         raise refuse(f"Rows/Columns {ds.Rows}x{ds.Columns} exceed {MAX_DIMENSION}")
-    pixel_data = ds.PixelData
-    if not isinstance(pixel_data, bytes) or not pixel_data:
+    raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    deferred = raw is not None and raw.value is None
+    length = raw.length if deferred else len(ds.PixelData or b"")
+    if deferred and raw.value_tell + raw.length > file_size:
+        raise refuse(f"Pixel Data truncated: {raw.length} bytes declared, "
+                     f"{max(0, file_size - raw.value_tell)} received")
+    if not length:
         raise refuse("Pixel Data is empty")
     if UID(transfer_syntax).is_compressed:
+        pixel_data = ds.PixelData  # encapsulated: undefined length, already read
         try:
             fragments = sum(1 for _ in generate_fragments(pixel_data))
         except (ValueError, EOFError) as exc:
@@ -167,8 +179,8 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, sop_uid: str, study_uid
         expected = get_expected_length(ds, unit="bytes")
     except (AttributeError, ValueError, TypeError) as exc:
         raise refuse(f"image pixel module incomplete ({exc})") from exc
-    if len(pixel_data) not in (expected, expected + (expected % 2)):
+    if length not in (expected, expected + (expected % 2)):
         raise refuse(
-            f"Pixel Data has {len(pixel_data)} bytes, Rows x Columns x Samples x Bits "
+            f"Pixel Data has {length} bytes, Rows x Columns x Samples x Bits "
             f"x Frames gives {expected}"
         )
