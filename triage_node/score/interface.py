@@ -57,6 +57,9 @@ class ImageAssessment:
     synthetic_model: bool  # trained on synthetic data: not for clinical use
     warnings: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # The model's patient-level probability from both hips together (the paper's DTC
+    # model is bilateral); None: fall back to the higher of the sides.
+    combined_probability: float | None = None
 
     @property
     def assessable(self) -> bool:
@@ -64,7 +67,9 @@ class ImageAssessment:
 
     @property
     def probability(self) -> float | None:
-        """Image-level probability: the higher of the assessable sides."""
+        """Image-level probability: the bilateral model's, else the higher of the sides."""
+        if self.combined_probability is not None and self.assessable:
+            return self.combined_probability
         probs = [s.probability for s in self.sides if s.probability is not None]
         return max(probs) if probs else None
 
