@@ -72,8 +72,8 @@ def storescp(out_dir: Path, *extra: str, ae_title: str = "NODE") -> Iterator[int
 
 def settings(**receive: float) -> Settings:
     return Settings.model_validate({"node": {"ae_title": "TRIAGE"},
-                                    "receive": {"acse_timeout": 5, "dimse_timeout": 10,
-                                                "network_timeout": 10, **receive}})
+                                    "receive": {"acse_timeout": 30, "dimse_timeout": 30,
+                                                "network_timeout": 30, **receive}})
 
 
 def destination(port: int, ae_title: str = "NODE") -> DestinationSection:
