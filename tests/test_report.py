@@ -305,3 +305,16 @@ def test_heatmap_refuses_bad_cams() -> None:
                       {"right": np.zeros((ROWS, COLUMNS))}, report_version=1)
     with pytest.raises(TypeError, match="source"):
         build_heatmap("not a dataset", assessment(), None, report_version=1)  # type: ignore[arg-type]
+
+
+def test_bilateral_probability_decides_when_the_model_gives_one(tmp_path: Path) -> None:
+    result = assessment(0.55, 0.52)
+    bilateral = ImageAssessment(sides=result.sides, model_name=result.model_name,
+                                model_version=result.model_version, threshold=0.6,
+                                synthetic_model=True, combined_probability=0.4)
+    path = save(build_study_report([source()], [bilateral], report_version=1),
+                tmp_path / "sr.dcm")
+    text = dsrdump(path)
+    # the sides' own calls say positive; the bilateral probability decides the image
+    assert 'Probability of osteoporosis")="0.4"' in text
+    assert "low likelihood, DXA not recommended (decision at operating point 0.60)" in text

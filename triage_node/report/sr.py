@@ -187,8 +187,18 @@ def side_is_positive(side: SideAssessment, threshold: float) -> bool | None:
 
 
 def study_decision(assessments: Sequence[ImageAssessment]) -> bool | None:
-    """True: DXA recommended (any assessable side positive); False: not; None: none assessable."""
-    decisions = [side_is_positive(s, a.threshold) for a in assessments for s in a.sides]
+    """True: DXA recommended; False: not; None: nothing assessable.
+
+    Per image: the bilateral model's ``combined_probability`` against the
+    threshold when the model gives one, else any assessable side positive.
+    The study is positive when any image is.
+    """
+    decisions: list[bool | None] = []
+    for a in assessments:
+        if a.combined_probability is not None and a.assessable:
+            decisions.append(a.combined_probability >= a.threshold)
+        else:
+            decisions.extend(side_is_positive(s, a.threshold) for s in a.sides)
     known = [d for d in decisions if d is not None]
     if not known:
         return None
