@@ -22,8 +22,8 @@ from scipy.special import expit
 from triage_node.synth.noise import smooth_noise
 
 # Linear attenuation above soft tissue, per mm of path (effective energy ~50 keV).
-MU_CORTEX = 0.050
-MU_TRABECULAR = 0.016  # fully packed trabecular texture (texture value 1)
+MU_CORTEX = 0.060
+MU_TRABECULAR = 0.020  # fully packed trabecular texture (texture value 1)
 MU_MARROW = 0.002
 MU_METAL = 0.60
 MU_CEMENT = 0.012

@@ -74,13 +74,13 @@ def render_instance(
     if kind == "hip":
         geom = scene.draw_geometry(render_rng, grid, subject.sex, subject.weight_kg,
                                    subject.height_cm, prosthesis, laterality)
-        step = max(PELVIS_STEP_MM, spacing / ss)
+        step = max(PELVIS_STEP_MM, spacing)
         coarse = scene.render_pelvis(grid, geom, render_rng, step)
         density = {"R": subject.density_right, "L": subject.density_left}
         femurs = scene.render_femurs(grid, geom, density, render_rng, ss)
         thickness = geom.body_thickness
     elif kind == "chest":
-        coarse = scene.render_chest(grid, render_rng, max(PELVIS_STEP_MM, spacing / ss))
+        coarse = scene.render_chest(grid, render_rng, max(PELVIS_STEP_MM, spacing))
         femurs = {}
         thickness = 220.0
     else:

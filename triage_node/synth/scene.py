@@ -85,10 +85,15 @@ def draw_geometry(
     bmi = weight_kg / (height_cm / 100.0) ** 2
     gas = []
     for _ in range(int(rng.integers(1, 6))):
-        gas.append((
-            float(rng.uniform(-110, 110)), float(rng.uniform(-170, -40)),
-            float(rng.uniform(8, 30)), float(rng.uniform(6, 18)), float(rng.uniform(0.1, 0.5)),
-        ))
+        gas.append(
+            (
+                float(rng.uniform(-110, 110)),
+                float(rng.uniform(-170, -40)),
+                float(rng.uniform(8, 30)),
+                float(rng.uniform(6, 18)),
+                float(rng.uniform(0.1, 0.5)),
+            )
+        )
     present = SIDES if laterality is None else (laterality,)
     return HipGeometry(
         scale=scale,
@@ -148,6 +153,16 @@ class _Canvas:
         return out
 
 
+def _smooth_closed(points: list[tuple[float, float]], n: int = 120) -> list[tuple[float, float]]:
+    """A smooth closed outline through ``points`` (periodic cubic spline)."""
+    from scipy.interpolate import splev, splprep
+
+    xy = np.array(points + points[:1], dtype=float).T
+    tck, _ = splprep(xy, s=0, per=True)
+    xs, ys = splev(np.linspace(0, 1, n), tck)
+    return list(zip(map(float, xs), map(float, ys), strict=True))
+
+
 def _tube(dist: np.ndarray, half_width: float) -> np.ndarray:
     dd = np.clip(dist, 0.0, half_width)
     return 2.0 * np.sqrt(dd * (2.0 * half_width - dd))
@@ -166,80 +181,139 @@ def render_pelvis(grid: Grid, geom: HipGeometry, rng: np.random.Generator, step:
     bone = np.zeros(cv.shape, np.float32)
 
     for sgn in (-1.0, 1.0):
+
         def m(pts, sgn=sgn):
             return [(sgn * x, y) for x, y in pts]
 
         # iliac wing: a thin plate with a dense rim (crest, sciatic notch)
-        wing = m([(hw + 28 * k, -22 * k), (hw + 50 * k, -70 * k), (hw + 58 * k, -105 * k),
-                  (hw + 40 * k, -130 * k), (hw, -142 * k), (hw - 40 * k, -138 * k),
-                  (50 * k, -122 * k), (38 * k, -95 * k), (44 * k, -62 * k), (hw - 42 * k, -38 * k),
-                  (hw - 25 * k, -18 * k)])
+        wing = m(
+            _smooth_closed(
+                [
+                    (hw + 26 * k, -20 * k),
+                    (hw + 48 * k, -62 * k),
+                    (hw + 60 * k, -100 * k),
+                    (hw + 45 * k, -128 * k),
+                    (hw + 5 * k, -142 * k),
+                    (hw - 40 * k, -136 * k),
+                    (52 * k, -120 * k),
+                    (40 * k, -95 * k),
+                    (46 * k, -64 * k),
+                    (hw - 45 * k, -34 * k),
+                    (hw - 28 * k, -16 * k),
+                ]
+            )
+        )
         img, dr = cv.new()
         dr.polygon(cv.to_px(wing), fill=255)
-        bone += _plate(cv.inside_distance(img), 9.0, 9.0) * MU_BONE_PLATE
+        bone += _plate(cv.inside_distance(img), 7.0, 10.0) * MU_BONE_PLATE
         # acetabulum: thick bone around the head, with the sourcil (roof) as a dense arc
         img, dr = cv.new()
-        dr.polygon(cv.to_px(cv.ellipse_pts(sgn * (hw - 6 * k), -10 * k, 38 * k, 36 * k)), fill=255)
-        bone += _plate(cv.inside_distance(img), 14.0, 4.0) * MU_BONE_PLATE
+        dr.polygon(cv.to_px(cv.ellipse_pts(sgn * (hw - 8 * k), -14 * k, 36 * k, 32 * k)), fill=255)
+        bone += (
+            _plate(cv.inside_distance(img), 6.0, 0.0)
+            * MU_BONE_PLATE
+            * np.clip(cv.inside_distance(img) / 12.0, 0, 1)
+        )
         hr = geom.femurs["R" if sgn < 0 else "L"].head_radius
         img, dr = cv.new()
         roof = cv.ellipse_pts(sgn * hw, 0.0, hr + 3.5, hr + 3.5, 0, 195, 345, n=40)
-        dr.line(cv.to_px(roof), fill=255, width=max(1, int(5.0 / step)))
-        bone += _tube(cv.inside_distance(img), 2.5) * 0.045
+        dr.line(cv.to_px(roof), fill=255, width=max(1, int(5.0 / step)), joint="curve")
+        bone += _tube(cv.inside_distance(img), 2.5) * 0.07
         # teardrop
         img, dr = cv.new()
-        dr.line(cv.to_px(cv.ellipse_pts(sgn * (hw - hr - 9 * k), 6 * k, 5 * k, 9 * k, 0, 0, 180,
-                                        n=20)), fill=255, width=max(1, int(3.0 / step)))
+        dr.line(
+            cv.to_px(cv.ellipse_pts(sgn * (hw - hr - 9 * k), 6 * k, 5 * k, 9 * k, 0, 0, 180, n=20)),
+            fill=255,
+            width=max(1, int(3.0 / step)),
+            joint="curve",
+        )
         bone += _tube(cv.inside_distance(img), 1.5) * 0.05
         # obturator ring: pubic and ischial rami
         img, dr = cv.new()
         ring = cv.ellipse_pts(sgn * (hw - 40 * k), 45 * k, 24 * k, 30 * k, sgn * 25.0)
-        dr.line(cv.to_px(ring + ring[:1]), fill=255, width=max(1, int(13 * k / step)))
+        dr.line(
+            cv.to_px(ring + ring[:1]), fill=255, width=max(1, int(13 * k / step)), joint="curve"
+        )
         bone += _tube(cv.inside_distance(img), 6.5 * k) * 0.035
         # superior ramus to the symphysis, pubic body, ischial tuberosity
         img, dr = cv.new()
-        dr.line(cv.to_px(m([(hw - 22 * k, 4 * k), (30 * k, 18 * k), (8 * k, 30 * k)])),
-                fill=255, width=max(1, int(15 * k / step)))
+        dr.line(
+            cv.to_px(m([(hw - 22 * k, 4 * k), (30 * k, 18 * k), (8 * k, 30 * k)])),
+            fill=255,
+            width=max(1, int(15 * k / step)),
+            joint="curve",
+        )
         bone += _tube(cv.inside_distance(img), 7.5 * k) * 0.035
         img, dr = cv.new()
         dr.polygon(cv.to_px(cv.ellipse_pts(sgn * 17 * k, 42 * k, 12 * k, 20 * k)), fill=255)
-        dr.polygon(cv.to_px(cv.ellipse_pts(sgn * (hw - 30 * k), 80 * k, 20 * k, 14 * k,
-                                           sgn * 20)), fill=255)
+        dr.polygon(
+            cv.to_px(cv.ellipse_pts(sgn * (hw - 30 * k), 80 * k, 20 * k, 14 * k, sgn * 20)),
+            fill=255,
+        )
         bone += _plate(cv.inside_distance(img), 16.0, 6.0) * MU_BONE_PLATE
         # transverse processes of L5
         img, dr = cv.new()
-        dr.line(cv.to_px(m([(20 * k, -178 * k), (62 * k, -170 * k)])), fill=255,
-                width=max(1, int(11 * k / step)))
+        dr.line(
+            cv.to_px(m([(20 * k, -178 * k), (62 * k, -170 * k)])),
+            fill=255,
+            width=max(1, int(11 * k / step)),
+            joint="curve",
+        )
         bone += _tube(cv.inside_distance(img), 5.5 * k) * 0.03
 
     # pelvic brim (iliopectineal line)
     img, dr = cv.new()
     brim = cv.ellipse_pts(0.0, -40 * k, 68 * k, 68 * k, 0, -10, 190, n=60)
-    dr.line(cv.to_px(brim), fill=255, width=max(1, int(7 * k / step)))
+    dr.line(cv.to_px(brim), fill=255, width=max(1, int(7 * k / step)), joint="curve")
     bone += _tube(cv.inside_distance(img), 3.5 * k) * 0.04
     # sacrum with foramina, coccyx
     img, dr = cv.new()
-    dr.polygon(cv.to_px([(-52 * k, -140 * k), (52 * k, -140 * k), (14 * k, -35 * k),
-                         (-14 * k, -35 * k)]), fill=255)
-    dr.line(cv.to_px([(0, -38 * k), (0, -15 * k)]), fill=255, width=max(1, int(10 * k / step)))
+    dr.polygon(
+        cv.to_px([(-52 * k, -140 * k), (52 * k, -140 * k), (14 * k, -35 * k), (-14 * k, -35 * k)]),
+        fill=255,
+    )
+    dr.line(
+        cv.to_px([(0, -38 * k), (0, -20 * k)]),
+        fill=255,
+        width=max(1, int(6 * k / step)),
+        joint="curve",
+    )
     for row in range(4):
         for sgn in (-1.0, 1.0):
-            dr.polygon(cv.to_px(cv.ellipse_pts(sgn * (24 - 3 * row) * k, (-122 + 20 * row) * k,
-                                               5 * k, 4.5 * k, n=16)), fill=0)
-    bone += _plate(cv.inside_distance(img), 14.0, 5.0) * MU_BONE_PLATE
+            dr.polygon(
+                cv.to_px(
+                    cv.ellipse_pts(
+                        sgn * (24 - 3 * row) * k, (-122 + 20 * row) * k, 3.5 * k, 3.0 * k, n=16
+                    )
+                ),
+                fill=0,
+            )
+    bone += _plate(cv.inside_distance(img), 9.0, 5.0) * MU_BONE_PLATE
     # lower lumbar vertebrae at the top edge: bodies, end plates, pedicles
     for i, vy in enumerate((-178.0, -218.0, -258.0)):
         img, dr = cv.new()
-        body = [(-27 * k, (vy - 15) * k), (27 * k, (vy - 15) * k), (29 * k, (vy + 15) * k),
-                (-29 * k, (vy + 15) * k)]
+        body = [
+            (-27 * k, (vy - 15) * k),
+            (27 * k, (vy - 15) * k),
+            (29 * k, (vy + 15) * k),
+            (-29 * k, (vy + 15) * k),
+        ]
         dr.polygon(cv.to_px(body), fill=255)
         bone += _plate(cv.inside_distance(img), 22.0 - 2 * i, 7.0) * MU_BONE_PLATE
         img, dr = cv.new()
         for sgn in (-1.0, 1.0):
-            dr.line(cv.to_px(cv.ellipse_pts(sgn * 17 * k, (vy - 3) * k, 5 * k, 8 * k, n=24)),
-                    fill=255, width=max(1, int(3.0 / step)))
-        dr.line(cv.to_px([(0, (vy + 2) * k), (0, (vy + 28) * k)]), fill=255,
-                width=max(1, int(8 * k / step)))
+            dr.line(
+                cv.to_px(cv.ellipse_pts(sgn * 17 * k, (vy - 3) * k, 5 * k, 8 * k, n=24)),
+                fill=255,
+                width=max(1, int(3.0 / step)),
+                joint="curve",
+            )
+        dr.line(
+            cv.to_px([(0, (vy + 2) * k), (0, (vy + 28) * k)]),
+            fill=255,
+            width=max(1, int(8 * k / step)),
+            joint="curve",
+        )
         bone += _tube(cv.inside_distance(img), 2.0) * 0.04
 
     texture = 1.0 + 0.12 * smooth_noise(rng, cv.shape, step, 0.8)
@@ -262,7 +336,7 @@ def render_pelvis(grid: Grid, geom: HipGeometry, rng: np.random.Generator, step:
     tissue *= 1.0 + 0.03 * smooth_noise(rng, cv.shape, step, 25.0)
     gas = np.zeros_like(tissue)
     for gx, gy, ga, gb, depth in geom.gas:
-        gas += depth * np.exp(-(((px - gx) / ga) ** 2 + ((py - gy) / gb) ** 2) ** 1.5)
+        gas += depth * np.exp(-((((px - gx) / ga) ** 2 + ((py - gy) / gb) ** 2) ** 1.5))
     attenuation = MU_TISSUE * tissue - gas + bone
     return attenuation.astype(np.float32)
 
@@ -283,8 +357,9 @@ def femur_box(grid: Grid, geom: HipGeometry, side: str, ss: int):
     return slice(r0, max(r0, r1)), slice(c0, max(c0, c1))
 
 
-def render_femurs(grid: Grid, geom: HipGeometry, density: dict[str, float],
-                  rng: np.random.Generator, ss: int):
+def render_femurs(
+    grid: Grid, geom: HipGeometry, density: dict[str, float], rng: np.random.Generator, ss: int
+):
     """Render both femurs on the supersampled grid; returns {side: (box, attenuation, mask)}."""
     out = {}
     sp = grid.spacing / ss
@@ -309,8 +384,15 @@ def render_femurs(grid: Grid, geom: HipGeometry, density: dict[str, float],
         ca, sa = np.float32(np.cos(ab)), np.float32(np.sin(ab))
         u = ca * lu - sa * lv
         v = sa * lu + ca * lv
-        r = render_femur(u, v, geom.femurs[side], density[side], rng, femur_sp,
-                         prosthesis=geom.prosthesis.get(side, False))
+        r = render_femur(
+            u,
+            v,
+            geom.femurs[side],
+            density[side],
+            rng,
+            femur_sp,
+            prosthesis=geom.prosthesis.get(side, False),
+        )
         att = resize(r.attenuation, (h, w))
         mask = resize(r.mask.astype(np.float32), (h, w)) >= 0.5
         out[side] = (box, att, mask)
@@ -344,21 +426,36 @@ def render_chest(grid: Grid, rng: np.random.Generator, step: float) -> np.ndarra
     lungs = np.zeros(cv.shape, np.float32)
     for sgn in (-1, 1):
         lx = cx + sgn * 0.2 * W
-        lungs += np.exp(-(((xx - lx) / (0.15 * W)) ** 2 + ((yy - 0.5 * H) / (0.33 * H)) ** 2) ** 2)
-    heart = np.exp(-(((xx - cx - 0.05 * W) / (0.14 * W)) ** 2 + ((yy - 0.66 * H) / (0.13 * H))
-                     ** 2) ** 2)
+        lungs += np.exp(
+            -((((xx - lx) / (0.15 * W)) ** 2 + ((yy - 0.5 * H) / (0.33 * H)) ** 2) ** 2)
+        )
+    heart = np.exp(
+        -((((xx - cx - 0.05 * W) / (0.14 * W)) ** 2 + ((yy - 0.66 * H) / (0.13 * H)) ** 2) ** 2)
+    )
     tissue = body * (1 - 0.75 * lungs * (1 - heart))
     bone = np.zeros(cv.shape, np.float32)
     img, dr = cv.new()
     for i in range(10):
         for sgn in (-1, 1):
             y0 = 0.18 * H + i * 0.07 * H
-            pts = cv.ellipse_pts(cx + sgn * 0.05 * W, y0 + 0.06 * H, 0.32 * W, 0.1 * H, 0,
-                                 180 if sgn < 0 else 270, 270 if sgn < 0 else 360, n=30)
-            dr.line(cv.to_px(pts), fill=255, width=max(1, int(9.0 / step)))
+            pts = cv.ellipse_pts(
+                cx + sgn * 0.05 * W,
+                y0 + 0.06 * H,
+                0.32 * W,
+                0.1 * H,
+                0,
+                180 if sgn < 0 else 270,
+                270 if sgn < 0 else 360,
+                n=30,
+            )
+            dr.line(cv.to_px(pts), fill=255, width=max(1, int(9.0 / step)), joint="curve")
     for sgn in (-1, 1):
-        dr.line(cv.to_px([(cx + sgn * 15, 0.16 * H), (cx + sgn * 0.3 * W, 0.12 * H)]), fill=255,
-                width=max(1, int(12.0 / step)))
-    dr.line(cv.to_px([(cx, 0.0), (cx, H)]), fill=255, width=max(1, int(40.0 / step)))
+        dr.line(
+            cv.to_px([(cx + sgn * 15, 0.16 * H), (cx + sgn * 0.3 * W, 0.12 * H)]),
+            fill=255,
+            width=max(1, int(12.0 / step)),
+            joint="curve",
+        )
+    dr.line(cv.to_px([(cx, 0.0), (cx, H)]), fill=255, width=max(1, int(40.0 / step)), joint="curve")
     bone += _tube(cv.inside_distance(img), 5.0) * 0.03
     return (MU_TISSUE * tissue + bone).astype(np.float32)

@@ -49,37 +49,37 @@ VENDORS: dict[str, VendorProfile] = {
         VendorProfile(
             "kestrel", "Kestrel Synthetic Imaging", "KX-4300 (synthetic)", "DX",
             DigitalXRayImageStorageForPresentation, "MONOCHROME2", 16, 0.139, 2500, 3000,
-            JPEG2000Lossless, 9.0e4, 0.8, 0.35, 0.8, 1.5, 0.35, "sigmoid", 0.22,
+            JPEGLosslessSV1, 9.0e4, 0.8, 0.35, 0.8, 1.5, 0.7, "sigmoid", 0.22,
             (0.02, 0.96), "full",
         ),
         VendorProfile(
             "nordlys", "Nordlys Synthetic Medical", "NL Flatpanel 2 (synthetic)", "DX",
             DigitalXRayImageStorageForPresentation, "MONOCHROME1", 12, 0.148, 2400, 2880,
-            ExplicitVRLittleEndian, 7.0e4, 0.9, 0.45, 0.5, 2.5, 0.5, "gamma", 1.4,
+            ExplicitVRLittleEndian, 7.0e4, 0.9, 0.45, 0.5, 2.5, 0.8, "gamma", 1.4,
             (0.0, 1.0), "full",
         ),
         VendorProfile(
             "orion", "Orion Synthetic Radiography", "OR-DR 14 (synthetic)", "DX",
             DigitalXRayImageStorageForPresentation, "MONOCHROME2", 14, 0.160, 2208, 2688,
-            JPEGLSLossless, 8.0e4, 0.7, 0.40, 1.1, 1.0, 0.25, "sigmoid", 0.3,
+            JPEGLSLossless, 8.0e4, 0.7, 0.40, 1.1, 1.0, 0.6, "sigmoid", 0.3,
             (0.05, 0.9), "minimal",
         ),
         VendorProfile(
             "tamarind", "Tamarind Synthetic CR", "TCR-500 (synthetic)", "CR",
             ComputedRadiographyImageStorage, "MONOCHROME1", 12, 0.175, 2000, 2430,
-            RLELossless, 3.5e4, 1.1, 0.5, 0.6, 3.0, 0.3, "gamma", 0.8,
+            RLELossless, 3.5e4, 1.1, 0.5, 0.6, 3.0, 0.65, "gamma", 0.8,
             (0.03, 0.98), "legacy",
         ),
         VendorProfile(
             "halvard", "Halvard Synthetic Systems", "HV Reader (synthetic)", "CR",
             ComputedRadiographyImageStorage, "MONOCHROME2", 12, 0.200, 1760, 2140,
-            JPEGLosslessSV1, 3.0e4, 1.0, 0.5, 0.4, 2.0, 0.4, "linear", 1.0,
+            JPEG2000Lossless, 3.0e4, 1.0, 0.5, 0.4, 2.0, 0.7, "linear", 1.0,
             (0.0, 1.0), "minimal",
         ),
         VendorProfile(
             "vireo", "Vireo Synthetic Diagnostics", "VR-Hip 30 (synthetic)", "DX",
             DigitalXRayImageStorageForPresentation, "MONOCHROME2", 15, 0.100, 2500, 3000,
-            ImplicitVRLittleEndian, 1.2e5, 0.9, 0.35, 0.9, 1.2, 0.3, "sigmoid", 0.26,
+            ImplicitVRLittleEndian, 1.2e5, 0.9, 0.35, 0.9, 1.2, 0.65, "sigmoid", 0.26,
             (0.0, 0.94), "legacy",
         ),
     )
