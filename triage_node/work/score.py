@@ -10,7 +10,7 @@ Steps, each visible on the Instance row and as an event:
    installed the job waits: requeued with backoff, not charged an attempt, the
    instance back to ``queued`` with ``last_error = "model unavailable: ..."``.
 3. ``model.assess`` gives per-side probabilities: the instance becomes
-   ``scored`` (probability = the higher side) or ``not_assessable`` with the reason.
+   ``scored`` (probability = ``assessment.probability``) or ``not_assessable`` with the reason.
 """
 
 from __future__ import annotations
