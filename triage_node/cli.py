@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("work", "triage_node.ops.serve", "run workers and scheduler only (scale-out)"),
     ("worklist", "triage_node.admin.worklist", "show recent instances, or --follow events"),
     ("status", "triage_node.admin.status", "counts per state, queue depth, disk, model"),
+    ("resend", "triage_node.admin.resend", "send a study's results again, or all failed ones"),
     ("synth", "triage_node.synth.command", "write a synthetic hip radiograph cohort"),
     ("db", "triage_node.store.command", "database maintenance (db upgrade)"),
 ]

@@ -117,6 +117,19 @@ class WorkerSection(_Section):
     retry_max_seconds: float = Field(3600.0, gt=0)
 
 
+class DeliverSection(_Section):
+    """Sending results to the destinations: retry policy, timeouts, batch size."""
+
+    max_attempts: int = Field(10, ge=1)
+    retry_base_seconds: float = Field(30.0, gt=0)
+    retry_max_seconds: float = Field(3600.0, gt=0)
+    connection_timeout: float = Field(30.0, gt=0)  # TCP connect
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(120.0, gt=0)
+    network_timeout: float = Field(120.0, gt=0)
+    batch_size: int = Field(50, ge=1, le=1000)  # objects per association
+
+
 class ModelSection(_Section):
     bundle: str = ""
     threshold: float | Literal[""] = ""
@@ -137,6 +150,7 @@ class Settings(_Section):
     peers: list[PeerSection] = []
     destinations: list[DestinationSection] = []
     worker: WorkerSection = WorkerSection()
+    deliver: DeliverSection = DeliverSection()
     model: ModelSection = ModelSection()
     logging: LoggingSection = LoggingSection()
 

@@ -13,6 +13,9 @@ DEVICE_NAME = "triage-node"
 SR_SERIES_DESCRIPTION = "AI triage: osteoporosis report (not for diagnosis)"
 SC_SERIES_DESCRIPTION = "AI triage: osteoporosis heatmap (not for diagnosis)"
 SERIES_DESCRIPTION_PREFIX = "AI triage: osteoporosis"
+# Series Numbers of our SR and heatmap series (high, so they sort after acquired series).
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
 TRIAGE_DISCLAIMER = "AI triage, not for diagnosis"
 SYNTHETIC_DISCLAIMER = "synthetic demo model, not for clinical use"
 

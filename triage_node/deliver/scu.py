@@ -30,7 +30,7 @@ import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pydicom
 from pydicom.uid import (
@@ -110,16 +110,9 @@ class _Outgoing:
 
 
 def _timeouts(settings: Settings) -> _Timeouts:
-    # A [deliver] section does not exist yet; until it does, the receiver's
-    # ACSE/DIMSE/network timeouts are used for outgoing associations too.
-    section: Any = getattr(settings, "deliver", None) or settings.receive
-    network = float(section.network_timeout)
-    return _Timeouts(
-        connection=float(getattr(section, "connection_timeout", None) or min(network, 30.0)),
-        acse=float(section.acse_timeout),
-        dimse=float(section.dimse_timeout),
-        network=network,
-    )
+    d = settings.deliver
+    return _Timeouts(connection=d.connection_timeout, acse=d.acse_timeout,
+                     dimse=d.dimse_timeout, network=d.network_timeout)
 
 
 def _describe(item: pydicom.Dataset | str | Path, index: int) -> _Outgoing:
@@ -206,7 +199,8 @@ def send_objects(destination: DestinationSection,
 
     ``datasets_or_paths`` are datasets with file meta (as the report builders
     make them) or paths of DICOM files. The calling AE title is
-    ``settings.node.ae_title``; TLS is used when ``destination.tls``, with
+    ``settings.node.ae_title``, the timeouts are ``settings.deliver``'s. TLS
+    is used when ``destination.tls``, with
     ``settings.tls.client_certificate``/``client_private_key`` as client
     certificate and ``settings.tls.ca_certificates`` to check the server.
 

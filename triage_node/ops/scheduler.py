@@ -5,10 +5,11 @@ Runs in ``serve`` and ``work``. Every task here must be safe with several
 task either only reads, or changes rows in one transaction whose conditions
 make a second run a no-op.
 
-Now: queue statistics in the log. Slots, in :func:`periodic_tasks`:
-- issue 5: study settle check (enqueue a ``report`` job for each study quiet
-  for ``node.settle_seconds`` with no instance still queued or scoring);
-- issue 6: retention (remove spool files and rows past the retention period).
+Tasks, in :func:`periodic_tasks`: queue statistics in the log; the study
+settle check (:func:`triage_node.work.study.settle_studies`: one ``report``
+job for each study quiet for ``node.settle_seconds`` with no instance still
+queued or scoring; safe with several processes). Slot: issue 6, retention
+(remove spool files and rows past the retention period).
 """
 
 from __future__ import annotations
@@ -65,9 +66,12 @@ def log_queue_stats(store: Store) -> None:
 
 def periodic_tasks(settings: Settings, store: Store) -> list[PeriodicTask]:
     """The node's periodic tasks."""
+    from triage_node.work.study import SETTLE_CHECK_SECONDS, settle_studies
+
     return [
         PeriodicTask("queue-stats", QUEUE_STATS_SECONDS, lambda: log_queue_stats(store)),
-        # issue 5: PeriodicTask("settle-studies", ..., lambda: settle_studies(settings, store)),
+        PeriodicTask("settle-studies", SETTLE_CHECK_SECONDS,
+                     lambda: settle_studies(settings, store)),
         # issue 6: PeriodicTask("retention", ..., lambda: apply_retention(settings, store)),
     ]
 

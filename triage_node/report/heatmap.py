@@ -51,7 +51,7 @@ from triage_node.report.uids import heatmap_uids
 from triage_node.score.interface import ImageAssessment
 
 #: Series Number of our heatmap series.
-SC_SERIES_NUMBER = 9902
+SC_SERIES_NUMBER = identity.SC_SERIES_NUMBER
 #: Longest side, in pixels, of the radiograph part of the heatmap (see module docstring).
 MAX_LONG_SIDE = 2048
 MIN_LONG_SIDE = 768

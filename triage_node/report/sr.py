@@ -49,7 +49,7 @@ from triage_node.report.uids import (
 from triage_node.score.interface import ImageAssessment, SideAssessment
 
 #: Series Number of our SR series (high, so that it sorts after the acquired series).
-SR_SERIES_NUMBER = 9901
+SR_SERIES_NUMBER = identity.SR_SERIES_NUMBER
 
 # Patient/study attributes highdicom reads from the first evidence dataset; Type 2 in
 # the SR IOD, so an empty value is valid when the source lacks them.

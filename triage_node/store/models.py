@@ -1,4 +1,4 @@
-"""SQLAlchemy models of the node's durable state: instances, studies, jobs, events.
+"""SQLAlchemy models of the node's durable state: instances, studies, jobs, results, events.
 
 Stages hand work to each other only through these rows (and spool files). No
 column holds a patient's name, ID or birth date: the spool file has them, the
@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -88,6 +89,25 @@ class JobKind(enum.StrEnum):
     DELIVER = "deliver"
 
 
+class StudyState(enum.StrEnum):
+    """Where a study is between its instances and its report."""
+
+    OPEN = "open"  # instances arriving or being scored, nothing to report yet
+    REPORTING = "reporting"  # settled: a report job is queued or running
+    REPORTED = "reported"  # the newest report version is built (delivery is separate)
+    REPORT_FAILED = "report_failed"  # the report job failed; last_error says why
+
+
+class DeliveryState(enum.StrEnum):
+    """Delivery of result objects to a destination (per object, rolled up per study)."""
+
+    PENDING = "pending"
+    RETRYING = "retrying"  # the last attempt failed; the deliver job will try again
+    DELIVERED = "delivered"
+    FAILED = "failed"  # attempts exhausted (or refused for good); `resend` puts it back
+    NO_DESTINATION = "no_destination"  # no [[destinations]] configured: kept in the spool
+
+
 class Study(Base):
     __tablename__ = "studies"
 
@@ -100,6 +120,8 @@ class Study(Base):
     report_version: Mapped[int] = mapped_column(Integer, default=0)
     delivery_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # When the newest report version was asked for (settle time); its Content Date/Time.
+    settled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Instance(Base):
@@ -134,6 +156,9 @@ class Instance(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     delivery_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The study report version that first covered this instance; None: not reported yet
+    # (skipped instances, our own results among them, are never reported).
+    report_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Job(Base):
@@ -146,7 +171,8 @@ class Job(Base):
     instance_id: Mapped[int | None] = mapped_column(
         ForeignKey("instances.id"), nullable=True, index=True
     )
-    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), nullable=True, index=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), nullable=True,
+                                                 index=True)
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
@@ -155,6 +181,51 @@ class Job(Base):
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Unique when set: a second process enqueueing the same work (the same report
+    # version, the same delivery) fails on the constraint instead of doubling it.
+    dedup_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+
+
+class ResultKind(enum.StrEnum):
+    SR = "SR"
+    SC = "SC"
+
+
+class Result(Base):
+    """One object we produced (an SR or a heatmap SC), kept in the spool until retention."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    report_version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    # The radiograph a heatmap was made from; None for the SR.
+    source_instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("instances.id"), nullable=True)
+    path: Mapped[str] = mapped_column(Text)  # relative to the spool directory
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Delivery(Base):
+    """One result object to one destination: state, last C-STORE status, last error."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("result_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32), default=DeliveryState.PENDING.value)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # C-STORE status
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

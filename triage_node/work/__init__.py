@@ -1,1 +1,1 @@
-"""Workers: claim jobs from the store and run them (score now; report and deliver in issue 5)."""
+"""Workers: claim jobs from the store and run them (score, report, deliver)."""

@@ -11,10 +11,15 @@ Steps, each visible on the Instance row and as an event:
    instance back to ``queued`` with ``last_error = "model unavailable: ..."``.
 3. ``model.assess`` gives per-side probabilities: the instance becomes
    ``scored`` (probability = ``assessment.probability``) or ``not_assessable`` with the reason.
+   Class-activation maps (``assessment.extra["cam"]``, side -> array on the
+   source pixel grid) are saved beside the spool file as ``<sop>.cam.npz``
+   (no pickle; :func:`triage_node.report.results.save_cams`) and left out of
+   the JSON; ``result["cam_path"]`` says where they are. The report job reads them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 from sqlalchemy.orm import Session
 
+from triage_node.report.results import cam_path_for, save_cams
 from triage_node.score.interface import ModelUnavailable, NotScorable, ScoringModel, load_model
 from triage_node.store.db import add_event
 from triage_node.store.jobs import ClaimedJob, finish_job, retry_delay
@@ -150,12 +156,24 @@ class ScoreHandler:
             assessment = model.assess(ds)
         except NotScorable as exc:
             raise PermanentFailure(f"not scorable: {exc}") from exc
+        cam_path: str | None = None
+        if assessment.extra.get("cam") is not None:
+            cam_file = cam_path_for(path)
+            try:
+                save_cams(cam_file, assessment.extra["cam"], fsync=self.settings.receive.fsync)
+            except (TypeError, ValueError) as exc:
+                raise PermanentFailure(f"model gave unusable CAMs: {exc}") from exc
+            cam_path = _rel(cam_file, self.settings)
+            assessment = dataclasses.replace(
+                assessment, extra={k: v for k, v in assessment.extra.items() if k != "cam"})
 
         with ctx.store.write() as session:
             inst = self._instance(session, job)
             result = dict(inst.result or {})
             result["decoded"] = decoded
             result["assessment"] = assessment.to_json()
+            if cam_path is not None:
+                result["cam_path"] = cam_path
             inst.result = result
             inst.probability = assessment.probability
             inst.last_error = None

@@ -43,15 +43,17 @@ def owner_id(thread_name: str | None = None) -> str:
 
 
 def default_handlers(settings: Settings) -> dict[str, JobHandler]:
-    """The job kinds this build runs, by kind.
+    """The job kinds this build runs, by kind: ``score``, ``report`` and ``deliver``.
 
-    Issue 5 adds ``report`` and ``deliver`` here; until then such jobs stay
-    queued (workers only claim kinds they have a handler for).
+    Workers only claim kinds they have a handler for.
     """
+    from triage_node.work.deliver import DeliverHandler
+    from triage_node.work.report import ReportHandler
     from triage_node.work.score import ScoreHandler
 
-    score = ScoreHandler(settings)
-    return {score.kind: score}
+    handlers: list[JobHandler] = [ScoreHandler(settings), ReportHandler(settings),
+                                  DeliverHandler(settings)]
+    return {h.kind: h for h in handlers}
 
 
 class LeaseKeeper:

@@ -1,0 +1,151 @@
+"""A study's result objects from stored inputs: assessments from JSON, the SR and the heatmaps.
+
+The score job stores each image's :class:`ImageAssessment` as JSON on its
+instance row (``to_json``) and the class-activation maps beside the spool file
+(:func:`cam_path_for`, an ``.npz`` of one float array per side, no pickle).
+:func:`build_study_results` turns those back into objects with the builders of
+:mod:`triage_node.report.sr` and :mod:`triage_node.report.heatmap`. Nothing
+here reads the clock: the same inputs give byte-identical objects.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+
+from triage_node.report.heatmap import build_heatmap
+from triage_node.report.sr import build_study_report
+from triage_node.score.interface import ImageAssessment, SideAssessment
+
+#: Fields of ``ImageAssessment.to_json`` that are derived (properties), not constructor args.
+_DERIVED = ("probability", "not_assessable_reason")
+
+
+def assessment_from_json(data: Mapping[str, Any]) -> ImageAssessment:
+    """The :class:`ImageAssessment` stored by ``ImageAssessment.to_json`` (round trip).
+
+    Raises ``ValueError`` naming the field when the JSON does not describe one.
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError("assessment: expected a JSON object")
+    try:
+        sides = tuple(
+            SideAssessment(
+                side=s["side"],
+                probability=s.get("probability"),
+                not_assessable_reason=s.get("not_assessable_reason"),
+                roi_polygon=[(float(p[0]), float(p[1])) for p in s["roi_polygon"]]
+                if s.get("roi_polygon") is not None else None,
+                positive=s.get("positive"),
+            )
+            for s in data["sides"]
+        )
+        fields = {k: v for k, v in data.items() if k not in _DERIVED and k != "sides"}
+        fields["warnings"] = tuple(fields.get("warnings") or ())
+        fields["extra"] = dict(fields.get("extra") or {})
+        return ImageAssessment(sides=sides, **fields)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"assessment: stored JSON is not an ImageAssessment ({exc})") from None
+
+
+def cam_path_for(spool_path: Path) -> Path:
+    """Where the class-activation maps of a spooled instance live: ``<sop>.cam.npz`` beside it."""
+    return spool_path.with_name(spool_path.name.removesuffix(".dcm") + ".cam.npz")
+
+
+def save_cams(path: Path, cams: Mapping[str, Any], *, fsync: bool = True) -> None:
+    """Write per-side CAM arrays as an ``.npz`` (no pickle), atomically (temp file, rename)."""
+    arrays = {}
+    for side, cam in cams.items():
+        if side not in ("left", "right"):
+            raise ValueError(f"cams: unknown side {side!r} (expected 'left'/'right')")
+        arrays[side] = np.asarray(cam, dtype=np.float32)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_cams(path: Path) -> dict[str, np.ndarray] | None:
+    """The CAM arrays saved by :func:`save_cams`, or None when there is no file."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        return {side: np.asarray(npz[side], dtype=np.float64) for side in npz.files}
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """One reported radiograph: its dataset, the model's assessment, CAMs, and if it was scored."""
+
+    dataset: pydicom.Dataset
+    assessment: ImageAssessment
+    cams: Mapping[str, np.ndarray] | None
+    scored: bool  # False: not assessable (in the SR, no heatmap)
+    instance_id: int | None = None
+
+
+@dataclass(frozen=True)
+class BuiltResult:
+    """One object to store and send: ``kind`` "SR" or "SC", and the source it was made from."""
+
+    kind: str
+    dataset: pydicom.Dataset
+    source_instance_id: int | None
+
+
+def build_study_results(sources: Sequence[SourceImage], *, report_version: int,
+                        content_datetime: datetime.datetime | None) -> list[BuiltResult]:
+    """The SR of the study (scored and not-assessable images) and one heatmap per scored image.
+
+    ``sources`` are in a fixed order (the caller's, e.g. by instance id) so the
+    SR content is the same on every build. Raises ``ValueError``/``TypeError``
+    from the builders (e.g. assessments from two model versions) before writing.
+    """
+    if not sources:
+        raise ValueError("sources: nothing to report")
+    built = [BuiltResult("SR", build_study_report(
+        [s.dataset for s in sources], [s.assessment for s in sources],
+        report_version=report_version, content_datetime=content_datetime), None)]
+    for s in sources:
+        if s.scored:
+            built.append(BuiltResult("SC", build_heatmap(
+                s.dataset, s.assessment, s.cams, report_version=report_version,
+                content_datetime=content_datetime), s.instance_id))
+    return built
+
+
+def write_result_file(ds: pydicom.Dataset, path: Path, *, fsync: bool = True) -> int:
+    """Write ``ds`` as a DICOM file at ``path`` atomically and durably; returns its size.
+
+    A crash leaves either no file or the whole file; a re-run overwrites it with
+    identical bytes.
+    """
+    created = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "wb") as f:
+        ds.save_as(f, enforce_file_format=True)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if fsync:
+        for directory in (path.parent, *((path.parent.parent,) if created else ())):
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    return path.stat().st_size

@@ -1,0 +1,251 @@
+"""The ``report`` job: build a study's SR and heatmaps, keep them in the spool, queue delivery.
+
+Enqueued by :func:`triage_node.work.study.settle_studies` with the report
+version in its payload. Steps:
+
+1. Load the study's scored and not-assessable instances covered by this
+   version (``Instance.report_version <= version``): the spool files, the
+   stored assessments (``Instance.result["assessment"]``) and the CAM files.
+2. Build the SR (if at least one such instance) and one heatmap SC per scored
+   image (:func:`triage_node.report.results.build_study_results`), with the
+   study's settle time as Content Date/Time. Same inputs, same bytes and UIDs.
+3. Write them to ``<spool>/<study uid>/results/v<version>/<sop uid>.dcm``
+   (temp file, fsync, rename), then in one transaction: a ``results`` row per
+   object, a ``deliveries`` row per object and destination, one ``deliver``
+   job per destination (dedup key "deliver:<study id>:<version>:<name>"), the
+   study ``reported``, and the job done.
+
+A crash before step 3's transaction leaves only files that the re-run
+overwrites with identical bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pydicom
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from triage_node.report.results import (
+    SourceImage,
+    assessment_from_json,
+    build_study_results,
+    cam_path_for,
+    load_cams,
+    write_result_file,
+)
+from triage_node.store.db import add_event
+from triage_node.store.jobs import ClaimedJob, finish_job
+from triage_node.store.models import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    InstanceState,
+    JobKind,
+    JobState,
+    Result,
+    Study,
+    StudyState,
+    utcnow,
+)
+from triage_node.work.base import JobContext, PermanentFailure
+from triage_node.work.study import enqueue_once, rollup_delivery
+
+if TYPE_CHECKING:
+    from triage_node.config import Settings
+
+log = logging.getLogger(__name__)
+
+REPORTED_STATES = (InstanceState.SCORED.value, InstanceState.NOT_ASSESSABLE.value)
+
+
+def result_path(study_instance_uid: str, report_version: int, sop_instance_uid: str) -> str:
+    """Where a result object lives, relative to the spool directory."""
+    return f"{study_instance_uid}/results/v{report_version}/{sop_instance_uid}.dcm"
+
+
+def deliver_dedup_key(study_id: int, report_version: int, destination: str) -> str:
+    """The dedup key of the deliver job of one report version to one destination."""
+    return f"deliver:{study_id}:{report_version}:{destination}"
+
+
+def content_datetime_for(study: Study) -> dt.datetime | None:
+    """Content Date/Time of a report version: the study's settle time, in local time.
+
+    Stored with the version, so a re-run builds the same bytes. None (no
+    settle time recorded) lets the builders use the sources' dates.
+    """
+    if study.settled_at is None:
+        return None
+    return study.settled_at.astimezone().replace(tzinfo=None, microsecond=0)
+
+
+def _reported_instances(session: Session, study_id: int, version: int) -> list[Instance]:
+    return list(session.scalars(
+        select(Instance).where(Instance.study_id == study_id,
+                               Instance.report_version.is_not(None),
+                               Instance.report_version <= version,
+                               Instance.state.in_(REPORTED_STATES))
+        .order_by(Instance.id)).all())
+
+
+def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceImage]:
+    """Read the reported instances back: spool file, stored assessment, CAMs.
+
+    Raises :class:`PermanentFailure` naming the instance when its file or its
+    stored assessment is unusable.
+    """
+    sources: list[SourceImage] = []
+    for inst in instances:
+        where = f"instance {inst.id} (SOP Instance UID {inst.sop_instance_uid})"
+        stored = (inst.result or {}).get("assessment")
+        if stored is None:
+            raise PermanentFailure(f"{where}: no stored assessment")
+        try:
+            assessment = assessment_from_json(stored)
+        except ValueError as exc:
+            raise PermanentFailure(f"{where}: {exc}") from None
+        path = settings.spool_dir / inst.path
+        scored = inst.state == InstanceState.SCORED.value
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=not scored)
+        except FileNotFoundError:
+            raise PermanentFailure(f"{where}: spool file {inst.path} is missing") from None
+        except Exception as exc:
+            raise PermanentFailure(f"{where}: spool file {inst.path} is not readable: "
+                                   f"{type(exc).__name__}: {exc}") from None
+        cam_file = settings.spool_dir / inst.result["cam_path"] if inst.result and \
+            inst.result.get("cam_path") else cam_path_for(path)
+        try:
+            cams = load_cams(cam_file) if scored else None
+        except (OSError, ValueError) as exc:
+            raise PermanentFailure(f"{where}: CAM file unreadable: {exc}") from None
+        sources.append(SourceImage(ds, assessment, cams, scored, inst.id))
+    return sources
+
+
+class ReportHandler:
+    """Runs ``report`` jobs (see the module docstring)."""
+
+    kind = JobKind.REPORT.value
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def run(self, ctx: JobContext) -> str | None:
+        """Build, write and record one report version of the job's study."""
+        job = ctx.job
+        version = int(job.payload.get("report_version", 0))
+        with ctx.store.read() as session:
+            study = self._study(session, job)
+            study_uid, study_id = study.study_instance_uid, study.id
+            when = content_datetime_for(study)
+            instances = _reported_instances(session, study.id, version)
+            for inst in instances:
+                session.expunge(inst)
+        if version < 1:
+            raise PermanentFailure(f"job {job.id}: no report_version in the payload")
+        if not instances:
+            return self._finish(ctx, study_id, version, [], "nothing to report: no scored or "
+                                "not-assessable instance")
+
+        sources = load_sources(self.settings, instances)
+        ctx.checkpoint()
+        try:
+            built = build_study_results(sources, report_version=version, content_datetime=when)
+        except (TypeError, ValueError) as exc:
+            raise PermanentFailure(f"study {study_uid} report v{version}: {exc}") from exc
+        ctx.checkpoint()
+        written: list[dict[str, Any]] = []
+        for item in built:
+            ds = item.dataset
+            rel = result_path(study_uid, version, ds.SOPInstanceUID)
+            size = write_result_file(ds, self.settings.spool_dir / rel,
+                                     fsync=self.settings.receive.fsync)
+            written.append({"kind": item.kind, "sop_instance_uid": str(ds.SOPInstanceUID),
+                            "sop_class_uid": str(ds.SOPClassUID),
+                            "series_instance_uid": str(ds.SeriesInstanceUID),
+                            "source_instance_id": item.source_instance_id,
+                            "path": rel, "size_bytes": size})
+        n_sc = sum(1 for w in written if w["kind"] == "SC")
+        return self._finish(ctx, study_id, version, written,
+                            f"report v{version}: SR + {n_sc} heatmap(s)")
+
+    def _finish(self, ctx: JobContext, study_id: int, version: int,
+                written: list[dict[str, Any]], outcome: str) -> str:
+        destinations = [d.name for d in self.settings.destinations]
+        now = utcnow()
+        with ctx.store.write() as session:
+            study = self._study(session, ctx.job)
+            for w in written:
+                result = session.scalars(select(Result).where(
+                    Result.sop_instance_uid == w["sop_instance_uid"])).first()
+                if result is None:
+                    result = Result(study_id=study_id, report_version=version, created_at=now,
+                                    **w)
+                    session.add(result)
+                    session.flush()
+                for name in destinations:
+                    if session.scalars(select(Delivery.id).where(
+                            Delivery.result_id == result.id,
+                            Delivery.destination == name)).first() is None:
+                        session.add(Delivery(result_id=result.id, destination=name,
+                                             state=DeliveryState.PENDING.value, attempts=0,
+                                             updated_at=now))
+            session.flush()
+            if written:
+                for name in destinations:
+                    enqueue_once(session, JobKind.DELIVER.value,
+                                 deliver_dedup_key(study_id, version, name),
+                                 study_id=study_id,
+                                 payload={"destination": name, "report_version": version},
+                                 max_attempts=self.settings.deliver.max_attempts)
+            if study.report_version == version:
+                study.state = StudyState.REPORTED.value
+                study.last_error = None
+                if written:
+                    rollup_delivery(session, study)
+            study.updated_at = now
+            add_event(session, "study_reported", job_id=ctx.job.id,
+                      study_instance_uid=study.study_instance_uid, state=study.state,
+                      message=outcome + (f"; delivery to {', '.join(destinations)} queued"
+                                         if written and destinations else ""),
+                      data={"report_version": version,
+                            "objects": [{"kind": w["kind"],
+                                         "sop_instance_uid": w["sop_instance_uid"]}
+                                        for w in written]})
+            finish_job(session, ctx.job, outcome)
+        return outcome
+
+    @staticmethod
+    def _study(session: Session, job: ClaimedJob) -> Study:
+        study = session.get(Study, job.study_id) if job.study_id is not None else None
+        if study is None:
+            raise PermanentFailure(f"job {job.id}: study row {job.study_id} does not exist")
+        return study
+
+    def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
+        """Record the error on the study; a failed report leaves the study ``report_failed``."""
+        study = session.get(Study, job.study_id) if job.study_id is not None else None
+        if study is None:
+            return
+        study.last_error = error[:2000]
+        study.updated_at = utcnow()
+        if new_state == JobState.FAILED.value:
+            study.state = StudyState.REPORT_FAILED.value
+        add_event(session, "study_report_failed" if new_state == JobState.FAILED.value
+                  else "study_report_retry", job_id=job.id,
+                  study_instance_uid=study.study_instance_uid, state=study.state,
+                  message=error[:500])
+
+    def on_release(self, session: Session, job: ClaimedJob) -> None:
+        """Nothing to undo: files written so far are overwritten by the re-run."""
+
+
+def result_file(settings: Settings, result: Result) -> Path:
+    """The spool file of a result row."""
+    return settings.spool_dir / result.path
