@@ -2,7 +2,7 @@
 
 No model is needed: instance rows carry the score stage's output (the
 assessment JSON) and real spool files, as the score job leaves them. Delivery
-goes to dcmtk's storescp (``-uf``: every received object is its own file, so a
+goes to dcmtk's storescp (``+uf``: every received object is its own file, so a
 duplicate would show) and to a pynetdicom SCP that refuses one SOP class.
 """
 
@@ -145,12 +145,13 @@ def received_uids(directory: Path) -> list[str]:
 
 
 @contextmanager
-def storescp(out_dir: Path, port: int | None = None) -> Iterator[int]:
-    """dcmtk storescp writing each received object to its own file (``-uf``)."""
+def storescp(out_dir: Path, port: int | None = None, *extra: str) -> Iterator[int]:
+    """dcmtk storescp writing each received object to its own file (``+uf``: a second copy
+    of the same SOP Instance UID would be a second file)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    proc = subprocess.Popen([need_tool("storescp"), "-aet", "ARCHIVE", "-uf", "-od",
-                             str(out_dir), str(port)],
+    proc = subprocess.Popen([need_tool("storescp"), "-aet", "ARCHIVE", "+uf", "-od",
+                             str(out_dir), *extra, str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, proc)

@@ -1,0 +1,104 @@
+"""`triage-node work` as a real process: the scheduler settles, reports and delivers; the
+archive is down, then the node is SIGKILLed in the middle of a C-STORE (the archive, a
+pynetdicom SCP here, holds its answer), and every result still arrives with the same SOP
+Instance UIDs.
+
+Instances are recorded as already scored (the score stage's output) so no model is needed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+from tests.peers import NodeProcess, free_port, write_config
+from tests.test_results import add_source, opened, rows, study_row
+from triage_node.config import load_settings
+from triage_node.store.models import Delivery, Event, Job, Result
+
+
+def wait_for(check: Callable[[], Any], what: str, node: NodeProcess,
+             timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}\n{node.log_text()[-4000:]}")
+
+
+def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "node.toml", {
+        "node": {"ae_title": "TRIAGE", "port": free_port(), "data_dir": str(tmp_path / "data"),
+                 "settle_seconds": 1},
+        "receive": {"fsync": False},
+        "worker": {"poll_seconds": 0.2, "lease_seconds": 3},
+        "deliver": {"max_attempts": 50, "retry_base_seconds": 0.5, "retry_max_seconds": 1,
+                    "connection_timeout": 2, "dimse_timeout": 20},
+        "destinations": [{"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1",
+                          "port": port}],
+        "logging": {"format": "json", "level": "DEBUG"},
+    })
+    settings = load_settings(config)
+    study_uid = pydicom.uid.generate_uid()
+    with opened(settings) as store:
+        add_source(store, settings, study_uid, 1)
+        add_source(store, settings, study_uid, 2)
+
+        node = NodeProcess(config, tmp_path / "node.log", command="work").start()
+        try:
+            # the archive is down: the scheduler reports, delivery retries with backoff
+            wait_for(lambda: [j for j in rows(store, Job, Job.kind == "deliver")
+                              if j.attempts >= 2 and j.state == "queued"],
+                     "delivery retried twice", node)
+            study = study_row(store, study_uid)
+            assert (study.state, study.report_version, study.delivery_state) == \
+                ("reported", 1, "retrying")
+            results = rows(store, Result)
+            assert [r.kind for r in results] == ["SR", "SC", "SC"]
+            expected = sorted(r.sop_instance_uid for r in results)
+
+            # the archive comes back, slow: the node is killed while a C-STORE is pending
+            got: list[str] = []
+            first_store = threading.Event()
+
+            def on_store(event: Any) -> int:
+                got.append(event.request.AffectedSOPInstanceUID)
+                if not first_store.is_set():
+                    first_store.set()
+                    time.sleep(3)  # the node dies while waiting for this response
+                return 0x0000
+
+            ae = AE(ae_title="ARCHIVE")
+            ae.supported_contexts = AllStoragePresentationContexts
+            server = ae.start_server(("127.0.0.1", port), block=False,
+                                     evt_handlers=[(evt.EVT_C_STORE, on_store)])
+            try:
+                wait_for(first_store.is_set, "a C-STORE in progress", node)
+                node.kill()
+                assert rows(store, Job, Job.kind == "deliver")[0].state == "running"
+                assert {d.state for d in rows(store, Delivery)} != {"delivered"}
+
+                node.start()
+                wait_for(lambda: study_row(store, study_uid).delivery_state == "delivered",
+                         "delivery after restart", node)
+            finally:
+                server.shutdown()
+            # the same objects, never new UIDs; a copy stored before the kill may come twice
+            assert set(got) == set(expected)
+            assert [r.sop_instance_uid for r in rows(store, Result)] == \
+                [r.sop_instance_uid for r in results]
+            assert study_row(store, study_uid).report_version == 1
+            kinds = [e.kind for e in rows(store, Event)]
+            assert "job_reclaimed" in kinds
+            assert all((settings.spool_dir / r.path).exists() for r in results)
+        finally:
+            node.kill()
