@@ -20,7 +20,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from tests.peers import NodeProcess, free_port, write_config
 from tests.test_results import add_source, opened, rows, study_row
 from triage_node.config import load_settings
-from triage_node.store.models import Delivery, Event, Job, Result
+from triage_node.store.models import Delivery, Event, Instance, Job, Result
 
 
 def wait_for(check: Callable[[], Any], what: str, node: NodeProcess,
@@ -102,3 +102,29 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: P
             assert all((settings.spool_dir / r.path).exists() for r in results)
         finally:
             node.kill()
+
+
+def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(
+        tmp_path: Path) -> None:
+    from tests.peers import node_running, storescu
+
+    with node_running(tmp_path, destinations=[], receive={"fsync": False}) as node:
+        settings = load_settings(node.config_path)
+        study_uid = pydicom.uid.generate_uid()
+        with opened(settings) as store:
+            add_source(store, settings, study_uid, 1)  # as the score job leaves it
+            wait_for(lambda: study_row(store, study_uid).state == "reported", "the report",
+                     node)
+            study = study_row(store, study_uid)
+            assert (study.report_version, study.delivery_state) == (1, "no_destination")
+            results = rows(store, Result)
+            # a misconfigured router sends our SR and heatmap back to us
+            sent = storescu(node.port, *(settings.spool_dir / r.path for r in results),
+                            extra=("-R",))  # propose the files' own SOP classes
+            assert sent.returncode == 0, sent.stderr
+            returned = wait_for(lambda: [i for i in rows(store, Instance)
+                                         if i.own_result], "the returned objects", node)
+            assert len(returned) == 2 and {i.state for i in returned} == {"skipped"}
+            time.sleep(settings.node.settle_seconds + 2.5)  # settle checks run every second
+            assert study_row(store, study_uid).report_version == 1
+            assert len(rows(store, Job, Job.kind == "report")) == 1
