@@ -25,6 +25,9 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("resend", "triage_node.admin.resend", "send a study's results again, or all failed ones"),
     ("synth", "triage_node.synth.command", "write a synthetic hip radiograph cohort"),
     ("db", "triage_node.store.command", "database maintenance (db upgrade)"),
+    ("train", "triage_node.train.command", "train a model bundle from labelled radiographs"),
+    ("evaluate", "triage_node.train.evaluate", "seven-model evaluation report on a labelled set"),
+    ("score", "triage_node.score.command", "score DICOM files with the configured model"),
 ]
 
 

@@ -58,13 +58,17 @@ def train_siamese(
     labels: np.ndarray,
     config: SiameseConfig | None = None,
     settings: DeepTrainingSettings | None = None,
+    progress: bool = False,
 ) -> SiameseNet:
     """Train a :class:`SiameseNet` from scratch on oriented, normalised ROIs.
 
     ``left``/``right``: (N, 1, H, W) tensors from
     :func:`triage_node.score.siamese.rois_to_tensor`; ``labels``: (N,) 0/1.
     Returns the model in eval mode. Deterministic for a given ``settings.seed``.
+    ``progress`` shows a tqdm bar over epochs with the mean training loss.
     """
+    from tqdm import tqdm
+
     settings = settings or DeepTrainingSettings()
     labels = np.asarray(labels).astype(np.int64)
     if not (len(left) == len(right) == len(labels)):
@@ -80,9 +84,11 @@ def train_siamese(
     )
     loss_fn = nn.CrossEntropyLoss()
     target = torch.from_numpy(labels)
-    for _ in range(settings.epochs):
+    bar = tqdm(range(settings.epochs), desc="siamese", unit="epoch", disable=not progress)
+    for _ in bar:
         model.train()
         order = oversample_minority(labels, rng)
+        total, seen = 0.0, 0
         for start in range(0, len(order), settings.batch_size):
             batch = torch.from_numpy(order[start : start + settings.batch_size])
             if len(batch) < 2:  # BatchNorm needs more than one sample
@@ -91,4 +97,7 @@ def train_siamese(
             loss = loss_fn(model(left[batch], right[batch]), target[batch])
             loss.backward()
             optimiser.step()
+            total += float(loss.detach()) * len(batch)
+            seen += len(batch)
+        bar.set_postfix(loss=f"{total / max(seen, 1):.3f}")
     return model.eval()

@@ -73,7 +73,9 @@ def calibrate(
     """Fit a calibration map on validation data and return the head with it.
 
     ``platt``: 1-D logistic regression on the head's logit (no oversampling,
-    so probabilities reflect the validation prevalence). ``isotonic``:
+    so probabilities reflect the validation prevalence); a non-positive slope
+    (validation disagrees with training) is replaced by slope 1 with a fitted
+    offset, so calibration never inverts the ranking. ``isotonic``:
     sklearn ``IsotonicRegression`` on the raw probability, stored as its
     breakpoints.
     """
@@ -81,9 +83,12 @@ def calibrate(
     y_val = np.asarray(y_val).astype(int)
     if kind == "platt":
         lr = LogisticRegression(C=1e6, max_iter=1000).fit(logit[:, None], y_val)
-        return head.with_calibration(
-            Calibration("platt", params=(float(lr.coef_[0, 0]), float(lr.intercept_[0])))
-        )
+        slope, offset = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        if slope <= 0:
+            # A small validation set can make the fitted slope negative, which would invert
+            # the ranking the head learned. Keep slope 1 and fit only the offset instead.
+            slope, offset = 1.0, _fit_offset(logit, y_val)
+        return head.with_calibration(Calibration("platt", params=(slope, offset)))
     if kind == "isotonic":
         raw = 1.0 / (1.0 + np.exp(-logit))
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y_val)
@@ -97,6 +102,18 @@ def calibrate(
     if kind == "none":
         return head.with_calibration(Calibration())
     raise ValueError(f"calibration kind: {kind!r} is not platt, isotonic or none")
+
+
+def _fit_offset(logit: np.ndarray, y: np.ndarray) -> float:
+    """The b minimising the log-loss of sigmoid(logit + b) on labels y."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_expit
+
+    def loss(b: float) -> float:
+        z = logit + b
+        return float(-(y * log_expit(z) + (1 - y) * log_expit(-z)).sum())
+
+    return float(minimize_scalar(loss, bounds=(-50.0, 50.0), method="bounded").x)
 
 
 def choose_operating_point(

@@ -1,0 +1,329 @@
+"""The DTC model at inference: DICOM dataset in, per-side and bilateral probabilities out.
+
+Path of one image (every step is the trained bundle's, nothing is guessed):
+
+1. :func:`~triage_node.score.decode.decode_radiograph` (viewer-like pixels, spacing);
+2. the bundle's :class:`~triage_node.score.femur_finder.FemurFinder` finds each
+   femur; :func:`~triage_node.score.roi.cut_side_roi` checks it (not found,
+   cut off, prosthesis) and cuts the oriented 256 x 256 ROI at 0.5 mm;
+3. only the texture features the head uses
+   (:func:`~triage_node.score.texture.extract_selected_texture`), the Siamese
+   branch's 128 pooled features per side, and age/sex/weight from the header
+   (missing values imputed with the training medians, named in ``warnings``);
+4. the named variant's :class:`~triage_node.score.head.LinearHead` gives a
+   calibrated probability.
+
+The head is bilateral (the paper's: left and right hip features side by side).
+Per-side probability = the bilateral head applied to that hip duplicated into
+both slots (ROIs are already oriented alike, so no further mirroring);
+``combined_probability`` = the head on both hips. When only one hip is
+assessable, that hip stands in for both in the combined score, so the
+combined probability equals that side's probability; a warning says so.
+
+Grad-CAM of the Siamese branch for each assessable hip is pasted back onto the
+source grid and returned in ``ImageAssessment.extra["cam"]`` (``{"right": array,
+"left": array}``, float64 in [0, 1], source shape); ``explain(dataset)`` gives
+the same maps alone. Calls are thread-safe: the networks stay in eval mode
+and no call changes shared state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from triage_node.score.bundle import Bundle
+from triage_node.score.clinical import (
+    CLINICAL_FEATURES,
+    CLINICAL_PREFIX,
+    ClinicalImputation,
+    read_clinical,
+)
+from triage_node.score.decode import decode_radiograph
+from triage_node.score.femur_finder import FINDER_FILE, SIDES, FemurFinder
+from triage_node.score.geometry import RoiGeometry
+from triage_node.score.head import LinearHead
+from triage_node.score.interface import (
+    ImageAssessment,
+    ModelUnavailable,
+    Side,
+    SideAssessment,
+)
+from triage_node.score.manifest import VARIANTS
+from triage_node.score.roi import NotAssessable, SideRoi, cut_side_roi
+from triage_node.score.siamese import (
+    SiameseNet,
+    grad_cam,
+    rois_to_tensor,
+    siamese_from_safetensors,
+)
+from triage_node.score.texture import TextureSettings, extract_selected_texture
+
+if TYPE_CHECKING:
+    import pydicom
+
+SIAMESE_FILE = "siamese.safetensors"
+CLINICAL_FILE = "clinical.json"
+MODEL_FILE = "model.json"
+STAND_IN_WARNING = (
+    "only the {side} hip was assessable; it stands in for both hips in the combined score"
+)
+
+
+def head_file(variant: str) -> str:
+    """Bundle file name of a variant's head, e.g. ``head_DTC.json``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: {variant!r} is not one of {sorted(VARIANTS)}")
+    return f"head_{variant}.json"
+
+
+def split_name(name: str) -> tuple[str, str]:
+    """``"right:original_glcm_Contrast"`` -> ``("right", "original_glcm_Contrast")``."""
+    prefix, _, base = name.partition(":")
+    return prefix, base
+
+
+@dataclass(frozen=True)
+class HipFeatures:
+    """Everything the heads need from one assessable hip (oriented ROI)."""
+
+    texture: Mapping[str, float]  # base pyradiomics name -> value
+    deep: np.ndarray  # (128,) pooled Siamese features
+
+
+def patient_row(
+    names: Sequence[str],
+    clinical: np.ndarray,
+    hips: Mapping[Side, HipFeatures],
+) -> np.ndarray:
+    """One head input row in ``names`` order from clinical values and per-side hip features.
+
+    ``hips`` must hold the side(s) to use in each slot: pass the same
+    :class:`HipFeatures` for both sides to duplicate one hip. A texture name the
+    hip lacks is NaN (the head imputes it).
+    """
+    row = np.full(len(names), np.nan)
+    for i, name in enumerate(names):
+        prefix, base = split_name(name)
+        if name.startswith(CLINICAL_PREFIX):
+            row[i] = clinical[CLINICAL_FEATURES.index(base)]
+        elif base.startswith("deep_"):
+            row[i] = hips[prefix].deep[int(base[5:])]  # type: ignore[index]
+        else:
+            row[i] = hips[prefix].texture.get(base, np.nan)  # type: ignore[index]
+    return row
+
+
+def texture_bases(names: Sequence[str]) -> list[str]:
+    """The distinct pyradiomics base names among head feature names (both sides)."""
+    bases = []
+    for name in names:
+        prefix, base = split_name(name)
+        if prefix in SIDES and not base.startswith("deep_") and base not in bases:
+            bases.append(base)
+    return bases
+
+
+@dataclass
+class ImageFeatures:
+    """Intermediate results of one image (used by ``assess``, ``explain`` and evaluation)."""
+
+    shape: tuple[int, int]
+    rois: dict[Side, SideRoi]
+    not_assessable: dict[Side, str]
+    clinical: np.ndarray
+    warnings: list[str]
+    hips: dict[Side, HipFeatures] = field(default_factory=dict)
+
+
+class BundleScoringModel:
+    """A loaded bundle as a :class:`~triage_node.score.interface.ScoringModel`.
+
+    ``threshold``: operating point override (None: the bundle's). ``variant``:
+    which of the bundle's seven heads scores (None: the manifest's).
+    """
+
+    def __init__(
+        self, bundle: Bundle, threshold: float | None = None, variant: str | None = None
+    ) -> None:
+        manifest = bundle.manifest
+        self.bundle = bundle
+        self.name = manifest.name
+        self.version = manifest.version
+        self.synthetic = manifest.synthetic
+        self.variant = variant or manifest.variant
+        try:
+            info = bundle.read_json(MODEL_FILE)
+            self.heads = {
+                v: LinearHead.from_json(bundle.read_json(head_file(v)), head_file(v))
+                for v in VARIANTS
+                if bundle.has(head_file(v))
+            }
+            self.clinical_imputation = ClinicalImputation.from_json(bundle.read_json(CLINICAL_FILE))
+            self.finder = FemurFinder.from_safetensors(bundle.raw(FINDER_FILE))
+            self.siamese: SiameseNet = siamese_from_safetensors(bundle.raw(SIAMESE_FILE))
+            self.texture_settings = TextureSettings(
+                original_bin_width=float(info["texture"]["original_bin_width"]),
+                wavelet_bin_width=float(info["texture"]["wavelet_bin_width"]),
+                spacing_mm=tuple(info["texture"]["spacing_mm"]),  # type: ignore[arg-type]
+            )
+            self.operating_points: dict[str, float] = {
+                v: float(t) for v, t in info["thresholds"].items()
+            }
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelUnavailable(f"bundle {bundle.path}: {exc}") from None
+        if self.variant not in self.heads:
+            raise ModelUnavailable(f"bundle {bundle.path}: no head for variant {self.variant}")
+        self.head = self.heads[self.variant]
+        default = (
+            manifest.operating_point.threshold
+            if self.variant == manifest.variant
+            else self.operating_points[self.variant]
+        )
+        self.threshold = float(default if threshold is None else threshold)
+        self._texture_needed = texture_bases(self.head.feature_names)
+
+    # -- steps ---------------------------------------------------------------------------
+    def image_features(
+        self, dataset: pydicom.Dataset, texture_names: Sequence[str] | None = None
+    ) -> ImageFeatures:
+        """Decode, find, cut and describe both hips; ``texture_names`` default: the head's."""
+        decoded = decode_radiograph(dataset)
+        laterality = str(dataset.get("ImageLaterality", "") or "").strip().upper() or None
+        found = self.finder.find(decoded.pixels, decoded.spacing_mm, laterality)
+        rois: dict[Side, SideRoi] = {}
+        reasons: dict[Side, str] = {}
+        for side in SIDES:
+            mask = found.masks[side]
+            if mask is None:
+                reasons[side] = found.reasons[side] or "femur not found"
+                continue
+            cut = cut_side_roi(decoded.pixels, decoded.spacing_mm, mask, side)
+            if isinstance(cut, NotAssessable):
+                reasons[side] = cut.reason
+            else:
+                rois[side] = cut
+        clinical, clinical_warnings = self.clinical_imputation.apply(read_clinical(dataset))
+        features = ImageFeatures(
+            shape=decoded.pixels.shape,  # type: ignore[arg-type]
+            rois=rois,
+            not_assessable=reasons,
+            clinical=clinical,
+            warnings=list(decoded.warnings) + clinical_warnings,
+        )
+        if not rois:
+            return features
+        names = self._texture_needed if texture_names is None else list(texture_names)
+        with torch.no_grad():
+            order = list(rois)
+            deep = self.siamese.branch(rois_to_tensor([rois[s].image for s in order]))
+        for i, side in enumerate(order):
+            roi = rois[side]
+            try:
+                texture = extract_selected_texture(
+                    roi.image, roi.mask, names, self.texture_settings
+                )
+            except ValueError as exc:  # e.g. a flat ROI: nothing to measure
+                features.warnings.append(f"{side} hip texture not computed: {exc}")
+                texture = {}
+            features.hips[side] = HipFeatures(texture, deep[i].double().numpy())
+        return features
+
+    def probabilities(
+        self, features: ImageFeatures, head: LinearHead | None = None
+    ) -> tuple[dict[Side, float], float | None]:
+        """Per-side (hip duplicated) and combined probabilities of one head."""
+        head = head or self.head
+        hips = features.hips
+        if not hips:
+            return {}, None
+        rows = [
+            patient_row(head.feature_names, features.clinical, {"right": h, "left": h})
+            for h in hips.values()
+        ]
+        both = {s: hips.get(s) or next(iter(hips.values())) for s in SIDES}
+        rows.append(patient_row(head.feature_names, features.clinical, both))
+        probs = head.probability(np.vstack(rows))
+        per_side = {side: float(p) for side, p in zip(hips, probs[:-1], strict=True)}
+        return per_side, float(probs[-1])
+
+    def cams(self, features: ImageFeatures) -> dict[Side, np.ndarray]:
+        """Grad-CAM per assessable hip on the source grid, scaled together to [0, 1]."""
+        rois = features.rois
+        if not rois:
+            return {}
+        stand_in = next(iter(rois.values()))
+        left = rois_to_tensor([(rois.get("left") or stand_in).image])
+        right = rois_to_tensor([(rois.get("right") or stand_in).image])
+        cam_left, cam_right = grad_cam(self.siamese, left, right)
+        maps = {"left": cam_left[0], "right": cam_right[0]}
+        pasted = {side: _paste(rois[side].geometry, maps[side], features.shape) for side in rois}
+        peak = max(float(m.max()) for m in pasted.values())
+        return {s: (m / peak if peak > 0 else m) for s, m in pasted.items()}
+
+    # -- ScoringModel -------------------------------------------------------------------
+    def assess(self, dataset: pydicom.Dataset) -> ImageAssessment:
+        """Score one radiograph (see module doc); raises :class:`NotScorable` if undecodable."""
+        features = self.image_features(dataset)
+        return self._assessment(features, self.cams(features) if features.rois else {})
+
+    def explain(self, dataset: pydicom.Dataset) -> dict[Side, np.ndarray]:
+        """Only the Grad-CAM maps of :meth:`assess` (``{}`` when no hip is assessable)."""
+        return self.cams(self.image_features(dataset, texture_names=()))
+
+    def _assessment(
+        self, features: ImageFeatures, cams: Mapping[Side, np.ndarray]
+    ) -> ImageAssessment:
+        per_side, combined = self.probabilities(features)
+        warnings = list(features.warnings)
+        if len(per_side) == 1:
+            warnings.append(STAND_IN_WARNING.format(side=next(iter(per_side))))
+        sides = []
+        for side in SIDES:
+            roi = features.rois.get(side)
+            if side in per_side:
+                p = per_side[side]
+                sides.append(
+                    SideAssessment(
+                        side, p, None, roi.geometry.polygon() if roi else None, p >= self.threshold
+                    )
+                )
+            else:
+                reason = features.not_assessable.get(side, "femur not found")
+                polygon = roi.geometry.polygon() if roi else None
+                sides.append(SideAssessment(side, None, reason, polygon, None))
+        return ImageAssessment(
+            sides=tuple(sides),
+            model_name=self.name,
+            model_version=self.version,
+            threshold=self.threshold,
+            synthetic_model=self.synthetic,
+            warnings=tuple(warnings),
+            extra={"cam": dict(cams), "variant": self.variant},
+            combined_probability=combined,
+        )
+
+
+def _paste(geometry: RoiGeometry, roi_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return geometry.paste(np.asarray(roi_map, dtype=np.float64), shape)
+
+
+def model_info_json(
+    texture: TextureSettings, thresholds: Mapping[str, float], extra: Mapping[str, Any]
+) -> bytes:
+    """``model.json``: texture settings and every variant's threshold (plus free-form extras)."""
+    data = {
+        "texture": {
+            "original_bin_width": texture.original_bin_width,
+            "wavelet_bin_width": texture.wavelet_bin_width,
+            "spacing_mm": list(texture.spacing_mm),
+        },
+        "thresholds": {v: float(t) for v, t in thresholds.items()},
+        **extra,
+    }
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()

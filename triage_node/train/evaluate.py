@@ -1,0 +1,180 @@
+"""``triage-node evaluate``: the seven-model report of a bundle on a labelled set of radiographs.
+
+Every image goes through the inference path (decode, femur finder, ROI checks,
+features); each of the bundle's seven heads gives its bilateral probability
+and is judged at its own operating point. Images with no assessable hip have
+no probability and are counted, not scored. The table, plots and JSON come
+from :mod:`triage_node.train.report`. When ``oracle.json`` (written by
+``triage-node synth``) sits beside the labels, the cohort's oracle AUC (what
+the latent bone density plus clinical data can achieve) is printed with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_WORKER_MODEL: Any = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``triage-node evaluate`` (cheap: no heavy imports)."""
+    parser.add_argument(
+        "--bundle",
+        default=None,
+        help="bundle directory, or 'demo' (default: [model] bundle of the config)",
+    )
+    parser.add_argument("--data", type=Path, required=True, help="directory of DICOM files")
+    parser.add_argument("--labels", type=Path, required=True, help="labels CSV (as for train)")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="write report.md, report.json, roc.png, calibration.png here",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="processes for feature extraction"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@dataclass(frozen=True)
+class CaseScores:
+    """One image's combined probability under each variant (None: no assessable hip)."""
+
+    probabilities: dict[str, float] | None
+    reason: str | None
+
+
+def _init(bundle_path: str) -> None:
+    import torch
+
+    from triage_node.score.bundle import load_bundle
+    from triage_node.score.model import BundleScoringModel
+
+    global _WORKER_MODEL
+    torch.set_num_threads(1)
+    _WORKER_MODEL = BundleScoringModel(load_bundle(bundle_path))
+
+
+def _score_case(path: Path) -> CaseScores:
+    import pydicom
+
+    from triage_node.score.model import texture_bases
+
+    model = _WORKER_MODEL
+    names = texture_bases([n for h in model.heads.values() for n in h.feature_names])
+    features = model.image_features(pydicom.dcmread(path), texture_names=names)
+    if not features.hips:
+        reasons = sorted({f"{s}: {r}" for s, r in features.not_assessable.items()})
+        return CaseScores(None, "; ".join(reasons))
+    return CaseScores(
+        {v: model.probabilities(features, head)[1] for v, head in model.heads.items()}, None
+    )
+
+
+def evaluate_bundle(
+    bundle_path: Path, data_dir: Path, labels_csv: Path, jobs: int = 1, progress: bool = False
+) -> tuple[Any, list[Any], dict[str, Any]]:
+    """Score every listed image with all heads: (model, VariantPredictions list, dataset info)."""
+    from tqdm import tqdm
+
+    from triage_node.train.pipeline import read_cases
+    from triage_node.train.report import VariantPredictions
+
+    cases = read_cases(labels_csv, data_dir).cases
+    paths = [c.path for c in cases]
+    bar = tqdm(total=len(paths), desc="evaluate", unit="img", disable=not progress)
+    scores: list[CaseScores] = []
+    if jobs <= 1:
+        _init(str(bundle_path))
+        for p in paths:
+            scores.append(_score_case(p))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(jobs, initializer=_init, initargs=(str(bundle_path),)) as pool:
+            for s in pool.map(_score_case, paths, chunksize=1):
+                scores.append(s)
+                bar.update()
+        _init(str(bundle_path))
+    bar.close()
+    model = _WORKER_MODEL
+    scored = [i for i, s in enumerate(scores) if s.probabilities is not None]
+    labels = np.array([cases[i].label for i in scored])
+    reasons: dict[str, int] = {}
+    for s in scores:
+        if s.reason:
+            reasons[s.reason] = reasons.get(s.reason, 0) + 1
+    predictions = [
+        VariantPredictions(
+            variant=v,
+            labels=labels,
+            probability=np.array([scores[i].probabilities[v] for i in scored]),  # type: ignore[index]
+            threshold=model.threshold if v == model.variant else model.operating_points[v],
+        )
+        for v in model.heads
+    ]
+    dataset: dict[str, Any] = {
+        "labels": str(labels_csv),
+        "images listed": len(cases),
+        "images scored": len(scored),
+        "not assessable": sum(reasons.values()),
+        "bundle": f"{model.name} {model.version}",
+    }
+    if reasons:
+        dataset["not assessable reasons"] = reasons
+    oracle = labels_csv.parent / "oracle.json"
+    if oracle.exists():
+        info = json.loads(oracle.read_text())
+        if info.get("oracle_auc") is not None:
+            dataset["oracle AUC (synth, latent density + clinical)"] = round(
+                float(info["oracle_auc"]), 3
+            )
+    return model, predictions, dataset
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print (and write) the report; 0 ok, 1 failure, 2 bad usage."""
+    from triage_node.config import load_settings
+    from triage_node.score.bundle import DEMO_BUNDLE_DIR, bundle_path
+    from triage_node.score.interface import ModelUnavailable
+    from triage_node.train.report import evaluate_variants, render_markdown, write_report
+
+    if args.bundle == "demo":
+        path = DEMO_BUNDLE_DIR
+    elif args.bundle:
+        path = Path(args.bundle)
+    else:
+        path = bundle_path(load_settings(args.config))
+    if not args.labels.is_file() or not args.data.is_dir():
+        print("evaluate: --labels must be a file and --data a directory")
+        return 2
+    try:
+        model, predictions, dataset = evaluate_bundle(
+            path, args.data, args.labels, max(1, args.jobs), not args.quiet
+        )
+        if args.report:
+            report = write_report(predictions, args.report, dataset, model.synthetic)
+        else:
+            report = evaluate_variants(predictions, dataset, model.synthetic)
+    except ModelUnavailable as exc:
+        print(f"evaluate: {exc}")
+        return 1
+    except ValueError as exc:
+        print(f"evaluate: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2, default=float))
+    else:
+        print(render_markdown(report))
+        if args.report:
+            print(f"evaluate: report written to {args.report}")
+    return 0

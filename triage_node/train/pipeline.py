@@ -1,0 +1,664 @@
+"""Training a model bundle from labelled radiographs: finder, Siamese branch, seven heads.
+
+Steps (``triage-node train``):
+
+1. Read the labels CSV (:func:`read_cases`): the synth ``labels.csv`` or a
+   site CSV with a ``file`` or ``sop_instance_uid`` column, a ``label`` (0/1)
+   or ``t_score`` column (osteoporosis = T <= -2.5) and optional
+   ``mask_left``/``mask_right`` columns (PNG paths relative to the data
+   directory; ``1``/``0`` flags mean the synth naming ``<stem>_femur_L.png``).
+2. Femur finder: trained on the images that have masks, plus a few synthetic
+   chest and blank images as "nothing here" examples (``finder_negatives``).
+   Without any masks, the finder of ``finder_bundle`` (default: the demo
+   bundle) is reused.
+3. Per image (in ``jobs`` processes, cached under ``cache_dir`` by the file's
+   sha256 and the settings): decode, cut both hips from the given masks (or
+   the finder's), all 325 texture features per hip, the normalised ROIs for
+   the CNN, clinical values from the header. A hip that is not assessable is
+   replaced by the other hip, as at inference; images with no assessable hip
+   are left out and counted.
+4. Stratified (by label; grouped by ``patient_id`` when present), seeded split
+   into training and validation.
+5. Siamese branch on the training split; its pooled features for every image.
+6. For each of the seven variants: LASSO selection and the head on the
+   training split, Platt calibration and the operating point (target
+   sensitivity) on the validation split, validation AUC with DeLong CI.
+7. :func:`~triage_node.score.bundle.write_bundle` with a manifest describing all of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from triage_node.score.clinical import (
+    CLINICAL_FEATURES,
+    ClinicalImputation,
+    clinical_feature_names,
+)
+from triage_node.score.femur_finder import FINDER_FILE, SIDES, FemurFinder, FinderConfig
+from triage_node.score.manifest import (
+    NOT_FOR_CLINICAL_USE,
+    VARIANTS,
+    BundleManifest,
+    OperatingPoint,
+)
+from triage_node.score.model import (
+    CLINICAL_FILE,
+    MODEL_FILE,
+    SIAMESE_FILE,
+    HipFeatures,
+    head_file,
+    model_info_json,
+    patient_row,
+)
+from triage_node.score.texture import TextureSettings, side_feature_names, texture_feature_names
+
+OSTEOPOROSIS_T_SCORE = -2.5
+#: Columns only the synth cohort's labels.csv has: their presence marks synthetic data.
+SYNTH_COLUMNS = ("density_left", "density_right", "vendor", "oracle")
+CACHE_VERSION = 1
+SITE_INTENDED_USE = (
+    "Triage aid for opportunistic osteoporosis screening on hip radiographs; "
+    "not a diagnosis. Confirm with DXA."
+)
+MASK_SUFFIX = {"left": "L", "right": "R"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One labelled image: its file, label (1 = osteoporosis), masks per side, patient key."""
+
+    path: Path
+    label: int
+    masks: dict[str, Path | None]
+    patient: str
+
+
+@dataclass(frozen=True)
+class CaseSet:
+    """Cases read from a labels CSV and what the CSV was."""
+
+    cases: list[Case]
+    synthetic: bool
+    source: str
+    has_masks: bool
+
+
+def _label(row: dict[str, str], where: str) -> int:
+    if row.get("label", "").strip() != "":
+        value = row["label"].strip()
+        if value not in ("0", "1"):
+            raise ValueError(f"{where}: label {value!r} is not 0 or 1")
+        return int(value)
+    if row.get("t_score", "").strip() != "":
+        return int(float(row["t_score"]) <= OSTEOPOROSIS_T_SCORE)
+    raise ValueError(f"{where}: neither label nor t_score given")
+
+
+def _index_by_uid(data_dir: Path) -> dict[str, Path]:
+    import pydicom
+
+    index = {}
+    for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        except Exception:  # not DICOM: masks, CSVs, notes
+            continue
+        if "SOPInstanceUID" in ds:
+            index[str(ds.SOPInstanceUID)] = path
+    return index
+
+
+def _mask_path(value: str, image: Path, side: str, data_dir: Path) -> Path | None:
+    value = value.strip()
+    if value in ("", "0"):
+        return None
+    if value == "1":
+        candidate = image.with_name(f"{image.stem}_femur_{MASK_SUFFIX[side]}.png")
+    else:
+        candidate = Path(value) if Path(value).is_absolute() else data_dir / value
+    return candidate if candidate.exists() else None
+
+
+def read_cases(labels_csv: Path, data_dir: Path) -> CaseSet:
+    """Read a synth ``labels.csv`` or a site CSV (see module doc); ``ValueError`` naming the row."""
+    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        rows = list(reader)
+    if "file" not in columns and "sop_instance_uid" not in columns:
+        raise ValueError(f"{labels_csv}: needs a 'file' or 'sop_instance_uid' column")
+    if "label" not in columns and "t_score" not in columns:
+        raise ValueError(f"{labels_csv}: needs a 'label' or 't_score' column")
+    synthetic = all(c in columns for c in SYNTH_COLUMNS[:3])
+    uid_index: dict[str, Path] | None = None
+    cases = []
+    for number, row in enumerate(rows, start=2):
+        where = f"{labels_csv}:{number}"
+        if row.get("kind", "hip") not in ("hip", ""):
+            continue
+        if row.get("file", "").strip():
+            path = data_dir / row["file"].strip()
+        else:
+            if uid_index is None:
+                uid_index = _index_by_uid(data_dir)
+            uid = row["sop_instance_uid"].strip()
+            if uid not in uid_index:
+                raise ValueError(f"{where}: no file in {data_dir} has SOP Instance UID {uid}")
+            path = uid_index[uid]
+        if not path.exists():
+            raise ValueError(f"{where}: file {path} does not exist")
+        masks = {}
+        for side in SIDES:
+            column = f"mask_{side}"
+            value = row.get(column, "1" if column not in columns else "")
+            masks[side] = _mask_path(value or "", path, side, data_dir)
+        patient = row.get("patient_id", "").strip() or str(path)
+        cases.append(Case(path, _label(row, where), masks, patient))
+    if not cases:
+        raise ValueError(f"{labels_csv}: no hip images listed")
+    return CaseSet(
+        cases,
+        synthetic,
+        "triage-node synth" if synthetic else "site",
+        any(m is not None for c in cases for m in c.masks.values()),
+    )
+
+
+# -- per-image work (runs in worker processes) ----------------------------------------------
+
+_WORKER_FINDER: FemurFinder | None = None
+
+
+def _init_worker(finder_bytes: bytes | None) -> None:
+    import torch
+
+    global _WORKER_FINDER
+    torch.set_num_threads(1)  # processes give the parallelism
+    _WORKER_FINDER = FemurFinder.from_safetensors(finder_bytes) if finder_bytes else None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    from PIL import Image
+
+    mask = np.asarray(Image.open(path)) != 0
+    if mask.ndim == 3:
+        mask = mask.any(axis=2)
+    if mask.shape != shape:
+        raise ValueError(f"mask {path}: shape {mask.shape} != image shape {shape}")
+    return mask
+
+
+def _cached(cache_dir: Path | None, key: str, compute: Any) -> dict[str, np.ndarray]:
+    if cache_dir is not None:
+        path = cache_dir / f"{key}.npz"
+        if path.exists():
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+    result: dict[str, np.ndarray] = compute()
+    if cache_dir is not None:
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **result)
+        tmp = cache_dir / f".{key}.{os.getpid()}.tmp"
+        tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, path)  # atomic: an interrupted run leaves no half file
+    return result
+
+
+def _finder_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
+    import pydicom
+
+    from triage_node.score.decode import decode_radiograph
+    from triage_node.train.finder import finder_sample
+
+    case, settings_key, cache_dir = task
+    mask_hash = hashlib.sha256(
+        b"".join(p.read_bytes() for p in case.masks.values() if p is not None)
+    ).hexdigest()
+    key = hashlib.sha256(f"finder|{_sha256(case.path)}|{mask_hash}|{settings_key}".encode())
+
+    def compute() -> dict[str, np.ndarray]:
+        decoded = decode_radiograph(pydicom.dcmread(case.path))
+        masks = [_load_mask(p, decoded.pixels.shape) for p in case.masks.values() if p]
+        config = FinderConfig.from_json(settings_key)
+        sample = finder_sample(decoded.pixels, decoded.spacing_mm, masks, config)
+        return {"image": sample.image, "target": sample.target}
+
+    return _cached(cache_dir, key.hexdigest()[:40], compute)
+
+
+def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
+    import pydicom
+
+    from triage_node.score.clinical import read_clinical
+    from triage_node.score.decode import decode_radiograph
+    from triage_node.score.roi import NotAssessable, cut_side_roi
+    from triage_node.score.siamese import normalise_roi
+    from triage_node.score.texture import extract_texture
+
+    case, settings_key, cache_dir = task
+    mask_hash = hashlib.sha256(
+        b"".join(p.read_bytes() for p in case.masks.values() if p is not None)
+    ).hexdigest()
+    key = hashlib.sha256(f"features|{_sha256(case.path)}|{mask_hash}|{settings_key}".encode())
+
+    def compute() -> dict[str, np.ndarray]:
+        ds = pydicom.dcmread(case.path)
+        decoded = decode_radiograph(ds)
+        texture_settings = TextureSettings(**json.loads(settings_key)["texture"])
+        masks: dict[str, np.ndarray | None] = {}
+        if any(case.masks.values()):
+            masks = {
+                s: (_load_mask(p, decoded.pixels.shape) if p else None)
+                for s, p in case.masks.items()
+            }
+        else:
+            if _WORKER_FINDER is None:
+                raise ValueError(f"{case.path}: no masks and no femur finder")
+            laterality = str(ds.get("ImageLaterality", "") or "").strip().upper() or None
+            found = _WORKER_FINDER.find(decoded.pixels, decoded.spacing_mm, laterality)
+            masks = dict(found.masks)
+        out: dict[str, np.ndarray] = {}
+        n = len(texture_feature_names())
+        for side in SIDES:
+            mask = masks.get(side)
+            roi = (
+                cut_side_roi(decoded.pixels, decoded.spacing_mm, mask, side)  # type: ignore[arg-type]
+                if mask is not None
+                else None
+            )
+            texture = np.full(n, np.nan)
+            if roi is not None and not isinstance(roi, NotAssessable):
+                try:
+                    values = extract_texture(roi.image, roi.mask, texture_settings)
+                    texture = np.array(list(values.values()), dtype=np.float64)
+                except ValueError:
+                    roi = None
+            ok = roi is not None and not isinstance(roi, NotAssessable)
+            out[f"ok_{side}"] = np.array(ok)
+            out[f"texture_{side}"] = texture
+            out[f"roi_{side}"] = (
+                normalise_roi(roi.image).astype(np.float16)  # type: ignore[union-attr]
+                if ok
+                else np.zeros((1, 1), np.float16)
+            )
+        clinical = read_clinical(ds)
+        out["clinical"] = np.array(
+            [np.nan if clinical[c] is None else clinical[c] for c in CLINICAL_FEATURES]
+        )
+        return out
+
+    return _cached(cache_dir, key.hexdigest()[:40], compute)
+
+
+def _map(
+    function: Any,
+    tasks: list[Any],
+    jobs: int,
+    desc: str,
+    progress: bool,
+    finder_bytes: bytes | None = None,
+) -> list[Any]:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress)
+    results = []
+    if jobs <= 1:
+        _init_worker(finder_bytes)
+        for task in tasks:
+            results.append(function(task))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(finder_bytes,)) as pool:
+            for result in pool.map(function, tasks, chunksize=1):
+                results.append(result)
+                bar.update()
+    bar.close()
+    return results
+
+
+# -- training ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Everything ``triage-node train`` can set (see ``train/command.py`` for the flags)."""
+
+    variant: str = "DTC"
+    seed: int = 0
+    epochs: int = 30
+    finder_epochs: int = 40
+    finder_negatives: int = 16
+    jobs: int = 2
+    torch_threads: int = 2
+    cache_dir: Path | None = None
+    validation_fraction: float = 0.25
+    target_sensitivity: float = 0.90
+    calibration: str = "platt"
+    bilateral: bool = False
+    finder_bundle: Path | None = None
+    progress: bool = True
+    texture: TextureSettings = field(default_factory=TextureSettings)
+    finder: FinderConfig = field(default_factory=FinderConfig)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant: {self.variant!r} is not one of {sorted(VARIANTS)}")
+        if not 0.05 <= self.validation_fraction <= 0.5:
+            raise ValueError(f"validation_fraction: {self.validation_fraction} not in [0.05, 0.5]")
+        if self.epochs < 1 or self.finder_epochs < 1 or self.jobs < 1 or self.torch_threads < 1:
+            raise ValueError("epochs, finder_epochs, jobs and torch_threads must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What training wrote: the bundle directory and its manifest."""
+
+    bundle: Path
+    manifest: BundleManifest
+
+
+def synthetic_negatives(count: int, seed: int, config: FinderConfig) -> list[Any]:
+    """Finder samples of synthetic chest and blank images (no femur): "not found" examples."""
+    from triage_node.score.decode import decode_radiograph
+    from triage_node.synth import render_instance
+    from triage_node.train.finder import finder_sample
+
+    samples = []
+    for i in range(count):
+        image = render_instance(
+            seed, index=900_000 + i, size="small", kind=("chest", "blank")[i % 2]
+        )
+        decoded = decode_radiograph(image.dataset)
+        samples.append(finder_sample(decoded.pixels, decoded.spacing_mm, [], config))
+    return samples
+
+
+def _reused_finder(options: TrainingOptions) -> bytes:
+    from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle
+
+    path = options.finder_bundle or DEMO_BUNDLE_DIR
+    bundle = load_bundle(path)
+    return bundle.raw(FINDER_FILE)
+
+
+def split_development(
+    labels: np.ndarray, groups: Sequence[str], fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, patient-grouped, seeded split: (train indices, validation indices)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    folds = max(2, int(round(1.0 / fraction)))
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train, validation = next(splitter.split(np.zeros(len(labels)), labels, groups))
+    return np.sort(train), np.sort(validation)
+
+
+def candidate_feature_names(deep_per_side: int) -> list[str]:
+    """Every feature the selection sees: clinical, texture per side, deep per side."""
+    texture = list(texture_feature_names())
+    deep = [f"deep_{i:03d}" for i in range(deep_per_side)]
+    return (
+        clinical_feature_names()
+        + side_feature_names(texture, "right")
+        + side_feature_names(texture, "left")
+        + side_feature_names(deep, "right")
+        + side_feature_names(deep, "left")
+    )
+
+
+def train_bundle(
+    data_dir: Path, labels_csv: Path, out: Path, options: TrainingOptions | None = None
+) -> TrainingResult:
+    """Train everything a bundle needs and write it to ``out`` (see module doc)."""
+    import torch
+
+    from triage_node.score.bundle import write_bundle
+    from triage_node.score.siamese import SiameseConfig, siamese_to_safetensors
+    from triage_node.train.deep import DeepTrainingSettings, train_siamese
+    from triage_node.train.finder import FinderSample, FinderTrainingSettings, train_femur_finder
+    from triage_node.train.head import HeadSettings, calibrate, choose_operating_point, fit_head
+    from triage_node.train.metrics import auc_with_ci
+    from triage_node.train.selection import SelectionSettings, select_features
+
+    options = options or TrainingOptions()
+    say = print if options.progress else (lambda *a, **k: None)
+    case_set = read_cases(labels_csv, data_dir)
+    cases = case_set.cases
+    if options.cache_dir is not None:
+        options.cache_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(options.torch_threads)
+
+    # 1. femur finder
+    finder_key = options.finder.to_json()
+    with_masks = [c for c in cases if any(c.masks.values())]
+    if with_masks:
+        raw = _map(
+            _finder_item,
+            [(c, finder_key, options.cache_dir) for c in with_masks],
+            options.jobs,
+            "finder inputs",
+            options.progress,
+        )
+        samples = [FinderSample(r["image"], r["target"]) for r in raw]
+        samples += synthetic_negatives(options.finder_negatives, options.seed, options.finder)
+        finder = train_femur_finder(
+            samples,
+            options.finder,
+            FinderTrainingSettings(
+                epochs=options.finder_epochs, seed=options.seed, threads=options.torch_threads
+            ),
+            progress=options.progress,
+        )
+        finder_bytes = finder.to_safetensors()
+        finder_note = f"trained on {len(with_masks)} masked images + "
+        finder_note += f"{options.finder_negatives} synthetic negatives"
+    else:
+        finder_bytes = _reused_finder(options)
+        finder_note = f"reused from {options.finder_bundle or 'the demo bundle'}"
+
+    # 2. per-image features (cached)
+    settings_key = json.dumps(
+        {
+            "texture": asdict(options.texture),
+            "version": CACHE_VERSION,
+            "finder": hashlib.sha256(finder_bytes).hexdigest() if not with_masks else "",
+        },
+        sort_keys=True,
+    )
+    items = _map(
+        _feature_item,
+        [(c, settings_key, options.cache_dir) for c in cases],
+        options.jobs,
+        "texture features",
+        options.progress,
+        finder_bytes,
+    )
+    usable = [i for i, it in enumerate(items) if it["ok_right"] or it["ok_left"]]
+    excluded = len(cases) - len(usable)
+    if excluded:
+        say(f"train: {excluded} image(s) without an assessable hip left out")
+    y = np.array([cases[i].label for i in usable])
+    if y.min() == y.max() or min(int(y.sum()), int(len(y) - y.sum())) < 4:
+        raise ValueError("training data: need at least 4 images of each class")
+    rois: dict[str, list[np.ndarray]] = {s: [] for s in SIDES}
+    textures: dict[str, list[np.ndarray]] = {s: [] for s in SIDES}
+    for i in usable:
+        it = items[i]
+        for side in SIDES:
+            use = side if it[f"ok_{side}"] else ("left" if side == "right" else "right")
+            rois[side].append(it[f"roi_{use}"].astype(np.float32))
+            textures[side].append(it[f"texture_{use}"])
+    clinical_raw = np.vstack([items[i]["clinical"] for i in usable])
+
+    # 3. split
+    train_idx, val_idx = split_development(
+        y, [cases[i].patient for i in usable], options.validation_fraction, options.seed
+    )
+
+    # 4. Siamese branch
+    config = SiameseConfig()
+    tensors = {s: torch.from_numpy(np.stack(rois[s])[:, None]) for s in SIDES}
+    siamese = train_siamese(
+        tensors["left"][train_idx],
+        tensors["right"][train_idx],
+        y[train_idx],
+        config,
+        DeepTrainingSettings(
+            epochs=options.epochs, seed=options.seed, threads=options.torch_threads
+        ),
+        progress=options.progress,
+    )
+    with torch.no_grad():
+        deep = {
+            s: np.vstack(
+                [
+                    siamese.branch(tensors[s][k : k + 32]).double().numpy()
+                    for k in range(0, len(y), 32)
+                ]
+            )
+            for s in SIDES
+        }
+
+    # 5. feature matrix
+    imputation = ClinicalImputation.fit(
+        [
+            {
+                c: (None if np.isnan(v) else float(v))
+                for c, v in zip(CLINICAL_FEATURES, row, strict=True)
+            }
+            for row in clinical_raw[train_idx]
+        ]
+    )
+    base_texture = list(texture_feature_names())
+    names = candidate_feature_names(config.features_per_side)
+    X = np.vstack(
+        [
+            patient_row(
+                names,
+                imputation.apply(
+                    {
+                        c: (None if np.isnan(v) else float(v))
+                        for c, v in zip(CLINICAL_FEATURES, clinical_raw[k], strict=True)
+                    }
+                )[0],
+                {
+                    s: HipFeatures(dict(zip(base_texture, textures[s][k], strict=True)), deep[s][k])
+                    for s in SIDES
+                },
+            )
+            for k in range(len(y))
+        ]
+    )
+
+    # 6. seven heads
+    files: dict[str, bytes] = {}
+    thresholds: dict[str, float] = {}
+    metrics: dict[str, Any] = {}
+    operating_points: dict[str, OperatingPoint] = {}
+    selected_by_variant: dict[str, list[str]] = {}
+    y_train, y_val = y[train_idx], y[val_idx]
+    for variant in VARIANTS:
+        selected = select_features(
+            X[train_idx],
+            y_train,
+            names,
+            variant,
+            SelectionSettings(bilateral=options.bilateral, seed=options.seed),
+        )
+        columns = [names.index(n) for n in selected]
+        head = fit_head(
+            X[train_idx][:, columns], y_train, selected, HeadSettings(seed=options.seed)
+        )
+        head = calibrate(head, X[val_idx][:, columns], y_val, options.calibration)
+        p_val = head.probability(X[val_idx][:, columns])
+        op = choose_operating_point(y_val, p_val, options.target_sensitivity)
+        auc = auc_with_ci(y_val, p_val)
+        files[head_file(variant)] = (json.dumps(head.to_json(), indent=1) + "\n").encode()
+        thresholds[variant] = op.threshold
+        operating_points[variant] = op
+        selected_by_variant[variant] = selected
+        metrics[variant] = {
+            "validation_auc": auc.auc,
+            "validation_auc_ci": [auc.ci_low, auc.ci_high],
+            "threshold": op.threshold,
+            "validation_sensitivity": op.validation_sensitivity,
+            "validation_specificity": op.validation_specificity,
+            "selected": {g: sum(1 for n in selected if _group(n) == g) for g in VARIANTS[variant]},
+        }
+        say(
+            f"train: {variant:>3} validation AUC {auc.auc:.3f} "
+            f"({auc.ci_low:.3f}-{auc.ci_high:.3f}), {len(selected)} features"
+        )
+
+    # 7. bundle
+    files[FINDER_FILE] = finder_bytes
+    files[SIAMESE_FILE] = siamese_to_safetensors(siamese)
+    files[CLINICAL_FILE] = (json.dumps(imputation.to_json(), indent=1) + "\n").encode()
+    files[MODEL_FILE] = model_info_json(
+        options.texture,
+        thresholds,
+        {
+            "roi": {"size_px": 256, "spacing_mm": 0.5},
+            "finder": finder_note,
+            "calibration": options.calibration,
+            "bilateral_selection": options.bilateral,
+        },
+    )
+    created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()[:8]
+    summary = {
+        "source": case_set.source,
+        "labels_csv": labels_csv.name,
+        "images_listed": len(cases),
+        "images_used": len(usable),
+        "images_without_assessable_hip": excluded,
+        "positives": int(y.sum()),
+        "train": {"n": len(train_idx), "positives": int(y_train.sum())},
+        "validation": {"n": len(val_idx), "positives": int(y_val.sum())},
+        "split": f"stratified, patient-grouped, seed {options.seed}, "
+        f"validation fraction {options.validation_fraction}",
+        "masks": "given" if case_set.has_masks else "from the femur finder",
+        "siamese_epochs": options.epochs,
+        "finder": finder_note,
+        "seed": options.seed,
+    }
+    manifest = BundleManifest(
+        name=options.variant,
+        version=f"{created[:10]}.s{options.seed}.{digest}",
+        created=created,
+        variant=options.variant,
+        synthetic=case_set.synthetic,
+        training_data=summary,
+        feature_names=names,
+        selected_features=selected_by_variant[options.variant],
+        operating_point=operating_points[options.variant],
+        files={},
+        metrics={"validation": metrics, "target_sensitivity": options.target_sensitivity},
+        intended_use=NOT_FOR_CLINICAL_USE if case_set.synthetic else SITE_INTENDED_USE,
+    )
+    write_bundle(out, manifest, files)
+    say(f"train: wrote bundle {out} ({options.variant}, version {manifest.version})")
+    return TrainingResult(out, manifest)
+
+
+def _group(name: str) -> str:
+    from triage_node.train.selection import feature_group
+
+    return feature_group(name)
