@@ -15,7 +15,7 @@ from triage_node.synth.subjects import Subject, draw_subject
 from triage_node.synth.vendors import VENDORS, VendorProfile, matrix
 
 KINDS = ("hip", "chest", "blank")
-PELVIS_STEP_MM = 0.35  # raster step for pelvis, soft tissue and gas
+PELVIS_STEP_MM = 0.5  # raster step for pelvis, soft tissue and gas (at least)
 
 
 @dataclass

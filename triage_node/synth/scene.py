@@ -21,7 +21,7 @@ from triage_node.synth.noise import resize, smooth_noise
 
 MU_TISSUE = 0.021  # per mm, soft tissue at the effective energy
 MU_BONE_PLATE = 0.030
-FEMUR_MIN_SPACING_MM = 0.2
+FEMUR_MIN_SPACING_MM = 0.25
 SIDES = ("R", "L")  # patient's right is on the viewer's left in an AP view
 
 
@@ -345,7 +345,7 @@ def femur_box(grid: Grid, geom: HipGeometry, side: str, ss: int):
     """Pixel box (row/col slices on the ``ss``-times supersampled grid) holding one femur."""
     sgn = -1.0 if side == "R" else 1.0
     hx = sgn * geom.head_half_distance
-    corners = [(hx + sgn * u, v) for u in (-45.0, 115.0) for v in (-45.0, 175.0)]
+    corners = [(hx + sgn * u, v) for u in (-38.0, 100.0) for v in (-45.0, 175.0)]
     c, s = np.cos(np.radians(geom.rotation)), np.sin(np.radians(geom.rotation))
     xs = [geom.centre[0] + c * x - s * y for x, y in corners]
     ys = [geom.centre[1] + s * x + c * y for x, y in corners]
