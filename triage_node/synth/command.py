@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="expected fraction with osteoporosis, T <= -2.5 (default 0.38)",
     )
     parser.add_argument(
-        "--vendor", action="append", default=None, metavar="NAME",
-        help="restrict to this vendor profile (repeatable; default: all)",
+        "--vendor", action="extend", nargs="+", default=None, metavar="NAME",
+        help="restrict to these vendor profiles (kestrel nordlys orion tamarind halvard "
+        "vireo; default: all)",
     )
     parser.add_argument(
         "--jobs", type=int, default=None, help="worker processes (default: os.cpu_count())"
