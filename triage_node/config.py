@@ -13,7 +13,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 ENV_CONFIG = "TRIAGE_NODE_CONFIG"
 ENV_PREFIX = "TRIAGE_NODE__"
@@ -140,6 +147,34 @@ class LoggingSection(_Section):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+class MetricsSection(_Section):
+    """The operations HTTP endpoint: ``/metrics`` (Prometheus), ``/healthz``, ``/readyz``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # loopback: scrape through a local Prometheus or a proxy
+    port: int = Field(9181, ge=0, le=65535)  # 0: any free port (tests)
+
+
+class RetentionSection(_Section):
+    """What is removed, and when: spool files, database rows, audit events."""
+
+    enabled: bool = True
+    # Spool files of a study, counted from its last delivery (only fully delivered
+    # studies, and studies whose instances were all skipped, are ever removed).
+    spool_days: float = Field(30.0, gt=0)
+    # Database rows of a study whose spool files are gone, counted like spool_days.
+    database_days: float = Field(90.0, gt=0)
+    # Event rows (the audit trail: associations, deliveries, state changes).
+    events_days: float = Field(365.0, gt=0)
+    check_minutes: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _database_after_spool(self) -> RetentionSection:
+        if self.database_days < self.spool_days:
+            raise ValueError("database_days must be at least spool_days (rows point at files)")
+        return self
+
+
 class Settings(_Section):
     """All configuration of one node; see README "Configuration" for every key."""
 
@@ -153,6 +188,8 @@ class Settings(_Section):
     deliver: DeliverSection = DeliverSection()
     model: ModelSection = ModelSection()
     logging: LoggingSection = LoggingSection()
+    metrics: MetricsSection = MetricsSection()
+    retention: RetentionSection = RetentionSection()
 
     source: str = Field("built-in defaults", exclude=True)
 

@@ -56,6 +56,8 @@ class Node:
         self.pool: Any = None
         self.scheduler: Any = None
         self.watchdog: Any = None
+        self.ops_server: Any = None
+        self._collector: Any = None
 
     def start(self) -> None:
         """Start every stage of this process's roles, then tell systemd we are ready."""
@@ -81,8 +83,58 @@ class Node:
             status.insert(0, f"{n.ae_title} listening on {n.host}:{n.port}")
         self.watchdog = Watchdog(self.healthy)
         self.watchdog.start()
+        if self.settings.metrics.enabled:
+            self._start_ops_endpoint()
+            if self.ops_server is not None:
+                status.append(f"metrics on {self.ops_server.host}:{self.ops_server.port}")
         sd_notify("READY=1", "STATUS=" + ", ".join(status))
         log.info("node ready", extra={"roles": sorted(self.roles), "status": ", ".join(status)})
+
+    def _start_ops_endpoint(self) -> None:
+        """Serve /metrics, /healthz, /readyz; a port in use costs the endpoint, not the node."""
+        from triage_node.ops.http import OpsServer
+        from triage_node.ops.metrics import REGISTRY, StoreCollector, prime_destinations
+
+        m = self.settings.metrics
+        prime_destinations(self.settings)
+        self._collector = StoreCollector(self.settings, self.store)
+        REGISTRY.register(self._collector)
+        try:
+            self.ops_server = OpsServer(m.host, m.port, REGISTRY, self.liveness,
+                                        self.readiness).start()
+        except OSError as exc:
+            # Receiving images matters more than being scraped: log loudly and go on.
+            log.error("metrics endpoint not started: cannot listen on %s:%d: %s "
+                      "(set metrics.port; each process on a host needs its own)",
+                      m.host, m.port, exc.strerror)
+            return
+        log.info("metrics endpoint listening", extra={"host": m.host,
+                                                      "port": self.ops_server.port})
+
+    def liveness(self) -> dict[str, Any]:
+        """``/healthz``: the process's threads run (no database check: that is readiness)."""
+        workers = self.pool is None or self.pool.alive()
+        scheduler = self.scheduler is None or bool(self.scheduler.running)
+        return {"alive": workers and scheduler and not self.stop_requested.is_set(),
+                "roles": sorted(self.roles), "workers_alive": workers,
+                "scheduler_running": scheduler}
+
+    def model_check(self) -> str:
+        """Load (once) and name this process's model; raises ModelUnavailable without one."""
+        handler = self.pool.handlers.get("score") if self.pool is not None else None
+        if handler is None:
+            return "no score handler"
+        model = handler.models.get()
+        return f"{model.name} {model.version}"
+
+    def readiness(self) -> dict[str, Any]:
+        """``/readyz``: database, spool, free disk and (in a worker process) the model."""
+        from triage_node.ops.health import readiness
+
+        doc = readiness(self.settings, self.store,
+                        self.model_check if "work" in self.roles else None)
+        doc["roles"] = sorted(self.roles)
+        return doc
 
     def healthy(self) -> bool:
         """True while the worker threads (if any) are alive and the store answers."""
@@ -122,6 +174,12 @@ class Node:
             self.pool.stop(SHUTDOWN_GRACE_SECONDS)
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.ops_server is not None:
+            self.ops_server.stop()
+        if self._collector is not None:
+            from triage_node.ops.metrics import REGISTRY
+
+            REGISTRY.unregister(self._collector)
         self.store.dispose()
         log.info("node stopped", extra={"seconds": round(time.monotonic() - started, 3)})
 

@@ -21,6 +21,9 @@ class AssociationDecision:
     accepted: bool
     reason: str
     diagnostic: int | None = None  # A-ASSOCIATE-RJ reason/diag when refused
+    # A fixed word for the reason (metrics label): called_ae_not_ours,
+    # calling_ae_unknown, host_not_allowed; "" when accepted.
+    code: str = ""
 
 
 def host_matches(pattern: str, host: str) -> bool:
@@ -59,6 +62,7 @@ class AssociationPolicy:
                 False,
                 f"called AE title {called!r} is not ours ({self.our_ae_title!r})",
                 DIAG_CALLED_AE_NOT_RECOGNISED,
+                "called_ae_not_ours",
             )
         known = [p for p in self.peers if p.ae_title == calling]
         if not known:
@@ -66,6 +70,7 @@ class AssociationPolicy:
                 False,
                 f"calling AE title {calling!r} is not in [[peers]]",
                 DIAG_CALLING_AE_NOT_RECOGNISED,
+                "calling_ae_unknown",
             )
         if not any(host_matches(p.host, peer_host) for p in known):
             allowed = ", ".join(p.host for p in known)
@@ -73,5 +78,6 @@ class AssociationPolicy:
                 False,
                 f"calling AE title {calling!r} is allowed from {allowed}, not from {peer_host}",
                 DIAG_CALLING_AE_NOT_RECOGNISED,
+                "host_not_allowed",
             )
         return AssociationDecision(True, f"peer {calling!r} from {peer_host}")

@@ -14,6 +14,7 @@ import logging
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node.config import Settings
+from triage_node.ops import metrics
 from triage_node.receive import status
 from triage_node.receive.contexts import add_receiver_contexts
 from triage_node.receive.eligibility import decide_eligibility
@@ -200,6 +202,7 @@ class StorageSCP:
         log.warning("association from %s@%s to %s rejected: %s", calling, host, called,
                     decision.reason)
         assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, decision.diagnostic)
+        metrics.record_association(False, decision.code)
         self._audit("association_rejected", decision.reason, calling_ae=calling,
                     called_ae=called, peer_host=host)
         # As pynetdicom's own ACSE does: wait until the DUL has sent the A-ASSOCIATE-RJ,
@@ -213,6 +216,7 @@ class StorageSCP:
         called = str(assoc.acceptor.ae_title).strip()
         host = str(assoc.requestor.address)
         log.info("association from %s@%s accepted", calling, host)
+        metrics.record_association(True)
         self._audit("association_accepted", f"{calling}@{host} -> {called}",
                     calling_ae=calling, called_ae=called, peer_host=host)
 
@@ -225,6 +229,7 @@ class StorageSCP:
         reason = (f"association limit reached (receive.max_associations = "
                   f"{self.settings.receive.max_associations})")
         log.warning("association from %s@%s rejected: %s", calling, host, reason)
+        metrics.record_association(False, "limit_reached")
         self._audit("association_rejected", reason, calling_ae=calling,
                     called_ae=self.settings.node.ae_title, peer_host=host)
 
@@ -236,9 +241,11 @@ class StorageSCP:
         sender = Sender(str(assoc.requestor.ae_title).strip(), str(assoc.requestor.address))
         affected = str(event.request.AffectedSOPInstanceUID or "").strip() or None
         path = Path(event.dataset_path)
+        started = time.monotonic()
         try:
             return self._store(event, path, sender, affected)
         except InstanceRefused as refused:
+            metrics.record_instance("refused")
             log.warning("instance %s from %s@%s refused with 0x%04X: %s",
                         refused.sop_instance_uid or "(no valid SOP Instance UID)",
                         sender.calling_ae, sender.peer_host, refused.status, refused.reason)
@@ -248,15 +255,18 @@ class StorageSCP:
             reason = str(exc) if isinstance(exc, SpoolFailed) else type(exc).__name__
             log.error("instance %s from %s@%s not stored (out of resources): %s",
                       affected, sender.calling_ae, sender.peer_host, reason)
+            metrics.record_instance("refused")
             self._record_refusal(
                 InstanceRefused(status.OUT_OF_RESOURCES, reason, affected), sender)
             return status.status_dataset(status.OUT_OF_RESOURCES, reason)
         except Exception:
             log.exception("instance %s from %s@%s: internal error", affected,
                           sender.calling_ae, sender.peer_host)
+            metrics.record_instance("refused")
             return status.status_dataset(status.INTERNAL_ERROR, "internal error")
         finally:
             path.unlink(missing_ok=True)
+            metrics.observe_stage("receive", time.monotonic() - started)
 
     def _store(self, event: Event, path: Path, sender: Sender,
                affected: str | None) -> int:
@@ -285,7 +295,12 @@ class StorageSCP:
                                   f"dataset cannot be decoded ({type(exc).__name__})",
                                   header.sop_instance_uid, header.study_instance_uid) from exc
         outcome = spool_instance(self.settings, self.store, path, header, decision, sender)
-        if not outcome.duplicate:
+        if outcome.duplicate:
+            metrics.record_instance("duplicate")
+        else:
+            metrics.record_instance("received")
+            if outcome.state == "skipped":
+                metrics.record_instance("skipped")
             log.info("instance %s (instance id %d, study %s) from %s@%s stored: %s%s",
                      header.sop_instance_uid, outcome.instance_id, header.study_instance_uid,
                      sender.calling_ae, sender.peer_host, outcome.state,

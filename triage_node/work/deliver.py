@@ -22,11 +22,12 @@ Instance UIDs, which an archive stores once.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from triage_node.deliver.scu import (
@@ -35,11 +36,13 @@ from triage_node.deliver.scu import (
     StoreOutcome,
     send_objects,
 )
+from triage_node.ops import metrics
 from triage_node.store.db import add_event
 from triage_node.store.jobs import ClaimedJob, finish_job, retry_delay
 from triage_node.store.models import (
     Delivery,
     DeliveryState,
+    Instance,
     JobKind,
     JobState,
     Result,
@@ -136,6 +139,7 @@ class DeliverHandler:
         """Each object's C-STORE outcome on its delivery row (objects without one: error)."""
         by_uid = {o.sop_instance_uid: o for o in outcomes}
         now = utcnow()
+        delivered = 0
         with ctx.store.write() as session:
             for p in batch:
                 row = session.get(Delivery, p.delivery_id)
@@ -153,12 +157,15 @@ class DeliverHandler:
                     row.state = DeliveryState.DELIVERED.value
                     row.delivered_at = now
                     row.last_error = None
+                    delivered += 1
                 else:
                     row.state = DeliveryState.RETRYING.value
                     row.last_error = (f"C-STORE status 0x{outcome.status:04X} "
                                       f"({outcome.category})")
+        metrics.record_results(str(ctx.job.payload.get("destination")), "delivered", delivered)
 
     def _finish(self, ctx: JobContext, outcome: str) -> str:
+        first_received: dt.datetime | None = None
         with ctx.store.write() as session:
             study = session.get(Study, ctx.job.study_id)
             if study is not None:
@@ -166,13 +173,19 @@ class DeliverHandler:
                 add_event(session, "study_delivered", job_id=ctx.job.id,
                           study_instance_uid=study.study_instance_uid, state=state,
                           message=outcome, data={**ctx.job.payload})
+                first_received = _first_received(session, study,
+                                                 int(ctx.job.payload.get("report_version", 0)))
             finish_job(session, ctx.job, outcome)
+        if first_received is not None:
+            metrics.observe_end_to_end(str(ctx.job.payload.get("destination")),
+                                       (utcnow() - first_received).total_seconds())
         return outcome
 
     def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
         """Undelivered rows of this job ``retrying`` or ``failed``; roll up onto study/instances."""
         final = new_state == JobState.FAILED.value
         name = str(job.payload.get("destination"))
+        left = 0
         for row in session.scalars(
                 select(Delivery).join(Result, Result.id == Delivery.result_id)
                 .where(Result.study_id == job.study_id,
@@ -182,6 +195,9 @@ class DeliverHandler:
             row.state = (DeliveryState.FAILED if final else DeliveryState.RETRYING).value
             row.last_error = row.last_error or error[:2000]
             row.updated_at = utcnow()
+            left += 1
+        # Counted in the failing transaction: the worker commits it right after.
+        metrics.record_results(name, "failed" if final else "retried", left)
         study = session.get(Study, job.study_id) if job.study_id is not None else None
         if study is None:
             return
@@ -192,3 +208,12 @@ class DeliverHandler:
 
     def on_release(self, session: Session, job: ClaimedJob) -> None:
         """Nothing to undo: delivered rows stay delivered, the rest is sent by the next run."""
+
+
+def _first_received(session: Session, study: Study, report_version: int) -> dt.datetime | None:
+    """When the first instance behind this report version arrived (end-to-end latency start)."""
+    first = session.scalar(select(func.min(Instance.received_at)).where(
+        Instance.study_id == study.id, Instance.report_version == report_version))
+    if first is None:
+        return study.created_at
+    return first if first.tzinfo is not None else first.replace(tzinfo=dt.UTC)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 from sqlalchemy.orm import Session
 
+from triage_node.ops import metrics
 from triage_node.report.results import cam_path_for, save_cams
 from triage_node.score.interface import ModelUnavailable, NotScorable, ScoringModel, load_model
 from triage_node.store.db import add_event
@@ -191,6 +192,8 @@ class ScoreHandler:
                                   "model_version": assessment.model_version})
             instance_finished(session, inst)
             finish_job(session, job, outcome)
+            final_state = inst.state
+        metrics.record_instance(final_state)
         return outcome
 
     def _start(self, ctx: JobContext) -> _InstanceRef:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from triage_node.ops import metrics
 from triage_node.store.jobs import (
     ClaimedJob,
     LeaseLost,
@@ -177,6 +178,8 @@ class Worker:
         else:
             log.info("job done", extra={**fields, "outcome": outcome,
                                         "seconds": round(time.monotonic() - started, 3)})
+        finally:
+            metrics.observe_stage(job.kind, time.monotonic() - started)
 
     def _backoff(self, job: ClaimedJob) -> float:
         w = self.settings.worker
@@ -193,6 +196,8 @@ class Worker:
         except LeaseLost:
             log.error("lease lost before the failure was recorded", extra={"job_id": job.id})
             return
+        if state == "failed" and job.kind == "score":
+            metrics.record_instance("failed")
         level = logging.ERROR if state == "failed" else logging.WARNING
         log.log(level, "job %s", "failed" if state == "failed" else "will retry",
                 extra={"job_id": job.id, "job_kind": job.kind, "error": error,
@@ -216,6 +221,7 @@ class WorkerPool:
                  handlers: Mapping[str, JobHandler] | None = None) -> None:
         self.stopping = threading.Event()
         handlers = handlers if handlers is not None else default_handlers(settings)
+        self.handlers = dict(handlers)
         self.workers = [Worker(settings, store, handlers, f"worker-{i + 1}", self.stopping)
                         for i in range(count)]
 

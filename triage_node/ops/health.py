@@ -1,0 +1,116 @@
+"""Readiness checks: database reachable, spool writable, model loaded, free disk above watermark.
+
+The same checks answer ``/readyz`` in a running node and the ``ready`` part of
+``triage-node status``. Each check says what it found, never a patient's data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from triage_node.config import Settings
+    from triage_node.store.db import Store
+
+_MB = 1024 * 1024
+PROBE_PREFIX = ".ready-probe-"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One readiness check: passed or not, and what was found."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+def check_database(store: Store | None, settings: Settings) -> CheckResult:
+    """The database answers a query (and, for SQLite, its file is still where it was)."""
+    from triage_node.store.db import redact_url
+
+    url = redact_url(settings.database_url)
+    if store is None:
+        return CheckResult("database", False, f"{url}: not created yet")
+    if store.is_sqlite and "///" in store.url:
+        path = store.url.split("///", 1)[1]
+        # An open SQLite connection keeps answering from a file that was moved or
+        # deleted; the node's next writer would not find it.
+        if path and path != ":memory:" and not Path(path).is_file():
+            return CheckResult("database", False, f"{url}: database file missing")
+    try:
+        store.ping()
+    except Exception as exc:
+        return CheckResult("database", False, f"{url}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+    return CheckResult("database", True, url)
+
+
+def check_spool_writable(settings: Settings) -> CheckResult:
+    """Write, fsync and remove a probe file in the spool: the real test, also for root.
+
+    Permission bits do not stop root, so a mode check would say "writable" on a
+    spool that cannot take a file (read-only mount, full disk, path not a directory).
+    """
+    spool = settings.spool_dir
+    probe = spool / f"{PROBE_PREFIX}{os.getpid()}-{threading.get_ident()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        return CheckResult("spool", False, f"{spool}: cannot write a file: "
+                           f"{exc.strerror or type(exc).__name__}")
+    return CheckResult("spool", True, f"{spool}: writable")
+
+
+def check_free_disk(settings: Settings,
+                    free_bytes: Callable[[Path], int] | None = None) -> CheckResult:
+    """Free space in the data directory is above ``receive.min_free_disk_mb``."""
+    watermark = settings.receive.min_free_disk_mb * _MB
+    try:
+        free = (free_bytes or (lambda p: shutil.disk_usage(p).free))(settings.data_dir)
+    except OSError as exc:
+        return CheckResult("disk", False, f"{settings.data_dir}: {exc.strerror}")
+    ok = free >= watermark
+    return CheckResult("disk", ok, f"{free // _MB} MB free, watermark "
+                       f"{settings.receive.min_free_disk_mb} MB"
+                       + ("" if ok else ": new instances are refused (0xA700)"))
+
+
+def check_model(model_check: Callable[[], str] | None) -> CheckResult | None:
+    """The process's model is loaded: ``model_check`` returns its name or raises."""
+    if model_check is None:
+        return None
+    try:
+        return CheckResult("model", True, model_check())
+    except Exception as exc:
+        return CheckResult("model", False, str(exc)[:300] or type(exc).__name__)
+
+
+def readiness(settings: Settings, store: Store | None,
+              model_check: Callable[[], str] | None = None,
+              free_bytes: Callable[[Path], int] | None = None) -> dict[str, Any]:
+    """All checks: ``{"ready": bool, "checks": {name: {"ok": ..., "detail": ...}}}``.
+
+    ``model_check`` None leaves the model out (a ``receive``-only process does not
+    score; the admin commands cannot see another process's memory).
+    """
+    results = [check_database(store, settings), check_spool_writable(settings),
+               check_free_disk(settings, free_bytes)]
+    model = check_model(model_check)
+    if model is not None:
+        results.append(model)
+    return {"ready": all(r.ok for r in results),
+            "checks": {r.name: {k: v for k, v in asdict(r).items() if k != "name"}
+                       for r in results}}

@@ -1,0 +1,85 @@
+"""The operations HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz`` on one loopback port.
+
+``/metrics`` is the Prometheus text format (OpenMetrics when asked for).
+``/healthz`` answers 200 while the process's threads run (liveness: restart me
+when not). ``/readyz`` answers 200 when the node can take and process images
+(database, spool, disk, model; see :mod:`triage_node.ops.health`), else 503;
+both bodies are JSON. Nothing here reads or writes patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+log = logging.getLogger(__name__)
+
+
+class OpsServer:
+    """A small threaded HTTP server for the three endpoints, in a daemon thread."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry,
+                 liveness: Callable[[], dict[str, Any]],
+                 readiness: Callable[[], dict[str, Any]]) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "triage-node"
+
+            def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+                path = self.path.split("?", 1)[0]
+                try:
+                    if path == "/metrics":
+                        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+                        self._send(200, encoder(registry), content_type)
+                    elif path == "/healthz":
+                        server._send_json(self, liveness())
+                    elif path == "/readyz":
+                        server._send_json(self, readiness())
+                    else:
+                        self._send(404, b"not found: try /metrics, /healthz, /readyz\n",
+                                   "text/plain")
+                except Exception:
+                    log.exception("ops endpoint failed", extra={"path": path})
+                    self._send(500, b"internal error\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass  # one line per scrape would drown the node's own log
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.host = host
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ops-http",
+                                        daemon=True)
+
+    @staticmethod
+    def _send_json(handler: Any, doc: dict[str, Any]) -> None:
+        ok = bool(doc.get("ready", doc.get("alive", True)))
+        handler._send(200 if ok else 503, (json.dumps(doc) + "\n").encode(),
+                      "application/json")
+
+    def start(self) -> OpsServer:
+        """Serve in the background; returns at once."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(5)
