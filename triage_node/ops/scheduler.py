@@ -8,8 +8,9 @@ make a second run a no-op.
 Tasks, in :func:`periodic_tasks`: queue statistics in the log; the study
 settle check (:func:`triage_node.work.study.settle_studies`: one ``report``
 job for each study quiet for ``node.settle_seconds`` with no instance still
-queued or scoring; safe with several processes). Slot: issue 6, retention
-(remove spool files and rows past the retention period).
+queued or scoring; safe with several processes); retention
+(:func:`triage_node.ops.retention.apply_retention`: spool files, then rows, then
+audit events past their periods; safe with several processes).
 """
 
 from __future__ import annotations
@@ -91,14 +92,18 @@ def log_queue_stats(store: Store) -> None:
 
 def periodic_tasks(settings: Settings, store: Store) -> list[PeriodicTask]:
     """The node's periodic tasks."""
+    from triage_node.ops.retention import apply_retention
     from triage_node.work.study import SETTLE_CHECK_SECONDS, settle_studies
 
-    return [
+    tasks = [
         PeriodicTask("queue-stats", QUEUE_STATS_SECONDS, lambda: log_queue_stats(store)),
         PeriodicTask("settle-studies", SETTLE_CHECK_SECONDS,
                      lambda: settle_studies(settings, store)),
-        # issue 6: PeriodicTask("retention", ..., lambda: apply_retention(settings, store)),
     ]
+    if settings.retention.enabled:
+        tasks.append(PeriodicTask("retention", settings.retention.check_minutes * 60,
+                                  lambda: apply_retention(settings, store)))
+    return tasks
 
 
 def _guarded(task: PeriodicTask) -> Callable[[], None]:

@@ -122,6 +122,8 @@ class Study(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # When the newest report version was asked for (settle time); its Content Date/Time.
     settled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When retention removed the study's spool files (its rows are removed later).
+    spool_purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Instance(Base):
