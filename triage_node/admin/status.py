@@ -1,4 +1,10 @@
-"""`triage-node status`: counts per state, queue depth, oldest waiting job, disk, model."""
+"""`triage-node status`: counts per state, queue depth, oldest waiting job, disk, model, readiness.
+
+Readiness is checked twice: here (database, spool write probe, free disk: the
+same checks as ``/readyz``, from this process) and, when ``[metrics]`` is on,
+by asking the running node's ``/readyz``, which also knows whether its model
+is loaded.
+"""
 
 from __future__ import annotations
 
@@ -22,13 +28,41 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
+def node_endpoint(settings: Any, timeout: float = 2.0) -> dict[str, Any]:
+    """The running node's ``/readyz`` answer, or why it could not be had."""
+    import urllib.error
+    import urllib.request
+
+    m = settings.metrics
+    base = f"http://{m.host}:{m.port}"
+    doc: dict[str, Any] = {"enabled": m.enabled, "metrics_url": f"{base}/metrics",
+                           "readyz_url": f"{base}/readyz"}
+    if not m.enabled:
+        return doc
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=timeout) as resp:
+            doc["node"] = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503: answered, not ready
+        try:
+            doc["node"] = json.loads(exc.read())
+        except ValueError:
+            doc["node"] = {"ready": False, "error": f"HTTP {exc.code}"}
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        doc["node"] = {"reachable": False, "error": str(reason)[:200]}
+    return doc
+
+
 def collect_status(settings: Any) -> dict[str, Any]:
+    """Everything `status` prints, as one JSON-able dict."""
     from triage_node.admin.common import open_existing_store
     from triage_node.admin.views import free_disk_bytes, status_facts
+    from triage_node.ops.health import readiness
     from triage_node.score.interface import describe_model
     from triage_node.store.db import redact_url
 
     store = open_existing_store(settings)
+    ready = readiness(settings, store)
     facts: dict[str, Any]
     if store is None:
         facts = {"instances": {}, "instances_total": 0, "jobs": {}, "queue_depth": 0,
@@ -36,8 +70,14 @@ def collect_status(settings: Any) -> dict[str, Any]:
                  "free_disk_bytes": free_disk_bytes(settings.data_dir), "last_error": None}
         database = {"url": redact_url(settings.database_url), "exists": False}
     else:
-        with store.read() as session:
-            facts = status_facts(session, settings.data_dir)
+        try:
+            with store.read() as session:
+                facts = status_facts(session, settings.data_dir)
+        except Exception:  # unreachable: say so below instead of a traceback
+            facts = {"instances": {}, "instances_total": 0, "jobs": {}, "queue_depth": 0,
+                     "oldest_waiting_seconds": None,
+                     "free_disk_bytes": free_disk_bytes(settings.data_dir),
+                     "last_error": None}
         database = {"url": redact_url(settings.database_url), "exists": True}
         store.dispose()
     return {
@@ -48,6 +88,8 @@ def collect_status(settings: Any) -> dict[str, Any]:
         **facts,
         "min_free_disk_bytes": settings.receive.min_free_disk_mb * 1024 * 1024,
         "model": describe_model(settings),
+        "ready": ready,
+        "endpoint": node_endpoint(settings),
     }
 
 
@@ -78,6 +120,23 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(f"model      {desc}")
     else:
         lines.append(f"model      {m['bundle']}: NOT AVAILABLE ({m.get('error')})")
+    r = s["ready"]
+    failing = [f"{k}: {v['detail']}" for k, v in r["checks"].items() if not v["ok"]]
+    lines.append("ready      " + ("yes (database, spool, disk)" if r["ready"]
+                                  else "NO  " + "; ".join(failing)))
+    e = s["endpoint"]
+    if not e["enabled"]:
+        lines.append("metrics    off (metrics.enabled = false)")
+    else:
+        node = e.get("node", {})
+        if node.get("reachable") is False:
+            answer = f"node not answering ({node.get('error')})"
+        elif node.get("ready"):
+            answer = "node ready"
+        else:
+            answer = "node NOT READY: " + "; ".join(
+                f"{k}: {v['detail']}" for k, v in node.get("checks", {}).items() if not v["ok"])
+        lines.append(f"metrics    {e['metrics_url']}  {answer}")
     err = s["last_error"]
     lines.append("last error " + (f"{err['at']} {err['kind']} job {err['job_id']}: "
                                   f"{err['message']}" if err else "none"))

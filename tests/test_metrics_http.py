@@ -1,0 +1,199 @@
+"""`/metrics`, `/healthz` through real HTTP after real DICOM traffic through the node.
+
+The node runs in this process (receiver, workers, scheduler, ops endpoint) with
+a stand-in model, so images are received from dcmtk's storescu, scored,
+reported and delivered to dcmtk's storescp; Prometheus' text format is then
+parsed and the counters and histograms compared with a scrape taken before.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.dicom_files import write_radiograph
+from tests.peers import base_config, echoscu, free_port, storescu, write_config
+from tests.test_report import COLUMNS, ROWS, assessment
+from tests.test_results import storescp
+from triage_node.config import Settings, load_settings
+from triage_node.ops.serve import Node
+from triage_node.score.interface import ImageAssessment, ModelUnavailable
+from triage_node.store import open_store
+
+
+class StandInModel:
+    """A model stand-in (tests only): left 0.73, right 0.21."""
+
+    name = "stand-in"
+    version = "0.0-test"
+    synthetic = True
+    threshold = 0.5
+
+    def assess(self, dataset: pydicom.Dataset) -> ImageAssessment:
+        return assessment(0.73, 0.21, version=self.version)
+
+
+def use_model(monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
+    """Have the score job load ``model`` (an instance, or an exception to raise)."""
+    from triage_node.work import score as score_module
+
+    def load(_settings: Settings) -> Any:
+        if isinstance(model, Exception):
+            raise model
+        return model
+
+    monkeypatch.setattr(score_module, "load_model", load)
+
+
+def node_config(tmp_path: Path, **sections: Any) -> Path:
+    """A test node config (see tests.peers.base_config) with its ops endpoint on a free port."""
+    sections.setdefault("metrics", {"port": free_port()})
+    return write_config(tmp_path / "node.toml",
+                        base_config(tmp_path / "data", free_port(), **sections))
+
+
+@contextmanager
+def node_in_process(config: Path) -> Iterator[Node]:
+    """Start every role of the node in this process; stop it after."""
+    settings = load_settings(config)
+    node = Node(settings, open_store(settings), {"receive", "work"})
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """Status code and body of a GET (4xx/5xx too)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def endpoint(node: Node, path: str) -> tuple[int, Any]:
+    code, body = http_get(f"http://127.0.0.1:{node.ops_server.port}{path}")
+    return code, (json.loads(body) if path != "/metrics" else body)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a scrape by (name, sorted labels)."""
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(scrape: dict[Any, float], name: str, **labels: str) -> float:
+    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    use_model(monkeypatch, StandInModel())
+    archive_port = free_port()
+    study_uid = pydicom.uid.generate_uid()
+    files = [write_radiograph(tmp_path / "in" / f"hip{i}.dcm", rows=ROWS, columns=COLUMNS,
+                              study_uid=study_uid, seed=i) for i in range(2)]
+    write_radiograph(tmp_path / "in" / "chest.dcm", "CHEST", rows=ROWS, columns=COLUMNS)
+    config = node_config(tmp_path, destinations=[{"name": "archive", "ae_title": "ARCHIVE",
+                                                  "host": "127.0.0.1", "port": archive_port}],
+                         retention={"enabled": False})
+    assert len(files) == 2
+    with storescp(tmp_path / "archive", archive_port), node_in_process(config) as node:
+        code, text = endpoint(node, "/metrics")
+        assert code == 200
+        before = samples(text)
+        assert value(before, "triage_store_up") == 1
+
+        port = node.settings.node.port
+        assert storescu(port, *sorted((tmp_path / "in").iterdir())).returncode == 0
+        assert echoscu(port, calling="INTRUDER").returncode != 0  # not in [[peers]]
+
+        def delivered() -> bool:
+            after = samples(endpoint(node, "/metrics")[1])
+            return value(after, "triage_results_total", destination="archive",
+                         outcome="delivered") - value(before, "triage_results_total",
+                                                      destination="archive",
+                                                      outcome="delivered") >= 3
+
+        wait_for(delivered, "SR and two heatmaps delivered")
+        code, text = endpoint(node, "/metrics")
+        after = samples(text)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("triage_associations_total", result="accepted", reason="") == 1
+    assert delta("triage_associations_total", result="rejected",
+                 reason="calling_ae_unknown") == 1
+    assert delta("triage_instances_total", outcome="received") == 3
+    assert delta("triage_instances_total", outcome="skipped") == 1  # the chest image
+    assert delta("triage_instances_total", outcome="scored") == 2
+    assert delta("triage_instances_total", outcome="not_assessable") == 0
+    assert delta("triage_instances_total", outcome="failed") == 0
+    assert delta("triage_results_total", destination="archive", outcome="delivered") == 3
+    assert delta("triage_results_total", destination="archive", outcome="failed") == 0
+    # histograms: one observation per C-STORE, per score job, per report and deliver job
+    assert delta("triage_stage_seconds_count", stage="receive") == 3
+    assert delta("triage_stage_seconds_count", stage="score") == 2
+    assert delta("triage_stage_seconds_count", stage="report") == 1
+    assert delta("triage_stage_seconds_count", stage="deliver") == 1
+    assert delta("triage_stage_seconds_sum", stage="score") > 0
+    assert delta("triage_end_to_end_seconds_count", destination="archive") == 1
+    # end to end includes the settle time (1 s in the test config)
+    assert delta("triage_end_to_end_seconds_sum", destination="archive") >= 1.0
+    assert delta("triage_end_to_end_seconds_bucket", destination="archive", le="1.0") == 0
+    # gauges from the database: everything done, nothing waiting
+    assert value(after, "triage_queue_jobs", kind="score", state="done") == 2
+    assert value(after, "triage_queue_jobs", kind="deliver", state="done") == 1
+    assert value(after, "triage_queue_oldest_waiting_seconds", kind="score") == 0
+    assert value(after, "triage_free_disk_bytes") > 0
+    model = [k for k in after if k[0] == "triage_model_info"]
+    assert len(model) == 1 and ("available", "false") in model[0][1]  # no bundle built here
+    # no UID (unbounded) in any label
+    for _name, labels in after:
+        assert all(study_uid not in v and not v.startswith("1.2.") for _k, v in labels)
+
+
+def test_waiting_jobs_show_queue_depth_and_age(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    use_model(monkeypatch, ModelUnavailable("no bundle (test)"))
+    config = node_config(tmp_path, retention={"enabled": False})
+    with node_in_process(config) as node:
+        port = node.settings.node.port
+        write_radiograph(tmp_path / "in" / "hip.dcm", rows=ROWS, columns=COLUMNS)
+        assert storescu(port, tmp_path / "in" / "hip.dcm").returncode == 0
+        time.sleep(1.5)
+        scrape = samples(endpoint(node, "/metrics")[1])
+        assert value(scrape, "triage_queue_jobs", kind="score", state="queued") == 1
+        assert value(scrape, "triage_queue_oldest_waiting_seconds", kind="score") >= 1.0
+        code, live = endpoint(node, "/healthz")
+        assert code == 200 and live["alive"] is True
+        code, ready = endpoint(node, "/readyz")
+        assert code == 503 and ready["checks"]["model"]["ok"] is False
+        assert "no bundle (test)" in ready["checks"]["model"]["detail"]
+        assert http_get(f"http://127.0.0.1:{node.ops_server.port}/nothing")[0] == 404
