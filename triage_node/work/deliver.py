@@ -4,7 +4,8 @@ Payload: ``{"destination": name, "report_version": n}``. The job sends every
 object of that version whose ``deliveries`` row for the destination is not
 ``delivered``, ``deliver.batch_size`` objects per association
 (:func:`triage_node.deliver.scu.send_objects`), and records each object's
-C-STORE status after each batch.
+C-STORE status after each batch (on its row, and as an ``object_sent`` event:
+the audit trail of what was sent where).
 
 * Destination unavailable (refused, aborted, timeout): the objects stored
   before the break are recorded, the job is requeued after
@@ -140,7 +141,10 @@ class DeliverHandler:
         by_uid = {o.sop_instance_uid: o for o in outcomes}
         now = utcnow()
         delivered = 0
+        destination = str(ctx.job.payload.get("destination"))
         with ctx.store.write() as session:
+            study = session.get(Study, ctx.job.study_id) if ctx.job.study_id else None
+            study_uid = study.study_instance_uid if study is not None else None
             for p in batch:
                 row = session.get(Delivery, p.delivery_id)
                 if row is None or row.state == DeliveryState.DELIVERED.value:
@@ -162,7 +166,13 @@ class DeliverHandler:
                     row.state = DeliveryState.RETRYING.value
                     row.last_error = (f"C-STORE status 0x{outcome.status:04X} "
                                       f"({outcome.category})")
-        metrics.record_results(str(ctx.job.payload.get("destination")), "delivered", delivered)
+                # The audit trail: every object sent, where, and what the peer answered.
+                add_event(session, "object_sent", job_id=ctx.job.id,
+                          sop_instance_uid=p.sop_instance_uid,
+                          study_instance_uid=study_uid, state=row.state,
+                          message=f"{destination}: C-STORE status 0x{outcome.status:04X}",
+                          data={"destination": destination, "status": outcome.status})
+        metrics.record_results(destination, "delivered", delivered)
 
     def _finish(self, ctx: JobContext, outcome: str) -> str:
         first_received: dt.datetime | None = None
