@@ -197,3 +197,27 @@ def test_waiting_jobs_show_queue_depth_and_age(tmp_path: Path,
         assert code == 503 and ready["checks"]["model"]["ok"] is False
         assert "no bundle (test)" in ready["checks"]["model"]["detail"]
         assert http_get(f"http://127.0.0.1:{node.ops_server.port}/nothing")[0] == 404
+
+
+def test_deploy_examples_load_and_alert_on_metrics_the_node_exports() -> None:
+    import re
+
+    import yaml
+
+    from tests.peers import REPO
+    from triage_node.ops import metrics
+
+    settings = load_settings(REPO / "deploy" / "config.example.toml")
+    assert settings.metrics.host == "127.0.0.1" and settings.retention.enabled
+    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "triage-node.rules.yml").read_text())
+    alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
+    assert set(alerts) == {"TriageNodeQueueStuck", "TriageNodeDeliveryFailing"}
+    exported = {m.name for m in metrics.REGISTRY.collect()} | {
+        "triage_queue_oldest_waiting_seconds", "triage_queue_jobs"}
+    for expr in alerts.values():
+        for name in re.findall(r"\btriage_[a-z_]+", expr):
+            base = name.removesuffix("_total")
+            assert base in exported, name
+    scrape = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    target = scrape["scrape_configs"][0]["static_configs"][0]["targets"][0]
+    assert target == f"127.0.0.1:{settings.metrics.port}"
