@@ -286,16 +286,12 @@ class BundleScoringModel:
         sides = []
         for side in SIDES:
             roi = features.rois.get(side)
+            polygon = _clipped_polygon(roi.geometry, features.shape) if roi else None
             if side in per_side:
                 p = per_side[side]
-                sides.append(
-                    SideAssessment(
-                        side, p, None, roi.geometry.polygon() if roi else None, p >= self.threshold
-                    )
-                )
+                sides.append(SideAssessment(side, p, None, polygon, p >= self.threshold))
             else:
                 reason = features.not_assessable.get(side, "femur not found")
-                polygon = roi.geometry.polygon() if roi else None
                 sides.append(SideAssessment(side, None, reason, polygon, None))
         return ImageAssessment(
             sides=tuple(sides),
@@ -307,6 +303,14 @@ class BundleScoringModel:
             extra={"cam": dict(cams), "variant": self.variant},
             combined_probability=combined,
         )
+
+
+def _clipped_polygon(geometry: RoiGeometry, shape: tuple[int, int]) -> list[tuple[float, float]]:
+    """The ROI outline clipped to the image (an ROI near the edge reaches past it)."""
+    rows, cols = shape
+    return [
+        (min(max(c, 0.0), cols - 1.0), min(max(r, 0.0), rows - 1.0)) for c, r in geometry.polygon()
+    ]
 
 
 def _paste(geometry: RoiGeometry, roi_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,168 @@
+"""End to end: train a tiny bundle on a small synth cohort, then score and evaluate with it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from triage_node.cli import main
+from triage_node.score.bundle import load_bundle
+from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, VARIANTS
+from triage_node.score.model import BundleScoringModel
+from triage_node.train.pipeline import read_cases
+
+N_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from triage_node.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort")
+    generate_cohort(out, N_IMAGES, seed=11, size="small", jobs=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def bundle(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("train")
+    args = [
+        "train", "--data", str(cohort), "--labels", str(cohort / "labels.csv"),
+        "--out", str(work / "bundle"), "--cache", str(work / "cache"), "--seed", "3",
+        "--epochs", "2", "--finder-epochs", "20", "--finder-negatives", "6",
+        "--jobs", "2", "--threads", "1", "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert list((work / "cache").glob("*.npz")), "feature cache is written"
+    return work / "bundle"
+
+
+def test_bundle_manifest(bundle: Path) -> None:
+    loaded = load_bundle(bundle)
+    m = loaded.manifest
+    assert m.variant == "DTC" and m.synthetic and NOT_FOR_CLINICAL_USE in m.intended_use
+    assert m.training_data["source"] == "triage-node synth"
+    assert m.training_data["train"]["n"] + m.training_data["validation"]["n"] <= N_IMAGES
+    assert set(m.metrics["validation"]) == set(VARIANTS)
+    assert all(loaded.has(f"head_{v}.json") for v in VARIANTS)
+    assert len(m.feature_names) == 3 + 2 * 325 + 2 * 128
+    groups = {n.split(":")[0] for n in m.selected_features}
+    assert "clinical" in groups and groups & {"left", "right"}
+    assert 0.0 <= m.operating_point.threshold <= 1.0
+
+
+def test_score_command(
+    bundle: Path, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = sorted(cohort.glob("synth_*.dcm"))[:4]
+    out = tmp_path / "scored"
+    assert (
+        main(["score", "--bundle", str(bundle), "--json", "--out", str(out), *map(str, files)]) == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 4
+    probabilities = [s["probability"] for r in lines for s in r["sides"] if s["probability"]]
+    assert probabilities, "at least one hip of four is found and scored"
+    assert all(0.0 <= p <= 1.0 for p in probabilities)
+    for r in lines:
+        for s in r["sides"]:
+            assert (s["probability"] is None) != (s["not_assessable_reason"] is None)
+    assert len(list(out.glob("*.json"))) == 4
+
+
+def test_evaluate_command(
+    bundle: Path, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = tmp_path / "report"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                str(bundle),
+                "--data",
+                str(cohort),
+                "--labels",
+                str(cohort / "labels.csv"),
+                "--report",
+                str(report),
+                "--jobs",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "oracle AUC" in printed
+    for name in ("report.md", "report.json", "roc.png", "calibration.png"):
+        assert (report / name).stat().st_size > 0
+    data = json.loads((report / "report.json").read_text())
+    assert [r["variant"] for r in data["rows"]] == list(VARIANTS)
+    assert all(0.0 <= r["auc"]["auc"] <= 1.0 for r in data["rows"])
+
+
+def _assert_not_assessable(bundle: Path, datasets: list[pydicom.Dataset]) -> None:
+    model = BundleScoringModel(load_bundle(bundle))
+    for ds in datasets:
+        result = model.assess(ds)
+        assert not result.assessable and result.probability is None
+        assert all(s.probability is None and s.not_assessable_reason for s in result.sides)
+        assert result.combined_probability is None and result.extra["cam"] == {}
+
+
+def test_other_views_are_not_assessable(bundle: Path) -> None:
+    from triage_node.synth import make_instance
+
+    _assert_not_assessable(
+        bundle, [make_instance(21, kind="chest"), make_instance(22, kind="blank")]
+    )
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="synth renderer (being reworked) draws prostheses no brighter than cortical bone "
+    "(<= 6 mm2 above 98% of the grey range), so roi.py's metal check cannot see them",
+)
+def test_bilateral_prosthesis_is_not_assessable(bundle: Path) -> None:
+    from triage_node.synth import make_instance
+
+    _assert_not_assessable(bundle, [make_instance(23, prosthesis=(True, True))])
+
+
+def test_assess_and_explain_on_a_hip(bundle: Path, cohort: Path) -> None:
+    model = BundleScoringModel(load_bundle(bundle))
+    for path in sorted(cohort.glob("synth_*.dcm")):
+        ds = pydicom.dcmread(path)
+        result = model.assess(ds)
+        if result.assessable:
+            break
+    else:
+        pytest.fail("no image of the cohort was assessable")
+    assert 0.0 <= result.combined_probability <= 1.0  # type: ignore[operator]
+    cams = result.extra["cam"]
+    scored = {s.side for s in result.sides if s.probability is not None}
+    assert set(cams) == scored
+    for cam in cams.values():
+        assert cam.shape == (ds.Rows, ds.Columns) and 0.0 <= cam.min() and cam.max() <= 1.0
+    assert set(model.explain(ds)) == scored
+
+
+def test_site_csv_by_uid_and_t_score(cohort: Path, tmp_path: Path) -> None:
+    rows = list(csv.DictReader(open(cohort / "labels.csv")))[:3]
+    site = tmp_path / "site.csv"
+    with open(site, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["sop_instance_uid", "t_score"])
+        for r in rows:
+            writer.writerow([r["sop_instance_uid"], r["t_score"]])
+    cases = read_cases(site, cohort)
+    assert not cases.synthetic and cases.source == "site"
+    assert [c.path.name for c in cases.cases] == [r["file"] for r in rows]
+    assert [c.label for c in cases.cases] == [int(float(r["t_score"]) <= -2.5) for r in rows]
+    assert np.all([c.masks["right"] is not None for c in cases.cases if c.path.exists()])
