@@ -173,7 +173,10 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path,
     assert value(after, "triage_queue_oldest_waiting_seconds", kind="score") == 0
     assert value(after, "triage_free_disk_bytes") > 0
     model = [k for k in after if k[0] == "triage_model_info"]
-    assert len(model) == 1 and ("available", "false") in model[0][1]  # no bundle built here
+    from triage_node.score.interface import describe_model
+
+    available = str(bool(describe_model(load_settings(config)).get("available"))).lower()
+    assert len(model) == 1 and ("available", available) in model[0][1]
     # no UID (unbounded) in any label
     for _name, labels in after:
         assert all(study_uid not in v and not v.startswith("1.2.") for _k, v in labels)
