@@ -130,3 +130,19 @@ def test_command_writes_cohort_and_rejects_bad_usage(tmp_path: Path) -> None:
         assert ds.SOPInstanceUID == r["sop_instance_uid"] and ds.PatientID == r["patient_id"]
     bad = parser.parse_args(["--out", str(tmp_path), "--vendor", "nope"])
     assert synth_command.run(bad) == 2
+
+
+def test_patient_orientation_matches_the_masks_and_marker() -> None:
+    """AP/PA: rows run towards the patient's left (right femur on the viewer's left)."""
+    both = render_instance(5, vendor="kestrel")
+    assert list(both.dataset.PatientOrientation) == ["L", "F"]
+    assert both.dataset.ImageLaterality == "B"
+    cols = both.dataset.Columns
+    assert np.nonzero(both.masks["R"])[1].mean() < np.nonzero(both.masks["L"])[1].mean()
+    assert np.nonzero(both.masks["R"])[1].mean() < cols / 2
+    for side in ("L", "R"):
+        one = render_instance(6, vendor="orion", laterality=side)
+        assert list(one.dataset.PatientOrientation) == ["L", "F"]
+        assert one.dataset.ImageLaterality == side and set(one.masks) == {side}
+    chest = make_instance(7, kind="chest", vendor="tamarind")
+    assert list(chest.PatientOrientation) == ["L", "F"]

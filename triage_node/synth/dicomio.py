@@ -159,7 +159,10 @@ def build_dataset(pixels: np.ndarray, spacing_mm: float, profile: VendorProfile,
     ds.StudyID = h.accession[-6:]
     ds.SeriesNumber = 1
     ds.InstanceNumber = 1
-    ds.PatientOrientation = ["R", "F"] if h.view_position == "AP" else ["L", "F"]
+    # rows run to the viewer's right, i.e. towards the patient's left in the standard
+    # display of both AP and PA views (patient's right on the viewer's left); columns
+    # run towards the feet (PS3.3 C.7.6.1.1.1)
+    ds.PatientOrientation = ["L", "F"]
     ds.ImageComments = SYNTHETIC_NOTE
     ds.BurnedInAnnotation = "NO"
     ds.SamplesPerPixel = 1
