@@ -92,6 +92,9 @@ def base_config(data_dir: Path, port: int, **sections: Any) -> dict[str, Any]:
             "settle_seconds": 1,
         },
         "receive": {"min_free_disk_mb": 0},
+        # Each test node gets its own metrics port, so nodes started side by side never
+        # contend for the default one.
+        "metrics": {"port": free_port()},
         "worker": {"poll_seconds": 0.2, "retry_base_seconds": 1},
         "peers": [{"ae_title": "STORESCU", "host": "127.0.0.1"},
                   {"ae_title": "ECHOSCU", "host": "127.0.0.1"}],
