@@ -146,3 +146,23 @@ def test_patient_orientation_matches_the_masks_and_marker() -> None:
         assert one.dataset.ImageLaterality == side and set(one.masks) == {side}
     chest = make_instance(7, kind="chest", vendor="tamarind")
     assert list(chest.PatientOrientation) == ["L", "F"]
+
+
+@pytest.mark.parametrize("vendor", ["nordlys", "orion", "vireo"])
+def test_metal_is_flagged_bone_is_not_and_femurs_fit(vendor: str) -> None:
+    """roi.py's metal rule sees the prosthesis, not bone; no femur is cut off."""
+    from triage_node.score.decode import decode_radiograph
+    from triage_node.score.roi import PROSTHESIS, cut_side_roi
+
+    img = render_instance(31, vendor=vendor, prosthesis=(True, False))
+    decoded = decode_radiograph(img.dataset)
+    px = decoded.pixels
+    lo, hi = float(px.min()), float(px.max())
+    for side, name in (("R", "right"), ("L", "left")):
+        mask = img.masks[side]
+        assert not (mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+        result = cut_side_roi(px, decoded.spacing_mm, mask.astype(np.uint8), side=name)
+        assert (getattr(result, "reason", None) == PROSTHESIS) == (side == "R"), side
+    # the implant is the brightest thing: its median reaches the top of the range
+    assert np.median(px[img.masks["R"]][px[img.masks["R"]] >= lo + 0.9 * (hi - lo)]) == hi
+    assert float(px[img.masks["L"]].max()) < lo + 0.95 * (hi - lo)  # bone never saturates

@@ -24,17 +24,56 @@ class Exposure:
     gamma_jitter: float
 
 
-def draw_exposure(rng: np.random.Generator, body_thickness_mm: float) -> Exposure:
-    """AEC-like exposure: dose varies around the target; thicker patients get higher kVp."""
+METAL_SCATTER_BLOCK = 0.55  # share of the scatter an implant absorbs (generated in front)
+MARKER_SCATTER_BLOCK = 0.97  # a lead marker lies on the detector: it absorbs all but a trace
+COLLIMATION_CLEARANCE_MM = 8.0  # shutter blades stay this far from the proximal femurs
+
+
+def draw_exposure(
+    rng: np.random.Generator,
+    body_thickness_mm: float,
+    keep_clear_mm: tuple[float, float, float, float] | None = None,
+) -> Exposure:
+    """AEC-like exposure: dose varies around the target; thicker patients get higher kVp.
+
+    ``keep_clear_mm`` (top, bottom, left, right): distance from each image edge
+    to the anatomy the radiographer must not collimate away (the proximal
+    femurs); each shutter margin stays ``COLLIMATION_CLEARANCE_MM`` short of it.
+    """
     collimate = rng.random() < 0.7
+    kvp = float(np.clip(65 + 0.06 * (body_thickness_mm - 200) + rng.normal(0, 3), 60, 90))
+    dose = float(np.exp(rng.normal(0.0, 0.3)))
+    margins = [float(x) for x in rng.uniform(4, 30, 4)] if collimate else None
+    if margins is not None and keep_clear_mm is not None:
+        margins = [min(m, max(k - COLLIMATION_CLEARANCE_MM, 0.0))
+                   for m, k in zip(margins, keep_clear_mm, strict=True)]
     return Exposure(
-        kvp=float(np.clip(65 + 0.06 * (body_thickness_mm - 200) + rng.normal(0, 3), 60, 90)),
-        dose=float(np.exp(rng.normal(0.0, 0.3))),
-        collimation_mm=tuple(float(x) for x in rng.uniform(4, 30, 4)) if collimate else None,
+        kvp=kvp,
+        dose=dose,
+        collimation_mm=tuple(margins) if margins is not None else None,  # type: ignore[arg-type]
         window_shift=float(rng.normal(0.0, 0.05)),
         window_gain=float(np.exp(rng.normal(0.0, 0.08))),
         gamma_jitter=float(np.exp(rng.normal(0.0, 0.1))),
     )
+
+
+def scatter_block(
+    metal: np.ndarray | None, marker: np.ndarray | None, marker_mu: float
+) -> np.ndarray | None:
+    """Fraction of the scatter absorbed before the detector at each pixel.
+
+    An implant mid-body absorbs the scatter generated in front of it (about
+    half; ``metal`` is its path length in mm). A lead marker on the detector
+    absorbs nearly all of it (``marker``: its attenuation, ``marker_mu`` when
+    fully covered). Both therefore stay far beyond the anatomy's signal range.
+    """
+    block: np.ndarray | None = None
+    if metal is not None:
+        block = METAL_SCATTER_BLOCK * np.clip(metal / 2.0, 0.0, 1.0)
+    if marker is not None:
+        lead = MARKER_SCATTER_BLOCK * np.clip(marker / marker_mu, 0.0, 1.0)
+        block = lead if block is None else np.maximum(block, lead)
+    return None if block is None else block.astype(np.float32)
 
 
 def _lowpass(img: np.ndarray, sigma_px: float) -> np.ndarray:
@@ -54,8 +93,13 @@ def expose(
     exposure: Exposure,
     rng: np.random.Generator,
     full_spacing_mm: float,
+    scatter_block: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Detector signal (log of detected quanta) for an attenuation map on the detector grid."""
+    """Detector signal (log of detected quanta) for an attenuation map on the detector grid.
+
+    ``scatter_block``: fraction (0-1) of the scatter absorbed on its way to each
+    pixel (see :func:`scatter_block`), or None.
+    """
     rows, cols = attenuation.shape
     centre = attenuation[rows // 3 : 2 * rows // 3, cols // 3 : 2 * cols // 3]
     reference = float(np.median(centre)) if centre.size else 0.0
@@ -76,6 +120,8 @@ def expose(
         primary = primary * shutter
     spr = profile.scatter_fraction * float(np.exp(0.01 * max(reference / 0.021 - 200.0, -100.0)))
     scatter = spr * _lowpass(primary, 30.0 / spacing_mm)
+    if scatter_block is not None:
+        scatter = scatter * (1.0 - scatter_block)
     signal = (primary + scatter).astype(np.float32)
     noise = rng.standard_normal(signal.shape, dtype=np.float32)
     signal = signal + noise * np.sqrt(np.maximum(signal, 1.0))
@@ -85,21 +131,43 @@ def expose(
     return np.log(np.maximum(signal, 1.0)).astype(np.float32)
 
 
+ANATOMY_HEADROOM = (0.03, 0.92)  # where the anatomy window's ends land on the LUT input
+ANATOMY_CEILING = 0.9  # top of the output range anatomy can reach (bone never saturates)
+BEYOND_RANGE = (1.15, 1.45)  # window units beyond the anatomy where display saturates
+
+
 def process(
     log_signal: np.ndarray,
     spacing_mm: float,
     profile: VendorProfile,
     exposure: Exposure,
+    metal: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Vendor processing to stored pixel values (uint16, photometric applied)."""
-    # histogram analysis on the central field, where the anatomy is (as vendors do)
+    """Vendor processing to stored pixel values (uint16, photometric applied).
+
+    As real processing does: the anatomy window comes from a histogram of the
+    central field with implants left out (``metal``: path length through metal
+    in mm, or None); the anatomy, after range compression, edge enhancement
+    and the LUT, stays below ``ANATOMY_CEILING`` of the output range, so bone
+    never saturates; signal far beyond the anatomy window (metal, lead markers,
+    collimated areas) rises to saturation, the brightest displayed value.
+    """
     rows, cols = log_signal.shape
-    sample = log_signal[rows // 6 : rows - rows // 6 : 5, cols // 6 : cols - cols // 6 : 5]
+    central = (slice(rows // 6, rows - rows // 6, 5), slice(cols // 6, cols - cols // 6, 5))
+    sample = log_signal[central]
+    if metal is not None:
+        sample = sample[metal[central] < 0.05]
     lo, hi = (float(v) for v in np.percentile(sample, [0.5, 99.5]))
     if hi - lo < 0.3:  # flat field (blank image): centre it
         lo, hi = lo - 1.0, hi + 1.0
-    z = (hi - log_signal) / (hi - lo)  # attenuating = high
-    z = (z - exposure.window_shift) * exposure.window_gain
+    z0 = (hi - log_signal) / (hi - lo)  # attenuating = high; anatomy in [0, 1]
+    beyond = np.clip((z0 - BEYOND_RANGE[0]) / (BEYOND_RANGE[1] - BEYOND_RANGE[0]), 0.0, 1.0)
+    if metal is not None:  # implant recognition: metal is shown as beyond the anatomy
+        beyond = np.maximum(beyond, np.clip((metal - 0.3) / 1.2, 0.0, 1.0))
+    beyond = beyond * beyond * (3.0 - 2.0 * beyond)  # smoothstep
+    h0, h1 = ANATOMY_HEADROOM
+    z = h0 + (h1 - h0) * np.minimum(z0, BEYOND_RANGE[0])  # out-of-range values do not
+    z = (z - exposure.window_shift) * exposure.window_gain  # drive the filters below
     low = _lowpass(z, 25.0 / spacing_mm)
     z = z - profile.range_compression * (low - float(low.mean()))
     if profile.edge_amount > 0:
@@ -113,7 +181,8 @@ def process(
         out = np.clip(z, 0.0, 1.0) ** (profile.lut_param * exposure.gamma_jitter)
     else:
         out = z
-    out = np.clip(out, 0.0, 1.0)
+    out = ANATOMY_CEILING * np.clip(out, 0.0, 1.0)
+    out = out + (1.0 - out) * beyond
     maxval = (1 << profile.bits_stored) - 1
     f0, f1 = profile.output_range
     values = (f0 + (f1 - f0) * out) * maxval

@@ -25,8 +25,9 @@ from triage_node.synth.noise import smooth_noise
 MU_CORTEX = 0.060
 MU_TRABECULAR = 0.020  # fully packed trabecular texture (texture value 1)
 MU_MARROW = 0.002
-MU_METAL = 0.60
+MU_METAL = 0.60  # cobalt-chrome / titanium: opaque at diagnostic energies
 MU_CEMENT = 0.012
+MASK_SHAFT_MM = 80.0  # the ROI mask runs this far below the lesser trochanter
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,50 @@ class FemurRender:
 
     attenuation: np.ndarray  # float32, added to the soft-tissue line integral
     mask: np.ndarray  # bool, proximal femur ROI (head to ~8 cm below the lesser trochanter)
+    metal: np.ndarray | None = None  # float32 path length through metal (mm), prosthesis only
+
+
+def mask_length(shape: FemurShape) -> float:
+    """How far (mm) below the neck-shaft junction the ROI mask reaches."""
+    return 36.0 * shape.trochanter_scale + MASK_SHAFT_MM
+
+
+def stem_length(shape: FemurShape) -> float:
+    """Length (mm) of a prosthesis stem below the neck-shaft junction."""
+    return 118.0 * shape.trochanter_scale
+
+
+def outline_points(shape: FemurShape, prosthesis: bool = False) -> np.ndarray:
+    """Points (N, 2) in the femur-local frame (mm) that enclose the ROI mask (and any stem).
+
+    Head circle, greater and lesser trochanter ellipses and the shaft down to the
+    mask's lower end (or the stem tip), padded by 3 mm for the smooth unions.
+    Used to position the patient so the proximal femur lies inside the field.
+    """
+    s = shape
+    beta = np.radians(s.shaft_tilt)
+    sdir = np.array([-np.sin(beta), np.cos(beta)])
+    ang = beta + np.radians(s.neck_shaft_angle)
+    ndir = np.array([-np.sin(ang), np.cos(ang)])
+    junction = -ndir * s.neck_length
+    ts = s.trochanter_scale
+    pad = 3.0
+    t = np.linspace(0.0, 2.0 * np.pi, 36, endpoint=False)
+    pts = [np.stack([(s.head_radius + pad) * np.cos(t), (s.head_radius + pad) * np.sin(t)], 1)]
+    for centre, a, b, angle in (
+        (junction + np.array([13.0, -17.0]) * ts, 15.0 * ts, 25.0 * ts, -12.0),
+        (junction + sdir * 36.0 * ts - np.array([s.shaft_radius - 3.0, 0.0]), 9.0 * ts,
+         12.5 * ts, 25.0),
+    ):
+        ca, sa = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        x, y = (a + pad) * np.cos(t), (b + pad) * np.sin(t)
+        pts.append(np.stack([centre[0] + ca * x - sa * y, centre[1] + sa * x + ca * y], 1))
+    length = max(mask_length(s), stem_length(s) + 4.0 if prosthesis else 0.0)
+    across = np.array([sdir[1], -sdir[0]]) * (s.shaft_radius + pad)
+    for along in (0.0, length):
+        base = junction + sdir * along
+        pts.append(np.stack([base + across, base - across]))
+    return np.concatenate(pts).astype(np.float64)
 
 
 def render_femur(
@@ -187,29 +232,42 @@ def render_femur(
 
     attenuation = MU_CORTEX * cortical_path + inner * (MU_MARROW + MU_TRABECULAR * texture)
 
+    metal = None
     if prosthesis:
-        attenuation = _add_prosthesis(u, v, attenuation, inner, cortical_path, junction, sdir,
-                                      ndir, s)
+        attenuation, metal = _add_prosthesis(u, v, inner, cortical_path, junction, sdir, ndir, s)
 
-    mask = (d < 0) & (along_shaft < 36.0 * ts + 80.0)
-    return FemurRender(attenuation=attenuation.astype(np.float32), mask=mask)
+    mask = (d < 0) & (along_shaft < mask_length(s))
+    return FemurRender(attenuation=attenuation.astype(np.float32), mask=mask, metal=metal)
 
 
-def _add_prosthesis(u, v, attenuation, inner, cortical_path, junction, sdir, ndir, s):
-    """Total hip replacement: metal ball, stem and cup; cemented canal, no trabeculae."""
-    ball_r = 14.0
-    ball = _chord(np.sqrt(u * u + v * v) - ball_r, np.full_like(u, ball_r))
-    dist_stem, t_stem = _segment(u, v, junction + sdir * 150.0, -ndir * 12.0)
-    r_stem = 4.0 + 4.5 * t_stem
-    stem = _chord(dist_stem - r_stem, r_stem)
+def _add_prosthesis(u, v, inner, cortical_path, junction, sdir, ndir, s):
+    """Total hip replacement: metal ball, stem and cup; cemented canal, no trabeculae.
+
+    The stem is a tapered wedge in the medullary canal (about 20 mm wide at the
+    shoulder, 10 mm at the tip, ``stem_length`` below the neck-shaft junction)
+    with a 12 mm neck up to a 28-32 mm ball; the cup is a 50-54 mm metal shell
+    in the acetabulum. Returns (attenuation, metal path length in mm).
+    """
+    ball_r = 14.0 + 2.0 * float(s.texture_jitter > 1.0)
     rr = np.sqrt(u * u + v * v)
-    cup_outer = _chord(rr - 26.0, np.full_like(u, 26.0))
-    cup_inner = _chord(rr - 23.0, np.full_like(u, 23.0))
-    cup = (cup_outer - cup_inner) * (v < 2.0)
-    d_head = rr - s.head_radius
-    head_removed = _sigmoid(-d_head / 1.5)
+    ball = _chord(rr - ball_r, np.full_like(u, ball_r))
+    # stem body along the shaft axis, from the shoulder above the junction to the tip
+    tip = junction + sdir * stem_length(s)
+    shoulder = junction - sdir * 6.0
+    dist_body, t_body = _segment(u, v, tip, shoulder)
+    r_body = np.minimum(5.0 + 5.0 * t_body, s.shaft_radius - 2.0)
+    body = _chord(dist_body - r_body, r_body)
+    # prosthetic neck (trunnion) from the shoulder region to the ball
+    dist_neck, _ = _segment(u, v, junction + sdir * 4.0, -ndir * (ball_r - 3.0))
+    neck = _chord(dist_neck - 6.0, np.full_like(u, 6.0))
+    cup_r = ball_r + 12.0
+    cup_outer = _chord(rr - cup_r, np.full_like(u, cup_r))
+    cup_inner = _chord(rr - (cup_r - 4.0), np.full_like(u, cup_r - 4.0))
+    cup = (cup_outer - cup_inner) * _sigmoid((2.0 - v) / 0.5)
+    head_removed = _sigmoid(-(rr - s.head_radius) / 1.5)
     bone = (MU_CORTEX * cortical_path + inner * (MU_MARROW + MU_CEMENT)) * (1.0 - head_removed)
-    return bone + MU_METAL * (np.maximum(ball, stem) + cup)
+    metal = (np.maximum(np.maximum(ball, body), neck) + cup).astype(np.float32)
+    return bone + MU_METAL * metal, metal
 
 
 def _trabecular_texture(u, v, s, rho, rng, pixel_mm, head, junction, sdir, nperp, d_gt,

@@ -90,23 +90,37 @@ def render_instance(
 
     fine_shape = (rows * ss, cols * ss)
     att = resize(coarse, fine_shape)
-    for side, (box, femur_att, mask) in femurs.items():
+    metal_fine: np.ndarray | None = None
+    for side, (box, femur_att, mask, metal_path) in femurs.items():
         att[box] += femur_att
+        if metal_path is not None:
+            if metal_fine is None:
+                metal_fine = np.zeros(fine_shape, np.float32)
+            metal_fine[box] += metal_path
         if side in (geom.present if geom else ()):
             full = np.zeros(fine_shape, bool)
             full[box] = mask
             masks[side] = _downsample(full.astype(np.float32), ss, (rows, cols)) >= 0.5
     att = _downsample(att, ss, (rows, cols)).astype(np.float32)
+    metal = None if metal_fine is None else _downsample(metal_fine, ss, (rows, cols))
     if kind != "blank":
         letter = laterality or ("R" if render_rng.random() < 0.85 else "L")
-        att += scene.marker(att.shape, spacing, letter, at_left=(letter == "R"))
+        lead = scene.marker(att.shape, spacing, letter, at_left=(letter == "R"))
+        att += lead
+    else:
+        lead = None
 
-    exposure = acquisition.draw_exposure(render_rng, thickness)
+    keep_clear = None
+    if geom is not None:  # the shutter must not cut into the proximal femurs
+        x0, x1, y0, y1 = scene.femurs_extent(geom)
+        keep_clear = (y0, grid.height_mm - y1, x0, grid.width_mm - x1)
+    exposure = acquisition.draw_exposure(render_rng, thickness, keep_clear)
     if kind == "blank":  # an open, empty field: nothing but detector noise
         exposure = dataclasses.replace(exposure, collimation_mm=None)
     log_signal = acquisition.expose(att, spacing, profile, exposure, render_rng,
-                                    profile.spacing_mm)
-    pixels = acquisition.process(log_signal, spacing, profile, exposure)
+                                    profile.spacing_mm,
+                                    acquisition.scatter_block(metal, lead, scene.MU_LEAD_MARKER))
+    pixels = acquisition.process(log_signal, spacing, profile, exposure, metal)
 
     body_part = {"chest": "CHEST"}.get(kind, "HIP" if laterality else (
         "PELVIS" if rng.random() < 0.5 else "HIP"))

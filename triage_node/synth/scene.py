@@ -16,11 +16,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from triage_node.synth.femur import FemurShape, draw_femur_shape, render_femur
+from triage_node.synth.femur import FemurShape, draw_femur_shape, outline_points, render_femur
 from triage_node.synth.noise import resize, smooth_noise
 
 MU_TISSUE = 0.021  # per mm, soft tissue at the effective energy
 MU_BONE_PLATE = 0.030
+MU_LEAD_MARKER = 6.0  # a lead letter: opaque, saturates like metal
+FEMUR_MARGIN_MM = (6.0, 25.0)  # space kept between each proximal femur and the field edge
 FEMUR_MIN_SPACING_MM = 0.25
 SIDES = ("R", "L")  # patient's right is on the viewer's left in an AP view
 
@@ -95,7 +97,7 @@ def draw_geometry(
             )
         )
     present = SIDES if laterality is None else (laterality,)
-    return HipGeometry(
+    geom = HipGeometry(
         scale=scale,
         centre=(cx, cy),
         rotation=float(rng.normal(0.0, 2.0)),
@@ -108,6 +110,50 @@ def draw_geometry(
         prosthesis={"R": prosthesis[0], "L": prosthesis[1]},
         present=present,
     )
+    margin = float(rng.uniform(*FEMUR_MARGIN_MM))
+    _centre_femurs(grid, geom, margin)
+    return geom
+
+
+def femur_extent(geom: HipGeometry, side: str) -> tuple[float, float, float, float]:
+    """Bounding box (x0, x1, y0, y1) in image mm of one side's proximal femur (and stem)."""
+    pts = outline_points(geom.femurs[side], geom.prosthesis.get(side, False))
+    sgn = -1.0 if side == "R" else 1.0
+    ab = np.radians(geom.abduction[side])
+    ca, sa = np.cos(ab), np.sin(ab)
+    lu = ca * pts[:, 0] + sa * pts[:, 1]  # inverse of the rotation in render_femurs
+    lv = -sa * pts[:, 0] + ca * pts[:, 1]
+    px, py = sgn * (lu + geom.head_half_distance), lv
+    c, s = np.cos(np.radians(geom.rotation)), np.sin(np.radians(geom.rotation))
+    xs = geom.centre[0] + c * px - s * py
+    ys = geom.centre[1] + s * px + c * py
+    return float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+
+
+def femurs_extent(geom: HipGeometry) -> tuple[float, float, float, float]:
+    """Bounding box (x0, x1, y0, y1) in image mm of the femurs the image must show."""
+    boxes = np.array([femur_extent(geom, side) for side in geom.present])
+    return (float(boxes[:, 0].min()), float(boxes[:, 1].max()), float(boxes[:, 2].min()),
+            float(boxes[:, 3].max()))
+
+
+def _centre_femurs(grid: Grid, geom: HipGeometry, margin: float) -> None:
+    """Shift the patient so the present proximal femurs lie ``margin`` mm inside the field.
+
+    A radiographer centres the hip/pelvis so both proximal femurs, with about
+    8 cm of shaft below the lesser trochanter, are on the detector. Positions
+    already inside keep their random offset; only the overshoot is corrected.
+    Where the femurs cannot fit (a field too small for the patient) they are
+    centred and stay cut off.
+    """
+    x0, x1, y0, y1 = femurs_extent(geom)
+    shift = []
+    for lo, hi, size in ((x0, x1, grid.width_mm), (y0, y1, grid.height_mm)):
+        if hi - lo > size - 2.0 * margin:
+            shift.append(size / 2.0 - (lo + hi) / 2.0)
+        else:
+            shift.append(max(margin - lo, 0.0) - max(hi - (size - margin), 0.0))
+    geom.centre = (geom.centre[0] + shift[0], geom.centre[1] + shift[1])
 
 
 class _Canvas:
@@ -345,7 +391,7 @@ def femur_box(grid: Grid, geom: HipGeometry, side: str, ss: int):
     """Pixel box (row/col slices on the ``ss``-times supersampled grid) holding one femur."""
     sgn = -1.0 if side == "R" else 1.0
     hx = sgn * geom.head_half_distance
-    corners = [(hx + sgn * u, v) for u in (-38.0, 100.0) for v in (-45.0, 175.0)]
+    corners = [(hx + sgn * u, v) for u in (-40.0, 100.0) for v in (-50.0, 200.0)]
     c, s = np.cos(np.radians(geom.rotation)), np.sin(np.radians(geom.rotation))
     xs = [geom.centre[0] + c * x - s * y for x, y in corners]
     ys = [geom.centre[1] + s * x + c * y for x, y in corners]
@@ -360,7 +406,11 @@ def femur_box(grid: Grid, geom: HipGeometry, side: str, ss: int):
 def render_femurs(
     grid: Grid, geom: HipGeometry, density: dict[str, float], rng: np.random.Generator, ss: int
 ):
-    """Render both femurs on the supersampled grid; returns {side: (box, attenuation, mask)}."""
+    """Render both femurs on the supersampled grid.
+
+    Returns {side: (box, attenuation, mask, metal)}; ``metal`` is the path
+    length through a prosthesis (mm) or None.
+    """
     out = {}
     sp = grid.spacing / ss
     femur_sp = max(sp, FEMUR_MIN_SPACING_MM)
@@ -395,17 +445,19 @@ def render_femurs(
         )
         att = resize(r.attenuation, (h, w))
         mask = resize(r.mask.astype(np.float32), (h, w)) >= 0.5
-        out[side] = (box, att, mask)
+        metal = None if r.metal is None else resize(r.metal, (h, w))
+        out[side] = (box, att, mask, metal)
     return out
 
 
 def marker(shape: tuple[int, int], spacing: float, letter: str, at_left: bool) -> np.ndarray:
-    """A lead L/R marker near a top corner, as extra attenuation."""
+    """A lead L/R marker near a top corner, as extra attenuation (opaque: it saturates)."""
     size = max(8, int(14.0 / spacing))
     img = Image.new("L", (size * 2, size * 2), 0)
     font = ImageFont.load_default(size=size)
-    ImageDraw.Draw(img).text((size // 3, size // 6), letter, fill=255, font=font)
-    stamp = np.asarray(img, np.float32) / 255.0 * 1.2
+    ImageDraw.Draw(img).text((size // 3, size // 6), letter, fill=255, font=font,
+                             stroke_width=max(1, size // 10), stroke_fill=255)
+    stamp = np.asarray(img, np.float32) / 255.0 * MU_LEAD_MARKER
     out = np.zeros(shape, np.float32)
     r0 = int(25.0 / spacing)
     c0 = int(25.0 / spacing) if at_left else shape[1] - int(25.0 / spacing) - stamp.shape[1]
