@@ -69,11 +69,16 @@ def scatter_block(
     """
     block: np.ndarray | None = None
     if metal is not None:
-        block = METAL_SCATTER_BLOCK * np.clip(metal / 2.0, 0.0, 1.0)
+        block = (METAL_SCATTER_BLOCK * np.clip(metal / 2.0, 0.0, 1.0)).astype(np.float32)
     if marker is not None:
-        lead = MARKER_SCATTER_BLOCK * np.clip(marker / marker_mu, 0.0, 1.0)
-        block = lead if block is None else np.maximum(block, lead)
-    return None if block is None else block.astype(np.float32)
+        rows, cols = np.nonzero(marker.any(axis=1))[0], np.nonzero(marker.any(axis=0))[0]
+        if rows.size:
+            box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+            if block is None:
+                block = np.zeros(marker.shape, np.float32)
+            lead = MARKER_SCATTER_BLOCK * np.clip(marker[box] / marker_mu, 0.0, 1.0)
+            block[box] = np.maximum(block[box], lead)
+    return block
 
 
 def _lowpass(img: np.ndarray, sigma_px: float) -> np.ndarray:

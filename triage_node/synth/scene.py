@@ -149,10 +149,11 @@ def _centre_femurs(grid: Grid, geom: HipGeometry, margin: float) -> None:
     x0, x1, y0, y1 = femurs_extent(geom)
     shift = []
     for lo, hi, size in ((x0, x1, grid.width_mm), (y0, y1, grid.height_mm)):
-        if hi - lo > size - 2.0 * margin:
+        room = min(margin, (size - (hi - lo)) / 2.0)  # a tight field leaves less margin
+        if room < 3.0:
             shift.append(size / 2.0 - (lo + hi) / 2.0)
         else:
-            shift.append(max(margin - lo, 0.0) - max(hi - (size - margin), 0.0))
+            shift.append(max(room - lo, 0.0) - max(hi - (size - room), 0.0))
     geom.centre = (geom.centre[0] + shift[0], geom.centre[1] + shift[1])
 
 
