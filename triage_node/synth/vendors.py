@@ -78,7 +78,7 @@ VENDORS: dict[str, VendorProfile] = {
         ),
         VendorProfile(
             "vireo", "Vireo Synthetic Diagnostics", "VR-Hip 30 (synthetic)", "DX",
-            DigitalXRayImageStorageForPresentation, "MONOCHROME2", 15, 0.100, 3000, 4200,
+            DigitalXRayImageStorageForPresentation, "MONOCHROME2", 15, 0.120, 2500, 3500,
             ImplicitVRLittleEndian, 1.2e5, 0.9, 0.35, 0.9, 1.2, 0.65, "sigmoid", 0.26,
             (0.0, 0.94), "legacy",
         ),
