@@ -124,11 +124,6 @@ def test_other_views_are_not_assessable(bundle: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="synth renderer (being reworked) draws prostheses no brighter than cortical bone "
-    "(<= 6 mm2 above 98% of the grey range), so roi.py's metal check cannot see them",
-)
 def test_bilateral_prosthesis_is_not_assessable(bundle: Path) -> None:
     from triage_node.synth import make_instance
 

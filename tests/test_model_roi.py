@@ -64,3 +64,19 @@ def test_not_assessable_reasons() -> None:
     assert _cut(metal, left_mask, "left") == NotAssessable("left", PROSTHESIS)
     # The metal on the left does not make the right side unassessable.
     assert isinstance(_cut(metal, right_mask, "right"), SideRoi)
+
+
+def test_roi_settings_default_fine_and_json() -> None:
+    from triage_node.score.roi import FINE_ROI, RoiSettings
+
+    default = RoiSettings()
+    assert (default.size_px, default.spacing_mm, default.deep_factor) == (256, 0.5, 2)
+    assert (default.deep_size_px, default.deep_spacing_mm) == (128, 1.0)
+    assert FINE_ROI.deep_factor == 1 and FINE_ROI.deep_size_px == 256
+    assert RoiSettings.from_json(default.to_json()) == default
+    assert RoiSettings.from_json(None) == FINE_ROI  # bundles from before the setting existed
+    image = np.arange(256 * 256, dtype=np.float64).reshape(256, 256)
+    pooled = default.deep_input(image)
+    assert pooled.shape == (128, 128)
+    assert pooled[0, 0] == image[:2, :2].mean() and pooled[-1, -1] == image[-2:, -2:].mean()
+    assert FINE_ROI.deep_input(image) is image

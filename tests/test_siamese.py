@@ -135,8 +135,53 @@ def test_tiny_training_run_learns_stripe_width() -> None:
         right,
         labels,
         SiameseConfig(width=8, dropout=0.1),
-        DeepTrainingSettings(epochs=8, batch_size=8, learning_rate=3e-3, seed=0, threads=2),
+        DeepTrainingSettings(epochs=8, batch_size=8, learning_rate=3e-3, seed=0, threads=1),
     )
     test_left, test_right, test_labels = _toy_pairs(30, seed=1)
     predicted = predict_proba(model, test_left, test_right) >= 0.5
     assert (predicted == test_labels).mean() >= 0.9
+
+
+def test_narrow_first_block_round_trips() -> None:
+    config = SiameseConfig(width=8, first_width=4)
+    model = SiameseNet(config).eval()
+    assert model.branch.block1[0][0].out_channels == 4
+    assert model.branch.block2[0][0].in_channels == 4
+    assert model.branch(torch.zeros(2, 1, SIZE, SIZE)).shape == (2, config.features_per_side)
+    loaded = siamese_from_safetensors(siamese_to_safetensors(model))
+    assert loaded.config == config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name])
+    with pytest.raises(ValueError):
+        SiameseConfig(width=8, first_width=0)
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    left, right, labels = _toy_pairs(60, seed=0)
+    val_left, val_right, val_labels = _toy_pairs(30, seed=1)
+    model = train_siamese(
+        left,
+        right,
+        labels,
+        SiameseConfig(width=8, dropout=0.1),
+        DeepTrainingSettings(
+            epochs=12,
+            batch_size=8,
+            learning_rate=3e-3,
+            seed=0,
+            threads=1,
+            patience=2,
+            min_epochs=3,
+        ),  # fmt: skip
+        validation=(val_left, val_right, val_labels),
+    )
+    history = model.training_history
+    aucs = history["validation_auc"]
+    assert len(aucs) == history["epochs_run"] <= 12
+    assert history["best_epoch"] == 1 + int(np.argmax(aucs))
+    stopped_early = history["epochs_run"] < 12
+    assert not stopped_early or history["epochs_run"] - history["best_epoch"] >= 2
+    p = predict_proba(model, val_left, val_right)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(val_labels, p) == pytest.approx(max(aucs), abs=1e-6)

@@ -5,7 +5,8 @@ Path of one image (every step is the trained bundle's, nothing is guessed):
 1. :func:`~triage_node.score.decode.decode_radiograph` (viewer-like pixels, spacing);
 2. the bundle's :class:`~triage_node.score.femur_finder.FemurFinder` finds each
    femur; :func:`~triage_node.score.roi.cut_side_roi` checks it (not found,
-   cut off, prosthesis) and cuts the oriented 256 x 256 ROI at 0.5 mm;
+   cut off, prosthesis) and cuts the oriented ROI on the bundle's grid
+   (``model.json`` ``roi``: 128 px at 1.0 mm, or 256 px at 0.5 mm);
 3. only the texture features the head uses
    (:func:`~triage_node.score.texture.extract_selected_texture`), the Siamese
    branch's 128 pooled features per side, and age/sex/weight from the header
@@ -55,7 +56,7 @@ from triage_node.score.interface import (
     SideAssessment,
 )
 from triage_node.score.manifest import VARIANTS
-from triage_node.score.roi import NotAssessable, SideRoi, cut_side_roi
+from triage_node.score.roi import NotAssessable, RoiSettings, SideRoi, cut_side_roi
 from triage_node.score.siamese import (
     SiameseNet,
     grad_cam,
@@ -172,6 +173,7 @@ class BundleScoringModel:
                 wavelet_bin_width=float(info["texture"]["wavelet_bin_width"]),
                 spacing_mm=tuple(info["texture"]["spacing_mm"]),  # type: ignore[arg-type]
             )
+            self.roi = RoiSettings.from_json(info.get("roi"))
             self.operating_points: dict[str, float] = {
                 v: float(t) for v, t in info["thresholds"].items()
             }
@@ -203,7 +205,14 @@ class BundleScoringModel:
             if mask is None:
                 reasons[side] = found.reasons[side] or "femur not found"
                 continue
-            cut = cut_side_roi(decoded.pixels, decoded.spacing_mm, mask, side)
+            cut = cut_side_roi(
+                decoded.pixels,
+                decoded.spacing_mm,
+                mask,
+                side,
+                size=self.roi.size_px,
+                roi_spacing_mm=self.roi.spacing_mm,
+            )
             if isinstance(cut, NotAssessable):
                 reasons[side] = cut.reason
             else:
@@ -221,7 +230,9 @@ class BundleScoringModel:
         names = self._texture_needed if texture_names is None else list(texture_names)
         with torch.no_grad():
             order = list(rois)
-            deep = self.siamese.branch(rois_to_tensor([rois[s].image for s in order]))
+            deep = self.siamese.branch(
+                rois_to_tensor([self.roi.deep_input(rois[s].image) for s in order])
+            )
         for i, side in enumerate(order):
             roi = rois[side]
             try:
@@ -258,10 +269,17 @@ class BundleScoringModel:
         if not rois:
             return {}
         stand_in = next(iter(rois.values()))
-        left = rois_to_tensor([(rois.get("left") or stand_in).image])
-        right = rois_to_tensor([(rois.get("right") or stand_in).image])
+        left = rois_to_tensor([self.roi.deep_input((rois.get("left") or stand_in).image)])
+        right = rois_to_tensor([self.roi.deep_input((rois.get("right") or stand_in).image)])
         cam_left, cam_right = grad_cam(self.siamese, left, right)
         maps = {"left": cam_left[0], "right": cam_right[0]}
+        if self.roi.deep_factor > 1:  # CNN grid -> ROI grid
+            from scipy import ndimage
+
+            maps = {
+                s: ndimage.zoom(m, self.roi.deep_factor, order=1, grid_mode=True, mode="nearest")
+                for s, m in maps.items()
+            }
         pasted = {side: _paste(rois[side].geometry, maps[side], features.shape) for side in rois}
         peak = max(float(m.max()) for m in pasted.values())
         return {s: (m / peak if peak > 0 else m) for s, m in pasted.items()}

@@ -14,9 +14,11 @@ vanish); inputs are ROIs of :data:`ROI_SIZE_PX` pixels at
 :data:`ROI_SPACING_MM` mm, so one network pixel is the same distance on every
 detector (the paper resized whole halves to a fixed size).
 
-ROI size: 256 x 256 pixels at 0.5 mm = a 128 mm square, enough for femoral
-head, neck, trochanters and upper shaft of an adult; block 3 then has a
-32 x 32 map (4 mm a cell) for Grad-CAM. Trabeculae themselves are finer than
+ROI size: a 128 mm square, enough for femoral head, neck, trochanters and
+upper shaft of an adult, cut at 256 x 256 pixels at 0.5 mm; by default the
+CNN sees it block-averaged to 128 x 128 at 1.0 mm (block 3 then has a
+16 x 16 map, 8 mm a cell, for Grad-CAM), or at full resolution (32 x 32 map);
+the bundle's ``model.json`` (``roi.deep_factor``) says which. Trabeculae themselves are finer than
 0.5 mm; the texture branch sees the same grid, the CNN learns the coarser
 trabecular pattern and cortical thickness. The network is size-agnostic (GAP),
 so tests use small ROIs.
@@ -32,8 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: The ROI grid (256 px at 0.5 mm = 128 mm): texture always, the CNN with ``--deep-factor 1``.
 ROI_SIZE_PX = 256
 ROI_SPACING_MM = 0.5
+#: The CNN's default grid (demo build): the same 128 mm square block-averaged to 128 px at
+#: 1.0 mm; see docs/model.md "Training cost on 2 CPUs" (Siamese steps ~4x cheaper).
+DEFAULT_ROI_SIZE_PX = 128
+DEFAULT_ROI_SPACING_MM = 1.0
 FEATURES_PER_SIDE = 128
 #: Percentiles used to scale an ROI to [0, 1] (robust version of the paper's min-max).
 NORMALISE_PERCENTILES = (0.5, 99.5)
@@ -49,18 +56,24 @@ def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 class SiameseBranch(nn.Module):
-    """One hip's feature extractor: (B, 1, H, W) ROI -> (B, 4 * width) pooled features."""
+    """One hip's feature extractor: (B, 1, H, W) ROI -> (B, 4 * width) pooled features.
 
-    def __init__(self, width: int = 32) -> None:
+    ``first_width``: channels of block 1 (default ``width``, the paper's). Block 1
+    runs at half the input resolution, so it dominates the cost on a CPU; 16
+    instead of 32 channels there roughly halves a training step.
+    """
+
+    def __init__(self, width: int = 32, first_width: int | None = None) -> None:
         super().__init__()
+        first = first_width or width
         self.block1 = nn.Sequential(
-            _conv_bn_relu(1, width, stride=2),
-            _conv_bn_relu(width, width),
-            _conv_bn_relu(width, width),
+            _conv_bn_relu(1, first, stride=2),
+            _conv_bn_relu(first, first),
+            _conv_bn_relu(first, first),
             nn.MaxPool2d(2),
         )
         self.block2 = nn.Sequential(
-            _conv_bn_relu(width, 2 * width), _conv_bn_relu(2 * width, 2 * width), nn.MaxPool2d(2)
+            _conv_bn_relu(first, 2 * width), _conv_bn_relu(2 * width, 2 * width), nn.MaxPool2d(2)
         )
         self.block3 = _conv_bn_relu(2 * width, 4 * width)
 
@@ -74,10 +87,19 @@ class SiameseBranch(nn.Module):
 
 @dataclass(frozen=True)
 class SiameseConfig:
-    """Hyper-parameters stored with the weights (safetensors metadata)."""
+    """Hyper-parameters stored with the weights (safetensors metadata).
+
+    ``width``: base channels (blocks 32 -> 64 -> 128 for 32, the paper's);
+    ``first_width``: block 1's channels (None = ``width``, the paper's).
+    """
 
     width: int = 32
     dropout: float = 0.3
+    first_width: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or (self.first_width is not None and self.first_width < 1):
+            raise ValueError(f"SiameseConfig: widths must be >= 1: {self}")
 
     @property
     def features_per_side(self) -> int:
@@ -90,7 +112,7 @@ class SiameseNet(nn.Module):
     def __init__(self, config: SiameseConfig | None = None) -> None:
         super().__init__()
         self.config = config or SiameseConfig()
-        self.branch = SiameseBranch(self.config.width)
+        self.branch = SiameseBranch(self.config.width, self.config.first_width)
         self.head = nn.Sequential(
             nn.Dropout(p=self.config.dropout),
             nn.Linear(2 * self.config.features_per_side, 2),
@@ -176,6 +198,8 @@ def siamese_to_safetensors(model: SiameseNet) -> bytes:
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config = {"width": model.config.width, "dropout": model.config.dropout}
+    if model.config.first_width is not None:
+        config["first_width"] = model.config.first_width
     return save(state, metadata={"siamese_config": json.dumps(config)})
 
 

@@ -40,8 +40,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads for the CNNs (default: --jobs)"
     )
-    parser.add_argument("--epochs", type=int, default=30, help="Siamese training epochs")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help="cpu (default, the demo build): texture on the 256 px / 0.5 mm ROI, "
+        "the CNN on it at 128 px / 1.0 mm, Siamese block 1 with 16 channels, early "
+        "stopping on validation AUC (patience 5); paper: the paper's Siamese (32-64-128 "
+        "channels, 30 epochs, no early stopping), both branches on the 256 px / 0.5 mm "
+        "ROI. The flags below override single settings",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="Siamese epochs (maximum with early stopping)"
+    )
+    parser.add_argument("--roi-spacing", type=float, default=None, help="ROI pixel size, mm")
+    parser.add_argument("--roi-size", type=int, default=None, help="ROI edge, pixels")
+    parser.add_argument(
+        "--deep-factor",
+        type=int,
+        default=None,
+        help="the CNN sees the ROI block-averaged by this factor (2: 256 px at 0.5 mm -> "
+        "128 px at 1.0 mm; 1: the ROI itself)",
+    )
+    parser.add_argument(
+        "--siamese-width", type=int, default=None, help="Siamese base width (32: 32-64-128)"
+    )
+    parser.add_argument(
+        "--siamese-first-width", type=int, default=None, help="channels of Siamese block 1"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop Siamese training after this many epochs without validation-AUC gain "
+        "(0: no early stopping, run all epochs)",
+    )
     parser.add_argument("--finder-epochs", type=int, default=40, help="femur finder epochs")
+    parser.add_argument(
+        "--finder-images",
+        type=int,
+        default=400,
+        help="masked images the femur finder trains on (a seeded random subset; 0: all). "
+        "Finder training costs ~0.03 s per image and epoch on one core",
+    )
     parser.add_argument(
         "--finder-negatives",
         type=int,
@@ -69,8 +110,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+#: Named configurations (see docs/model.md "Training cost on 2 CPUs").
+PRESETS: dict[str, dict[str, float | int | None]] = {
+    "cpu": {
+        "epochs": 30,
+        "roi_spacing": 0.5,
+        "roi_size": 256,
+        "deep_factor": 2,
+        "siamese_width": 32,
+        "siamese_first_width": 16,
+        "patience": 5,
+    },
+    "paper": {
+        "epochs": 30,
+        "roi_spacing": 0.5,
+        "roi_size": 256,
+        "deep_factor": 1,
+        "siamese_width": 32,
+        "siamese_first_width": 32,
+        "patience": 0,
+    },
+}
+
+
+def resolved(args: argparse.Namespace) -> dict[str, float | int | None]:
+    """The preset's settings with every explicitly given flag on top."""
+    settings = dict(PRESETS[getattr(args, "preset", "cpu")])
+    for name in settings:
+        value = getattr(args, name, None)
+        if value is not None:
+            settings[name] = value
+    return settings
+
+
 def run(args: argparse.Namespace) -> int:
     """Train and write the bundle; 0 ok, 1 on bad data, 2 on bad flags."""
+    from triage_node.score.roi import RoiSettings
+    from triage_node.score.siamese import SiameseConfig
     from triage_node.train.pipeline import TrainingOptions, train_bundle
 
     if not args.data.is_dir():
@@ -79,13 +155,25 @@ def run(args: argparse.Namespace) -> int:
     if not args.labels.is_file():
         print(f"train: --labels {args.labels} is not a file")
         return 2
+    chosen = resolved(args)
     try:
         options = TrainingOptions(
             variant=args.model,
             seed=args.seed,
-            epochs=args.epochs,
+            epochs=int(chosen["epochs"]),  # type: ignore[arg-type]
+            roi=RoiSettings(
+                float(chosen["roi_spacing"]),  # type: ignore[arg-type]
+                int(chosen["roi_size"]),  # type: ignore[arg-type]
+                int(chosen["deep_factor"]),  # type: ignore[arg-type]
+            ),
+            siamese=SiameseConfig(
+                width=int(chosen["siamese_width"]),  # type: ignore[arg-type]
+                first_width=int(chosen["siamese_first_width"]),  # type: ignore[arg-type]
+            ),
+            patience=int(chosen["patience"]) or None,  # type: ignore[arg-type]
             finder_epochs=args.finder_epochs,
             finder_negatives=args.finder_negatives,
+            finder_images=args.finder_images or None,
             jobs=max(1, args.jobs),
             torch_threads=max(1, args.threads or args.jobs),
             cache_dir=args.cache,

@@ -3,6 +3,12 @@
 As in the paper's code: the minority class is randomly oversampled to match
 the majority, cross-entropy on the two logits, Adam. Data are small enough to
 hold in memory as tensors.
+
+Early stopping (``patience``, needs validation data): after every epoch the
+end-to-end Siamese head's AUC on the validation pairs is measured; training
+stops once it has not improved for ``patience`` epochs (never before
+``min_epochs``) and the weights of the best epoch are kept. ``patience=None``
+runs all ``epochs`` and keeps the last weights (the paper's schedule).
 """
 
 from __future__ import annotations
@@ -26,8 +32,12 @@ class DeepTrainingSettings:
     weight_decay: float = 1e-4
     seed: int = 0
     threads: int = 2
+    patience: int | None = None
+    min_epochs: int = 5
 
     def __post_init__(self) -> None:
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"DeepTrainingSettings.patience: {self.patience} < 1")
         if self.epochs < 1 or self.batch_size < 1 or self.threads < 1:
             raise ValueError(
                 f"DeepTrainingSettings: epochs, batch_size, threads must be >= 1: {self}"
@@ -52,6 +62,27 @@ def oversample_minority(labels: np.ndarray, rng: np.random.Generator) -> np.ndar
     return index
 
 
+def _validation_auc(
+    model: SiameseNet, validation: tuple[torch.Tensor, torch.Tensor, np.ndarray]
+) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    from triage_node.score.siamese import POSITIVE_CLASS
+
+    left, right, labels = validation
+    model.eval()
+    with torch.no_grad():
+        p = torch.cat(
+            [
+                torch.softmax(model(left[k : k + 64], right[k : k + 64]), dim=1)[:, POSITIVE_CLASS]
+                for k in range(0, len(labels), 64)
+            ]
+        ).numpy()
+    if len(set(np.asarray(labels).tolist())) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, p))
+
+
 def train_siamese(
     left: torch.Tensor,
     right: torch.Tensor,
@@ -59,14 +90,20 @@ def train_siamese(
     config: SiameseConfig | None = None,
     settings: DeepTrainingSettings | None = None,
     progress: bool = False,
+    validation: tuple[torch.Tensor, torch.Tensor, np.ndarray] | None = None,
 ) -> SiameseNet:
     """Train a :class:`SiameseNet` from scratch on oriented, normalised ROIs.
 
     ``left``/``right``: (N, 1, H, W) tensors from
     :func:`triage_node.score.siamese.rois_to_tensor`; ``labels``: (N,) 0/1.
-    Returns the model in eval mode. Deterministic for a given ``settings.seed``.
-    ``progress`` shows a tqdm bar over epochs with the mean training loss.
+    ``validation``: (left, right, labels) pairs for the per-epoch AUC and early
+    stopping (see module doc). Returns the model in eval mode with
+    ``model.training_history`` (epochs run, best epoch, validation AUC per
+    epoch). Deterministic for a given ``settings.seed``. ``progress`` shows a
+    tqdm bar over epochs with the mean training loss (and validation AUC).
     """
+    import copy
+
     from tqdm import tqdm
 
     settings = settings or DeepTrainingSettings()
@@ -85,7 +122,10 @@ def train_siamese(
     loss_fn = nn.CrossEntropyLoss()
     target = torch.from_numpy(labels)
     bar = tqdm(range(settings.epochs), desc="siamese", unit="epoch", disable=not progress)
-    for _ in bar:
+    aucs: list[float] = []
+    best_auc, best_epoch, best_state = -1.0, 0, None
+    epochs_run = 0
+    for epoch in bar:
         model.train()
         order = oversample_minority(labels, rng)
         total, seen = 0.0, 0
@@ -99,5 +139,30 @@ def train_siamese(
             optimiser.step()
             total += float(loss.detach()) * len(batch)
             seen += len(batch)
-        bar.set_postfix(loss=f"{total / max(seen, 1):.3f}")
+        epochs_run = epoch + 1
+        if validation is None:
+            bar.set_postfix(loss=f"{total / max(seen, 1):.3f}")
+            continue
+        auc = _validation_auc(model, validation)
+        aucs.append(auc)
+        bar.set_postfix(loss=f"{total / max(seen, 1):.3f}", val_auc=f"{auc:.3f}")
+        if auc > best_auc:
+            best_auc, best_epoch = auc, epoch + 1
+            best_state = copy.deepcopy(model.state_dict())
+        if (
+            settings.patience is not None
+            and epoch + 1 >= settings.min_epochs
+            and epoch + 1 - best_epoch >= settings.patience
+        ):
+            break
+    bar.close()
+    if settings.patience is not None and best_state is not None:
+        model.load_state_dict(best_state)
+    model.training_history = {  # type: ignore[assignment]
+        "epochs_run": epochs_run,
+        "max_epochs": settings.epochs,
+        "patience": settings.patience,
+        "best_epoch": best_epoch if settings.patience is not None else epochs_run,
+        "validation_auc": [round(a, 4) for a in aucs],
+    }
     return model.eval()

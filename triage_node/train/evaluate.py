@@ -59,9 +59,11 @@ def _init(bundle_path: str) -> None:
 
     from triage_node.score.bundle import load_bundle
     from triage_node.score.model import BundleScoringModel
+    from triage_node.train.pipeline import single_thread_worker
 
     global _WORKER_MODEL
     torch.set_num_threads(1)
+    single_thread_worker()
     _WORKER_MODEL = BundleScoringModel(load_bundle(bundle_path))
 
 

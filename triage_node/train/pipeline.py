@@ -63,12 +63,14 @@ from triage_node.score.model import (
     model_info_json,
     patient_row,
 )
+from triage_node.score.roi import RoiSettings
+from triage_node.score.siamese import SiameseConfig
 from triage_node.score.texture import TextureSettings, side_feature_names, texture_feature_names
 
 OSTEOPOROSIS_T_SCORE = -2.5
 #: Columns only the synth cohort's labels.csv has: their presence marks synthetic data.
 SYNTH_COLUMNS = ("density_left", "density_right", "vendor", "oracle")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SITE_INTENDED_USE = (
     "Triage aid for opportunistic osteoporosis screening on hip radiographs; "
     "not a diagnosis. Confirm with DXA."
@@ -182,11 +184,26 @@ def read_cases(labels_csv: Path, data_dir: Path) -> CaseSet:
 _WORKER_FINDER: FemurFinder | None = None
 
 
-def _init_worker(finder_bytes: bytes | None) -> None:
+def single_thread_worker() -> None:
+    """One thread per process for torch, SimpleITK (pyradiomics) and BLAS: processes
+    give the parallelism, and two processes with two threads each on two cores
+    only fight over them."""
+    import SimpleITK as sitk
     import torch
 
+    torch.set_num_threads(1)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # numpy/scipy then use their own defaults
+        pass
+
+
+def _init_worker(finder_bytes: bytes | None) -> None:
     global _WORKER_FINDER
-    torch.set_num_threads(1)  # processes give the parallelism
+    single_thread_worker()
     _WORKER_FINDER = FemurFinder.from_safetensors(finder_bytes) if finder_bytes else None
 
 
@@ -248,7 +265,7 @@ def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
 
     from triage_node.score.clinical import read_clinical
     from triage_node.score.decode import decode_radiograph
-    from triage_node.score.roi import NotAssessable, cut_side_roi
+    from triage_node.score.roi import NotAssessable, RoiSettings, cut_side_roi
     from triage_node.score.siamese import normalise_roi
     from triage_node.score.texture import extract_texture
 
@@ -261,7 +278,9 @@ def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
     def compute() -> dict[str, np.ndarray]:
         ds = pydicom.dcmread(case.path)
         decoded = decode_radiograph(ds)
-        texture_settings = TextureSettings(**json.loads(settings_key)["texture"])
+        settings = json.loads(settings_key)
+        texture_settings = TextureSettings(**settings["texture"])
+        roi_settings = RoiSettings.from_json(settings["roi"])
         masks: dict[str, np.ndarray | None] = {}
         if any(case.masks.values()):
             masks = {
@@ -279,7 +298,14 @@ def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
         for side in SIDES:
             mask = masks.get(side)
             roi = (
-                cut_side_roi(decoded.pixels, decoded.spacing_mm, mask, side)  # type: ignore[arg-type]
+                cut_side_roi(
+                    decoded.pixels,
+                    decoded.spacing_mm,
+                    mask,
+                    side,  # type: ignore[arg-type]
+                    size=roi_settings.size_px,
+                    roi_spacing_mm=roi_settings.spacing_mm,
+                )
                 if mask is not None
                 else None
             )
@@ -294,7 +320,7 @@ def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
             out[f"ok_{side}"] = np.array(ok)
             out[f"texture_{side}"] = texture
             out[f"roi_{side}"] = (
-                normalise_roi(roi.image).astype(np.float16)  # type: ignore[union-attr]
+                normalise_roi(roi_settings.deep_input(roi.image)).astype(np.float16)  # type: ignore[union-attr]
                 if ok
                 else np.zeros((1, 1), np.float16)
             )
@@ -345,6 +371,7 @@ class TrainingOptions:
     epochs: int = 30
     finder_epochs: int = 40
     finder_negatives: int = 16
+    finder_images: int | None = 400
     jobs: int = 2
     torch_threads: int = 2
     cache_dir: Path | None = None
@@ -356,6 +383,10 @@ class TrainingOptions:
     progress: bool = True
     texture: TextureSettings = field(default_factory=TextureSettings)
     finder: FinderConfig = field(default_factory=FinderConfig)
+    roi: RoiSettings = field(default_factory=RoiSettings)
+    siamese: SiameseConfig = field(default_factory=lambda: SiameseConfig(first_width=16))
+    patience: int | None = 5
+    min_epochs: int = 8
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -364,6 +395,16 @@ class TrainingOptions:
             raise ValueError(f"validation_fraction: {self.validation_fraction} not in [0.05, 0.5]")
         if self.epochs < 1 or self.finder_epochs < 1 or self.jobs < 1 or self.torch_threads < 1:
             raise ValueError("epochs, finder_epochs, jobs and torch_threads must be >= 1")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience: {self.patience} must be >= 1 (or None: no early stop)")
+
+    @property
+    def texture_on_roi(self) -> TextureSettings:
+        """The texture settings with the ROI grid's spacing (shape features in mm)."""
+        from dataclasses import replace
+
+        spacing = (self.roi.spacing_mm, self.roi.spacing_mm)
+        return replace(self.texture, spacing_mm=spacing)
 
 
 @dataclass(frozen=True)
@@ -430,7 +471,7 @@ def train_bundle(
     import torch
 
     from triage_node.score.bundle import write_bundle
-    from triage_node.score.siamese import SiameseConfig, siamese_to_safetensors
+    from triage_node.score.siamese import siamese_to_safetensors
     from triage_node.train.deep import DeepTrainingSettings, train_siamese
     from triage_node.train.finder import FinderSample, FinderTrainingSettings, train_femur_finder
     from triage_node.train.head import HeadSettings, calibrate, choose_operating_point, fit_head
@@ -448,26 +489,51 @@ def train_bundle(
     # 1. femur finder
     finder_key = options.finder.to_json()
     with_masks = [c for c in cases if any(c.masks.values())]
+    finder_cases = with_masks
+    if options.finder_images is not None and len(with_masks) > options.finder_images:
+        pick = np.random.default_rng(options.seed).choice(
+            len(with_masks), options.finder_images, replace=False
+        )
+        finder_cases = [with_masks[i] for i in sorted(pick)]
     if with_masks:
         raw = _map(
             _finder_item,
-            [(c, finder_key, options.cache_dir) for c in with_masks],
+            [(c, finder_key, options.cache_dir) for c in finder_cases],
             options.jobs,
             "finder inputs",
             options.progress,
         )
         samples = [FinderSample(r["image"], r["target"]) for r in raw]
         samples += synthetic_negatives(options.finder_negatives, options.seed, options.finder)
-        finder = train_femur_finder(
-            samples,
-            options.finder,
-            FinderTrainingSettings(
-                epochs=options.finder_epochs, seed=options.seed, threads=options.torch_threads
-            ),
-            progress=options.progress,
+        finder_settings = FinderTrainingSettings(
+            epochs=options.finder_epochs, seed=options.seed, threads=options.torch_threads
         )
-        finder_bytes = finder.to_safetensors()
-        finder_note = f"trained on {len(with_masks)} masked images + "
+        digest = hashlib.sha256(f"{finder_key}|{finder_settings}".encode())
+        for sample in samples:
+            digest.update(np.ascontiguousarray(sample.image).tobytes())
+            digest.update(np.ascontiguousarray(sample.target).tobytes())
+        cached = (
+            options.cache_dir / f"finder-{digest.hexdigest()[:40]}.safetensors"
+            if options.cache_dir is not None
+            else None
+        )
+        if cached is not None and cached.exists():  # same inputs, same settings: same weights
+            finder_bytes = cached.read_bytes()
+            say(f"train: femur finder from the cache ({cached.name})")
+        else:
+            say(
+                f"train: femur finder on {len(finder_cases)} masked images + "
+                f"{options.finder_negatives} negatives, {options.finder_epochs} epochs"
+            )
+            finder = train_femur_finder(
+                samples, options.finder, finder_settings, progress=options.progress
+            )
+            finder_bytes = finder.to_safetensors()
+            if cached is not None:
+                tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(finder_bytes)
+                os.replace(tmp, cached)
+        finder_note = f"trained on {len(finder_cases)} masked images + "
         finder_note += f"{options.finder_negatives} synthetic negatives"
     else:
         finder_bytes = _reused_finder(options)
@@ -476,7 +542,8 @@ def train_bundle(
     # 2. per-image features (cached)
     settings_key = json.dumps(
         {
-            "texture": asdict(options.texture),
+            "texture": asdict(options.texture_on_roi),
+            "roi": options.roi.to_json(),
             "version": CACHE_VERSION,
             "finder": hashlib.sha256(finder_bytes).hexdigest() if not with_masks else "",
         },
@@ -513,18 +580,36 @@ def train_bundle(
     )
 
     # 4. Siamese branch
-    config = SiameseConfig()
+    config = options.siamese
     tensors = {s: torch.from_numpy(np.stack(rois[s])[:, None]) for s in SIDES}
+    say(
+        f"train: Siamese on {len(train_idx)} pairs, validation {len(val_idx)}, "
+        f"CNN input {options.roi.deep_size_px} px at {options.roi.deep_spacing_mm} mm, widths "
+        f"{config.first_width or config.width}/{2 * config.width}/{4 * config.width}, "
+        f"up to {options.epochs} epochs"
+        + (f", early stop after {options.patience} without gain" if options.patience else "")
+    )
     siamese = train_siamese(
         tensors["left"][train_idx],
         tensors["right"][train_idx],
         y[train_idx],
         config,
         DeepTrainingSettings(
-            epochs=options.epochs, seed=options.seed, threads=options.torch_threads
+            epochs=options.epochs,
+            seed=options.seed,
+            threads=options.torch_threads,
+            patience=options.patience,
+            min_epochs=min(options.min_epochs, options.epochs),
         ),
         progress=options.progress,
+        validation=(tensors["left"][val_idx], tensors["right"][val_idx], y[val_idx]),
     )
+    history = dict(getattr(siamese, "training_history", {}))
+    if history:
+        say(
+            f"train: Siamese stopped after {history['epochs_run']} epoch(s), best epoch "
+            f"{history['best_epoch']}"
+        )
     with torch.no_grad():
         deep = {
             s: np.vstack(
@@ -612,10 +697,15 @@ def train_bundle(
     files[SIAMESE_FILE] = siamese_to_safetensors(siamese)
     files[CLINICAL_FILE] = (json.dumps(imputation.to_json(), indent=1) + "\n").encode()
     files[MODEL_FILE] = model_info_json(
-        options.texture,
+        options.texture_on_roi,
         thresholds,
         {
-            "roi": {"size_px": 256, "spacing_mm": 0.5},
+            "roi": options.roi.to_json(),
+            "siamese": {
+                "width": config.width,
+                "first_width": config.first_width or config.width,
+                "training": history,
+            },
             "finder": finder_note,
             "calibration": options.calibration,
             "bilateral_selection": options.bilateral,
@@ -635,7 +725,8 @@ def train_bundle(
         "split": f"stratified, patient-grouped, seed {options.seed}, "
         f"validation fraction {options.validation_fraction}",
         "masks": "given" if case_set.has_masks else "from the femur finder",
-        "siamese_epochs": options.epochs,
+        "siamese_epochs": history.get("epochs_run", options.epochs),
+        "siamese_best_epoch": history.get("best_epoch"),
         "finder": finder_note,
         "seed": options.seed,
     }

@@ -16,6 +16,7 @@ side's columns separately and only base names chosen on *both* sides are kept
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -77,6 +78,28 @@ def lasso_select(
         raise ValueError(f"X has {X.shape[1]} columns but {len(names)} names")
     if X.shape[1] == 0:
         return []
+    # The same group on the same rows is selected by up to four variants (T, TC, DT, DTC):
+    # LassoCV is deterministic, so its answer is remembered (by content) instead of refitted.
+    key = hashlib.sha256(
+        np.ascontiguousarray(X).tobytes()
+        + np.ascontiguousarray(y, dtype=np.float64).tobytes()
+        + repr((list(names), settings)).encode()
+    ).hexdigest()
+    if key in _SELECTED:
+        return list(_SELECTED[key])
+    picked = _lasso_select(X, y, names, settings)
+    if len(_SELECTED) > 64:
+        _SELECTED.clear()
+    _SELECTED[key] = tuple(picked)
+    return picked
+
+
+_SELECTED: dict[str, tuple[str, ...]] = {}
+
+
+def _lasso_select(
+    X: np.ndarray, y: np.ndarray, names: Sequence[str], settings: SelectionSettings
+) -> list[str]:
     scaled = StandardScaler().fit_transform(X)
     scaled = np.nan_to_num(scaled)
     lasso = LassoCV(cv=settings.folds, random_state=settings.seed, max_iter=5000, n_jobs=1)
