@@ -1,6 +1,6 @@
 """The demo bundle build (``bench/build_demo_bundle``): cohorts, training, evaluation, resumable.
 
-``python -m triage_node.train.demo [--work /tmp/triage-demo-bundle] [--out DIR] ...``
+``python -m triage_node.train.demo [--work cohorts/demo-bundle] [--out DIR] ...``
 
 Steps, each one skipping what an earlier (interrupted) run already did:
 
@@ -189,7 +189,7 @@ def estimate_minutes(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/tmp/triage-demo-bundle"))
+    parser.add_argument("--work", type=Path, default=Path("cohorts/demo-bundle"))
     parser.add_argument(
         "--out",
         type=Path,
