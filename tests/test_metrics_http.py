@@ -190,8 +190,16 @@ def test_waiting_jobs_show_queue_depth_and_age(tmp_path: Path,
         port = node.settings.node.port
         write_radiograph(tmp_path / "in" / "hip.dcm", rows=ROWS, columns=COLUMNS)
         assert storescu(port, tmp_path / "in" / "hip.dcm").returncode == 0
-        time.sleep(1.5)
-        scrape = samples(endpoint(node, "/metrics")[1])
+
+        def waiting_scrape() -> dict[Any, float] | None:
+            # The job waits for a model: queued between attempts, briefly running while a
+            # worker tries; poll until a scrape sees it queued and at least a second old.
+            scrape = samples(endpoint(node, "/metrics")[1])
+            queued = value(scrape, "triage_queue_jobs", kind="score", state="queued")
+            age = value(scrape, "triage_queue_oldest_waiting_seconds", kind="score")
+            return scrape if queued == 1 and age >= 1.0 else None
+
+        scrape = wait_for(waiting_scrape, "the score job to show as queued and waiting")
         assert value(scrape, "triage_queue_jobs", kind="score", state="queued") == 1
         assert value(scrape, "triage_queue_oldest_waiting_seconds", kind="score") >= 1.0
         code, live = endpoint(node, "/healthz")
