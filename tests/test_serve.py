@@ -9,9 +9,11 @@ one ``instance_decoded`` and one ``job_retry`` per job mean it ran exactly once.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ from tests.peers import REPO, NodeProcess, base_config, free_port, storescu, wri
 from tests.test_worker import add_instance, make_radiograph
 from triage_node.config import load_settings
 from triage_node.store import Event, Instance, Job, Store, open_store
+from triage_node.store.jobs import claim_next_job
 from triage_node.store.models import utcnow
 
 
@@ -150,9 +153,10 @@ def test_instance_survives_sigkill_right_after_store_success(tmp_path: Path) -> 
 def test_sigkill_serve_immediately_after_success(tmp_path: Path) -> None:
     """The same with the full node: killed the moment storescu reports success.
 
-    A job the kill interrupted is returned by its lease expiring (2 s here).
+    The lease is the default 300 s: a job the kill interrupted is claimable as
+    soon as the node starts again, because its holder's process is gone.
     """
-    cfg = _config(tmp_path, "serve", worker={"retry_base_seconds": 3600, "lease_seconds": 2})
+    cfg = _config(tmp_path, "serve", worker={"retry_base_seconds": 3600})
     settings = load_settings(cfg)
     files = [tmp_path / f"hip{i}.dcm" for i in range(3)]
     uids = [f"1.2.826.0.1.3680043.8.498.4243.{i + 1}" for i in range(3)]
@@ -174,6 +178,7 @@ def test_sigkill_serve_immediately_after_success(tmp_path: Path) -> None:
                 return len(rows) == 3 and all(r.result and "decoded" in r.result for r in rows)
 
         _wait_for(all_ran, 60, "every acknowledged instance to be processed", node)
+        _wait_for(lambda: _running_jobs(store) == 0, 60, "no job left running", node)
         assert node.terminate(30) == 0
     finally:
         node.kill()
@@ -181,6 +186,42 @@ def test_sigkill_serve_immediately_after_success(tmp_path: Path) -> None:
         rows = session.scalars(select(Instance).where(Instance.sop_instance_uid.in_(uids))).all()
         assert all((settings.spool_dir / r.path).is_file() for r in rows)
         assert session.scalar(select(func.count()).where(Job.state == "running")) == 0
+    store.dispose()
+
+
+def test_jobs_of_a_dead_process_are_reclaimed_at_start_not_after_the_lease(
+        tmp_path: Path) -> None:
+    """A job left ``running`` by a killed process on this host runs again at once."""
+    cfg = _config(tmp_path, "serve", worker={"retry_base_seconds": 3600})
+    settings = load_settings(cfg)
+    store = open_store(settings)
+    _, job_id, _ = add_instance(store, settings.spool_dir, rows=16, columns=16)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_owner = f"{socket.gethostname()}:{int(gone.stdout)}:worker-1"
+    live_owner = f"{socket.gethostname()}:{os.getpid()}:worker-1"  # this test: alive
+    job = claim_next_job(store, dead_owner, ["score"], lease_seconds=3600)
+    assert job is not None and job.id == job_id
+    _, other_id, _ = add_instance(store, settings.spool_dir, name="other", rows=16, columns=16)
+    other = claim_next_job(store, live_owner, ["score"], lease_seconds=3600)
+    assert other is not None and other.id == other_id
+    node = NodeProcess(cfg, tmp_path / "serve.log", command="serve").start()
+    try:
+        _wait_for(lambda: _count(store, "job_reclaimed") >= 1, 60, "the job to be reclaimed",
+                  node)
+        _wait_for(lambda: _count(store, "job_retry") >= 1, 60, "the job to run", node)
+        assert node.terminate(30) == 0
+    finally:
+        node.kill()
+    with store.read() as session:
+        dead_job, live_job = session.get(Job, job_id), session.get(Job, other_id)
+        assert dead_job is not None and live_job is not None
+        inst = session.get(Instance, dead_job.instance_id)
+        assert dead_job.state == "queued" and inst is not None and "decoded" in (inst.result or {})
+        # A live process's lease is left alone.
+        assert live_job.state == "running" and live_job.lease_owner == live_owner
+        kinds = [e.kind for e in session.scalars(select(Event).where(Event.job_id == job_id))]
+    assert "job_lease_ended" in kinds and "job_reclaimed" in kinds
     store.dispose()
 
 

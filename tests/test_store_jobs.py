@@ -16,6 +16,7 @@ from triage_node.store.jobs import (
     LeaseLost,
     claim_next_job,
     enqueue_job,
+    expire_dead_leases,
     extend_lease,
     fail_job,
     finish_job,
@@ -217,3 +218,24 @@ def test_retry_delay_is_bounded_exponential_with_jitter() -> None:
             assert len({round(d, 3) for d in delays}) > 100  # jittered, not a constant
     assert retry_delay(1000, 10, 600) <= 600
     assert retry_delay(1, 10, 3) == 3  # the cap wins even over the floor
+
+
+def test_a_stopping_worker_claims_nothing(store: Store) -> None:
+    (job_id,) = _enqueue(store)
+    assert claim_next_job(store, "w", ["score"], 60, stopping=lambda: True) is None
+    assert _job(store, job_id).state == JobState.QUEUED.value
+    assert claim_next_job(store, "w", ["score"], 60, stopping=lambda: False) is not None
+
+
+def test_leases_of_dead_processes_on_this_host_end(store: Store) -> None:
+    dead, alive, elsewhere, odd = _enqueue(store, 4)
+    for owner in ("host-a:101:worker-1", "host-a:202:worker-1", "host-b:101:worker-1",
+                  "host-a:worker"):
+        assert claim_next_job(store, owner, None, lease_seconds=3600) is not None
+    ended = expire_dead_leases(store, "host-a", lambda pid: pid == 101)
+    assert ended == [dead]
+    assert "job_lease_ended" in _events(store, dead)
+    taken = claim_next_job(store, "host-a:303:worker-1", None, 60)
+    assert taken is not None and taken.id == dead and taken.reclaimed and taken.attempts == 2
+    for job_id in (alive, elsewhere, odd):
+        assert _job(store, job_id).lease_expires_at > utcnow()  # type: ignore[operator]

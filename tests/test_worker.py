@@ -314,7 +314,16 @@ def test_stopping_worker_releases_job(settings: Settings, store: Store,
     use_model(monkeypatch, DoubleModel(0.5, 0.5))
     inst_id, job_id, _ = add_instance(store, settings.spool_dir)
     worker = make_worker(settings, store)
-    worker.stopping.set()  # the stop arrives while the job is in hand
+    import triage_node.work.worker as worker_module
+
+    claim = worker_module.claim_next_job
+
+    def claim_then_stop(*args: Any, **kw: Any) -> Any:
+        job = claim(*args, **kw)
+        worker.stopping.set()  # the stop arrives while the job is in hand
+        return job
+
+    monkeypatch.setattr(worker_module, "claim_next_job", claim_then_stop)
     assert worker.run_one() is True
     job = snapshot(store, Job, job_id)
     assert job.state == "queued" and job.attempts == 0 and job.lease_owner is None

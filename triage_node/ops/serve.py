@@ -153,6 +153,9 @@ class Node:
         if signum is not None and not self.stop_requested.is_set():
             log.info("stop requested", extra={"signal": signal.Signals(signum).name})
         self.stop_requested.set()
+        if self.pool is not None:
+            # At once, not when the main loop wakes: no job is claimed after the signal.
+            self.pool.request_stop()
 
     def stop(self) -> None:
         """Stop accepting, let workers finish or release their jobs, stop timers."""

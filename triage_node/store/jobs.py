@@ -71,11 +71,18 @@ def enqueue_job(
 
 
 def claim_next_job(
-    store: Store, owner: str, kinds: list[str] | None = None, lease_seconds: float = 300.0
+    store: Store,
+    owner: str,
+    kinds: list[str] | None = None,
+    lease_seconds: float = 300.0,
+    *,
+    stopping: Callable[[], bool] | None = None,
 ) -> ClaimedJob | None:
     """Take the next due job (or one whose lease expired) and lease it to ``owner``.
 
     ``kinds`` limits the claim to job kinds this worker can run (None: any).
+    ``stopping`` is asked once the transaction holds its lock: a worker told to
+    stop while it waited for the lock (another writer) claims nothing.
     """
     with store.write() as session:
         # The clock is read inside the transaction: on SQLite, BEGIN IMMEDIATE may
@@ -92,7 +99,7 @@ def claim_next_job(
         if not store.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         job = session.scalars(query).first()
-        if job is None:
+        if job is None or (stopping is not None and stopping()):
             return None
         reclaimed = job.state == JobState.RUNNING.value
         previous_owner = job.lease_owner
@@ -233,6 +240,35 @@ def release_job(
         if on_release is not None:
             on_release(session)
         return True
+
+
+def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) -> list[int]:
+    """End the leases of jobs held by processes on ``host`` that no longer run.
+
+    Lease owners are ``host:pid:thread``. A process that was killed (SIGKILL,
+    power loss) leaves its jobs ``running`` until their leases run out; a node
+    starting on the same host calls this first, so they are claimable at once
+    (as reclaims: the attempt still counts). ``is_dead(pid)`` decides. Returns
+    the job ids whose leases were ended.
+    """
+    now = utcnow()
+    with store.write() as session:
+        query = select(Job).where(Job.state == JobState.RUNNING.value,
+                                  Job.lease_owner.like(f"{host}:%"))
+        if not store.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        ended = []
+        for row in session.scalars(query).all():
+            parts = (row.lease_owner or "").split(":")
+            if len(parts) < 3 or not parts[1].isdigit() or not is_dead(int(parts[1])):
+                continue
+            row.lease_expires_at = now
+            row.updated_at = now
+            add_event(session, "job_lease_ended", job_id=row.id, instance_id=row.instance_id,
+                      state=row.state, message=f"{row.kind}: holder {row.lease_owner} "
+                      "is no longer running")
+            ended.append(row.id)
+        return ended
 
 
 def requeue_jobs(session: Session, job_ids: list[int]) -> int:

@@ -23,6 +23,7 @@ from triage_node.store.jobs import (
     ClaimedJob,
     LeaseLost,
     claim_next_job,
+    expire_dead_leases,
     extend_lease,
     fail_job,
     release_job,
@@ -130,7 +131,8 @@ class Worker:
     def run_one(self) -> bool:
         """Claim one due job and run it; False if there was none."""
         w = self.settings.worker
-        job = claim_next_job(self.store, self.owner, sorted(self.handlers), w.lease_seconds)
+        job = claim_next_job(self.store, self.owner, sorted(self.handlers), w.lease_seconds,
+                             stopping=self.stopping.is_set)
         if job is None:
             return False
         with self._current_lock:
@@ -214,11 +216,27 @@ class Worker:
                            on_release=lambda s: handler.on_release(s, job))
 
 
+def _process_gone(pid: int) -> bool:
+    """True if ``pid`` is this process (a previous run under the same pid) or runs no more."""
+    if pid == os.getpid():
+        # Nothing is claimed before the pool starts, so a lease under our own pid
+        # belongs to an earlier process that had it (containers restart as pid 1).
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # exists, owned by another user
+    return False
+
+
 class WorkerPool:
     """``count`` worker threads sharing one set of handlers (and so one model per process)."""
 
     def __init__(self, settings: Settings, store: Store, count: int,
                  handlers: Mapping[str, JobHandler] | None = None) -> None:
+        self.store = store
         self.stopping = threading.Event()
         handlers = handlers if handlers is not None else default_handlers(settings)
         self.handlers = dict(handlers)
@@ -226,7 +244,15 @@ class WorkerPool:
                         for i in range(count)]
 
     def start(self) -> None:
-        """Start every worker thread."""
+        """End the leases of this host's dead processes, then start every worker thread."""
+        try:
+            ended = expire_dead_leases(self.store, socket.gethostname(), _process_gone)
+        except Exception:
+            log.exception("could not check for jobs held by dead processes")
+        else:
+            if ended:
+                log.warning("jobs held by processes that no longer run are claimable again",
+                            extra={"job_ids": ended})
         for w in self.workers:
             w.start()
 
