@@ -25,12 +25,13 @@ what to retry.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pydicom
 from pydicom.uid import (
@@ -170,21 +171,83 @@ def presentation_contexts(objects: Iterable[tuple[str, str]]) -> list[Presentati
     return contexts
 
 
+class _HandshakeRecordingSocket(ssl.SSLSocket):
+    """Keeps a TLS error on its context, for the delivery's message: pynetdicom only logs it.
+
+    Our check of the destination's certificate fails in ``connect``; the destination's
+    refusal of our client certificate arrives (with TLS 1.3) on the first read.
+    """
+
+    def _record(self, error: ssl.SSLError) -> None:
+        context = self.context
+        if isinstance(context, _TlsClientContext) and context.handshake_error is None:
+            context.handshake_error = error
+
+    def connect(self, addr: Any) -> None:
+        try:
+            super().connect(addr)
+        except ssl.SSLError as exc:
+            self._record(exc)
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self._record(exc)
+            raise
+
+
+class _TlsClientContext(ssl.SSLContext):
+    """The client context for one association; ``handshake_error`` says why TLS failed."""
+
+    sslsocket_class = _HandshakeRecordingSocket
+    handshake_error: ssl.SSLError | None = None
+
+
 def _tls_args(destination: DestinationSection, settings: Settings
-              ) -> tuple[ssl.SSLContext, str] | None:
+              ) -> tuple[_TlsClientContext, str] | None:
+    """The TLS context and server name for ``destination``, or None without ``tls``.
+
+    The destination's certificate must be signed by ``[tls] ca_certificates`` (the
+    system's CAs when unset). A destination configured by host name must also be
+    named in its certificate; one configured by IP address is checked against the CA
+    only, since DICOM devices' certificates seldom list their addresses.
+    """
     if not destination.tls:
         return None
-    context = ssl.create_default_context(
-        ssl.Purpose.SERVER_AUTH,
-        cafile=str(settings.tls.ca_certificates) if settings.tls.ca_certificates else None,
-    )
-    # DICOM peers are addressed by IP as often as by name; the certificate is still checked
-    # against the CA, the host name only when one is configured.
-    context.check_hostname = False
+    context = _TlsClientContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, host names checked
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.tls.ca_certificates is not None:
+        context.load_verify_locations(cafile=str(settings.tls.ca_certificates))
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    try:
+        ipaddress.ip_address(destination.host)
+        context.check_hostname = False
+    except ValueError:
+        pass  # a host name: checked against the certificate
     cert, key = settings.tls.client_certificate, settings.tls.client_private_key
     if cert is not None:
         context.load_cert_chain(str(cert), str(key) if key is not None else None)
     return context, destination.host
+
+
+def _tls_failure(error: ssl.SSLError, settings: Settings) -> str:
+    """Why the TLS handshake failed, in words a site engineer can act on."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        trusted = (f"[tls] ca_certificates ({settings.tls.ca_certificates})"
+                   if settings.tls.ca_certificates is not None else "the system's CAs")
+        return (f"TLS handshake failed: the destination's certificate was not accepted "
+                f"({error.verify_message}; checked against {trusted})")
+    reason = str(error.reason or error).upper()
+    # An alert from the destination about certificates is about ours (e.g.
+    # TLSV13_ALERT_CERTIFICATE_REQUIRED, TLSV1_ALERT_UNKNOWN_CA).
+    if "ALERT" in reason and any(w in reason for w in ("CERTIFICATE", "UNKNOWN_CA")):
+        ours = settings.tls.client_certificate or "none configured"
+        return (f"TLS handshake failed: the destination did not accept our client "
+                f"certificate ({reason}; [tls] client_certificate: {ours})")
+    return f"TLS handshake failed: {reason}"
 
 
 def _where(destination: DestinationSection) -> str:
@@ -232,8 +295,13 @@ def send_objects(destination: DestinationSection,
     if not assoc.is_established:
         # pynetdicom marks a refused TCP connection as "aborted" too, so only a real
         # A-ASSOCIATE-RJ is told apart.
-        reason = ("association rejected by the peer" if assoc.is_rejected else
-                  "no association (connection refused or aborted, timeout, or TLS failure)")
+        handshake_error = tls_args[0].handshake_error if tls_args is not None else None
+        if assoc.is_rejected:
+            reason = "association rejected by the peer"
+        elif handshake_error is not None:
+            reason = _tls_failure(handshake_error, settings)
+        else:
+            reason = "no association (connection refused or aborted, timeout, or TLS failure)"
         raise DestinationUnavailable(f"{where}: {reason}; nothing sent")
     results: list[StoreOutcome] = []
     try:

@@ -12,6 +12,7 @@ import ctypes.util
 import functools
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import time
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydicom.config
 import pynetdicom.dimse_messages
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
@@ -73,18 +75,39 @@ class ReceiverHandle:
         self.ae.shutdown()
 
 
+class _AssociationThreadHandshake(ssl.SSLContext):
+    """A server context whose TLS handshake runs in the association's own thread.
+
+    pynetdicom wraps each accepted socket in the thread that accepts connections; with
+    the handshake done there, one client that connects and never completes it (a port
+    scanner, a plain-TCP health check that holds the connection) would stop every
+    other association. Deferred, the handshake happens on the association's first
+    read, and a failed one ends that association only.
+    """
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        return super().wrap_socket(sock, server_side=server_side,
+                                   do_handshake_on_connect=False,
+                                   suppress_ragged_eofs=suppress_ragged_eofs,
+                                   server_hostname=server_hostname, session=session)
+
+
 def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
     """The server TLS context from ``[tls]``, or None when TLS is off.
 
     With ``ca_certificates`` set, peers must present a client certificate signed by
-    one of those CAs.
+    one of those CAs. The handshake runs in each association's thread, never in the
+    thread that accepts connections.
     """
     tls = settings.tls
     if not tls.enabled:
         return None
     if tls.certificate is None or tls.private_key is None:
         raise ValueError("[tls] enabled needs certificate and private_key")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context = _AssociationThreadHandshake(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
     if tls.ca_certificates is not None:
@@ -106,6 +129,10 @@ def _receive_into(directory: Path) -> None:
         stale.unlink(missing_ok=True)
     _config.STORE_RECV_CHUNKED_DATASET = True
     _config.LOG_REQUEST_IDENTIFIERS = False
+    # The receiver converts every value of a dataset to check it; pydicom's warnings
+    # about values that convert but break VR rules quote them (patient data) and
+    # change nothing we do.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pynetdicom.dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
         _IncomingFile, dir=str(directory), prefix="rx-"
     )
@@ -281,7 +308,7 @@ class StorageSCP:
                 affected,
             )
         ds, header = read_instance(path, context.abstract_syntax, context.transfer_syntax,
-                                   affected)
+                                   affected, max_bytes=limits.max_instance_mb * _MB)
         if disk_below_watermark(self.settings, size):
             raise InstanceRefused(
                 status.OUT_OF_RESOURCES,
