@@ -272,6 +272,12 @@ def test_server_context_requires_client_certificates_only_with_ca_certificates(
     checked = tls_server_context(Settings(tls=TlsSection(**base, ca_certificates=pki.ca)))
     assert checked is not None and checked.verify_mode == ssl.CERT_REQUIRED
     assert checked.minimum_version >= ssl.TLSVersion.TLSv1_2
+    # The CAs only for checking destinations: the receiver asks no client certificate.
+    outgoing_only = tls_server_context(Settings(tls=TlsSection(
+        **base, ca_certificates=pki.ca, require_client_certificate=False)))
+    assert outgoing_only is not None and outgoing_only.verify_mode == ssl.CERT_NONE
+    with pytest.raises(ValueError, match="needs tls.ca_certificates"):
+        TlsSection(**base, require_client_certificate=True)
     with pytest.raises(ValueError, match="certificate and private_key"):
         tls_server_context(Settings(tls=TlsSection(enabled=True)))
 

@@ -82,10 +82,29 @@ class TlsSection(_Section):
     enabled: bool = False
     certificate: Path | None = None
     private_key: Path | None = None
-    ca_certificates: Path | None = None  # set: client certificates are required and checked
+    # CAs trusted both ways: client certificates of the receiver's peers, and the
+    # certificates of destinations with tls = true.
+    ca_certificates: Path | None = None
+    # Receiver: ask peers for a certificate signed by ca_certificates. Unset: yes when
+    # ca_certificates is set. false: check destinations only.
+    require_client_certificate: bool | None = None
     # For outgoing associations to destinations with tls = true.
     client_certificate: Path | None = None
     client_private_key: Path | None = None
+
+    @field_validator("require_client_certificate")
+    @classmethod
+    def _needs_ca(cls, value: bool | None, info: Any) -> bool | None:
+        if value and info.data.get("ca_certificates") is None:
+            raise ValueError("true needs tls.ca_certificates (the CAs to check them against)")
+        return value
+
+    @property
+    def client_certificates_required(self) -> bool:
+        """Whether the receiver requires and checks a client certificate."""
+        if self.require_client_certificate is None:
+            return self.ca_certificates is not None
+        return self.require_client_certificate
 
 
 class PeerSection(_Section):

@@ -25,6 +25,7 @@ import pydicom.config
 import pynetdicom.dimse_messages
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
@@ -98,9 +99,9 @@ class _AssociationThreadHandshake(ssl.SSLContext):
 def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
     """The server TLS context from ``[tls]``, or None when TLS is off.
 
-    With ``ca_certificates`` set, peers must present a client certificate signed by
-    one of those CAs. The handshake runs in each association's thread, never in the
-    thread that accepts connections.
+    With ``ca_certificates`` set (and ``require_client_certificate`` not false), peers
+    must present a client certificate signed by one of those CAs. The handshake runs
+    in each association's thread, never in the thread that accepts connections.
     """
     tls = settings.tls
     if not tls.enabled:
@@ -110,7 +111,7 @@ def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
     context = _AssociationThreadHandshake(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
-    if tls.ca_certificates is not None:
+    if tls.client_certificates_required:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(cafile=str(tls.ca_certificates))
     return context
@@ -136,6 +137,32 @@ def _receive_into(directory: Path) -> None:
     pynetdicom.dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
         _IncomingFile, dir=str(directory), prefix="rx-"
     )
+    if not hasattr(DIMSEServiceProvider.receive_primitive, "__wrapped__"):
+        DIMSEServiceProvider.receive_primitive = (  # type: ignore[method-assign]
+            _abort_on_undecodable_message(DIMSEServiceProvider.receive_primitive))
+
+
+def _abort_on_undecodable_message(
+        receive: Callable[[DIMSEServiceProvider, Any], None]
+) -> Callable[[DIMSEServiceProvider, Any], None]:
+    """Wrap pynetdicom's P-DATA handling so an undecodable DIMSE message aborts cleanly.
+
+    pynetdicom lets the exception (a command set without Command Field, say) end the
+    association's network thread: the peer sees the connection drop with no A-ABORT
+    and a traceback goes to stderr. Signalling an invalid PDU instead (Evt19) makes
+    its state machine send A-ABORT and end the association as for any other one.
+    """
+    @functools.wraps(receive)
+    def receive_primitive(provider: DIMSEServiceProvider, primitive: Any) -> None:
+        try:
+            receive(provider, primitive)
+        except Exception as exc:
+            log.warning("association from %s: undecodable DIMSE message (%s), aborting",
+                        provider.assoc.requestor.address, type(exc).__name__)
+            provider.message = None
+            provider.dul.event_queue.put("Evt19")
+
+    return receive_primitive
 
 
 _WRITEBACK_CHUNK = 2 * 1024 * 1024
@@ -283,8 +310,12 @@ class StorageSCP:
             log.error("instance %s from %s@%s not stored (out of resources): %s",
                       affected, sender.calling_ae, sender.peer_host, reason)
             metrics.record_instance("refused")
-            self._record_refusal(
-                InstanceRefused(status.OUT_OF_RESOURCES, reason, affected), sender)
+            if not _store_failed(exc):
+                # Not when the database is what failed: recording the refusal there would
+                # wait for the same lock (or connection) again and hold the 0xA700 for
+                # another timeout, long enough for the peer to give up. The log has it.
+                self._record_refusal(
+                    InstanceRefused(status.OUT_OF_RESOURCES, reason, affected), sender)
             return status.status_dataset(status.OUT_OF_RESOURCES, reason)
         except Exception:
             log.exception("instance %s from %s@%s: internal error", affected,
@@ -347,6 +378,12 @@ class StorageSCP:
         except (SQLAlchemyError, StoreUnavailable) as exc:
             log.error("cannot record refusal of %s: store unavailable (%s)",
                       refused.sop_instance_uid, type(exc).__name__)
+
+
+def _store_failed(exc: BaseException) -> bool:
+    """True if ``exc`` (or, for :class:`SpoolFailed`, the error behind it) is the database's."""
+    cause = exc.__cause__ if isinstance(exc, SpoolFailed) else exc
+    return isinstance(cause, (SQLAlchemyError, StoreUnavailable))
 
 
 def build_ae(settings: Settings) -> AE:
