@@ -7,6 +7,7 @@ workers reading the store.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -27,7 +28,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node.config import Settings
@@ -140,6 +142,9 @@ def _receive_into(directory: Path) -> None:
     if not hasattr(DIMSEServiceProvider.receive_primitive, "__wrapped__"):
         DIMSEServiceProvider.receive_primitive = (  # type: ignore[method-assign]
             _abort_on_undecodable_message(DIMSEServiceProvider.receive_primitive))
+    if not hasattr(AssociationSocket.recv, "__wrapped__"):
+        AssociationSocket.recv = _refuse_oversized_pdus(  # type: ignore[method-assign]
+            AssociationSocket.recv)
 
 
 def _abort_on_undecodable_message(
@@ -163,6 +168,37 @@ def _abort_on_undecodable_message(
             provider.dul.event_queue.put("Evt19")
 
     return receive_primitive
+
+
+# PDUs other than P-DATA-TF (an A-ASSOCIATE-RQ with many contexts, say) may be longer
+# than a small maximum PDU size; none needs more than this.
+_PDU_FLOOR = 1 << 20
+
+
+def _refuse_oversized_pdus(
+        recv: Callable[[AssociationSocket, int], bytearray]
+) -> Callable[[AssociationSocket, int], bytearray]:
+    """Wrap pynetdicom's socket reads so a PDU longer than our maximum is never read.
+
+    pynetdicom reads a whole PDU into memory, whatever length its header claims (up to
+    4 GiB) and whatever maximum we negotiated: a peer could make the node hold
+    gigabytes. A longer PDU gets an A-ABORT (invalid PDU parameter) and the
+    connection is closed unread.
+    """
+    @functools.wraps(recv)
+    def recv_within_limit(sock: AssociationSocket, nr_bytes: int) -> bytearray:
+        limit = sock.assoc.ae.maximum_pdu_size
+        if limit and nr_bytes > max(limit, _PDU_FLOOR):
+            log.warning("association from %s: PDU of %d bytes exceeds the maximum PDU size "
+                        "(%d), aborting", sock.assoc.requestor.address, nr_bytes, limit)
+            abort = A_ABORT_RQ()
+            abort.source, abort.reason_diagnostic = 0x02, 0x06  # provider: invalid value
+            with contextlib.suppress(OSError):
+                sock.send(abort.encode())
+            raise OSError(f"PDU of {nr_bytes} bytes exceeds the maximum PDU size")
+        return recv(sock, nr_bytes)
+
+    return recv_within_limit
 
 
 _WRITEBACK_CHUNK = 2 * 1024 * 1024

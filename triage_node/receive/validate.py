@@ -6,20 +6,34 @@ reason that names UIDs and tags only (never patient data).
 
 from __future__ import annotations
 
+import struct
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
+from pydicom.multival import MultiValue
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLELossless,
+)
+from pynetdicom.dsutils import split_dataset
 
 from triage_node.receive import status
 
 # Larger than any radiograph detector; beyond this Rows/Columns are treated as corrupt.
 MAX_DIMENSION = 16384
 _DEFER_BYTES = 1 << 20
+_INFLATE_CHUNK = 1 << 20
+_HEADER_BYTES = 1 << 16
 _PIXEL_DATA = 0x7FE00010
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -67,13 +81,18 @@ def _valid_uid(value: object) -> bool:
 
 
 def read_instance(path: Path, context_sop_class: str, transfer_syntax: str,
-                  affected_sop_instance: str | None = None) -> tuple[Dataset, InstanceHeader]:
+                  affected_sop_instance: str | None = None,
+                  max_bytes: int | None = None) -> tuple[Dataset, InstanceHeader]:
     """Decode the Part-10 file at ``path`` and check it; return the dataset and its header.
 
     ``context_sop_class`` is the abstract syntax of the presentation context the
     instance arrived on: a dataset of another SOP class is refused with 0xA900.
+    ``max_bytes`` bounds a deflated dataset's inflated size (checked before it is
+    inflated in memory): a few MB on the wire may claim gigabytes.
     """
     try:
+        if max_bytes is not None and str(transfer_syntax) == DeflatedExplicitVRLittleEndian:
+            _check_inflated_size(path, max_bytes, affected_sop_instance)
         return _read_and_check(path, context_sop_class, transfer_syntax, affected_sop_instance)
     except InstanceRefused:
         raise
@@ -83,6 +102,52 @@ def read_instance(path: Path, context_sop_class: str, transfer_syntax: str,
             f"dataset cannot be decoded ({type(exc).__name__})",
             affected_sop_instance,
         ) from exc
+
+
+def _check_inflated_size(path: Path, max_bytes: int, sop_uid: str | None) -> None:
+    """Refuse a deflated dataset that inflates beyond ``max_bytes``, one chunk at a time."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    with path.open("rb") as f:
+        f.seek(split_dataset(path)[1])
+        pending = b""
+        while pending or (pending := f.read(_INFLATE_CHUNK)):
+            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            pending = inflater.unconsumed_tail
+            if total > max_bytes:
+                raise InstanceRefused(
+                    status.INSTANCE_TOO_LARGE,
+                    f"deflated dataset inflates beyond receive.max_instance_mb "
+                    f"({max_bytes >> 20} MB)",
+                    sop_uid if _valid_uid(sop_uid) else None,
+                )
+
+
+def _check_values(ds: Dataset, sop_uid: str, study_uid: str) -> None:
+    """Convert every element value but Pixel Data's, items of sequences included.
+
+    An element whose bytes do not convert (a US of three bytes, a DS that is not a
+    number, text that is not in its character set) would fail whoever reads it
+    later; it is refused now, naming the tag (never the value: it may be patient data).
+    """
+    for tag in list(ds.keys()):
+        if tag == _PIXEL_DATA:
+            continue
+        try:
+            elem = ds[tag]
+            values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
+            if elem.VR in ("DS", "IS") and any(isinstance(v, str) and v.strip()
+                                               for v in values):
+                raise ValueError("not a number")
+        except Exception as exc:
+            raise InstanceRefused(
+                status.CANNOT_UNDERSTAND,
+                f"element {tag} cannot be decoded ({type(exc).__name__})",
+                sop_uid, study_uid,
+            ) from exc
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _check_values(item, sop_uid, study_uid)
 
 
 def _read_and_check(path: Path, context_sop_class: str, transfer_syntax: str,
@@ -122,6 +187,7 @@ def _read_and_check(path: Path, context_sop_class: str, transfer_syntax: str,
             sop_uid, study_uid,
         )
 
+    _check_values(ds, sop_uid, study_uid)
     has_pixels = "PixelData" in ds
     if has_pixels:
         _check_pixel_data(ds, transfer_syntax, path.stat().st_size, sop_uid, study_uid)
@@ -158,6 +224,16 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, file_size: int, sop_uid
             raise refuse(f"Pixel Data present but {kw} is missing or not positive")
     if ds.Rows > MAX_DIMENSION or ds.Columns > MAX_DIMENSION:
         raise refuse(f"Rows/Columns {ds.Rows}x{ds.Columns} exceed {MAX_DIMENSION}")
+    bits = ds.BitsAllocated
+    if bits > 64 or (bits != 1 and bits % 8):
+        raise refuse(f"Bits Allocated {bits} is neither 1 nor a multiple of 8 up to 64")
+    stored = ds.get("BitsStored")
+    if not isinstance(stored, int) or not 1 <= stored <= bits:
+        raise refuse(f"Bits Stored {stored} is not between 1 and Bits Allocated ({bits})")
+    if ds.get("PixelRepresentation") not in (0, 1):
+        raise refuse("Pixel Representation is missing or neither 0 nor 1")
+    if ds.SamplesPerPixel not in (1, 3):
+        raise refuse(f"Samples per Pixel {ds.SamplesPerPixel} is neither 1 nor 3")
     raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     deferred = raw is not None and raw.value is None
     length = raw.length if deferred else len(ds.PixelData or b"")
@@ -168,12 +244,20 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, file_size: int, sop_uid
         raise refuse("Pixel Data is empty")
     if UID(transfer_syntax).is_compressed:
         pixel_data = ds.PixelData  # encapsulated: undefined length, already read
+        # Keep the fragments that hold the first frame's header, and the last one.
+        head: list[bytes] = []
+        last, count = b"", 0
         try:
-            fragments = sum(1 for _ in generate_fragments(pixel_data))
+            for fragment in generate_fragments(pixel_data):
+                count += 1
+                if count > 1 and sum(map(len, head)) < _HEADER_BYTES:
+                    head.append(fragment)
+                last = fragment
         except (ValueError, EOFError) as exc:
             raise refuse(f"encapsulated Pixel Data does not parse ({exc})") from exc
-        if fragments < 2:  # the Basic Offset Table item, then at least one fragment
+        if count < 2 or not head[0]:  # the Basic Offset Table item, then a fragment
             raise refuse("encapsulated Pixel Data has no fragments")
+        _check_codestream(head, last, ds, UID(transfer_syntax), refuse)
         return
     try:
         expected = get_expected_length(ds, unit="bytes")
@@ -184,3 +268,85 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, file_size: int, sop_uid
             f"Pixel Data has {length} bytes, Rows x Columns x Samples x Bits "
             f"x Frames gives {expected}"
         )
+
+
+# Start of Frame markers (JPEG processes and JPEG-LS's SOF55): they carry the frame size.
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                          0xCE, 0xCF, 0xF7})
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
+
+
+def _jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG or JPEG-LS Start of Frame; None if there is none."""
+    if not stream.startswith(b"\xff\xd8"):
+        return None
+    pos = 2
+    while pos + 9 <= len(stream):
+        if stream[pos] != 0xFF:
+            return None
+        marker = stream[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in _SOF_MARKERS:
+            rows, columns = struct.unpack_from(">HH", stream, pos + 5)
+            return rows, columns
+        elif marker in _STANDALONE_MARKERS:
+            pos += 2
+        else:
+            pos += 2 + struct.unpack_from(">H", stream, pos + 2)[0]
+    return None
+
+
+def _j2k_frame_size(stream: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a JPEG 2000 SIZ segment (raw codestream or JP2 wrapped)."""
+    pos = stream.find(b"\xff\x4f\xff\x51", 0, 4096)
+    if pos < 0 or pos + 24 > len(stream):
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", stream, pos + 8)
+    return ysiz - yosiz, xsiz - xosiz
+
+
+def _check_codestream(head: list[bytes], last: bytes, ds: Dataset, transfer_syntax: UID,
+                      refuse: Callable[[str], InstanceRefused]) -> None:
+    """The first frame's codestream header must agree with the image pixel module.
+
+    ``head`` are the first fragments (the first frame's header is in them), ``last``
+    the last fragment (where the last frame ends).
+
+    Cheap (headers only, nothing is decoded) and it catches a tiny stream that
+    claims a huge image, or a codestream of another kind than the transfer syntax.
+    """
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    stream = head[0]
+    if transfer_syntax == RLELossless:  # one fragment a frame
+        if len(stream) < 64:
+            raise refuse("RLE fragment shorter than its 64-byte header")
+        count, *offsets = struct.unpack_from("<16I", stream)
+        expected = int(ds.SamplesPerPixel) * -(-int(ds.BitsAllocated) // 8)
+        if count != expected:
+            raise refuse(f"RLE header has {count} segments, the pixel module needs {expected}")
+        ends = [*offsets[:count], len(stream)]
+        # A run of at most 128 bytes costs at least 2 bytes of the segment.
+        least = 2 * -(-rows * columns // 128)
+        # And at most 2 bytes a byte (literal runs of one byte), plus padding.
+        most = 2 * rows * columns + 1
+        if ends[0] != 64 or any(not least <= ends[i + 1] - ends[i] <= most
+                                for i in range(count)):
+            raise refuse(f"RLE segment lengths do not fit {rows} x {columns} pixels")
+        return
+    stream = b"".join(head)[:_HEADER_BYTES]  # a frame may span fragments
+    if transfer_syntax in JPEG2000TransferSyntaxes:
+        size = _j2k_frame_size(stream)
+    elif transfer_syntax in JPEGTransferSyntaxes or transfer_syntax in JPEGLSTransferSyntaxes:
+        size = _jpeg_frame_size(stream)
+    else:
+        return
+    if size is None:
+        raise refuse(f"no frame header found in the {transfer_syntax.name} codestream")
+    if size[1] != columns or size[0] not in (rows, 0):  # 0: rows given by a DNL marker
+        raise refuse(f"codestream declares {size[0]} x {size[1]} pixels, "
+                     f"Rows x Columns say {rows} x {columns}")
+    # Every JPEG, JPEG-LS and JPEG 2000 codestream ends with EOI/EOC (FFD9), before
+    # the fragment's padding: without it the stream was cut short.
+    if not last.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise refuse(f"{transfer_syntax.name} codestream truncated (no end marker)")
