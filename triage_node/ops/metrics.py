@@ -3,9 +3,10 @@
 Counters and histograms are incremented where things happen (receiver, worker,
 deliver job) through the small ``record_*`` functions below, so the stages do
 not import prometheus-client themselves. Queue depth, the age of the oldest
-waiting job, free disk and the model description are read when Prometheus
-scrapes (:class:`StoreCollector`): they describe the shared database, so every
-process of a scale-out node reports the same values for them.
+waiting job, whether the database takes writes, free disk and the model
+description are read when Prometheus scrapes (:class:`StoreCollector`): they
+describe the shared database, so every process of a scale-out node reports the
+same values for them.
 
 Labels are bounded: AE titles of configured peers, destination names, job
 kinds, states and fixed reason codes. Never a UID, never patient data.
@@ -15,14 +16,17 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy import text
 
 if TYPE_CHECKING:
     from triage_node.config import Settings
@@ -135,8 +139,45 @@ def prime_destinations(settings: Settings) -> None:
         END_TO_END_SECONDS.labels(d.name)
 
 
+#: How long a scrape waits for the database's write lock before reporting it not writable.
+WRITE_PROBE_SECONDS = 1.0
+
+
+def store_writable(store: Store, wait_seconds: float = WRITE_PROBE_SECONDS) -> bool:
+    """True if a write transaction can start within ``wait_seconds`` (nothing is written).
+
+    SQLite: ``BEGIN IMMEDIATE`` (the write lock every writer of the node takes) and
+    ``ROLLBACK`` at once, on a connection of the probe's own (the pool's connections keep
+    their busy timeout). Another process holding the lock (a backup, an admin's
+    ``sqlite3`` shell, a stuck program) makes this False while reads still work: the
+    case in which the receiver holds every C-STORE unanswered, then refuses it with
+    0xA700, and ``triage_store_up`` alone would still say 1. A missing database file is
+    not writable either (it is not created). PostgreSQL: the session is not read-only
+    (a standby after a fail-over, a read-only default).
+    """
+    if not store.is_sqlite:
+        with store.engine.connect() as conn:
+            return str(conn.execute(text("SHOW transaction_read_only")).scalar()) == "off"
+    path = store.engine.url.database
+    if not path or path == ":memory:":
+        return True  # private to this process: nobody else can lock it
+    try:
+        probe = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=rw", uri=True,
+                                timeout=wait_seconds, isolation_level=None)
+    except sqlite3.OperationalError:
+        return False
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+    except sqlite3.OperationalError:  # "database is locked", or an I/O error
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 class StoreCollector(Collector):
-    """Gauges read at scrape time: queue depth, oldest waiting job, disk, model, store up.
+    """Gauges read at scrape time: queue, oldest waiting job, store up and writable, disk, model.
 
     The queries are grouped counts over indexed columns; a database that does not
     answer makes ``triage_store_up`` 0 instead of failing the scrape.
@@ -196,6 +237,18 @@ class StoreCollector(Collector):
         yield up
         yield depth
         yield oldest
+
+        writable = GaugeMetricFamily(
+            "triage_store_writable",
+            f"1 if a write transaction could start within {WRITE_PROBE_SECONDS:g} s at this "
+            "scrape; 0 while another process holds the database's write lock (C-STOREs "
+            "wait, then are refused with 0xA700) or the database is read-only.")
+        try:
+            writable.add_metric([], 1 if store_writable(self.store) else 0)
+        except Exception as exc:
+            log.warning("metrics: database write probe failed: %s", type(exc).__name__)
+            writable.add_metric([], 0)
+        yield writable
 
         disk = GaugeMetricFamily("triage_free_disk_bytes",
                                  "Free bytes on the file system of the spool.")
