@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,3 +203,21 @@ def test_pdu_longer_than_our_maximum_is_aborted_unread(node: NodeProcess) -> Non
             pass
         assert raw_answer(sock, 30) in ("abort", "closed")
     assert rss_mb(node.proc.pid) < before + 32
+
+
+def test_connections_that_never_associate_free_their_slot(node: NodeProcess) -> None:
+    # More garbage connections than receive.max_associations (16), each answered and
+    # closed. Their slots used to stay taken for acse_timeout (10 s here) each.
+    for _ in range(24):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
+            sock.sendall(b"\x01\x00\x00\x00\x00\x02\xff\xff")
+            sock.shutdown(socket.SHUT_WR)
+            assert raw_answer(sock, 30) in ("abort", "closed")
+    deadline = time.monotonic() + 5  # well inside acse_timeout
+    while True:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=30) as sock:
+            answer = raw_associate(sock, 30)
+        if answer == "accept" or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert answer == "accept"

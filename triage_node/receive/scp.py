@@ -7,7 +7,6 @@ workers reading the store.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -26,10 +25,8 @@ import pydicom.config
 import pynetdicom.dimse_messages
 from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.events import Event
-from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node.config import Settings
@@ -37,6 +34,7 @@ from triage_node.ops import metrics
 from triage_node.receive import status
 from triage_node.receive.contexts import add_receiver_contexts
 from triage_node.receive.eligibility import decide_eligibility
+from triage_node.receive.network_guards import install_network_guards
 from triage_node.receive.policy import (
     REJECT_PERMANENT,
     SOURCE_SERVICE_USER,
@@ -139,66 +137,7 @@ def _receive_into(directory: Path) -> None:
     pynetdicom.dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
         _IncomingFile, dir=str(directory), prefix="rx-"
     )
-    if not hasattr(DIMSEServiceProvider.receive_primitive, "__wrapped__"):
-        DIMSEServiceProvider.receive_primitive = (  # type: ignore[method-assign]
-            _abort_on_undecodable_message(DIMSEServiceProvider.receive_primitive))
-    if not hasattr(AssociationSocket.recv, "__wrapped__"):
-        AssociationSocket.recv = _refuse_oversized_pdus(  # type: ignore[method-assign]
-            AssociationSocket.recv)
-
-
-def _abort_on_undecodable_message(
-        receive: Callable[[DIMSEServiceProvider, Any], None]
-) -> Callable[[DIMSEServiceProvider, Any], None]:
-    """Wrap pynetdicom's P-DATA handling so an undecodable DIMSE message aborts cleanly.
-
-    pynetdicom lets the exception (a command set without Command Field, say) end the
-    association's network thread: the peer sees the connection drop with no A-ABORT
-    and a traceback goes to stderr. Signalling an invalid PDU instead (Evt19) makes
-    its state machine send A-ABORT and end the association as for any other one.
-    """
-    @functools.wraps(receive)
-    def receive_primitive(provider: DIMSEServiceProvider, primitive: Any) -> None:
-        try:
-            receive(provider, primitive)
-        except Exception as exc:
-            log.warning("association from %s: undecodable DIMSE message (%s), aborting",
-                        provider.assoc.requestor.address, type(exc).__name__)
-            provider.message = None
-            provider.dul.event_queue.put("Evt19")
-
-    return receive_primitive
-
-
-# PDUs other than P-DATA-TF (an A-ASSOCIATE-RQ with many contexts, say) may be longer
-# than a small maximum PDU size; none needs more than this.
-_PDU_FLOOR = 1 << 20
-
-
-def _refuse_oversized_pdus(
-        recv: Callable[[AssociationSocket, int], bytearray]
-) -> Callable[[AssociationSocket, int], bytearray]:
-    """Wrap pynetdicom's socket reads so a PDU longer than our maximum is never read.
-
-    pynetdicom reads a whole PDU into memory, whatever length its header claims (up to
-    4 GiB) and whatever maximum we negotiated: a peer could make the node hold
-    gigabytes. A longer PDU gets an A-ABORT (invalid PDU parameter) and the
-    connection is closed unread.
-    """
-    @functools.wraps(recv)
-    def recv_within_limit(sock: AssociationSocket, nr_bytes: int) -> bytearray:
-        limit = sock.assoc.ae.maximum_pdu_size
-        if limit and nr_bytes > max(limit, _PDU_FLOOR):
-            log.warning("association from %s: PDU of %d bytes exceeds the maximum PDU size "
-                        "(%d), aborting", sock.assoc.requestor.address, nr_bytes, limit)
-            abort = A_ABORT_RQ()
-            abort.source, abort.reason_diagnostic = 0x02, 0x06  # provider: invalid value
-            with contextlib.suppress(OSError):
-                sock.send(abort.encode())
-            raise OSError(f"PDU of {nr_bytes} bytes exceeds the maximum PDU size")
-        return recv(sock, nr_bytes)
-
-    return recv_within_limit
+    install_network_guards()
 
 
 _WRITEBACK_CHUNK = 2 * 1024 * 1024
