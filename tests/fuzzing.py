@@ -19,6 +19,7 @@ periodic checks that a good instance is still acknowledged and stored.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
 import socket
@@ -684,8 +685,9 @@ def _raw_random(_: Mutator, rng: random.Random) -> Callable[[socket.socket, floa
         data = bytes([rng.randint(1, 7), 0]) + data
 
     def send(sock: socket.socket, timeout: float) -> str:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # the node may have closed already
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
         return raw_answer(sock, timeout)
     return send
 
@@ -700,8 +702,9 @@ def _raw_associate_mutated(_: Mutator,
     data = bytes(pdu)
 
     def send(sock: socket.socket, timeout: float) -> str:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # the node may have closed already
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
         return raw_answer(sock, timeout)
     return send
 
@@ -717,8 +720,9 @@ def _raw_pdata_garbage(_: Mutator,
     def send(sock: socket.socket, timeout: float) -> str:
         if (answer := raw_associate(sock, timeout)) != "accept":
             return f"associate {answer}"
-        sock.sendall(pdu)
-        sock.sendall(RELEASE_RQ)  # still responsive afterwards? release or abort
+        with contextlib.suppress(OSError):  # the node may abort before reading it all
+            sock.sendall(pdu)
+            sock.sendall(RELEASE_RQ)  # still responsive afterwards? release or abort
         return raw_answer(sock, timeout)
     return send
 
@@ -731,8 +735,9 @@ def _raw_pdu_length_lie(_: Mutator,
     def send(sock: socket.socket, timeout: float) -> str:
         if (answer := raw_associate(sock, timeout)) != "accept":
             return f"associate {answer}"
-        sock.sendall(struct.pack(">BBI", 0x04, 0, claimed) + sent)
-        sock.shutdown(socket.SHUT_WR)  # and then nothing: the node must give up on us
+        with contextlib.suppress(OSError):  # the node may abort before reading it all
+            sock.sendall(struct.pack(">BBI", 0x04, 0, claimed) + sent)
+            sock.shutdown(socket.SHUT_WR)  # and then nothing: the node must give up on us
         return raw_answer(sock, timeout)
     return send
 
@@ -1015,7 +1020,7 @@ class FuzzDriver:
             with socket.create_connection((self.host, self.port), timeout=self.timeout) as s:
                 category = item.raw(s, self.timeout)
         except OSError as exc:
-            category = f"connect failed ({type(exc).__name__})"
+            category = f"connect or send failed ({exc})"
             self._problem(item, category)
         if category.endswith("timeout"):
             with self._lock:

@@ -139,6 +139,16 @@ def test_codestream_size_must_match_rows_and_columns(node: NodeProcess,
                       tmp_path) == "failure 0xC220"
 
 
+def test_codestream_precision_must_fit_bits_allocated(node: NodeProcess,
+                                                      tmp_path: Path) -> None:
+    # A 16-bit JPEG-LS stream in an 8-bit pixel module decodes to twice the bytes.
+    item, elements = _input(_seed(JPEGLSLossless))
+    for tag, value in ((TAG_BITS_ALLOCATED, 8), (0x00280101, 8), (0x00280102, 7)):
+        _replace(elements, tag, struct.pack("<H", value), False, b"US")
+    assert send_input("127.0.0.1", node.port, _finish(item, elements),
+                      tmp_path) == "failure 0xC220"
+
+
 def test_truncated_jpeg_fragment_is_refused(node: NodeProcess, tmp_path: Path) -> None:
     # The fragment is cut and the item list closed properly: only the EOI marker is missing.
     item, elements = _input(_seed(JPEGLosslessSV1))
@@ -159,6 +169,7 @@ def test_truncated_jpeg_fragment_is_refused(node: NodeProcess, tmp_path: Path) -
     (0x00280103, b"US", b"\x00\x00\x00", "failure 0xC000"),  # a US of three bytes
     (TAG_BITS_ALLOCATED, b"US", struct.pack("<H", 7), "failure 0xC220"),
     (0x00280101, b"US", struct.pack("<H", 17), "failure 0xC220"),  # Bits Stored > Allocated
+    (0x00281050, b"LO", b"2047.5", "failure 0xC000"),  # a number sent as text (wrong VR)
 ])
 def test_values_that_do_not_decode_are_refused(node: NodeProcess, tmp_path: Path, tag: int,
                                                vr: bytes, value: bytes, status: str) -> None:

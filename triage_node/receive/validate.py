@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.multival import MultiValue
 from pydicom.pixels.utils import get_expected_length
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -123,18 +125,31 @@ def _check_inflated_size(path: Path, max_bytes: int, sop_uid: str | None) -> Non
                 )
 
 
+def _vr_as_in_dictionary(tag: BaseTag, vr: str) -> bool:
+    """True if ``vr`` is one the data dictionary allows for ``tag`` (or the tag is unknown)."""
+    try:
+        allowed = dictionary_VR(tag)
+    except KeyError:
+        return True
+    return vr in allowed.replace(" or ", " ").split()
+
+
 def _check_values(ds: Dataset, sop_uid: str, study_uid: str) -> None:
     """Convert every element value but Pixel Data's, items of sequences included.
 
     An element whose bytes do not convert (a US of three bytes, a DS that is not a
     number, text that is not in its character set) would fail whoever reads it
     later; it is refused now, naming the tag (never the value: it may be patient data).
+    Elements of group 0028 (image pixel module, LUTs, rescale, window), which
+    decoding uses, must also have their dictionary VR.
     """
     for tag in list(ds.keys()):
         if tag == _PIXEL_DATA:
             continue
         try:
             elem = ds[tag]
+            if tag.group == 0x0028 and not _vr_as_in_dictionary(tag, elem.VR):
+                raise ValueError(f"VR {elem.VR} where the dictionary has another")
             values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
             if elem.VR in ("DS", "IS") and any(isinstance(v, str) and v.strip()
                                                for v in values):
@@ -276,8 +291,8 @@ _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
 
 
-def _jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
-    """(rows, columns) from a JPEG or JPEG-LS Start of Frame; None if there is none."""
+def _jpeg_frame_size(stream: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, precision, components) from a JPEG or JPEG-LS Start of Frame."""
     if not stream.startswith(b"\xff\xd8"):
         return None
     pos = 2
@@ -288,8 +303,8 @@ def _jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
         if marker == 0xFF:  # fill byte
             pos += 1
         elif marker in _SOF_MARKERS:
-            rows, columns = struct.unpack_from(">HH", stream, pos + 5)
-            return rows, columns
+            precision, rows, columns, components = struct.unpack_from(">BHHB", stream, pos + 4)
+            return rows, columns, precision, components
         elif marker in _STANDALONE_MARKERS:
             pos += 2
         else:
@@ -297,13 +312,14 @@ def _jpeg_frame_size(stream: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _j2k_frame_size(stream: bytes) -> tuple[int, int] | None:
-    """(rows, columns) from a JPEG 2000 SIZ segment (raw codestream or JP2 wrapped)."""
-    pos = stream.find(b"\xff\x4f\xff\x51", 0, 4096)
-    if pos < 0 or pos + 24 > len(stream):
+def _j2k_frame_size(stream: bytes) -> tuple[int, int, int, int] | None:
+    """(rows, columns, precision, components) from a JPEG 2000 SIZ segment."""
+    pos = stream.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC, SIZ (raw or JP2 wrapped)
+    if pos < 0 or pos + 43 > len(stream):
         return None
     xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", stream, pos + 8)
-    return ysiz - yosiz, xsiz - xosiz
+    components, depth = struct.unpack_from(">HB", stream, pos + 40)
+    return ysiz - yosiz, xsiz - xosiz, (depth & 0x7F) + 1, components
 
 
 def _check_codestream(head: list[bytes], last: bytes, ds: Dataset, transfer_syntax: UID,
@@ -346,6 +362,11 @@ def _check_codestream(head: list[bytes], last: bytes, ds: Dataset, transfer_synt
     if size[1] != columns or size[0] not in (rows, 0):  # 0: rows given by a DNL marker
         raise refuse(f"codestream declares {size[0]} x {size[1]} pixels, "
                      f"Rows x Columns say {rows} x {columns}")
+    # Decoders return samples of 8, 16 or 32 bits, as the precision needs.
+    container = 8 if size[2] <= 8 else 16 if size[2] <= 16 else 32
+    if container != int(ds.BitsAllocated) or size[3] != int(ds.SamplesPerPixel):
+        raise refuse(f"codestream declares {size[3]} components of {size[2]} bits, the pixel "
+                     f"module {ds.SamplesPerPixel} of {ds.BitsAllocated} bits allocated")
     # Every JPEG, JPEG-LS and JPEG 2000 codestream ends with EOI/EOC (FFD9), before
     # the fragment's padding: without it the stream was cut short.
     if not last.rstrip(b"\0").endswith(b"\xff\xd9"):
