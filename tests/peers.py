@@ -24,6 +24,20 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def wait_for(check: Any, what: str, timeout: float = 90, *logs: Any,
+             interval: float = 0.2) -> Any:
+    """Poll ``check()`` until it returns something truthy (returned); fail after ``timeout``
+    seconds naming ``what``, with the tail of each of ``logs`` (anything with ``log_text``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    text = "\n".join(p.log_text()[-4000:] for p in logs)
+    raise AssertionError(f"timed out waiting for {what}\n{text}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -267,3 +281,133 @@ class PostgresServer:
     def stop(self) -> None:
         subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.datadir), "-m", "immediate",
                         "stop"], capture_output=True)
+
+
+class OrthancServer:
+    """The Debian ``Orthanc`` with deploy/orthanc's config and Lua router, on loopback.
+
+    Paths and ports are templated into a copy of ``deploy/orthanc/orthanc.json``;
+    the ``triage-node`` modality points at ``node_port`` (the node, or a stand-in).
+    :meth:`stop` and :meth:`start` keep the same storage and ports, so a test can
+    take the archive down and bring it back with its contents.
+    """
+
+    def __init__(self, root: Path, node_port: int, node_aet: str | None = None,
+                 senders: Mapping[str, str] | None = None, router: bool = True) -> None:
+        """``senders``: extra modalities (name -> AE title on 127.0.0.1) that may store;
+        ``router`` False: without the Lua script (a plain archive)."""
+        import json
+
+        deploy = REPO / "deploy" / "orthanc"
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        config = json.loads((deploy / "orthanc.json").read_text())
+        node = config["DicomModalities"]["triage-node"]
+        node["Port"] = node_port
+        if node_aet is not None:
+            node["AET"] = node_aet
+        for name, aet in (senders or {}).items():
+            config["DicomModalities"][name] = {"AET": aet, "Host": "127.0.0.1", "Port": 104,
+                                               "AllowEcho": True, "AllowStore": True}
+        config.update(StorageDirectory=str(root / "db"), IndexDirectory=str(root / "db"),
+                      HttpPort=free_port(), DicomPort=free_port(),
+                      LuaScripts=[str(deploy / "triage-route.lua")] if router else [])
+        self.config_path = root / "orthanc.json"
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self.http_port = int(config["HttpPort"])
+        self.dicom_port = int(config["DicomPort"])
+        self.aet = str(config["DicomAet"])
+        self.node_aet = str(node["AET"])
+        self.log_path = root / "orthanc.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("Orthanc") or (
+            "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+        if found is None:
+            pytest.fail("Orthanc is not installed; .ci/run installs orthanc (apt-get)")
+        return found
+
+    def start(self, timeout: float = 60) -> OrthancServer:
+        import urllib.error
+
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([self.binary(), str(self.config_path)],
+                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError("Orthanc exited:\n" + self.log_text())
+            try:
+                self.get("/system")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if time.monotonic() > deadline:
+                    raise AssertionError("Orthanc did not start\n" + self.log_text()) from None
+                time.sleep(0.2)
+        # The REST API answers a moment before the DICOM port listens.
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=0.5):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("Orthanc DICOM port not listening") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+    def get(self, path: str) -> Any:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(self.url(path), timeout=10) as rsp:
+            return json.load(rsp)
+
+    def get_bytes(self, path: str) -> bytes:
+        import urllib.request
+
+        with urllib.request.urlopen(self.url(path), timeout=30) as rsp:
+            return bytes(rsp.read())
+
+    def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(self.url(path), data=body, method="POST",
+                                     headers={"Content-Type": content_type})
+        with urllib.request.urlopen(req, timeout=30) as rsp:
+            return json.load(rsp)
+
+    def upload_bytes(self, data: bytes) -> str:
+        """POST one DICOM file to ``/instances``; Orthanc's id of the instance."""
+        answer = self.post("/instances", data)
+        assert answer["Status"] == "Success", answer
+        return str(answer["ID"])
+
+    def lookup(self, uid: str) -> list[dict[str, Any]]:
+        """``/tools/lookup`` of a UID: what Orthanc holds under it (may be empty)."""
+        return list(self.post("/tools/lookup", uid.encode(), "text/plain"))
+
+    def study_instances(self, study_uid: str) -> list[dict[str, Any]]:
+        """Every instance Orthanc holds in the study (with MainDicomTags), [] if none."""
+        found = [f for f in self.lookup(study_uid) if f["Type"] == "Study"]
+        if not found:
+            return []
+        return list(self.get(f"/studies/{found[0]['ID']}/instances"))

@@ -27,16 +27,10 @@ from pathlib import Path
 import pytest
 
 from tests.peers import PostgresServer, run_cli
-from tests.test_metrics_http import (
-    StandInModel,
-    endpoint,
-    node_config,
-    node_in_process,
-    use_model,
-    wait_for,
-)
+from tests.test_metrics_http import endpoint, node_config, node_in_process, wait_for
 from triage_node.config import load_settings
 from triage_node.ops.health import readiness
+from triage_node.score.interface import describe_model
 from triage_node.store import open_store
 
 
@@ -45,14 +39,14 @@ def ready(node: object) -> tuple[int, dict]:
 
 
 def test_spool_not_writable_makes_the_node_not_ready_until_fixed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    use_model(monkeypatch, StandInModel())
+        tmp_path: Path) -> None:
     config = node_config(tmp_path)
     with node_in_process(config) as node:
         code, doc = ready(node)
         assert code == 200 and doc["ready"] is True, doc
         assert set(doc["checks"]) == {"database", "spool", "disk", "model"}
-        assert doc["checks"]["model"]["detail"] == "stand-in 0.0-test"
+        demo = describe_model(load_settings(config))  # no bundle configured: the demo's
+        assert doc["checks"]["model"]["detail"] == f"{demo['name']} {demo['version']}"
         spool = node.settings.spool_dir
 
         if os.geteuid() == 0:
@@ -87,8 +81,7 @@ def test_spool_not_writable_makes_the_node_not_ready_until_fixed(
 
 
 def test_sqlite_file_moved_away_makes_the_node_not_ready_until_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    use_model(monkeypatch, StandInModel())
+        tmp_path: Path) -> None:
     with node_in_process(node_config(tmp_path)) as node:
         assert ready(node)[0] == 200
         db = node.settings.data_dir / "triage.db"
@@ -132,8 +125,7 @@ def pg_stop(server: PostgresServer) -> None:
 
 
 def test_postgresql_down_makes_the_node_not_ready_until_back(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own_postgres: PostgresServer) -> None:
-    use_model(monkeypatch, StandInModel())
+        tmp_path: Path, own_postgres: PostgresServer) -> None:
     url = own_postgres.new_database()
     config = node_config(tmp_path, node={"database_url": url})
     with node_in_process(config) as node:

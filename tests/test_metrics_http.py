@@ -1,14 +1,15 @@
 """`/metrics`, `/healthz` through real HTTP after real DICOM traffic through the node.
 
 The node runs in this process (receiver, workers, scheduler, ops endpoint) with
-a stand-in model, so images are received from dcmtk's storescu, scored,
-reported and delivered to dcmtk's storescp; Prometheus' text format is then
-parsed and the counters and histograms compared with a scrape taken before.
+the shipped demo model, so the samples are received from dcmtk's dcmsend,
+scored, reported and delivered to dcmtk's storescp; Prometheus' text format is
+then parsed and the counters and histograms compared with a scrape taken before.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,25 +23,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dicom_files import write_radiograph
-from tests.peers import base_config, echoscu, free_port, storescu, write_config
-from tests.test_report import COLUMNS, ROWS, assessment
+from tests.peers import REPO, base_config, echoscu, free_port, need_tool, storescu, write_config
+from tests.test_report import COLUMNS, ROWS
 from tests.test_results import storescp
 from triage_node.config import Settings, load_settings
 from triage_node.ops.serve import Node
-from triage_node.score.interface import ImageAssessment, ModelUnavailable
+from triage_node.score.interface import ModelUnavailable
 from triage_node.store import open_store
-
-
-class StandInModel:
-    """A model stand-in (tests only): left 0.73, right 0.21."""
-
-    name = "stand-in"
-    version = "0.0-test"
-    synthetic = True
-    threshold = 0.5
-
-    def assess(self, dataset: pydicom.Dataset) -> ImageAssessment:
-        return assessment(0.73, 0.21, version=self.version)
 
 
 def use_model(monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
@@ -111,18 +100,19 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    use_model(monkeypatch, StandInModel())
+SCORED = ["01_osteoporotic_jpegls.dcm", "04_normal_jpeg_lossless.dcm"]
+NOT_ASSESSABLE = ["07_bilateral_prosthesis.dcm"]
+SKIPPED = ["08_chest_not_hip.dcm"]
+
+
+def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path) -> None:
     archive_port = free_port()
-    study_uid = pydicom.uid.generate_uid()
-    files = [write_radiograph(tmp_path / "in" / f"hip{i}.dcm", rows=ROWS, columns=COLUMNS,
-                              study_uid=study_uid, seed=i) for i in range(2)]
-    write_radiograph(tmp_path / "in" / "chest.dcm", "CHEST", rows=ROWS, columns=COLUMNS)
+    files = [REPO / "samples" / name for name in SCORED + NOT_ASSESSABLE + SKIPPED]
     config = node_config(tmp_path, destinations=[{"name": "archive", "ae_title": "ARCHIVE",
                                                   "host": "127.0.0.1", "port": archive_port}],
                          retention={"enabled": False})
-    assert len(files) == 2
+    studies = len(SCORED) + len(NOT_ASSESSABLE)  # one study per sample
+    objects = studies + len(SCORED)  # an SR per study, a heatmap per scored image
     with storescp(tmp_path / "archive", archive_port), node_in_process(config) as node:
         code, text = endpoint(node, "/metrics")
         assert code == 200
@@ -130,7 +120,10 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path,
         assert value(before, "triage_store_up") == 1
 
         port = node.settings.node.port
-        assert storescu(port, *sorted((tmp_path / "in").iterdir())).returncode == 0
+        # dcmsend: one association, each file in its own transfer syntax
+        subprocess.run([need_tool("dcmsend"), "-aet", "STORESCU", "-aec", "TRIAGE",
+                        "127.0.0.1", str(port), *map(str, files)],
+                       check=True, capture_output=True, timeout=120)
         assert echoscu(port, calling="INTRUDER").returncode != 0  # not in [[peers]]
 
         def delivered() -> bool:
@@ -138,9 +131,9 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path,
             return value(after, "triage_results_total", destination="archive",
                          outcome="delivered") - value(before, "triage_results_total",
                                                       destination="archive",
-                                                      outcome="delivered") >= 3
+                                                      outcome="delivered") >= objects
 
-        wait_for(delivered, "SR and two heatmaps delivered")
+        wait_for(delivered, "every SR and heatmap delivered", 300)
         code, text = endpoint(node, "/metrics")
         after = samples(text)
 
@@ -150,36 +143,35 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path,
     assert delta("triage_associations_total", result="accepted", reason="") == 1
     assert delta("triage_associations_total", result="rejected",
                  reason="calling_ae_unknown") == 1
-    assert delta("triage_instances_total", outcome="received") == 3
-    assert delta("triage_instances_total", outcome="skipped") == 1  # the chest image
-    assert delta("triage_instances_total", outcome="scored") == 2
-    assert delta("triage_instances_total", outcome="not_assessable") == 0
+    assert delta("triage_instances_total", outcome="received") == len(files)
+    assert delta("triage_instances_total", outcome="skipped") == len(SKIPPED)
+    assert delta("triage_instances_total", outcome="scored") == len(SCORED)
+    assert delta("triage_instances_total", outcome="not_assessable") == len(NOT_ASSESSABLE)
     assert delta("triage_instances_total", outcome="failed") == 0
-    assert delta("triage_results_total", destination="archive", outcome="delivered") == 3
+    assert delta("triage_results_total", destination="archive", outcome="delivered") == objects
     assert delta("triage_results_total", destination="archive", outcome="failed") == 0
     # histograms: one observation per C-STORE, per score job, per report and deliver job
-    assert delta("triage_stage_seconds_count", stage="receive") == 3
-    assert delta("triage_stage_seconds_count", stage="score") == 2
-    assert delta("triage_stage_seconds_count", stage="report") == 1
-    assert delta("triage_stage_seconds_count", stage="deliver") == 1
+    assert delta("triage_stage_seconds_count", stage="receive") == len(files)
+    assert delta("triage_stage_seconds_count", stage="score") == studies
+    assert delta("triage_stage_seconds_count", stage="report") == studies
+    assert delta("triage_stage_seconds_count", stage="deliver") == studies
     assert delta("triage_stage_seconds_sum", stage="score") > 0
-    assert delta("triage_end_to_end_seconds_count", destination="archive") == 1
+    assert delta("triage_end_to_end_seconds_count", destination="archive") == studies
     # end to end includes the settle time (1 s in the test config)
-    assert delta("triage_end_to_end_seconds_sum", destination="archive") >= 1.0
+    assert delta("triage_end_to_end_seconds_sum", destination="archive") >= 1.0 * studies
     assert delta("triage_end_to_end_seconds_bucket", destination="archive", le="1.0") == 0
     # gauges from the database: everything done, nothing waiting
-    assert value(after, "triage_queue_jobs", kind="score", state="done") == 2
-    assert value(after, "triage_queue_jobs", kind="deliver", state="done") == 1
+    assert value(after, "triage_queue_jobs", kind="score", state="done") == studies
+    assert value(after, "triage_queue_jobs", kind="deliver", state="done") == studies
     assert value(after, "triage_queue_oldest_waiting_seconds", kind="score") == 0
     assert value(after, "triage_free_disk_bytes") > 0
     model = [k for k in after if k[0] == "triage_model_info"]
-    from triage_node.score.interface import describe_model
-
-    available = str(bool(describe_model(load_settings(config)).get("available"))).lower()
-    assert len(model) == 1 and ("available", available) in model[0][1]
+    assert len(model) == 1 and ("available", "true") in model[0][1]
+    assert ("synthetic", "true") in model[0][1]  # the demo bundle says what it is
     # no UID (unbounded) in any label
+    uids = {str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID) for f in files}
     for _name, labels in after:
-        assert all(study_uid not in v and not v.startswith("1.2.") for _k, v in labels)
+        assert all(v not in uids and not v.startswith(("1.2.", "2.25.")) for _k, v in labels)
 
 
 def test_waiting_jobs_show_queue_depth_and_age(tmp_path: Path,

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +13,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 
 from tests.dicom_files import make_radiograph as _make_radiograph
-from tests.peers import REPO, free_port
+from tests.peers import REPO, OrthancServer, free_port
 from tests.test_deliver import dcmtk_tool, settings, wait_listening
 from tests.test_report import COLUMNS, ROWS, assessment
 from triage_node.config import DestinationSection
@@ -33,33 +28,15 @@ def make_radiograph(body_part: str, **kwargs: Any) -> pydicom.Dataset:
     return _make_radiograph(body_part, rows=ROWS, columns=COLUMNS, **kwargs)
 
 
-@dataclass
-class OrthancPeer:
-    http_port: int
-    dicom_port: int
-    aet: str
-    node_aet: str
+class OrthancPeer(OrthancServer):
+    """Orthanc with deploy/orthanc's config; the node is played by dcmtk storescp."""
+
     node_dir: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.http_port}{path}"
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url(path), timeout=10) as rsp:
-            return json.load(rsp)
-
-    def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
-        req = urllib.request.Request(self.url(path), data=body, method="POST",
-                                     headers={"Content-Type": content_type})
-        with urllib.request.urlopen(req, timeout=30) as rsp:
-            return json.load(rsp)
 
     def upload(self, ds: pydicom.Dataset) -> str:
         buffer = DicomBytesIO()
         ds.save_as(buffer, enforce_file_format=True)
-        answer = self.post("/instances", buffer.getvalue())
-        assert answer["Status"] == "Success", answer
-        return str(answer["ID"])
+        return self.upload_bytes(buffer.getvalue())
 
     def routed(self) -> set[str]:
         """SOP Instance UIDs that reached the stand-in node so far."""
@@ -76,60 +53,24 @@ class OrthancPeer:
         raise AssertionError(f"{sop_instance_uid} was not routed to the node")
 
 
-def orthanc_binary() -> str:
-    found = shutil.which("Orthanc") or (
-        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
-    if found is None:
-        pytest.fail("Orthanc is not installed; .ci/run installs orthanc (apt-get)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
     """Orthanc with deploy/orthanc's config (paths and ports templated), and the node
     played by dcmtk storescp with the AE title and host of the config's modality entry."""
     root = tmp_path_factory.mktemp("orthanc")
-    config = json.loads((DEPLOY / "orthanc.json").read_text())
-    node = config["DicomModalities"]["triage-node"]
     node_port = free_port()
-    config.update(StorageDirectory=str(root / "db"), IndexDirectory=str(root / "db"),
-                  HttpPort=free_port(), DicomPort=free_port(),
-                  LuaScripts=[str(DEPLOY / "triage-route.lua")])
-    node["Port"] = node_port
-    (root / "orthanc.json").write_text(json.dumps(config, indent=2))
-    node_dir = root / "node-in"
-    node_dir.mkdir()
+    peer = OrthancPeer(root, node_port)
+    peer.node_dir = root / "node-in"
+    peer.node_dir.mkdir()
     node_proc = subprocess.Popen(
-        [dcmtk_tool("storescp"), "-aet", node["AET"], "-od", str(node_dir), str(node_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = open(root / "orthanc.log", "wb")
-    proc = subprocess.Popen([orthanc_binary(), str(root / "orthanc.json")],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    peer = OrthancPeer(config["HttpPort"], config["DicomPort"], config["DicomAet"],
-                       node["AET"], node_dir)
+        [dcmtk_tool("storescp"), "-aet", peer.node_aet, "-od", str(peer.node_dir),
+         str(node_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(node_port, node_proc)
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError("Orthanc exited:\n" +
-                                     (root / "orthanc.log").read_text(errors="replace"))
-            try:
-                peer.get("/system")
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if time.monotonic() > deadline:
-                    raise AssertionError("Orthanc did not start") from None
-                time.sleep(0.2)
+        peer.start()
         yield peer
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        log.close()
+        peer.stop()
         node_proc.kill()
         node_proc.wait(10)
 

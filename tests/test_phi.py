@@ -1,8 +1,8 @@
 """No patient name, ID or birth date in logs, metrics, worklist or status output.
 
 The node runs as a real `serve` process (logs at DEBUG, JSON lines, as under
-journald) with a stand-in model injected by a small launcher, so every stage
-logs: receive, score, report, deliver. It gets the synthetic samples
+journald) with the shipped demo model, so every stage logs: receive, score,
+report, deliver. It gets the synthetic samples
 (``samples/*.dcm``, regenerated into the test's directory when the checkout
 has none) and one file carrying the test suite's PHI markers; their patient
 names, IDs and birth dates are read from the headers and searched for in
@@ -26,16 +26,6 @@ from tests.dicom_files import PHI_BIRTH_DATE, PHI_ID, PHI_NAME, write_radiograph
 from tests.peers import REPO, base_config, free_port, need_tool, run_cli, write_config
 from tests.test_metrics_http import http_get, wait_for
 from tests.test_results import storescp
-
-LAUNCHER = """
-import sys
-sys.path.insert(0, {repo!r})
-from tests.test_metrics_http import StandInModel
-import triage_node.work.score as score
-score.load_model = lambda settings: StandInModel()  # tests only: no bundle is built here
-from triage_node.cli import main
-raise SystemExit(main())
-"""
 
 
 def sample_files(tmp_path: Path) -> list[Path]:
@@ -76,12 +66,10 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
         destinations=[{"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1",
                        "port": archive_port}],
         receive={"min_free_disk_mb": 0, "fsync": False}))
-    launcher = tmp_path / "launch.py"
-    launcher.write_text(LAUNCHER.format(repo=str(REPO)))
     log_path = tmp_path / "node.log"
     outputs: dict[str, str] = {}
     with storescp(tmp_path / "archive", archive_port), open(log_path, "wb") as log:
-        node = subprocess.Popen([sys.executable, str(launcher), "serve", "--config",
+        node = subprocess.Popen([sys.executable, "-m", "triage_node", "serve", "--config",
                                  str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         try:
             wait_for(lambda: http_get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 200
@@ -103,7 +91,7 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
                 return (s["instances_total"] == len(files) and s["queue_depth"] == 0
                         and '"delivered"' in events)
 
-            wait_for(settled, "every sample processed and results delivered", 180)
+            wait_for(settled, "every sample processed and results delivered", 300)
             outputs["metrics"] = http_get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
             outputs["readyz"] = http_get(f"http://127.0.0.1:{metrics_port}/readyz")[1]
             outputs["worklist"] = run_cli("worklist", "--limit", "100", config=config).stdout

@@ -384,27 +384,31 @@ def test_results_arrive_at_storescp_once_over_one_association(
 def test_archive_down_retries_with_backoff_and_each_object_arrives_once(
         tmp_path: Path, database_url: str, study_uid: str) -> None:
     port = free_port()  # nobody listens yet
-    settings = node_settings(tmp_path, database_url, [archive(port)])
+    # Backoff 1-2 s for the first retry, 1-3 s for the second: long enough that a loaded
+    # machine does not reach the next attempt while the test looks at this one.
+    settings = node_settings(tmp_path, database_url, [archive(port)],
+                             retry_base_seconds=2.0, retry_max_seconds=3.0)
     with opened(settings) as store:
         add_source(store, settings, study_uid, 1)
         add_source(store, settings, study_uid, 2)
         settle_studies(settings, store, now=later(settings))
-        run_jobs(settings, store)  # report, then the first delivery attempt fails
+        # report, then the first delivery attempt fails
+        assert run_jobs(settings, store, limit=2) == 2
         job = rows(store, Job, Job.kind == "deliver")[0]
         assert (job.state, job.attempts) == ("queued", 1)
         assert "'archive'" in job.last_error and f"127.0.0.1:{port}" in job.last_error
-        assert 0.1 <= (job.next_attempt_at - job.updated_at).total_seconds() <= 0.4
+        assert 1.0 <= (job.next_attempt_at - job.updated_at).total_seconds() <= 2.0
         study = study_row(store, study_uid)
         assert study.delivery_state == "retrying" and "archive" in study.last_error
         assert {i.delivery_state for i in rows(store, Instance)} == {"retrying"}
         assert run_jobs(settings, store) == 0  # not due yet: backoff
 
-        time.sleep(0.5)
-        assert run_jobs(settings, store) == 1  # second attempt, still down
+        time.sleep(2.1)
+        assert run_jobs(settings, store, limit=1) == 1  # second attempt, still down
         assert rows(store, Job, Job.kind == "deliver")[0].attempts == 2
 
         with storescp(tmp_path / "archive", port):
-            time.sleep(0.5)
+            time.sleep(3.1)
             assert run_jobs(settings, store) == 1
         results = rows(store, Result)
         assert received_uids(tmp_path / "archive") == sorted(r.sop_instance_uid for r in results)

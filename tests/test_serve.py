@@ -1,6 +1,7 @@
 """serve / work as real processes: scale-out on one database, durability, clean shutdown.
 
-No model bundle exists yet, so every score job decodes its instance, records
+The configured model bundle does not exist yet (a site that has set the path
+before copying its bundle in), so every score job decodes its instance, records
 the decode facts, and then waits for a model (requeued with a long backoff,
 not charged an attempt). The checks are built on that: one ``job_started``,
 one ``instance_decoded`` and one ``job_retry`` per job mean it ran exactly once.
@@ -38,6 +39,7 @@ def _config(tmp_path: Path, name: str, database_url: str = "", **sections: Any) 
     node = {"workers": 2, **sections.pop("node", {})}
     if database_url:
         node["database_url"] = database_url
+    sections.setdefault("model", {"bundle": str(tmp_path / "bundle-not-copied-yet")})
     cfg = base_config(data_dir, free_port(), node=node, **sections)
     return write_config(tmp_path / f"{name}.toml", cfg)
 

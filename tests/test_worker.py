@@ -187,8 +187,9 @@ def test_owner_id_is_host_pid_thread() -> None:
     assert host and int(pid) > 0 and thread == "worker-3"
 
 
-def test_model_unavailable_job_waits_with_decode_recorded(settings: Settings,
-                                                          store: Store) -> None:
+def test_model_unavailable_job_waits_with_decode_recorded(settings: Settings, store: Store,
+                                                          tmp_path: Path) -> None:
+    settings.model.bundle = str(tmp_path / "bundle-not-copied-yet")  # configured, missing
     inst_id, job_id, uid = add_instance(store, settings.spool_dir, max_attempts=1)
     worker = make_worker(settings, store)
     assert worker.run_one() is True
@@ -344,3 +345,17 @@ def test_job_reclaimed_past_its_budget_is_failed(settings: Settings, store: Stor
     assert snapshot(store, Job, job_id).state == "failed"
     inst = snapshot(store, Instance, inst_id)
     assert inst.state == "failed" and "died" in inst.reason
+
+
+class NativePanic(BaseException):
+    """What a Rust decoder's panic looks like from Python (pyo3's PanicException)."""
+
+
+def test_a_native_panic_fails_the_job_and_the_worker_lives_on(
+        settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_model(monkeypatch, DoubleModel(0.5, 0.5, error=NativePanic("segment too long")))  # type: ignore[arg-type]
+    _, job_id, _ = add_instance(store, settings.spool_dir)
+    worker = make_worker(settings, store)
+    assert worker.run_one() is True  # returns: the panic did not escape the worker
+    job = snapshot(store, Job, job_id)
+    assert job.state == "queued" and "NativePanic: segment too long" in (job.last_error or "")

@@ -173,7 +173,11 @@ class Worker:
             delay = exc.delay if exc.delay is not None else self._backoff(job)
             self._fail(handler, job, str(exc), retry_after=delay,
                        count_attempt=exc.count_attempt)
-        except Exception as exc:
+        except BaseException as exc:
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            # Exception, and what native decoders raise outside it (pyo3's PanicException
+            # is a BaseException): the job fails and is retried, the worker lives on.
             log.exception("job raised", extra=fields)
             self._fail(handler, job, f"{type(exc).__name__}: {exc}",
                        retry_after=self._backoff(job))
