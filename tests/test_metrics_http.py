@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -214,9 +215,20 @@ def test_deploy_examples_load_and_alert_on_metrics_the_node_exports() -> None:
     assert settings.metrics.host == "127.0.0.1" and settings.retention.enabled
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "triage-node.rules.yml").read_text())
     alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
-    assert set(alerts) == {"TriageNodeQueueStuck", "TriageNodeDeliveryFailing"}
-    exported = {m.name for m in metrics.REGISTRY.collect()} | {
-        "triage_queue_oldest_waiting_seconds", "triage_queue_jobs"}
+    assert set(alerts) == {"TriageNodeQueueStuck", "TriageNodeDeliveryFailing",
+                           "TriageNodeNotAccepting"}
+    from triage_node.ops.metrics import StoreCollector
+    from triage_node.store import Store
+    from triage_node.store.migrate import upgrade
+
+    with tempfile.TemporaryDirectory() as scratch:  # the scrape-time gauges, from a store
+        settings.node.data_dir = Path(scratch)
+        store = Store(f"sqlite:///{scratch}/triage.db")
+        upgrade(store)
+        gauges = {m.name for m in StoreCollector(settings, store).collect()}
+        store.dispose()
+    assert {"triage_store_writable", "triage_free_disk_watermark_bytes"} <= gauges
+    exported = {m.name for m in metrics.REGISTRY.collect()} | gauges
     for expr in alerts.values():
         for name in re.findall(r"\btriage_[a-z_]+", expr):
             base = name.removesuffix("_total")
