@@ -233,6 +233,41 @@ def test_every_transfer_syntax_is_stored_as_received(node: NodeProcess, tmp_path
             np.testing.assert_array_equal(pixels, original, err_msg=path.name)
 
 
+def test_large_compressed_instances_are_stored(node: NodeProcess, tmp_path: Path) -> None:
+    """Compressed Pixel Data over the receiver's read-ahead (1 MiB) is deferred with its
+    undefined length; a full-size compressed radiograph must still be accepted whole."""
+    src = make_radiograph("HIP", rows=1400, columns=1200, seed=77)
+    rng = np.random.default_rng(77)  # texture that does not compress away
+    arr = src.pixel_array.astype(np.uint16) + rng.integers(0, 512, (1400, 1200), np.uint16)
+    arr = np.minimum(arr, 2**src.BitsStored - 1).astype(np.uint16)
+    src.PixelData = arr.tobytes()
+    plain = save(src, tmp_path / "large-src.dcm")
+    files = []
+    for tool, opt, name in (("dcmcrle", None, "rle"), ("dcmcjpeg", "+el", "jpeg-lossless")):
+        dst = tmp_path / f"large-{name}.dcm"
+        _dcmtk(tool, *([opt] if opt else []), plain, dst)
+        ds = pydicom.dcmread(dst)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        files.append(save(ds, dst))
+    j2k = pydicom.dcmread(plain)
+    j2k.SOPInstanceUID = pydicom.uid.generate_uid()
+    j2k.compress(JPEG2000Lossless)
+    files.append(save(j2k, tmp_path / "large-j2k.dcm"))
+    for path in files:
+        assert path.stat().st_size > 1.5 * 2**20, (path.name, path.stat().st_size)
+    proc = subprocess.run(
+        [need_tool("dcmsend"), "-v", "-aet", "STORESCU", "-aec", "TRIAGE",
+         "--decompress-never", "127.0.0.1", str(node.port), *map(str, files)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    spool = load_settings(node.config_path).spool_dir
+    for path in files:
+        [row] = rows(node, pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert row.state == "queued", (path.name, row.state, row.reason)
+        np.testing.assert_array_equal(pydicom.dcmread(spool / row.path).pixel_array, arr,
+                                      err_msg=path.name)
+
+
 # --- 3. duplicates -----------------------------------------------------------------------
 
 def test_duplicate_instance_acknowledged_once_stored(node: NodeProcess, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ MAX_DIMENSION = 16384
 _DEFER_BYTES = 1 << 20
 _INFLATE_CHUNK = 1 << 20
 _HEADER_BYTES = 1 << 16
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 
@@ -251,8 +252,13 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, file_size: int, sop_uid
         raise refuse(f"Samples per Pixel {ds.SamplesPerPixel} is neither 1 nor 3")
     raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     deferred = raw is not None and raw.value is None
+    # Large encapsulated Pixel Data is deferred with its undefined length (0xFFFFFFFF):
+    # there is no declared length to check; the fragments below are parsed instead.
+    undefined = deferred and raw.length == _UNDEFINED_LENGTH
+    if undefined and not UID(transfer_syntax).is_compressed:
+        raise refuse("native Pixel Data with undefined length")
     length = raw.length if deferred else len(ds.PixelData or b"")
-    if deferred and raw.value_tell + raw.length > file_size:
+    if deferred and not undefined and raw.value_tell + raw.length > file_size:
         raise refuse(f"Pixel Data truncated: {raw.length} bytes declared, "
                      f"{max(0, file_size - raw.value_tell)} received")
     if not length:
