@@ -115,16 +115,33 @@ def resample_to_spacing(
     Output shape is ``round(shape * spacing / target)``; row r of the output
     samples source row ``r * target / spacing_row`` (same convention as
     :class:`triage_node.score.geometry.RoiGeometry`).
+
+    The anti-alias filter is a Gaussian of sigma ``0.5 * step`` source pixels. For
+    large reductions (a full-size radiograph to the femur finder's grid: steps of
+    ~20) it is applied in two parts: a mean over k x k blocks (k = step // 4, a box
+    filter of variance (k^2 - 1) / 12) and a Gaussian for the remaining variance on
+    the k-times smaller grid. The result matches the one-pass filter to a fraction of
+    a percent of the image's range and costs a small fraction of its time.
     """
     if target_mm <= 0 or min(spacing_mm) <= 0:
         raise ValueError(f"spacing: source {spacing_mm} and target {target_mm} must be > 0")
     steps = np.array([target_mm / spacing_mm[0], target_mm / spacing_mm[1]])
     image = np.asarray(pixels, dtype=np.float64)
+    shape = np.maximum(np.round(np.array(image.shape) / steps).astype(int), 1)
     sigma = np.where(steps > 1.0, 0.5 * steps, 0.0)  # anti-alias only when shrinking
+    k = np.maximum(np.floor(steps / 4.0).astype(int), 1)
+    k = np.minimum(k, np.maximum(np.array(image.shape) // 2, 1))
+    if np.any(k > 1):
+        h, w = image.shape[0] // k[0] * k[0], image.shape[1] // k[1] * k[1]
+        image = image[:h, :w].reshape(h // k[0], k[0], w // k[1], k[1]).mean(axis=(1, 3))
+        sigma = np.sqrt(np.maximum(sigma**2 - (k.astype(float) ** 2 - 1) / 12.0, 0.0)) / k
     if np.any(sigma > 0):
         image = ndimage.gaussian_filter(image, sigma=sigma)
-    shape = np.maximum(np.round(np.array(image.shape) / steps).astype(int), 1)
     rows, cols = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    # Source row r lies at block coordinate (r - (k - 1) / 2) / k.
     return ndimage.map_coordinates(
-        image, [rows * steps[0], cols * steps[1]], order=1, mode="nearest"
+        image,
+        [(rows * steps[0] - (k[0] - 1) / 2) / k[0], (cols * steps[1] - (k[1] - 1) / 2) / k[1]],
+        order=1,
+        mode="nearest",
     )
