@@ -33,3 +33,34 @@ def test_estimate_has_every_stage() -> None:
     minutes = estimate_minutes(specs, jobs=2, threads=2, finder_images=400, finder_epochs=40)
     assert set(minutes) >= {"cohorts", "features", "femur finder", "siamese", "evaluate"}
     assert 20 < sum(minutes.values()) < 75
+
+
+def test_shipped_demo_bundle_verifies_and_says_what_it_is() -> None:
+    from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle
+
+    bundle = load_bundle(DEMO_BUNDLE_DIR)  # every file's sha256 checked
+    size = sum(f.stat().st_size for f in DEMO_BUNDLE_DIR.iterdir())
+    assert size <= 20 * 2**20
+    manifest = bundle.manifest
+    assert manifest.synthetic and "NOT FOR CLINICAL USE" in manifest.intended_use
+    assert manifest.training_data["images_used"] >= 1500
+
+
+def test_demo_model_gives_reasons_not_probabilities_for_what_is_not_a_hip() -> None:
+    import pydicom
+
+    from tests.peers import REPO
+    from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle
+    from triage_node.score.model import BundleScoringModel
+    from triage_node.synth import make_instance
+
+    model = BundleScoringModel(load_bundle(DEMO_BUNDLE_DIR))
+    samples = REPO / "samples"
+    inputs = {name: pydicom.dcmread(samples / f"{name}.dcm") for name in
+              ("08_chest_not_hip", "09_blank", "07_bilateral_prosthesis")}
+    inputs["chest-like"] = make_instance(31, kind="chest")
+    for name, ds in inputs.items():
+        result = model.assess(ds)
+        assert not result.assessable and result.probability is None, name
+        assert all(s.probability is None and s.not_assessable_reason for s in result.sides), name
+    assert model.assess(pydicom.dcmread(samples / "01_osteoporotic_jpegls.dcm")).assessable
