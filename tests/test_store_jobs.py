@@ -236,6 +236,8 @@ def test_leases_of_dead_processes_on_this_host_end(store: Store) -> None:
     assert ended == [dead]
     assert "job_lease_ended" in _events(store, dead)
     taken = claim_next_job(store, "host-a:303:worker-1", None, 60)
-    assert taken is not None and taken.id == dead and taken.reclaimed and taken.attempts == 2
+    # The dead holder's attempt is given back and counted as a holder death instead.
+    assert taken is not None and taken.id == dead and taken.reclaimed and taken.attempts == 1
+    assert taken.payload == {"holder_deaths": 1}
     for job_id in (alive, elsewhere, odd):
         assert _job(store, job_id).lease_expires_at > utcnow()  # type: ignore[operator]

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from triage_node.config import Settings
 from triage_node.score.interface import ImageAssessment, ModelUnavailable, SideAssessment
 from triage_node.store import Event, Instance, Job, Store, Study, open_store
-from triage_node.store.jobs import enqueue_job
+from triage_node.store.jobs import claim_next_job, enqueue_job
 from triage_node.store.models import utcnow
 from triage_node.work import score as score_module
 from triage_node.work.worker import Worker, default_handlers, owner_id
@@ -359,3 +359,24 @@ def test_a_native_panic_fails_the_job_and_the_worker_lives_on(
     assert worker.run_one() is True  # returns: the panic did not escape the worker
     job = snapshot(store, Job, job_id)
     assert job.state == "queued" and "NativePanic: segment too long" in (job.last_error or "")
+
+
+def test_a_job_whose_holder_keeps_dying_is_failed(settings: Settings, store: Store,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash loop does not use up a job's attempts, but ten deaths under it fail it."""
+    from triage_node.store.jobs import HOLDER_DEATH_LIMIT, expire_dead_leases
+
+    model = DoubleModel(0.5, 0.5)
+    use_model(monkeypatch, model)
+    inst_id, job_id, _ = add_instance(store, settings.spool_dir, max_attempts=2)
+    for _ in range(HOLDER_DEATH_LIMIT):
+        assert claim_next_job(store, "host:1:worker-1", ["score"], 3600) is not None
+        assert expire_dead_leases(store, "host", lambda pid: True) == [job_id]
+    job = snapshot(store, Job, job_id)
+    assert job.state == "running" and job.attempts == 0  # no attempt charged
+    worker = make_worker(settings, store)
+    assert worker.run_one() is True
+    job = snapshot(store, Job, job_id)
+    assert job.state == "failed" and "died 10 times" in (job.last_error or "")
+    assert snapshot(store, Instance, inst_id).state == "failed"
+    assert model.calls == 0

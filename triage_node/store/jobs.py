@@ -242,14 +242,23 @@ def release_job(
         return True
 
 
+#: Payload key counting how often a job's holder process died while running it.
+HOLDER_DEATHS = "holder_deaths"
+#: After this many holder deaths a job is failed: it is probably what kills the process.
+HOLDER_DEATH_LIMIT = 10
+
+
 def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) -> list[int]:
     """End the leases of jobs held by processes on ``host`` that no longer run.
 
     Lease owners are ``host:pid:thread``. A process that was killed (SIGKILL,
-    power loss) leaves its jobs ``running`` until their leases run out; a node
-    starting on the same host calls this first, so they are claimable at once
-    (as reclaims: the attempt still counts). ``is_dead(pid)`` decides. Returns
-    the job ids whose leases were ended.
+    OOM killer, power loss) leaves its jobs ``running`` until their leases run
+    out; a node starting on the same host calls this first, so they are
+    claimable at once. The attempt the dead process was making is given back
+    (a crash loop of the node must not use up the oldest jobs' budgets) and
+    counted in the job's ``payload["holder_deaths"]`` instead: a job whose holder
+    died :data:`HOLDER_DEATH_LIMIT` times is failed by the worker as the likely
+    cause. ``is_dead(pid)`` decides. Returns the job ids whose leases were ended.
     """
     now = utcnow()
     with store.write() as session:
@@ -264,9 +273,12 @@ def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) 
                 continue
             row.lease_expires_at = now
             row.updated_at = now
+            row.attempts = max(0, row.attempts - 1)
+            deaths = int((row.payload or {}).get(HOLDER_DEATHS, 0)) + 1
+            row.payload = {**(row.payload or {}), HOLDER_DEATHS: deaths}
             add_event(session, "job_lease_ended", job_id=row.id, instance_id=row.instance_id,
                       state=row.state, message=f"{row.kind}: holder {row.lease_owner} "
-                      "is no longer running")
+                      f"is no longer running (death {deaths} of {HOLDER_DEATH_LIMIT} allowed)")
             ended.append(row.id)
         return ended
 

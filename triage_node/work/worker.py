@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 from triage_node.ops import metrics
 from triage_node.store.jobs import (
+    HOLDER_DEATH_LIMIT,
+    HOLDER_DEATHS,
     ClaimedJob,
     LeaseLost,
     claim_next_job,
@@ -154,6 +156,11 @@ class Worker:
             # itself may be what kills workers, so stop here.
             self._fail(handler, job, "worker died during the last allowed attempt",
                        retry_after=None, permanent=True)
+            return
+        deaths = int(job.payload.get(HOLDER_DEATHS, 0))
+        if deaths >= HOLDER_DEATH_LIMIT:
+            self._fail(handler, job, f"the node process died {deaths} times while running "
+                       "this job; it is probably the cause", retry_after=None, permanent=True)
             return
         ctx = JobContext(self.settings, self.store, job, self.stopping)
         started = time.monotonic()
