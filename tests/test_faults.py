@@ -223,7 +223,10 @@ def test_destination_rejecting_associations_gets_every_result_once_when_it_accep
                     return jobs if jobs and jobs[0].attempts >= 2 else None
 
                 job = wait_for(retried_twice, "two rejected delivery attempts", node)[0]
-                assert "association rejected by the peer" in job.last_error
+                # A-ASSOCIATE-RJ; on a loaded machine the refusal may reach pynetdicom as
+                # a closed connection instead: either way no association, and a retry.
+                assert ("association rejected by the peer" in job.last_error
+                        or "no association" in job.last_error), job.last_error
                 assert study_row(store, study_uid).delivery_state == "retrying"
                 assert {d.state for d in rows(store, Delivery)} == {"retrying"}
                 results = rows(store, Result)
