@@ -27,7 +27,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -40,6 +39,7 @@ import pydicom
 from prometheus_client.parser import text_string_to_metric_families
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from tests import peers
 from tests.dicom_files import write_radiograph
 from tests.peers import (
     NodeProcess,
@@ -67,13 +67,7 @@ _MB = 1024 * 1024
 def wait_for(check: Callable[[], Any], what: str, node: NodeProcess,
              timeout: float = 120, poll: float = 0.1) -> Any:
     """Poll ``check`` until it returns something true; fail with the node's log tail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(poll)
-    raise AssertionError(f"timed out waiting for {what}\n{node.log_text()[-4000:]}")
+    return peers.wait_for(check, what, timeout, node, interval=poll)
 
 
 def ops_url(node: NodeProcess, path: str) -> str:
