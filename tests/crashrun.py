@@ -52,6 +52,8 @@ class CrashReport:
     missing_results: list[str] = field(default_factory=list)
     duplicates: int = 0  # extra SR/heatmap versions in a study, or an object stored twice
     archive_results: int = 0
+    jobs_killed_under: int = 0  # jobs whose holder process was killed while running them
+    most_kills_under_one_job: int = 0
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -64,6 +66,8 @@ class CrashReport:
             f"studies missing results      {len(self.missing_results)}",
             f"result objects in Orthanc    {self.archive_results}",
             f"duplicate objects in Orthanc {self.duplicates}",
+            f"jobs killed while running    {self.jobs_killed_under}  (most kills under "
+            f"one job: {self.most_kills_under_one_job})",
             f"wall time                    {self.seconds:.0f} s",
         ]
 
@@ -198,16 +202,21 @@ def _wait_drained(config: Path, archive: OrthancServer, node: NodeProcess,
 
 def _check(config: Path, archive: OrthancServer, report: CrashReport,
            plans: list[list[Path]]) -> None:
-    from triage_node.store.models import Instance
+    from triage_node.store.jobs import HOLDER_DEATHS
+    from triage_node.store.models import Instance, Job
 
     store = _store(config)
     try:
         with store.read() as s:
             rows = {i.sop_instance_uid: i for i in s.scalars(select(Instance))}
             state = {uid: (r.state, r.study_instance_uid) for uid, r in rows.items()}
+            deaths = [int((p or {}).get(HOLDER_DEATHS, 0))
+                      for p in s.scalars(select(Job.payload))]
     finally:
         store.dispose()
     report.lost = sorted(uid for uid in report.acknowledged if uid not in state)
+    report.jobs_killed_under = sum(1 for d in deaths if d)
+    report.most_kills_under_one_job = max(deaths, default=0)
     for uid, (st, study_uid) in sorted(state.items()):
         if st not in ("scored", "not_assessable"):
             if st != "skipped":

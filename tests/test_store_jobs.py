@@ -81,6 +81,20 @@ def test_claim_filters_kinds_and_respects_next_attempt(store: Store) -> None:
     assert job is not None and job.kind == "report"
 
 
+def test_results_are_claimed_before_a_backlog_of_scoring(store: Store) -> None:
+    """A burst of arrivals must not hold back reports and deliveries of studies
+    already scored: deliver, then report, then score; oldest first within a kind."""
+    earlier = utcnow() - dt.timedelta(minutes=10)
+    scores = _enqueue(store, 3, kind="score", not_before=earlier)
+    (report,) = _enqueue(store, kind="report")
+    deliveries = _enqueue(store, 2, kind="deliver")
+    later_report = _enqueue(store, kind="report")[0]
+    order = []
+    while (job := claim_next_job(store, "w", None, 60)) is not None:
+        order.append(job.id)
+    assert order == [*deliveries, report, later_report, *scores]
+
+
 def test_fail_retries_with_backoff_then_fails(store: Store) -> None:
     (job_id,) = _enqueue(store, max_attempts=2)
     job = claim_next_job(store, "w", None, 60)
@@ -218,6 +232,41 @@ def test_retry_delay_is_bounded_exponential_with_jitter() -> None:
             assert len({round(d, 3) for d in delays}) > 100  # jittered, not a constant
     assert retry_delay(1000, 10, 600) <= 600
     assert retry_delay(1, 10, 3) == 3  # the cap wins even over the floor
+
+
+def test_a_job_whose_holder_died_again_waits_behind_the_queue(store: Store) -> None:
+    """In a crash loop the node must get through its queue, not die on the same job
+    at every start: the first death retries at once, later ones wait, growing."""
+    from triage_node.store.jobs import holder_death_delay
+
+    assert holder_death_delay(1) == 0
+    assert [holder_death_delay(n) for n in (2, 3, 4)] == [5, 10, 20]
+    assert holder_death_delay(50) == 600
+    first, second = _enqueue(store, 2, not_before=utcnow() - dt.timedelta(minutes=1))
+    taken = claim_next_job(store, "host-a:101:worker-1", None, 3600)
+    assert taken is not None and taken.id == first
+    assert expire_dead_leases(store, "host-a", lambda pid: True) == [first]
+    again = claim_next_job(store, "host-a:102:worker-1", None, 3600)
+    assert again is not None and again.id == first  # death 1: straight back
+    assert expire_dead_leases(store, "host-a", lambda pid: pid == 102) == [first]
+    # death 2: the other job goes first and this one is not due for 5 s
+    taken = claim_next_job(store, "host-a:103:worker-1", None, 3600)
+    assert taken is not None and taken.id == second
+    assert claim_next_job(store, "host-a:103:worker-2", None, 3600) is None
+    row = _job(store, first)
+    assert row.state == JobState.QUEUED.value and row.lease_owner is None
+    assert row.next_attempt_at > utcnow() + dt.timedelta(seconds=3)
+    assert row.attempts == 0 and row.payload == {"holder_deaths": 2}
+    assert "next try in 5 s" in _last_message(store, first)
+    # A node that starts (and dies) again meanwhile does not count a death nobody had.
+    assert expire_dead_leases(store, "host-a", lambda pid: pid != 103) == []
+    assert _job(store, first).payload == {"holder_deaths": 2}
+
+
+def _last_message(store: Store, job_id: int) -> str:
+    with store.read() as session:
+        return session.scalars(select(Event.message).where(Event.job_id == job_id)
+                               .order_by(Event.id.desc())).first() or ""
 
 
 def test_a_stopping_worker_claims_nothing(store: Store) -> None:

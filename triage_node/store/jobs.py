@@ -3,6 +3,10 @@
 A claim is one transaction: ``BEGIN IMMEDIATE`` on SQLite, ``FOR UPDATE SKIP
 LOCKED`` on PostgreSQL. A job whose lease has expired (its worker died) is
 claimable again, so a crash loses nothing.
+
+Due jobs are taken end of the pipeline first (deliver, then report, then score),
+oldest first within a kind: under a backlog of arrivals, results for studies
+already scored reach the archive instead of waiting behind every queued image.
 """
 
 from __future__ import annotations
@@ -13,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, case, or_, select
 from sqlalchemy.orm import Session
 
 from triage_node.store.db import Store, add_event
-from triage_node.store.models import Job, JobState, utcnow
+from triage_node.store.models import Job, JobKind, JobState, utcnow
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,11 @@ class ClaimedJob:
     max_attempts: int
     owner: str
     reclaimed: bool  # the previous holder's lease had expired
+
+
+# Claim order across kinds: a smaller number first. Unknown kinds go last.
+KIND_PRIORITY: dict[str, int] = {JobKind.DELIVER.value: 0, JobKind.REPORT.value: 1,
+                                 JobKind.SCORE.value: 2}
 
 
 class LeaseLost(Exception):
@@ -95,7 +104,9 @@ def claim_next_job(
         query = select(Job).where(due)
         if kinds:
             query = query.where(Job.kind.in_(kinds))
-        query = query.order_by(Job.next_attempt_at, Job.id).limit(1)
+        priority = case(*((Job.kind == k, p) for k, p in KIND_PRIORITY.items()),
+                        else_=len(KIND_PRIORITY))
+        query = query.order_by(priority, Job.next_attempt_at, Job.id).limit(1)
         if not store.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         job = session.scalars(query).first()
@@ -115,7 +126,8 @@ def claim_next_job(
             instance_id=job.instance_id,
             state=job.state,
             message=f"{job.kind} attempt {job.attempts} by {owner}"
-            + (f" (lease of {previous_owner} expired)" if reclaimed else ""),
+            + ((f" (lease of {previous_owner} expired)" if previous_owner
+                else " (its holder process died)") if reclaimed else ""),
         )
         return ClaimedJob(
             id=job.id,
@@ -248,6 +260,19 @@ HOLDER_DEATHS = "holder_deaths"
 HOLDER_DEATH_LIMIT = 10
 
 
+def holder_death_delay(deaths: int) -> float:
+    """Seconds a job waits after its holder's ``deaths``-th death before it is tried again.
+
+    The first death is the ordinary crash: the job runs again at once. From the
+    second on, the job waits (5 s, doubling, at most 10 min) and goes behind the
+    jobs due before it, so a node in a crash loop works through its queue instead of
+    dying on the same jobs at every start.
+    """
+    if deaths <= 1:
+        return 0.0
+    return float(min(600, 5 * 2 ** min(deaths - 2, 10)))
+
+
 def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) -> list[int]:
     """End the leases of jobs held by processes on ``host`` that no longer run.
 
@@ -258,7 +283,8 @@ def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) 
     (a crash loop of the node must not use up the oldest jobs' budgets) and
     counted in the job's ``payload["holder_deaths"]`` instead: a job whose holder
     died :data:`HOLDER_DEATH_LIMIT` times is failed by the worker as the likely
-    cause. ``is_dead(pid)`` decides. Returns the job ids whose leases were ended.
+    cause, and from the second death on it waits :func:`holder_death_delay` first.
+    ``is_dead(pid)`` decides. Returns the job ids whose leases were ended.
     """
     now = utcnow()
     with store.write() as session:
@@ -271,14 +297,25 @@ def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) 
             parts = (row.lease_owner or "").split(":")
             if len(parts) < 3 or not parts[1].isdigit() or not is_dead(int(parts[1])):
                 continue
-            row.lease_expires_at = now
             row.updated_at = now
             row.attempts = max(0, row.attempts - 1)
             deaths = int((row.payload or {}).get(HOLDER_DEATHS, 0)) + 1
             row.payload = {**(row.payload or {}), HOLDER_DEATHS: deaths}
+            holder = row.lease_owner
+            # No wait once the limit is reached: the next claim fails the job.
+            wait = holder_death_delay(deaths) if deaths < HOLDER_DEATH_LIMIT else 0.0
+            if wait:  # back in the queue, due after the wait
+                row.state = JobState.QUEUED.value
+                row.lease_expires_at = None
+                row.next_attempt_at = now + dt.timedelta(seconds=wait)
+            else:  # claimable at once, as a reclaim
+                row.lease_expires_at = now
+            # Without an owner the job is never counted dead twice for one death.
+            row.lease_owner = None
             add_event(session, "job_lease_ended", job_id=row.id, instance_id=row.instance_id,
-                      state=row.state, message=f"{row.kind}: holder {row.lease_owner} "
-                      f"is no longer running (death {deaths} of {HOLDER_DEATH_LIMIT} allowed)")
+                      state=row.state, message=f"{row.kind}: holder {holder} "
+                      f"is no longer running (death {deaths} of {HOLDER_DEATH_LIMIT} allowed)"
+                      + (f"; next try in {wait:.0f} s" if wait else ""))
             ended.append(row.id)
         return ended
 
