@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.dicom_files import write_radiograph
-from tests.peers import NodeProcess, base_config, free_port, need_tool, run_cli, write_config
-from tests.test_deliver import wait_listening
+from tests.peers import (
+    NodeProcess,
+    base_config,
+    dcmtk_storescp,
+    free_port,
+    need_tool,
+    run_cli,
+    write_config,
+)
 from tests.test_results import add_source, later, node_settings, received_uids, rows, run_jobs
 from triage_node.config import DestinationSection, Settings, TlsSection
 from triage_node.deliver.scu import DestinationUnavailable, _tls_args, send_objects
@@ -174,22 +181,11 @@ def explain(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
-@contextmanager
-def tls_storescp(out_dir: Path, pair: KeyPair, ca: Path, port: int | None = None
-                 ) -> Iterator[int]:
+def tls_storescp(out_dir: Path, pair: KeyPair, ca: Path,
+                 port: int | None = None) -> AbstractContextManager[int]:
     """dcmtk storescp over TLS (it requires a client certificate from ``ca`` by default),
-    each received object in its own file (``+uf``)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    proc = subprocess.Popen([need_tool("storescp"), "-aet", "ARCHIVE", "+uf", "-od",
-                             str(out_dir), *dcmtk_tls(pair, ca), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port, proc)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait(10)
+    each received object in its own file (``+uf``); yields its port."""
+    return dcmtk_storescp("+uf", *dcmtk_tls(pair, ca), port=port, out_dir=out_dir)
 
 
 # --- the node as TLS server ---------------------------------------------------------------
@@ -237,6 +233,10 @@ def test_tls_store_and_echo_succeed_and_plain_tcp_is_refused(tmp_path: Path, pki
         assert node.proc is not None and node.proc.poll() is None
         # the plain-TCP store is not among them
         assert stored_uids(node) == {sent.SOPInstanceUID, after.SOPInstanceUID}
+        # Each failed handshake is one warning naming the peer, not a traceback.
+        log = node.log_text()
+        assert "TLS handshake with 127.0.0.1:" in log, log[-3000:]
+        assert "Traceback" not in log and "Connection closed before" not in log, log[-3000:]
 
 
 def test_client_certificates_are_checked_when_ca_certificates_is_set(

@@ -76,6 +76,32 @@ class ReceiverHandle:
         self.ae.shutdown()
 
 
+class _HandshakeBeforeFirstRead(ssl.SSLSocket):
+    """An accepted TLS socket that completes its handshake on the first read.
+
+    A failed handshake (a plain-TCP client, an untrusted or missing client
+    certificate) is logged as one warning naming the peer and reads as a closed
+    connection, so the association ends quietly instead of with a traceback.
+    """
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        if not getattr(self, "_triage_handshake_done", False):
+            self._triage_handshake_done = True
+            try:
+                self.do_handshake()
+            except (ssl.SSLError, OSError) as exc:
+                try:
+                    host, port = self.getpeername()[:2]
+                    peer = f"{host}:{port}"
+                except OSError:
+                    peer = "unknown peer"
+                reason = getattr(exc, "reason", None) or exc.__class__.__name__
+                log.warning("TLS handshake with %s failed (%s); connection closed", peer,
+                            reason)
+                return b""
+        return super().recv(buflen, flags)
+
+
 class _AssociationThreadHandshake(ssl.SSLContext):
     """A server context whose TLS handshake runs in the association's own thread.
 
@@ -109,6 +135,7 @@ def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
     if tls.certificate is None or tls.private_key is None:
         raise ValueError("[tls] enabled needs certificate and private_key")
     context = _AssociationThreadHandshake(ssl.PROTOCOL_TLS_SERVER)
+    context.sslsocket_class = _HandshakeBeforeFirstRead
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
     if tls.client_certificates_required:
