@@ -74,3 +74,23 @@ def test_phi_looking_extras_are_scrubbed() -> None:
     assert doc["patient_name"] == "[redacted]" and doc["PatientID"] == "[redacted]"
     assert doc["details"] == {"PatientBirthDate": "[redacted]", "rows": 3}
     assert doc["sop_instance_uid"] == "1.2.3"
+
+
+def test_radiomics_steps_stay_out_of_the_node_log_at_info() -> None:
+    """pyradiomics logs several INFO lines for every ROI it extracts: at the node's
+    INFO level they would be most of the log. Its warnings still come through."""
+    import numpy as np
+
+    from triage_node.score.texture import extract_selected_texture
+
+    out = io.StringIO()
+    setup_logging(_settings(level="INFO", format="json"), stream=out)
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[8:32, 8:32] = 1
+    values = extract_selected_texture(rng.normal(size=(40, 40)), mask,
+                                      ["original_firstorder_Mean", "original_glcm_Contrast"])
+    assert len(values) == 2
+    logging.getLogger("radiomics.featureextractor").warning("kept")
+    loggers = [json.loads(line)["logger"] for line in out.getvalue().splitlines()]
+    assert loggers == ["radiomics.featureextractor"], out.getvalue()[-2000:]

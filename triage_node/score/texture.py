@@ -148,7 +148,10 @@ def _extract(
 ) -> dict[str, float]:
     from radiomics import featureextractor, setVerbosity
 
-    setVerbosity(logging.ERROR)
+    setVerbosity(logging.ERROR)  # its own stderr handler
+    # Importing radiomics sets its logger to INFO, and those records (several per ROI)
+    # would also reach the node's log handler: keep its warnings and errors only.
+    logging.getLogger("radiomics").setLevel(logging.WARNING)
     bin_width = (
         settings.original_bin_width if image_type == ORIGINAL else settings.wavelet_bin_width
     )
