@@ -679,17 +679,21 @@ def raw_associate(sock: socket.socket, timeout: float) -> str:
     return "closed" if pdu is None else PDU_NAMES.get(pdu[0], "other")
 
 
-def _raw_random(_: Mutator, rng: random.Random) -> Callable[[socket.socket, float], str]:
-    data = rng.randbytes(rng.choice([1, 6, 10, 100, 4096]))
-    if rng.random() < 0.5:  # a known PDU type with a random body
-        data = bytes([rng.randint(1, 7), 0]) + data
-
+def _send_then_listen(data: bytes) -> Callable[[socket.socket, float], str]:
+    """A raw sender: ``data`` on a fresh connection, then whatever the node answers."""
     def send(sock: socket.socket, timeout: float) -> str:
         with contextlib.suppress(OSError):  # the node may have closed already
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
         return raw_answer(sock, timeout)
     return send
+
+
+def _raw_random(_: Mutator, rng: random.Random) -> Callable[[socket.socket, float], str]:
+    data = rng.randbytes(rng.choice([1, 6, 10, 100, 4096]))
+    if rng.random() < 0.5:  # a known PDU type with a random body
+        data = bytes([rng.randint(1, 7), 0]) + data
+    return _send_then_listen(data)
 
 
 def _raw_associate_mutated(_: Mutator,
@@ -700,13 +704,7 @@ def _raw_associate_mutated(_: Mutator,
     if rng.random() < 0.3:
         pdu = pdu[: rng.randrange(1, len(pdu))]
     data = bytes(pdu)
-
-    def send(sock: socket.socket, timeout: float) -> str:
-        with contextlib.suppress(OSError):  # the node may have closed already
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        return raw_answer(sock, timeout)
-    return send
+    return _send_then_listen(data)
 
 
 def _raw_pdata_garbage(_: Mutator,

@@ -64,6 +64,56 @@ def need_tool(name: str) -> str:
     return path
 
 
+def wait_listening(port: int, proc: subprocess.Popen[Any], timeout: float = 20) -> None:
+    """Wait until ``proc`` accepts TCP connections on loopback ``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"peer exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+@contextmanager
+def dcmtk_storescp(*options: str, port: int | None = None, ae_title: str = "ARCHIVE",
+                   out_dir: Path | None = None) -> Iterator[int]:
+    """dcmtk's storescp as ``ae_title`` on loopback ``port`` (a free one by default) with
+    ``options``, writing what it receives to ``out_dir`` if given; yields the port and
+    kills it after."""
+    port = port or free_port()
+    where: list[str] = []
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        where = ["-od", str(out_dir)]
+    proc = subprocess.Popen([need_tool("storescp"), "-aet", ae_title, *where, *options,
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, proc)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def start_archive_scp(on_store: Any, port: int | None = None,
+                      ae_title: str = "ARCHIVE") -> tuple[Any, int]:
+    """A pynetdicom storage SCP on loopback whose C-STOREs are answered by
+    ``on_store(event) -> status`` (a test's misbehaving archive). Returns the running
+    server (``shutdown()`` it) and its port."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = port or free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False,
+                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    return server, port
+
+
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

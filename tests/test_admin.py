@@ -23,16 +23,6 @@ def _worklist(node: Any, *args: str) -> list[dict[str, Any]]:
     return json.loads(run_cli("worklist", "--json", *args, config=node.config_path).stdout)
 
 
-def _wait_for(predicate: Any, timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 class Follower:
     """`triage-node worklist --follow --json` as a subprocess; lines arrive on a queue."""
 

@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pydicom
@@ -16,7 +10,7 @@ import pytest
 from pydicom.uid import RLELossless
 
 from tests.dicom_files import make_radiograph
-from tests.peers import free_port
+from tests.peers import dcmtk_storescp, free_port
 from tests.test_report import assessment, source
 from triage_node.config import DestinationSection, Settings
 from triage_node.deliver.scu import (
@@ -29,45 +23,10 @@ from triage_node.report.heatmap import build_heatmap
 from triage_node.report.sr import build_study_report
 
 
-def dcmtk_tool(name: str) -> str:
-    """The dcmtk binary ``name`` (pyenv shims may put pynetdicom's app of that name first)."""
-    for directory in os.environ.get("PATH", "").split(os.pathsep):
-        found = shutil.which(name, path=directory)
-        if not found:
-            continue
-        proc = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=30)
-        if "dcmtk" in (proc.stdout + proc.stderr).lower():
-            return found
-    pytest.fail(f"dcmtk {name} is not installed; .ci/run installs dcmtk (apt-get)")
-
-
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"peer exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on {port}")
-
-
-@contextmanager
-def storescp(out_dir: Path, *extra: str, ae_title: str = "NODE") -> Iterator[int]:
+def storescp(out_dir: Path, *extra: str,
+             ae_title: str = "NODE") -> AbstractContextManager[int]:
     """dcmtk storescp on a free loopback port, writing what it receives to ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = subprocess.Popen([dcmtk_tool("storescp"), "-aet", ae_title, "-od", str(out_dir),
-                             *extra, str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port, proc)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait(10)
+    return dcmtk_storescp(*extra, ae_title=ae_title, out_dir=out_dir)
 
 
 def settings(**receive: float) -> Settings:

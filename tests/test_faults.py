@@ -30,28 +30,27 @@ import threading
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
 from prometheus_client.parser import text_string_to_metric_families
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 
 from tests import peers
 from tests.dicom_files import write_radiograph
 from tests.peers import (
     NodeProcess,
     base_config,
+    dcmtk_storescp,
     echoscu,
     free_port,
     need_tool,
     node_running,
+    start_archive_scp,
     storescu,
     write_config,
 )
-from tests.test_deliver import wait_listening
 from tests.test_report import COLUMNS, ROWS
 from tests.test_results import add_source, opened, received_uids, rows, study_row
 from triage_node.config import load_settings
@@ -116,19 +115,6 @@ def delivery_node(tmp_path: Path, archive_port: int, **deliver: Any) -> NodeProc
         destinations=[{"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1",
                        "port": archive_port}]))
     return NodeProcess(config, tmp_path / "node.log", command="work")
-
-
-@contextmanager
-def dcmtk_storescp(port: int, *options: str) -> Iterator[subprocess.Popen[bytes]]:
-    """dcmtk's storescp as ARCHIVE on ``port`` with ``options``; killed after."""
-    proc = subprocess.Popen([need_tool("storescp"), "-aet", "ARCHIVE", *options, str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port, proc)
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
 
 
 class StoreRun:
@@ -209,7 +195,7 @@ def test_destination_rejecting_associations_gets_every_result_once_when_it_accep
         add_source(store, settings, study_uid, 2)
         try:
             # The archive is up but refuses every association (A-ASSOCIATE-RJ).
-            with dcmtk_storescp(port, "--refuse"):
+            with dcmtk_storescp("--refuse", port=port):
                 node.start()
 
                 def retried_twice() -> Any:
@@ -239,7 +225,7 @@ def test_destination_rejecting_associations_gets_every_result_once_when_it_accep
 
             # The archive accepts again on the same port, one file per object received.
             (tmp_path / "archive").mkdir()
-            with dcmtk_storescp(port, "+uf", "-od", str(tmp_path / "archive")):
+            with dcmtk_storescp("+uf", port=port, out_dir=tmp_path / "archive"):
                 wait_for(lambda: study_row(store, study_uid).delivery_state == "delivered",
                          "delivery once the archive accepts", node)
                 after = wait_for(
@@ -286,11 +272,7 @@ def test_destination_that_stops_answering_mid_transfer_is_aborted_and_retried(
             acknowledged.append(uid)
         return 0x0000
 
-    ae = AE(ae_title="ARCHIVE")
-    ae.supported_contexts = AllStoragePresentationContexts
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server, port = start_archive_scp(on_store)
     node = delivery_node(tmp_path, port, dimse_timeout=1)
     settings = load_settings(node.config_path)
     study_uid = pydicom.uid.generate_uid()

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dicom_files import write_radiograph
-from tests.peers import REPO, base_config, echoscu, free_port, need_tool, storescu, write_config
+from tests.peers import (
+    REPO,
+    base_config,
+    echoscu,
+    free_port,
+    need_tool,
+    storescu,
+    wait_for,
+    write_config,
+)
 from tests.test_report import COLUMNS, ROWS
 from tests.test_results import storescp
 from triage_node.config import Settings, load_settings
@@ -89,16 +97,6 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def value(scrape: dict[Any, float], name: str, **labels: str) -> float:
     return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 SCORED = ["01_osteoporotic_jpegls.dcm", "04_normal_jpeg_lossless.dcm"]

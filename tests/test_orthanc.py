@@ -13,8 +13,8 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 
 from tests.dicom_files import make_radiograph as _make_radiograph
-from tests.peers import REPO, OrthancServer, free_port
-from tests.test_deliver import dcmtk_tool, settings, wait_listening
+from tests.peers import REPO, OrthancServer, free_port, need_tool, wait_listening
+from tests.test_deliver import settings
 from tests.test_report import COLUMNS, ROWS, assessment
 from triage_node.config import DestinationSection
 from triage_node.deliver.scu import DestinationUnavailable, send_objects
@@ -63,7 +63,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
     peer.node_dir = root / "node-in"
     peer.node_dir.mkdir()
     node_proc = subprocess.Popen(
-        [dcmtk_tool("storescp"), "-aet", peer.node_aet, "-od", str(peer.node_dir),
+        [need_tool("storescp"), "-aet", peer.node_aet, "-od", str(peer.node_dir),
          str(node_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(node_port, node_proc)

@@ -9,11 +9,10 @@ duplicate would show) and to a pynetdicom SCP that refuses one SOP class.
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,7 @@ from pydicom.filebase import DicomBytesIO
 from sqlalchemy import func, select
 
 from tests.dicom_files import make_radiograph
-from tests.peers import free_port, need_tool
-from tests.test_deliver import wait_listening
+from tests.peers import dcmtk_storescp, free_port, start_archive_scp
 from tests.test_report import COLUMNS, ROWS, assessment
 from triage_node.config import Settings
 from triage_node.report.heatmap import build_heatmap
@@ -144,21 +142,11 @@ def received_uids(directory: Path) -> list[str]:
                   for p in directory.iterdir() if p.is_file())
 
 
-@contextmanager
-def storescp(out_dir: Path, port: int | None = None, *extra: str) -> Iterator[int]:
+def storescp(out_dir: Path, port: int | None = None,
+             *extra: str) -> AbstractContextManager[int]:
     """dcmtk storescp writing each received object to its own file (``+uf``: a second copy
-    of the same SOP Instance UID would be a second file)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    proc = subprocess.Popen([need_tool("storescp"), "-aet", "ARCHIVE", "+uf", "-od",
-                             str(out_dir), *extra, str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port, proc)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait(10)
+    of the same SOP Instance UID would be a second file); yields its port."""
+    return dcmtk_storescp("+uf", *extra, port=port, out_dir=out_dir)
 
 
 def archive(port: int, name: str = "archive") -> dict[str, Any]:
@@ -439,8 +427,6 @@ def test_attempts_exhausted_marks_delivery_failed_in_the_worklist(
 
 def test_an_object_refused_by_the_archive_is_recorded_and_retried_alone(
         tmp_path: Path, database_url: str, study_uid: str) -> None:
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
-
     refuse = {"on": True}
     got: list[str] = []
 
@@ -451,11 +437,7 @@ def test_an_object_refused_by_the_archive_is_recorded_and_retried_alone(
         got.append(ds.SOPInstanceUID)
         return 0x0000
 
-    ae = AE(ae_title="ARCHIVE")
-    ae.supported_contexts = AllStoragePresentationContexts
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server, port = start_archive_scp(on_store)
     try:
         settings = node_settings(tmp_path, database_url, [archive(port)])
         with opened(settings) as store:

@@ -10,28 +10,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pydicom
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 
-from tests.peers import NodeProcess, free_port, write_config
+from tests.peers import NodeProcess, free_port, start_archive_scp, wait_for, write_config
 from tests.test_results import add_source, opened, rows, study_row
 from triage_node.config import load_settings
 from triage_node.store.models import Delivery, Event, Instance, Job, Result
-
-
-def wait_for(check: Callable[[], Any], what: str, node: NodeProcess,
-             timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}\n{node.log_text()[-4000:]}")
 
 
 def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: Path) -> None:
@@ -58,7 +45,7 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: P
             # the archive is down: the scheduler reports, delivery retries with backoff
             wait_for(lambda: [j for j in rows(store, Job, Job.kind == "deliver")
                               if j.attempts >= 2 and j.state == "queued"],
-                     "delivery retried twice", node)
+                     "delivery retried twice", 90, node)
             study = study_row(store, study_uid)
             assert (study.state, study.report_version, study.delivery_state) == \
                 ("reported", 1, "retrying")
@@ -77,19 +64,16 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: P
                     time.sleep(3)  # the node dies while waiting for this response
                 return 0x0000
 
-            ae = AE(ae_title="ARCHIVE")
-            ae.supported_contexts = AllStoragePresentationContexts
-            server = ae.start_server(("127.0.0.1", port), block=False,
-                                     evt_handlers=[(evt.EVT_C_STORE, on_store)])
+            server, _ = start_archive_scp(on_store, port)
             try:
-                wait_for(first_store.is_set, "a C-STORE in progress", node)
+                wait_for(first_store.is_set, "a C-STORE in progress", 90, node)
                 node.kill()
                 assert rows(store, Job, Job.kind == "deliver")[0].state == "running"
                 assert {d.state for d in rows(store, Delivery)} != {"delivered"}
 
                 node.start()
                 wait_for(lambda: study_row(store, study_uid).delivery_state == "delivered",
-                         "delivery after restart", node)
+                         "delivery after restart", 90, node)
             finally:
                 server.shutdown()
             # the same objects, never new UIDs; a copy stored before the kill may come twice
@@ -114,7 +98,7 @@ def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(
         with opened(settings) as store:
             add_source(store, settings, study_uid, 1)  # as the score job leaves it
             wait_for(lambda: study_row(store, study_uid).state == "reported", "the report",
-                     node)
+                     90, node)
             study = study_row(store, study_uid)
             assert (study.report_version, study.delivery_state) == (1, "no_destination")
             results = rows(store, Result)
@@ -123,7 +107,7 @@ def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(
                             extra=("-R",))  # propose the files' own SOP classes
             assert sent.returncode == 0, sent.stderr
             returned = wait_for(lambda: [i for i in rows(store, Instance)
-                                         if i.own_result], "the returned objects", node)
+                                         if i.own_result], "the returned objects", 90, node)
             assert len(returned) == 2 and {i.state for i in returned} == {"skipped"}
             time.sleep(settings.node.settle_seconds + 2.5)  # settle checks run every second
             assert study_row(store, study_uid).report_version == 1

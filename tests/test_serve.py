@@ -26,7 +26,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless
 from sqlalchemy import func, select
 
-from tests.peers import REPO, NodeProcess, base_config, free_port, storescu, write_config
+from tests.peers import REPO, NodeProcess, base_config, free_port, storescu, wait_for, write_config
 from tests.test_worker import add_instance, make_radiograph
 from triage_node.config import load_settings
 from triage_node.store import Event, Instance, Job, Store, open_store
@@ -45,13 +45,7 @@ def _config(tmp_path: Path, name: str, database_url: str = "", **sections: Any) 
 
 
 def _wait_for(condition: Any, timeout: float, what: str, *logs: NodeProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    text = "\n".join(n.log_text()[-3000:] for n in logs)
-    raise AssertionError(f"timed out waiting for {what}\n{text}")
+    wait_for(condition, what, timeout, *logs)
 
 
 def _count(store: Store, kind: str) -> int:
