@@ -64,7 +64,7 @@ _MAX_ALPHA = 0.55
 
 
 def windowed_grayscale(source: pydicom.Dataset) -> np.ndarray:
-    """The source's pixels as a viewer shows them: float array in [0, 1], white = dense bone.
+    """The source's pixels as a viewer shows them: float32 array in [0, 1], white = dense bone.
 
     Modality LUT (rescale) first, then the first VOI LUT Sequence item or
     Window Center/Width (pydicom's implementation of PS3.3 C.11.2);
@@ -75,8 +75,7 @@ def windowed_grayscale(source: pydicom.Dataset) -> np.ndarray:
         raise ValueError(f"source: PhotometricInterpretation {photometric!r} is not grayscale")
     if int(source.get("NumberOfFrames", 1) or 1) != 1:
         raise ValueError("source: multi-frame images are not supported")
-    raw = source.pixel_array
-    values = np.asarray(apply_modality_lut(raw, source), dtype=np.float64)
+    values = np.asarray(apply_modality_lut(source.pixel_array, source), dtype=np.float64)
     if "VOILUTSequence" in source:
         out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=True),
                          dtype=np.float64)
@@ -99,9 +98,13 @@ def windowed_grayscale(source: pydicom.Dataset) -> np.ndarray:
         low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
     if high <= low:
         high = low + 1.0
-    gray = np.clip((out - low) / (high - low), 0.0, 1.0)
+    del values  # a full-size image is tens of MB per float64 copy: work in place
+    gray = np.subtract(out, low, dtype=np.float32)
+    del out
+    gray *= np.float32(1.0 / (high - low))
+    np.clip(gray, 0.0, 1.0, out=gray)
     if photometric == "MONOCHROME1":
-        gray = 1.0 - gray
+        np.subtract(np.float32(1.0), gray, out=gray)
     return gray
 
 
@@ -143,8 +146,8 @@ def _output_scale(rows: int, columns: int) -> float:
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a float image in [0, 1] to (width, height) with bilinear filtering."""
-    img = Image.fromarray(arr.astype(np.float32), mode="F")
-    return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float64)
+    img = Image.fromarray(np.asarray(arr, dtype=np.float32), mode="F")
+    return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def render_heatmap(source: pydicom.Dataset, assessment: ImageAssessment,
@@ -162,6 +165,7 @@ def render_heatmap(source: pydicom.Dataset, assessment: ImageAssessment,
     width, height = max(1, round(columns * scale)), max(1, round(rows * scale))
     gray = _resize(gray, (width, height)) if scale != 1.0 else gray
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    del gray
     cmap = colormaps[COLORMAP]
 
     outlines: list[tuple[list[tuple[float, float]], tuple[int, int, int], str]] = []
@@ -181,12 +185,19 @@ def render_heatmap(source: pydicom.Dataset, assessment: ImageAssessment,
             continue
         mask_img = Image.new("L", (width, height), 0)
         ImageDraw.Draw(mask_img).polygon(scaled, fill=255)
-        mask = np.asarray(mask_img, dtype=np.float64) / 255.0
+        box = mask_img.getbbox()  # the CAM is blended inside the ROI only: work there
+        if box is None:
+            continue
+        x0, y0, x1, y1 = box
+        mask = np.asarray(mask_img.crop(box), dtype=np.float32) / np.float32(255.0)
         cam_out = _resize(cam, (width, height)) if scale != 1.0 else cam
-        alpha = (_MAX_ALPHA * np.clip(cam_out, 0, 1) * mask)[:, :, None]
-        rgb = rgb * (1 - alpha) + cmap(np.clip(cam_out, 0, 1))[:, :, :3] * alpha
+        heat = np.clip(np.asarray(cam_out[y0:y1, x0:x1], dtype=np.float32), 0, 1)
+        alpha = (np.float32(_MAX_ALPHA) * heat * mask)[:, :, None]
+        region = rgb[y0:y1, x0:x1]
+        rgb[y0:y1, x0:x1] = region * (1 - alpha) + cmap(heat)[:, :, :3] * alpha
 
-    image = Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB")
+    rgb *= 255
+    image = Image.fromarray(np.round(rgb, out=rgb).astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(image)
     line_width = max(2, round(width / 400))
     label_font = _font(max(14, round(width / 40)), bold=True)
