@@ -139,9 +139,9 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> logging.
     handler._triage_node = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(settings.logging.level)
-    # Library chatter (every PDU, SQL statement, timer run, radiomics step) drowns the
+    # Library chatter (every PDU, every SQL statement, every timer run) drowns the
     # node's own lines, and pynetdicom's dataset dumps could carry patient data.
-    for noisy in ("pynetdicom", "sqlalchemy", "alembic", "apscheduler", "radiomics"):
+    for noisy in ("pynetdicom", "sqlalchemy", "alembic", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)  # "Running upgrade"
     logging.captureWarnings(True)
