@@ -72,8 +72,9 @@ class CrashReport:
         ]
 
 
-def make_studies(sources: list[Path], out: Path, senders: int, per_sender: int,
-                 seed: int) -> list[list[Path]]:
+def make_studies(
+    sources: list[Path], out: Path, senders: int, per_sender: int, seed: int
+) -> list[list[Path]]:
     """Per sender, ``per_sender`` one-image studies: the sources with new UIDs and ids,
     stored uncompressed (storescu sends what it can propose)."""
     rng = random.Random(seed)
@@ -88,8 +89,7 @@ def make_studies(sources: list[Path], out: Path, senders: int, per_sender: int,
                 ds.decompress()
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.StudyInstanceUID = generate_uid(entropy_srcs=[str(seed), "study", str(s), str(i)])
-            ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(seed), "series", str(s),
-                                                              str(i)])
+            ds.SeriesInstanceUID = generate_uid(entropy_srcs=[str(seed), "series", str(s), str(i)])
             ds.SOPInstanceUID = generate_uid(entropy_srcs=[str(seed), "sop", str(s), str(i)])
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.PatientID = f"CRASH{s:02d}{i:04d}{rng.randrange(10**6):06d}"
@@ -100,15 +100,29 @@ def make_studies(sources: list[Path], out: Path, senders: int, per_sender: int,
     return plans
 
 
-def _sender(port: int, files: list[Path], report: CrashReport, lock: threading.Lock,
-            stop: threading.Event) -> None:
+def _sender(
+    port: int, files: list[Path], report: CrashReport, lock: threading.Lock, stop: threading.Event
+) -> None:
     exe = need_tool("storescu")
     for path in files:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         while not stop.is_set():
-            proc = subprocess.run([exe, "-v", "-aet", "STORESCU", "-aec", "TRIAGE",
-                                   "127.0.0.1", str(port), str(path)],
-                                  capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(
+                [
+                    exe,
+                    "-v",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "TRIAGE",
+                    "127.0.0.1",
+                    str(port),
+                    str(path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             with lock:
                 report.sent += 1
             out = proc.stdout + proc.stderr
@@ -119,31 +133,56 @@ def _sender(port: int, files: list[Path], report: CrashReport, lock: threading.L
             time.sleep(0.2)  # the node is down: a PACS retries
 
 
-def run_crash(work: Path, sources: list[Path], *, senders: int = 4, per_sender: int = 100,
-              kills: int = 5, seed: int = 1, kill_every: tuple[float, float] = (2.0, 8.0),
-              drain_timeout: float = 1800, log: Callable[[str], None] = print) -> CrashReport:
+def run_crash(
+    work: Path,
+    sources: list[Path],
+    *,
+    senders: int = 4,
+    per_sender: int = 100,
+    kills: int = 5,
+    seed: int = 1,
+    kill_every: tuple[float, float] = (2.0, 8.0),
+    drain_timeout: float = 1800,
+    log: Callable[[str], None] = print,
+) -> CrashReport:
     """Run the crash scenario in ``work``; return the figures (checked by the caller)."""
     started = time.monotonic()
     rng = random.Random(seed)
     plans = make_studies(sources, work / "studies", senders, per_sender, seed)
     node_port = free_port()
     archive = OrthancServer(work / "orthanc", node_port)
-    config = write_config(work / "node.toml", base_config(
-        work / "data", node_port,
-        node={"ae_title": archive.node_aet, "settle_seconds": 1, "workers": 2},
-        worker={"poll_seconds": 0.2, "retry_base_seconds": 1, "lease_seconds": 30},
-        deliver={"max_attempts": 1000, "retry_base_seconds": 0.5, "retry_max_seconds": 2,
-                 "connection_timeout": 2},
-        destinations=[{"name": "orthanc", "ae_title": archive.aet, "host": "127.0.0.1",
-                       "port": archive.dicom_port}],
-        logging={"format": "json", "level": "INFO"},
-    ))
+    config = write_config(
+        work / "node.toml",
+        base_config(
+            work / "data",
+            node_port,
+            node={"ae_title": archive.node_aet, "settle_seconds": 1, "workers": 2},
+            worker={"poll_seconds": 0.2, "retry_base_seconds": 1, "lease_seconds": 30},
+            deliver={
+                "max_attempts": 1000,
+                "retry_base_seconds": 0.5,
+                "retry_max_seconds": 2,
+                "connection_timeout": 2,
+            },
+            destinations=[
+                {
+                    "name": "orthanc",
+                    "ae_title": archive.aet,
+                    "host": "127.0.0.1",
+                    "port": archive.dicom_port,
+                }
+            ],
+            logging={"format": "json", "level": "INFO"},
+        ),
+    )
     node = NodeProcess(config, work / "node.log")
     report = CrashReport(senders, per_sender)
     lock = threading.Lock()
     stop = threading.Event()
-    threads = [threading.Thread(target=_sender, args=(node_port, files, report, lock, stop),
-                                daemon=True) for files in plans]
+    threads = [
+        threading.Thread(target=_sender, args=(node_port, files, report, lock, stop), daemon=True)
+        for files in plans
+    ]
     try:
         archive.start()
         node.start()
@@ -181,8 +220,7 @@ def _store(config: Path) -> Any:
     return Store(load_settings(config).database_url)
 
 
-def _wait_drained(config: Path, archive: OrthancServer, node: NodeProcess,
-                  timeout: float) -> None:
+def _wait_drained(config: Path, archive: OrthancServer, node: NodeProcess, timeout: float) -> None:
     from triage_node.store.models import Job
 
     store = _store(config)
@@ -190,8 +228,9 @@ def _wait_drained(config: Path, archive: OrthancServer, node: NodeProcess,
     try:
         while time.monotonic() < deadline:
             with store.read() as s:
-                open_jobs = s.scalars(select(Job.id).where(
-                    Job.state.in_(["queued", "running"]))).all()
+                open_jobs = s.scalars(
+                    select(Job.id).where(Job.state.in_(["queued", "running"]))
+                ).all()
             if not open_jobs:
                 return
             time.sleep(1.0)
@@ -200,8 +239,9 @@ def _wait_drained(config: Path, archive: OrthancServer, node: NodeProcess,
         store.dispose()
 
 
-def _check(config: Path, archive: OrthancServer, report: CrashReport,
-           plans: list[list[Path]]) -> None:
+def _check(
+    config: Path, archive: OrthancServer, report: CrashReport, plans: list[list[Path]]
+) -> None:
     from triage_node.store.jobs import HOLDER_DEATHS
     from triage_node.store.models import Instance, Job
 
@@ -210,8 +250,7 @@ def _check(config: Path, archive: OrthancServer, report: CrashReport,
         with store.read() as s:
             rows = {i.sop_instance_uid: i for i in s.scalars(select(Instance))}
             state = {uid: (r.state, r.study_instance_uid) for uid, r in rows.items()}
-            deaths = [int((p or {}).get(HOLDER_DEATHS, 0))
-                      for p in s.scalars(select(Job.payload))]
+            deaths = [int((p or {}).get(HOLDER_DEATHS, 0)) for p in s.scalars(select(Job.payload))]
     finally:
         store.dispose()
     report.lost = sorted(uid for uid in report.acknowledged if uid not in state)
@@ -222,18 +261,21 @@ def _check(config: Path, archive: OrthancServer, report: CrashReport,
             if st != "skipped":
                 report.missing_results.append(f"{study_uid}: instance {st}")
             continue
-        objects = [i for i in archive.study_instances(study_uid)
-                   if i["MainDicomTags"]["SOPInstanceUID"] != uid]
-        classes = sorted(archive.get(f"/instances/{i['ID']}/tags?simplify")["SOPClassUID"]
-                         for i in objects)
+        objects = [
+            i
+            for i in archive.study_instances(study_uid)
+            if i["MainDicomTags"]["SOPInstanceUID"] != uid
+        ]
+        classes = sorted(
+            archive.get(f"/instances/{i['ID']}/tags?simplify")["SOPClassUID"] for i in objects
+        )
         n_sc = classes.count(SC_CLASS)
         n_sr = len(classes) - n_sc
         want_sc = 1 if st == "scored" else 0
         # A second SR or heatmap (another version of a result) is a duplicate.
         report.duplicates += max(0, n_sr - 1) + max(0, n_sc - want_sc)
         if (n_sr, n_sc) != (1, want_sc):
-            report.missing_results.append(f"{study_uid}: {n_sr} SR, {n_sc} SC "
-                                          f"(want 1, {want_sc})")
+            report.missing_results.append(f"{study_uid}: {n_sr} SR, {n_sc} SC (want 1, {want_sc})")
         report.archive_results += len(objects)
     changes = archive.get("/changes?limit=100000")["Changes"]
     new = [c["ID"] for c in changes if c["ChangeType"] == "NewInstance"]

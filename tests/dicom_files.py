@@ -17,9 +17,17 @@ PHI_ID = "PHIID-7731"
 PHI_BIRTH_DATE = "19391231"
 
 
-def make_radiograph(body_part: str = "HIP", *, modality: str = "DX", rows: int = 64,
-                    columns: int = 48, study_uid: str | None = None, seed: int = 0,
-                    patient_name: str = PHI_NAME, patient_id: str = PHI_ID) -> Dataset:
+def make_radiograph(
+    body_part: str = "HIP",
+    *,
+    modality: str = "DX",
+    rows: int = 64,
+    columns: int = 48,
+    study_uid: str | None = None,
+    seed: int = 0,
+    patient_name: str = PHI_NAME,
+    patient_id: str = PHI_ID,
+) -> Dataset:
     """A small grayscale radiograph dataset (16-bit, MONOCHROME2) with a full header."""
     rng = np.random.default_rng(seed)
     ds = Dataset()

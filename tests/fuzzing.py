@@ -65,12 +65,45 @@ SOP_CLASSES = (CR, DX_PRESENTATION, DX_PROCESSING, SECONDARY_CAPTURE)
 
 # Success and the warning statuses of PS3.4 B.2.3 (plus the general ones of PS3.7 C).
 WARNING_STATUSES = frozenset({0x0001, 0x0107, 0x0116, 0xB000, 0xB006, 0xB007})
-LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC",
-                      b"UN", b"UR", b"UT", b"UV"})
-ALL_VRS = [b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO",
-           b"LT", b"OB", b"OD", b"OF", b"OL", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS",
-           b"ST", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"OV", b"SV",
-           b"UV"]
+LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+ALL_VRS = [
+    b"AE",
+    b"AS",
+    b"AT",
+    b"CS",
+    b"DA",
+    b"DS",
+    b"DT",
+    b"FL",
+    b"FD",
+    b"IS",
+    b"LO",
+    b"LT",
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OW",
+    b"PN",
+    b"SH",
+    b"SL",
+    b"SQ",
+    b"SS",
+    b"ST",
+    b"TM",
+    b"UC",
+    b"UI",
+    b"UL",
+    b"UN",
+    b"UR",
+    b"US",
+    b"UT",
+    b"OV",
+    b"SV",
+    b"UV",
+]
 UNDEFINED = 0xFFFFFFFF
 
 TAG_SOP_CLASS = 0x00080016
@@ -91,6 +124,7 @@ FAILURE = "failure"
 
 
 # --- reading seeds ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Element:
@@ -136,7 +170,7 @@ def _element_span(data: bytes, pos: int, implicit: bool) -> tuple[bytes | None, 
         vr, hlen = None, 8
         (length,) = struct.unpack_from("<I", data, pos + 4)
     else:
-        vr = data[pos + 4:pos + 6]
+        vr = data[pos + 4 : pos + 6]
         if vr in LONG_VRS:
             hlen = 12
             (length,) = struct.unpack_from("<I", data, pos + 8)
@@ -172,14 +206,14 @@ def split_elements(data: bytes, implicit: bool) -> tuple[Element, ...]:
     pos = 0
     while pos < len(data):
         vr, hlen, end = _element_span(data, pos, implicit)
-        out.append(Element(_read_tag(data, pos), vr, data[pos:pos + hlen],
-                           data[pos + hlen:end]))
+        out.append(
+            Element(_read_tag(data, pos), vr, data[pos : pos + hlen], data[pos + hlen : end])
+        )
         pos = end
     return tuple(out)
 
 
-def encode_element(tag: int, vr: bytes | None, value: bytes,
-                   length: int | None = None) -> Element:
+def encode_element(tag: int, vr: bytes | None, value: bytes, length: int | None = None) -> Element:
     """An element with ``value``; ``length`` overrides the length field (to make it lie)."""
     n = len(value) if length is None else length
     head = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
@@ -196,22 +230,27 @@ def load_seed(path: Path) -> Seed:
     """Read a Part-10 file into a :class:`Seed` (deflated files are inflated)."""
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     ts = str(ds.file_meta.TransferSyntaxUID)
-    body = path.read_bytes()[split_dataset(path)[1]:]
+    body = path.read_bytes()[split_dataset(path)[1] :]
     if ts == DeflatedExplicitVRLittleEndian:
         body = zlib.decompress(body, -zlib.MAX_WBITS)
-    return Seed(path.name, str(ds.SOPClassUID), ts,
-                split_elements(body, ts == ImplicitVRLittleEndian))
+    return Seed(
+        path.name, str(ds.SOPClassUID), ts, split_elements(body, ts == ImplicitVRLittleEndian)
+    )
 
 
 def load_seeds(directory: Path = SAMPLES) -> list[Seed]:
     """The sample files, plus a deflated copy of the explicit-VR ones."""
     seeds = [load_seed(p) for p in sorted(directory.glob("*.dcm"))]
-    seeds += [Seed(s.name + "+deflate", s.sop_class, DeflatedExplicitVRLittleEndian,
-                   s.elements) for s in seeds if s.transfer_syntax == ExplicitVRLittleEndian]
+    seeds += [
+        Seed(s.name + "+deflate", s.sop_class, DeflatedExplicitVRLittleEndian, s.elements)
+        for s in seeds
+        if s.transfer_syntax == ExplicitVRLittleEndian
+    ]
     return seeds
 
 
 # --- inputs ----------------------------------------------------------------------------
+
 
 @dataclass
 class FuzzInput:
@@ -237,8 +276,7 @@ def _uid_value(uid: str) -> bytes:
     return b + b"\0" if len(b) % 2 else b
 
 
-def _replace(elements: list[Element], tag: int, value: bytes, implicit: bool,
-             vr: bytes) -> None:
+def _replace(elements: list[Element], tag: int, value: bytes, implicit: bool, vr: bytes) -> None:
     new = encode_element(tag, None if implicit else vr, value)
     for i, e in enumerate(elements):
         if e.tag == tag:
@@ -279,25 +317,44 @@ def _zeros_deflated(n: int) -> bytes:
 class Mutator:
     """Makes input ``i`` of a seeded run from the seeds."""
 
-    def __init__(self, seeds: list[Seed], seed: int, bomb_mb: int = 1024,
-                 raw_share: float = 0.12) -> None:
+    def __init__(
+        self, seeds: list[Seed], seed: int, bomb_mb: int = 1024, raw_share: float = 0.12
+    ) -> None:
         self.seeds = seeds
         self.seed = seed
         self.bomb_bytes = bomb_mb << 20
         self.raw_share = raw_share
         self.dataset_kinds: list[tuple[str, int]] = [
-            ("control", 6), ("drop_required_uid", 5), ("drop_pixel_module", 4),
-            ("drop_random", 6), ("wrong_vr", 8), ("lying_length", 10),
-            ("truncate", 8), ("truncate_pixel_data", 6), ("absurd_dimensions", 8),
-            ("absurd_frames", 4), ("bits_allocated", 4), ("sop_class_mismatch", 3),
-            ("affected_uid_mismatch", 2), ("transfer_syntax_mismatch", 5),
-            ("byte_flips", 10), ("random_insert", 4), ("random_dataset", 3),
-            ("rle_bomb", 3), ("deflate_bomb", 1), ("deflate_corrupt", 3),
-            ("fragment_garbage", 4), ("deep_sequence", 1), ("duplicate", 2),
+            ("control", 6),
+            ("drop_required_uid", 5),
+            ("drop_pixel_module", 4),
+            ("drop_random", 6),
+            ("wrong_vr", 8),
+            ("lying_length", 10),
+            ("truncate", 8),
+            ("truncate_pixel_data", 6),
+            ("absurd_dimensions", 8),
+            ("absurd_frames", 4),
+            ("bits_allocated", 4),
+            ("sop_class_mismatch", 3),
+            ("affected_uid_mismatch", 2),
+            ("transfer_syntax_mismatch", 5),
+            ("byte_flips", 10),
+            ("random_insert", 4),
+            ("random_dataset", 3),
+            ("rle_bomb", 3),
+            ("deflate_bomb", 1),
+            ("deflate_corrupt", 3),
+            ("fragment_garbage", 4),
+            ("deep_sequence", 1),
+            ("duplicate", 2),
         ]
         self.raw_kinds: list[tuple[str, int]] = [
-            ("raw_random", 3), ("raw_associate_mutated", 4), ("raw_pdata_garbage", 5),
-            ("raw_pdu_length_lie", 2), ("raw_oversize_pdata", 1),
+            ("raw_random", 3),
+            ("raw_associate_mutated", 4),
+            ("raw_pdata_garbage", 5),
+            ("raw_pdu_length_lie", 2),
+            ("raw_oversize_pdata", 1),
         ]
 
     def make(self, index: int) -> FuzzInput:
@@ -311,8 +368,9 @@ class Mutator:
 
     # helpers -------------------------------------------------------------------------
 
-    def _fresh(self, index: int, rng: random.Random, seed: Seed, kind: str,
-               new_study: bool = True) -> tuple[list[Element], FuzzInput]:
+    def _fresh(
+        self, index: int, rng: random.Random, seed: Seed, kind: str, new_study: bool = True
+    ) -> tuple[list[Element], FuzzInput]:
         """The seed's elements with new UIDs (so a success is a new instance)."""
         elements = list(seed.elements)
         sop_uid = _uid(rng)
@@ -320,12 +378,14 @@ class Mutator:
         if new_study:
             _replace(elements, TAG_STUDY, _uid_value(_uid(rng)), seed.implicit, b"UI")
             _replace(elements, TAG_SERIES, _uid_value(_uid(rng)), seed.implicit, b"UI")
-        item = FuzzInput(index, kind, seed.sop_class, seed.transfer_syntax, sop_uid,
-                         sop_instance_uid=sop_uid)
+        item = FuzzInput(
+            index, kind, seed.sop_class, seed.transfer_syntax, sop_uid, sop_instance_uid=sop_uid
+        )
         return elements, item
 
-    def _finish(self, item: FuzzInput, elements: list[Element], seed: Seed,
-                tail: bytes = b"") -> FuzzInput:
+    def _finish(
+        self, item: FuzzInput, elements: list[Element], seed: Seed, tail: bytes = b""
+    ) -> FuzzInput:
         body = b"".join(e.raw for e in elements) + tail
         if item.transfer_syntax == DeflatedExplicitVRLittleEndian:
             body = _deflate(body)
@@ -371,8 +431,9 @@ class Mutator:
         elements, item = self._fresh(index, rng, seed, "wrong_vr")
         if seed.implicit or seed.transfer_syntax == DeflatedExplicitVRLittleEndian:
             # No VRs on the wire: send the implicit bytes as explicit instead.
-            item.transfer_syntax = (ExplicitVRLittleEndian if seed.implicit
-                                    else DeflatedExplicitVRLittleEndian)
+            item.transfer_syntax = (
+                ExplicitVRLittleEndian if seed.implicit else DeflatedExplicitVRLittleEndian
+            )
             if not seed.implicit:
                 i = rng.randrange(len(elements))
                 e = elements[i]
@@ -382,8 +443,11 @@ class Mutator:
         for _ in range(rng.randint(1, 3)):
             i = rng.randrange(len(elements))
             e = elements[i]
-            vr = rng.choice(ALL_VRS) if rng.random() < 0.85 else bytes(
-                rng.getrandbits(8) for _ in range(2))
+            vr = (
+                rng.choice(ALL_VRS)
+                if rng.random() < 0.85
+                else bytes(rng.getrandbits(8) for _ in range(2))
+            )
             if rng.random() < 0.5:  # keep the header shape: only the VR lies
                 elements[i] = Element(e.tag, vr, e.header[:4] + vr + e.header[6:], e.value)
             else:  # re-encode with the wrong VR's header layout
@@ -396,9 +460,20 @@ class Mutator:
         if rng.random() < 0.3:
             i = _index_of(elements, TAG_PIXEL_DATA) or i
         e = elements[i]
-        choices = [0, 1, len(e.value) + 1, len(e.value) - 1, len(e.value) + 2,
-                   len(e.value) * 2, 0xFFFF, 0xFFFFFFFF, 0x7FFFFFFF, 0xFFFFFFFE,
-                   rng.getrandbits(32), rng.getrandbits(16)]
+        choices = [
+            0,
+            1,
+            len(e.value) + 1,
+            len(e.value) - 1,
+            len(e.value) + 2,
+            len(e.value) * 2,
+            0xFFFF,
+            0xFFFFFFFF,
+            0x7FFFFFFF,
+            0xFFFFFFFE,
+            rng.getrandbits(32),
+            rng.getrandbits(16),
+        ]
         length = max(0, rng.choice(choices))
         elements[i] = encode_element(e.tag, e.vr, e.value, length)
         return self._finish(item, elements, seed)
@@ -412,8 +487,11 @@ class Mutator:
             start = sum(len(e.raw) for e in elements[:pixels])
             if cut > start:  # inside Pixel Data: never acknowledged
                 item.expect = FAILURE
-        item.payload = _deflate(body[:cut]) if (
-            item.transfer_syntax == DeflatedExplicitVRLittleEndian) else body[:cut]
+        item.payload = (
+            _deflate(body[:cut])
+            if (item.transfer_syntax == DeflatedExplicitVRLittleEndian)
+            else body[:cut]
+        )
         return item
 
     def _truncate_pixel_data(self, index: int, rng: random.Random, seed: Seed) -> FuzzInput:
@@ -424,13 +502,11 @@ class Mutator:
         keep = rng.randrange(0, max(1, len(e.value) - 16))
         if seed.encapsulated:
             # Cut inside the fragments; the sequence delimiter may or may not follow.
-            value = e.value[:keep] + (b"\xfe\xff\xdd\xe0\0\0\0\0" if rng.random() < 0.5
-                                      else b"")
+            value = e.value[:keep] + (b"\xfe\xff\xdd\xe0\0\0\0\0" if rng.random() < 0.5 else b"")
             elements[i] = Element(e.tag, e.vr, e.header, value)
         else:
             lie = rng.random() < 0.5  # the length field still says the full size
-            elements[i] = encode_element(e.tag, e.vr, e.value[:keep],
-                                         len(e.value) if lie else None)
+            elements[i] = encode_element(e.tag, e.vr, e.value[:keep], len(e.value) if lie else None)
         # RLE has no end marker: a segment cut short but still long enough for its
         # pixels is found only by decoding (the worker's job, verified as a payload).
         item.expect = None if seed.transfer_syntax == RLELossless else FAILURE
@@ -438,8 +514,18 @@ class Mutator:
 
     def _absurd_dimensions(self, index: int, rng: random.Random, seed: Seed) -> FuzzInput:
         elements, item = self._fresh(index, rng, seed, "absurd_dimensions")
-        rows, cols = rng.choice([(0, 640), (16385, 640), (65535, 65535), (40000, 40000),
-                                 (1, 1), (16384, 16384), (533, 0), (2, 65535)])
+        rows, cols = rng.choice(
+            [
+                (0, 640),
+                (16385, 640),
+                (65535, 65535),
+                (40000, 40000),
+                (1, 1),
+                (16384, 16384),
+                (533, 0),
+                (2, 65535),
+            ]
+        )
         _replace(elements, TAG_ROWS, struct.pack("<H", rows), seed.implicit, b"US")
         _replace(elements, TAG_COLUMNS, struct.pack("<H", cols), seed.implicit, b"US")
         item.expect = FAILURE
@@ -447,8 +533,9 @@ class Mutator:
 
     def _absurd_frames(self, index: int, rng: random.Random, seed: Seed) -> FuzzInput:
         elements, item = self._fresh(index, rng, seed, "absurd_frames")
-        value = rng.choice([b"0 ", b"-5", b"999999999 ", b"x ", b"1e9 ", b"2 ", b"",
-                            b"4294967297", b"1\\2 "])
+        value = rng.choice(
+            [b"0 ", b"-5", b"999999999 ", b"x ", b"1e9 ", b"2 ", b"", b"4294967297", b"1\\2 "]
+        )
         _replace(elements, TAG_FRAMES, value, seed.implicit, b"IS")
         return self._finish(item, elements, seed)
 
@@ -465,18 +552,17 @@ class Mutator:
         item.expect = frozenset({0xA900})
         return self._finish(item, elements, seed)
 
-    def _affected_uid_mismatch(self, index: int, rng: random.Random,
-                               seed: Seed) -> FuzzInput:
+    def _affected_uid_mismatch(self, index: int, rng: random.Random, seed: Seed) -> FuzzInput:
         elements, item = self._fresh(index, rng, seed, "affected_uid_mismatch")
         item.affected_uid = _uid(rng)
         item.expect = FAILURE
         return self._finish(item, elements, seed)
 
-    def _transfer_syntax_mismatch(self, index: int, rng: random.Random,
-                                  seed: Seed) -> FuzzInput:
+    def _transfer_syntax_mismatch(self, index: int, rng: random.Random, seed: Seed) -> FuzzInput:
         elements, item = self._fresh(index, rng, seed, "transfer_syntax_mismatch")
-        item.transfer_syntax = rng.choice([t for t in TRANSFER_SYNTAXES
-                                           if t != seed.transfer_syntax])
+        item.transfer_syntax = rng.choice(
+            [t for t in TRANSFER_SYNTAXES if t != seed.transfer_syntax]
+        )
         body = b"".join(e.raw for e in elements)
         if seed.transfer_syntax == DeflatedExplicitVRLittleEndian:
             body = _deflate(body)
@@ -493,8 +579,11 @@ class Mutator:
             limit = header_end + 64 if rng.random() < 0.8 else len(body)
             pos = rng.randrange(min(limit, len(body)))
             body[pos] = rng.getrandbits(8)
-        item.payload = _deflate(bytes(body)) if (
-            item.transfer_syntax == DeflatedExplicitVRLittleEndian) else bytes(body)
+        item.payload = (
+            _deflate(bytes(body))
+            if (item.transfer_syntax == DeflatedExplicitVRLittleEndian)
+            else bytes(body)
+        )
         return item
 
     def _random_insert(self, index: int, rng: random.Random, seed: Seed) -> FuzzInput:
@@ -503,13 +592,15 @@ class Mutator:
         pos = rng.randrange(len(body))
         junk = rng.randbytes(rng.choice([1, 2, 3, 8, 100, 5000]))
         body = body[:pos] + junk + body[pos:]
-        item.payload = _deflate(body) if (
-            item.transfer_syntax == DeflatedExplicitVRLittleEndian) else body
+        item.payload = (
+            _deflate(body) if (item.transfer_syntax == DeflatedExplicitVRLittleEndian) else body
+        )
         return item
 
     def _random_dataset(self, index: int, rng: random.Random, seed: Seed) -> FuzzInput:
-        item = FuzzInput(index, "random_dataset", seed.sop_class,
-                         rng.choice(TRANSFER_SYNTAXES), _uid(rng))
+        item = FuzzInput(
+            index, "random_dataset", seed.sop_class, rng.choice(TRANSFER_SYNTAXES), _uid(rng)
+        )
         item.payload = rng.randbytes(rng.choice([0, 1, 7, 128, 4096, 65536]))
         item.expect = FAILURE
         return item
@@ -530,8 +621,13 @@ class Mutator:
         fragment = header + runs + runs
         if len(fragment) % 2:
             fragment += b"\0"
-        value = (b"\xfe\xff\x00\xe0\0\0\0\0" + b"\xfe\xff\x00\xe0"
-                 + struct.pack("<I", len(fragment)) + fragment + b"\xfe\xff\xdd\xe0\0\0\0\0")
+        value = (
+            b"\xfe\xff\x00\xe0\0\0\0\0"
+            + b"\xfe\xff\x00\xe0"
+            + struct.pack("<I", len(fragment))
+            + fragment
+            + b"\xfe\xff\xdd\xe0\0\0\0\0"
+        )
         i = _index_of(elements, TAG_PIXEL_DATA)
         assert i is not None
         elements[i] = Element(TAG_PIXEL_DATA, elements[i].vr, elements[i].header, value)
@@ -547,8 +643,9 @@ class Mutator:
         head = b"".join(e.raw for e in elements[:i])
         head += encode_element(TAG_PIXEL_DATA, b"OW", b"", self.bomb_bytes).header
         c = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        item.payload = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH) + _zeros_deflated(
-            self.bomb_bytes)
+        item.payload = (
+            c.compress(head) + c.flush(zlib.Z_FULL_FLUSH) + _zeros_deflated(self.bomb_bytes)
+        )
         item.expect = FAILURE
         return item
 
@@ -607,20 +704,38 @@ def _weighted(rng: random.Random, kinds: list[tuple[str, int]]) -> str:
 
 # --- raw PDUs ----------------------------------------------------------------------------
 
+
 def _pdu_item(kind: int, data: bytes) -> bytes:
     return struct.pack(">BBH", kind, 0, len(data)) + data
 
 
-def associate_rq(calling: str = CALLING_AE, called: str = CALLED_AE,
-                 sop_class: str = DX_PRESENTATION,
-                 transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
+def associate_rq(
+    calling: str = CALLING_AE,
+    called: str = CALLED_AE,
+    sop_class: str = DX_PRESENTATION,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+) -> bytes:
     """An A-ASSOCIATE-RQ PDU with one presentation context (id 1)."""
-    context = _pdu_item(0x20, b"\x01\0\0\0" + _pdu_item(0x30, sop_class.encode())
-                        + _pdu_item(0x40, transfer_syntax.encode()))
-    user = _pdu_item(0x50, _pdu_item(0x51, struct.pack(">I", 16384))
-                     + _pdu_item(0x52, b"1.2.826.0.1.3680043.9.3811.1"))
-    body = (struct.pack(">HH", 1, 0) + called.encode().ljust(16) + calling.encode().ljust(16)
-            + bytes(32) + _pdu_item(0x10, b"1.2.840.10008.3.1.1.1") + context + user)
+    context = _pdu_item(
+        0x20,
+        b"\x01\0\0\0"
+        + _pdu_item(0x30, sop_class.encode())
+        + _pdu_item(0x40, transfer_syntax.encode()),
+    )
+    user = _pdu_item(
+        0x50,
+        _pdu_item(0x51, struct.pack(">I", 16384))
+        + _pdu_item(0x52, b"1.2.826.0.1.3680043.9.3811.1"),
+    )
+    body = (
+        struct.pack(">HH", 1, 0)
+        + called.encode().ljust(16)
+        + calling.encode().ljust(16)
+        + bytes(32)
+        + _pdu_item(0x10, b"1.2.840.10008.3.1.1.1")
+        + context
+        + user
+    )
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
@@ -636,6 +751,7 @@ PDU_NAMES = {0x02: "accept", 0x03: "reject", 0x04: "pdata", 0x06: "release", 0x0
 
 def read_pdu(sock: socket.socket, deadline: float) -> tuple[int, bytes] | None:
     """The next PDU (type, body) from ``sock``; None when the peer closed the connection."""
+
     def read(n: int) -> bytes | None:
         buf = b""
         while len(buf) < n:
@@ -681,11 +797,13 @@ def raw_associate(sock: socket.socket, timeout: float) -> str:
 
 def _send_then_listen(data: bytes) -> Callable[[socket.socket, float], str]:
     """A raw sender: ``data`` on a fresh connection, then whatever the node answers."""
+
     def send(sock: socket.socket, timeout: float) -> str:
         with contextlib.suppress(OSError):  # the node may have closed already
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
         return raw_answer(sock, timeout)
+
     return send
 
 
@@ -696,8 +814,7 @@ def _raw_random(_: Mutator, rng: random.Random) -> Callable[[socket.socket, floa
     return _send_then_listen(data)
 
 
-def _raw_associate_mutated(_: Mutator,
-                           rng: random.Random) -> Callable[[socket.socket, float], str]:
+def _raw_associate_mutated(_: Mutator, rng: random.Random) -> Callable[[socket.socket, float], str]:
     pdu = bytearray(associate_rq())
     for _i in range(rng.choice([1, 2, 8])):
         pdu[rng.randrange(len(pdu))] = rng.getrandbits(8)
@@ -707,10 +824,15 @@ def _raw_associate_mutated(_: Mutator,
     return _send_then_listen(data)
 
 
-def _raw_pdata_garbage(_: Mutator,
-                       rng: random.Random) -> Callable[[socket.socket, float], str]:
-    pdvs = [(rng.choice([1, 1, 3, 255, 0]), rng.choice([0, 1, 2, 3, 0xFF]),
-             rng.randbytes(rng.choice([0, 1, 12, 200, 3000]))) for _ in range(rng.randint(1, 3))]
+def _raw_pdata_garbage(_: Mutator, rng: random.Random) -> Callable[[socket.socket, float], str]:
+    pdvs = [
+        (
+            rng.choice([1, 1, 3, 255, 0]),
+            rng.choice([0, 1, 2, 3, 0xFF]),
+            rng.randbytes(rng.choice([0, 1, 12, 200, 3000])),
+        )
+        for _ in range(rng.randint(1, 3))
+    ]
     pdu = pdata(pdvs)
     if rng.random() < 0.3:  # PDV length fields that lie
         pdu = pdu[:10] + struct.pack(">I", rng.getrandbits(32)) + pdu[14:]
@@ -722,11 +844,11 @@ def _raw_pdata_garbage(_: Mutator,
             sock.sendall(pdu)
             sock.sendall(RELEASE_RQ)  # still responsive afterwards? release or abort
         return raw_answer(sock, timeout)
+
     return send
 
 
-def _raw_pdu_length_lie(_: Mutator,
-                        rng: random.Random) -> Callable[[socket.socket, float], str]:
+def _raw_pdu_length_lie(_: Mutator, rng: random.Random) -> Callable[[socket.socket, float], str]:
     claimed = rng.choice([1 << 20, 1 << 31, 0xFFFFFFFF])
     sent = rng.randbytes(rng.choice([0, 10, 1000]))
 
@@ -737,11 +859,11 @@ def _raw_pdu_length_lie(_: Mutator,
             sock.sendall(struct.pack(">BBI", 0x04, 0, claimed) + sent)
             sock.shutdown(socket.SHUT_WR)  # and then nothing: the node must give up on us
         return raw_answer(sock, timeout)
+
     return send
 
 
-def _raw_oversize_pdata(_: Mutator,
-                        rng: random.Random) -> Callable[[socket.socket, float], str]:
+def _raw_oversize_pdata(_: Mutator, rng: random.Random) -> Callable[[socket.socket, float], str]:
     size = rng.choice([8, 24]) << 20  # beyond receive.max_pdu_size (4 MiB by default)
     seed = rng.getrandbits(32)
 
@@ -757,14 +879,16 @@ def _raw_oversize_pdata(_: Mutator,
         except OSError:  # the node stopped reading and aborted: fine
             pass
         return raw_answer(sock, timeout)
+
     return send
 
 
 # Raw inputs sent on an established association that stays open for the answer.
 _ANSWERED_KINDS = frozenset({"raw_pdata_garbage", "raw_oversize_pdata"})
 
-_RAW_MAKERS: dict[str, Callable[[Mutator, random.Random],
-                                Callable[[socket.socket, float], str]]] = {
+_RAW_MAKERS: dict[
+    str, Callable[[Mutator, random.Random], Callable[[socket.socket, float], str]]
+] = {
     "raw_random": _raw_random,
     "raw_associate_mutated": _raw_associate_mutated,
     "raw_pdata_garbage": _raw_pdata_garbage,
@@ -774,6 +898,7 @@ _RAW_MAKERS: dict[str, Callable[[Mutator, random.Random],
 
 
 # --- the driver ---------------------------------------------------------------------------
+
 
 def classify_status(code: int) -> str:
     """success, warning, or ``failure 0xNNNN`` for a C-STORE status code."""
@@ -786,9 +911,14 @@ def classify_status(code: int) -> str:
 
 def valid_store_status(code: int) -> bool:
     """A status a Storage SCP may send (PS3.4 B.2.3, PS3.7 C)."""
-    return (code == 0 or code in WARNING_STATUSES or 0xA700 <= code <= 0xA7FF
-            or 0xA900 <= code <= 0xA9FF or 0xC000 <= code <= 0xCFFF
-            or code in (0x0117, 0x0122, 0x0124, 0x0210, 0x0211, 0x0212, 0x0110))
+    return (
+        code == 0
+        or code in WARNING_STATUSES
+        or 0xA700 <= code <= 0xA7FF
+        or 0xA900 <= code <= 0xA9FF
+        or 0xC000 <= code <= 0xCFFF
+        or code in (0x0117, 0x0122, 0x0124, 0x0210, 0x0211, 0x0212, 0x0110)
+    )
 
 
 @dataclass
@@ -827,8 +957,11 @@ class FuzzReport:
             f"acknowledged instances verified in the store: {self.accepted_verified}",
             "  of which eligible with pixel payload that does not decode (headers "
             f"consistent; the worker marks them failed): {sum(self.payload_undecodable.values())}"
-            + (f" ({', '.join(f'{k} {n}' for k, n in sorted(self.payload_undecodable.items()))})"
-               if self.payload_undecodable else ""),
+            + (
+                f" ({', '.join(f'{k} {n}' for k, n in sorted(self.payload_undecodable.items()))})"
+                if self.payload_undecodable
+                else ""
+            ),
             "statuses by category:",
         ]
         lines += [f"  {cat:28s} {n}" for cat, n in sorted(self.categories.items())]
@@ -902,12 +1035,23 @@ class FuzzDriver:
     reusing its association for up to ``per_association`` stores.
     """
 
-    def __init__(self, host: str, port: int, pid: int, config_path: Path,
-                 mutator: Mutator, scratch: Path, *, associations: int = 2,
-                 per_association: int = 250, timeout: float = 30.0,
-                 max_rss_mb: float = 512.0, check_every: int = 250,
-                 alive: Callable[[], bool] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        pid: int,
+        config_path: Path,
+        mutator: Mutator,
+        scratch: Path,
+        *,
+        associations: int = 2,
+        per_association: int = 250,
+        timeout: float = 30.0,
+        max_rss_mb: float = 512.0,
+        check_every: int = 250,
+        alive: Callable[[], bool] | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.host, self.port, self.pid = host, port, pid
         self.settings = load_settings(config_path)
         self.mutator = mutator
@@ -1055,8 +1199,9 @@ class FuzzDriver:
                 assoc.release()
             ok = category == "success" and self._stored(item) is None
             if not ok:
-                self._problem(None, f"good instance from {seed.name}: {category}, "
-                                    f"{self._stored(item)}")
+                self._problem(
+                    None, f"good instance from {seed.name}: {category}, {self._stored(item)}"
+                )
         else:
             self._problem(None, "good instance: association not established")
         with self._lock:
@@ -1070,8 +1215,9 @@ class FuzzDriver:
         try:
             uid = item.sop_instance_uid or item.affected_uid
             with store.read() as session:
-                row = session.scalars(select(Instance).where(
-                    Instance.sop_instance_uid == uid)).first()
+                row = session.scalars(
+                    select(Instance).where(Instance.sop_instance_uid == uid)
+                ).first()
                 if row is None:
                     return "acknowledged but no row in the store"
                 path, state = self.settings.spool_dir / row.path, row.state
@@ -1117,8 +1263,10 @@ class FuzzDriver:
         sampler.start()
         check_rng = random.Random(f"{self.mutator.seed}:good")
         self.good_instance_check(check_rng)
-        threads = [threading.Thread(target=self._sender, args=(n, w), daemon=True)
-                   for w in range(self.associations)]
+        threads = [
+            threading.Thread(target=self._sender, args=(n, w), daemon=True)
+            for w in range(self.associations)
+        ]
         for t in threads:
             t.start()
         next_check = self.check_every
@@ -1132,13 +1280,14 @@ class FuzzDriver:
                 self.verify_accepted()
             if done - last_progress >= 1000:
                 last_progress = done
-                self.progress(f"{done} inputs, peak RSS {sampler.peak:.0f} MB, "
-                              f"{len(self.report.problems)} problems")
+                self.progress(
+                    f"{done} inputs, peak RSS {sampler.peak:.0f} MB, "
+                    f"{len(self.report.problems)} problems"
+                )
                 for problem in self.report.problems[shown:]:
                     self.progress(f"  {problem}")
                 shown = len(self.report.problems)
-            if sampler.peak > self.max_rss_mb and not any(
-                    "RSS" in p for p in self.report.problems):
+            if sampler.peak > self.max_rss_mb and not any("RSS" in p for p in self.report.problems):
                 self._problem(None, f"node RSS {sampler.peak:.0f} MB above {self.max_rss_mb} MB")
         for t in threads:
             t.join()
@@ -1154,9 +1303,11 @@ class FuzzDriver:
         self.report.peak_threads = sampler.peak_threads
         self.report.end_rss_mb = rss_mb(self.pid)
         if self.report.peak_rss_mb > self.max_rss_mb and not any(
-                "RSS" in p for p in self.report.problems):
-            self._problem(None, f"node RSS {self.report.peak_rss_mb:.0f} MB above "
-                                f"{self.max_rss_mb} MB")
+            "RSS" in p for p in self.report.problems
+        ):
+            self._problem(
+                None, f"node RSS {self.report.peak_rss_mb:.0f} MB above {self.max_rss_mb} MB"
+            )
         self.report.seconds = time.monotonic() - started
         return self.report
 
@@ -1179,8 +1330,10 @@ def _decodes(ds: pydicom.Dataset) -> tuple[str | None, bool]:
     except (TypeError, ValueError, AttributeError) as exc:
         return f"acknowledged as eligible, pixel module unreadable ({type(exc).__name__})", False
     if declared > 64 << 20:  # every fuzz input comes from a sample of 640 columns
-        return (f"acknowledged as eligible with a {declared >> 20} MB frame "
-                f"({ds.Rows} x {ds.Columns}) from a {len(ds.PixelData) >> 10} KB stream"), False
+        return (
+            f"acknowledged as eligible with a {declared >> 20} MB frame "
+            f"({ds.Rows} x {ds.Columns}) from a {len(ds.PixelData) >> 10} KB stream"
+        ), False
     try:
         image = decode_radiograph(ds)
     except (KeyboardInterrupt, SystemExit):
@@ -1195,15 +1348,15 @@ def _decodes(ds: pydicom.Dataset) -> tuple[str | None, bool]:
     return None, False
 
 
-def send_input(host: str, port: int, item: FuzzInput, scratch: Path,
-               timeout: float = 30.0) -> str:
+def send_input(host: str, port: int, item: FuzzInput, scratch: Path, timeout: float = 30.0) -> str:
     """Send one dataset input on its own association; its answer's category."""
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
         path = scratch / f"one-{item.index}.dcm"
-        path.write_bytes(file_meta_bytes(item.sop_class, item.affected_uid,
-                                         item.transfer_syntax) + item.payload)
+        path.write_bytes(
+            file_meta_bytes(item.sop_class, item.affected_uid, item.transfer_syntax) + item.payload
+        )
         assoc = _requestor(timeout).associate(host, port, ae_title=CALLED_AE)
         if not assoc.is_established:
             return "association abort" if assoc.is_aborted else "association reject"
@@ -1224,22 +1377,40 @@ def fuzz_node_config(data_dir: Path, port: int) -> dict[str, object]:
     from tests.peers import base_config
 
     cfg = base_config(
-        data_dir, port,
+        data_dir,
+        port,
         # 64 MB per instance keeps bomb checks cheap; timeouts short so stalled
         # connections end within a run.
-        receive={"max_instance_mb": 64, "acse_timeout": 10, "dimse_timeout": 20,
-                 "network_timeout": 10, "max_associations": 16},
+        receive={
+            "max_instance_mb": 64,
+            "acse_timeout": 10,
+            "dimse_timeout": 20,
+            "network_timeout": 10,
+            "max_associations": 16,
+        },
         logging={"format": "json", "level": "WARNING"},
     )
     cfg["peers"] = [*cfg["peers"], {"ae_title": CALLING_AE, "host": "127.0.0.1"}]
     return cfg
 
 
-def run_fuzz(node_host: str, node_port: int, node_pid: int, config_path: Path, *,
-             n: int, seed: int, associations: int = 2, per_association: int = 250,
-             timeout: float = 30.0, max_rss_mb: float = 512.0, check_every: int = 250,
-             bomb_mb: int = 1024, alive: Callable[[], bool] | None = None,
-             progress: Callable[[str], None] | None = None) -> FuzzReport:
+def run_fuzz(
+    node_host: str,
+    node_port: int,
+    node_pid: int,
+    config_path: Path,
+    *,
+    n: int,
+    seed: int,
+    associations: int = 2,
+    per_association: int = 250,
+    timeout: float = 30.0,
+    max_rss_mb: float = 512.0,
+    check_every: int = 250,
+    bomb_mb: int = 1024,
+    alive: Callable[[], bool] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> FuzzReport:
     """Send ``n`` seeded inputs to the node listening at ``node_host:node_port``."""
     previous = _config.STORE_SEND_CHUNKED_DATASET
     _config.STORE_SEND_CHUNKED_DATASET = True  # send our bytes as they are
@@ -1247,14 +1418,23 @@ def run_fuzz(node_host: str, node_port: int, node_pid: int, config_path: Path, *
     # Checking stored files converts every value: no warnings about mutated ones.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     try:
-        with tempfile.TemporaryDirectory(prefix="fuzz-") as scratch, \
-                warnings.catch_warnings():
+        with tempfile.TemporaryDirectory(prefix="fuzz-") as scratch, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            driver = FuzzDriver(node_host, node_port, node_pid, config_path,
-                                Mutator(load_seeds(), seed, bomb_mb=bomb_mb), Path(scratch),
-                                associations=associations, per_association=per_association,
-                                timeout=timeout, max_rss_mb=max_rss_mb,
-                                check_every=check_every, alive=alive, progress=progress)
+            driver = FuzzDriver(
+                node_host,
+                node_port,
+                node_pid,
+                config_path,
+                Mutator(load_seeds(), seed, bomb_mb=bomb_mb),
+                Path(scratch),
+                associations=associations,
+                per_association=per_association,
+                timeout=timeout,
+                max_rss_mb=max_rss_mb,
+                check_every=check_every,
+                alive=alive,
+                progress=progress,
+            )
             return driver.run(n)
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = previous

@@ -24,8 +24,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_for(check: Any, what: str, timeout: float = 90, *logs: Any,
-             interval: float = 0.2) -> Any:
+def wait_for(check: Any, what: str, timeout: float = 90, *logs: Any, interval: float = 0.2) -> Any:
     """Poll ``check()`` until it returns something truthy (returned); fail after ``timeout``
     seconds naming ``what``, with the tail of each of ``logs`` (anything with ``log_text``)."""
     deadline = time.monotonic() + timeout
@@ -79,8 +78,9 @@ def wait_listening(port: int, proc: subprocess.Popen[Any], timeout: float = 20) 
 
 
 @contextmanager
-def dcmtk_storescp(*options: str, port: int | None = None, ae_title: str = "ARCHIVE",
-                   out_dir: Path | None = None) -> Iterator[int]:
+def dcmtk_storescp(
+    *options: str, port: int | None = None, ae_title: str = "ARCHIVE", out_dir: Path | None = None
+) -> Iterator[int]:
     """dcmtk's storescp as ``ae_title`` on loopback ``port`` (a free one by default) with
     ``options``, writing what it receives to ``out_dir`` if given; yields the port and
     kills it after."""
@@ -89,8 +89,11 @@ def dcmtk_storescp(*options: str, port: int | None = None, ae_title: str = "ARCH
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         where = ["-od", str(out_dir)]
-    proc = subprocess.Popen([need_tool("storescp"), "-aet", ae_title, *where, *options,
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [need_tool("storescp"), "-aet", ae_title, *where, *options, str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_listening(port, proc)
         yield port
@@ -99,8 +102,9 @@ def dcmtk_storescp(*options: str, port: int | None = None, ae_title: str = "ARCH
         proc.wait(10)
 
 
-def start_archive_scp(on_store: Any, port: int | None = None,
-                      ae_title: str = "ARCHIVE") -> tuple[Any, int]:
+def start_archive_scp(
+    on_store: Any, port: int | None = None, ae_title: str = "ARCHIVE"
+) -> tuple[Any, int]:
     """A pynetdicom storage SCP on loopback whose C-STOREs are answered by
     ``on_store(event) -> status`` (a test's misbehaving archive). Returns the running
     server (``shutdown()`` it) and its port."""
@@ -109,8 +113,9 @@ def start_archive_scp(on_store: Any, port: int | None = None,
     ae = AE(ae_title=ae_title)
     ae.supported_contexts = AllStoragePresentationContexts
     port = port or free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
     return server, port
 
 
@@ -160,8 +165,10 @@ def base_config(data_dir: Path, port: int, **sections: Any) -> dict[str, Any]:
         # contend for the default one.
         "metrics": {"port": free_port()},
         "worker": {"poll_seconds": 0.2, "retry_base_seconds": 1},
-        "peers": [{"ae_title": "STORESCU", "host": "127.0.0.1"},
-                  {"ae_title": "ECHOSCU", "host": "127.0.0.1"}],
+        "peers": [
+            {"ae_title": "STORESCU", "host": "127.0.0.1"},
+            {"ae_title": "ECHOSCU", "host": "127.0.0.1"},
+        ],
         "logging": {"format": "json", "level": "DEBUG"},
     }
     for name, value in sections.items():
@@ -172,15 +179,25 @@ def base_config(data_dir: Path, port: int, **sections: Any) -> dict[str, Any]:
     return cfg
 
 
-def run_cli(*args: str, config: Path | None = None, check: bool = True,
-            timeout: float = 120, env: Mapping[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str,
+    config: Path | None = None,
+    check: bool = True,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `triage-node ARGS` (as `python -m triage_node`) and capture its output."""
     cmd = [sys.executable, "-m", "triage_node", *args]
     if config is not None:
         cmd += ["--config", str(config)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=REPO)
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\n"
@@ -204,9 +221,10 @@ class NodeProcess:
     def start(self, wait: bool = True, timeout: float = 60) -> NodeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "triage_node", self.command, "--config",
-             str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            [sys.executable, "-m", "triage_node", self.command, "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
         )
         log.close()
         if wait and self.command in ("serve", "receive"):
@@ -218,8 +236,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"node exited with {self.proc.returncode}:\n{self.log_text()}")
+                raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log_text()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     return
@@ -247,13 +264,15 @@ class NodeProcess:
 
 
 @contextmanager
-def node_running(tmp_path: Path, name: str = "node", command: str = "serve",
-                 **sections: Any) -> Iterator[NodeProcess]:
+def node_running(
+    tmp_path: Path, name: str = "node", command: str = "serve", **sections: Any
+) -> Iterator[NodeProcess]:
     """Start a node on a free port with ``base_config`` plus overrides; kill it after."""
     port = sections.pop("port", None) or free_port()
     data_dir = sections.pop("data_dir", None) or tmp_path / f"{name}-data"
-    cfg_path = write_config(tmp_path / f"{name}.toml", base_config(Path(data_dir), port,
-                                                                  **sections))
+    cfg_path = write_config(
+        tmp_path / f"{name}.toml", base_config(Path(data_dir), port, **sections)
+    )
     node = NodeProcess(cfg_path, tmp_path / f"{name}.log", command=command)
     node.start()
     try:
@@ -262,24 +281,45 @@ def node_running(tmp_path: Path, name: str = "node", command: str = "serve",
         node.kill()
 
 
-def storescu(port: int, *files: Path | str, calling: str = "STORESCU", called: str = "TRIAGE",
-             extra: tuple[str, ...] = (), timeout: float = 120
-             ) -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int,
+    *files: Path | str,
+    calling: str = "STORESCU",
+    called: str = "TRIAGE",
+    extra: tuple[str, ...] = (),
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """dcmtk storescu to the node; returns the finished process (not checked)."""
     exe = need_tool("storescu")
-    cmd = [exe, "-v", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port),
-           *map(str, files)]
+    cmd = [
+        exe,
+        "-v",
+        "-aet",
+        calling,
+        "-aec",
+        called,
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def echoscu(port: int, calling: str = "ECHOSCU", called: str = "TRIAGE"
-            ) -> subprocess.CompletedProcess[str]:
+def echoscu(
+    port: int, calling: str = "ECHOSCU", called: str = "TRIAGE"
+) -> subprocess.CompletedProcess[str]:
     exe = need_tool("echoscu")
-    return subprocess.run([exe, "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [exe, "-v", "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # --- PostgreSQL -------------------------------------------------------------------------
+
 
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name)
@@ -307,12 +347,37 @@ class PostgresServer:
             shutil.chown(root, "postgres", "postgres")
             os.chmod(root, 0o755)
             self.prefix = ["runuser", "-u", "postgres", "--"]
-        subprocess.run([*self.prefix, initdb, "-D", str(self.datadir), "-A", "trust",
-                        "-U", "triage", "--no-sync"], check=True, capture_output=True)
         subprocess.run(
-            [*self.prefix, pg_ctl, "-D", str(self.datadir), "-l", str(root / "pg.log"), "-w",
-             "-o", f"-p {self.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
-             "start"], check=True, capture_output=True)
+            [
+                *self.prefix,
+                initdb,
+                "-D",
+                str(self.datadir),
+                "-A",
+                "trust",
+                "-U",
+                "triage",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *self.prefix,
+                pg_ctl,
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(root / "pg.log"),
+                "-w",
+                "-o",
+                f"-p {self.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self._n = 0
 
     def url(self, dbname: str = "postgres") -> str:
@@ -323,14 +388,17 @@ class PostgresServer:
 
         self._n += 1
         name = f"t{os.getpid()}_{self._n}"
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=triage dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=triage dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
     def stop(self) -> None:
-        subprocess.run([*self.prefix, self.pg_ctl, "-D", str(self.datadir), "-m", "immediate",
-                        "stop"], capture_output=True)
+        subprocess.run(
+            [*self.prefix, self.pg_ctl, "-D", str(self.datadir), "-m", "immediate", "stop"],
+            capture_output=True,
+        )
 
 
 class OrthancServer:
@@ -342,8 +410,14 @@ class OrthancServer:
     take the archive down and bring it back with its contents.
     """
 
-    def __init__(self, root: Path, node_port: int, node_aet: str | None = None,
-                 senders: Mapping[str, str] | None = None, router: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        node_port: int,
+        node_aet: str | None = None,
+        senders: Mapping[str, str] | None = None,
+        router: bool = True,
+    ) -> None:
         """``senders``: extra modalities (name -> AE title on 127.0.0.1) that may store;
         ``router`` False: without the Lua script (a plain archive)."""
         import json
@@ -357,11 +431,20 @@ class OrthancServer:
         if node_aet is not None:
             node["AET"] = node_aet
         for name, aet in (senders or {}).items():
-            config["DicomModalities"][name] = {"AET": aet, "Host": "127.0.0.1", "Port": 104,
-                                               "AllowEcho": True, "AllowStore": True}
-        config.update(StorageDirectory=str(root / "db"), IndexDirectory=str(root / "db"),
-                      HttpPort=free_port(), DicomPort=free_port(),
-                      LuaScripts=[str(deploy / "triage-route.lua")] if router else [])
+            config["DicomModalities"][name] = {
+                "AET": aet,
+                "Host": "127.0.0.1",
+                "Port": 104,
+                "AllowEcho": True,
+                "AllowStore": True,
+            }
+        config.update(
+            StorageDirectory=str(root / "db"),
+            IndexDirectory=str(root / "db"),
+            HttpPort=free_port(),
+            DicomPort=free_port(),
+            LuaScripts=[str(deploy / "triage-route.lua")] if router else [],
+        )
         self.config_path = root / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
         self.http_port = int(config["HttpPort"])
@@ -374,7 +457,8 @@ class OrthancServer:
     @staticmethod
     def binary() -> str:
         found = shutil.which("Orthanc") or (
-            "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+            "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
+        )
         if found is None:
             pytest.fail("Orthanc is not installed; .ci/run installs orthanc (apt-get)")
         return found
@@ -383,8 +467,12 @@ class OrthancServer:
         import urllib.error
 
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([self.binary(), str(self.config_path)],
-                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+            self.proc = subprocess.Popen(
+                [self.binary(), str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+            )
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -440,8 +528,9 @@ class OrthancServer:
         import json
         import urllib.request
 
-        req = urllib.request.Request(self.url(path), data=body, method="POST",
-                                     headers={"Content-Type": content_type})
+        req = urllib.request.Request(
+            self.url(path), data=body, method="POST", headers={"Content-Type": content_type}
+        )
         with urllib.request.urlopen(req, timeout=30) as rsp:
             return json.load(rsp)
 

@@ -14,8 +14,15 @@ from typing import Any
 from tests.dicom_files import PHI_BIRTH_DATE, PHI_ID, PHI_NAME, write_radiograph
 from tests.peers import REPO, node_running, run_cli, storescu
 
-WORKLIST_FIELDS = {"sop_instance_uid", "study_instance_uid", "state", "reason", "probability",
-                   "received_at", "updated_at"}
+WORKLIST_FIELDS = {
+    "sop_instance_uid",
+    "study_instance_uid",
+    "state",
+    "reason",
+    "probability",
+    "received_at",
+    "updated_at",
+}
 PHI = [PHI_NAME, PHI_NAME.replace("^", " "), "Phiname", "Zebulon", PHI_ID, PHI_BIRTH_DATE]
 
 
@@ -28,9 +35,23 @@ class Follower:
 
     def __init__(self, config: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "triage_node", "worklist", "--follow", "--json",
-             "--limit", "1", "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            [
+                sys.executable,
+                "-m",
+                "triage_node",
+                "worklist",
+                "--follow",
+                "--json",
+                "--limit",
+                "1",
+                "--config",
+                str(config),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[dict[str, Any]] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -70,8 +91,13 @@ def test_worklist_json_lists_instances_with_states_and_reasons(tmp_path: Path) -
             assert WORKLIST_FIELDS <= row.keys()
         by_uid = {r["sop_instance_uid"]: r for r in rows}
         assert by_uid[hip.SOPInstanceUID]["study_instance_uid"] == hip.StudyInstanceUID
-        assert by_uid[hip.SOPInstanceUID]["state"] in {"queued", "scoring", "scored",
-                                                       "not_assessable", "failed"}
+        assert by_uid[hip.SOPInstanceUID]["state"] in {
+            "queued",
+            "scoring",
+            "scored",
+            "not_assessable",
+            "failed",
+        }
         skipped = by_uid[chest.SOPInstanceUID]
         assert skipped["state"] == "skipped"
         assert "CHEST" in skipped["reason"]

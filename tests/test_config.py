@@ -29,8 +29,9 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("[logging]\nlevel = 'LOUD'\n", "logging.level", "INFO"),
     ],
 )
-def test_bad_config_exits_2_naming_key_and_file(tmp_path: Path, text: str, key: str,
-                                                words: str) -> None:
+def test_bad_config_exits_2_naming_key_and_file(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
     path = _write(tmp_path, text)
     proc = run_cli("status", config=path, check=False)
     assert proc.returncode == 2, proc.stderr
@@ -50,9 +51,14 @@ def test_invalid_toml_and_missing_file_exit_2(tmp_path: Path) -> None:
 
 def test_environment_overrides_file(tmp_path: Path) -> None:
     path = _write(tmp_path, "[node]\nport = 104\nae_title = 'FROMFILE'\n")
-    settings = load_settings(path, environ={"TRIAGE_NODE__NODE__PORT": "11113",
-                                            "TRIAGE_NODE__NODE__AE_TITLE": "FROMENV",
-                                            "TRIAGE_NODE__RECEIVE__FSYNC": "false"})
+    settings = load_settings(
+        path,
+        environ={
+            "TRIAGE_NODE__NODE__PORT": "11113",
+            "TRIAGE_NODE__NODE__AE_TITLE": "FROMENV",
+            "TRIAGE_NODE__RECEIVE__FSYNC": "false",
+        },
+    )
     assert settings.node.port == 11113
     assert settings.node.ae_title == "FROMENV"
     assert settings.receive.fsync is False
@@ -65,8 +71,7 @@ def test_bad_environment_override_names_variable(tmp_path: Path) -> None:
         load_settings(path, environ={"TRIAGE_NODE__NODE__PORT": "'x'"})
     with pytest.raises(ConfigError, match="TRIAGE_NODE__PORT"):
         load_settings(path, environ={"TRIAGE_NODE__PORT": "1"})
-    proc = run_cli("status", config=path, check=False,
-                   env={"TRIAGE_NODE__NODE__WORKERS": "0"})
+    proc = run_cli("status", config=path, check=False, env={"TRIAGE_NODE__NODE__WORKERS": "0"})
     assert proc.returncode == 2 and "node.workers" in proc.stderr
     assert "TRIAGE_NODE__NODE__WORKERS" in proc.stderr
 

@@ -12,11 +12,18 @@ from pathlib import Path
 from tests.crashrun import run_crash, small_sources
 
 
-def test_sigkills_lose_no_acknowledged_instance_and_duplicate_no_result(
-        tmp_path: Path) -> None:
+def test_sigkills_lose_no_acknowledged_instance_and_duplicate_no_result(tmp_path: Path) -> None:
     sources = small_sources(tmp_path / "sources", 6, seed=20241128)
-    report = run_crash(tmp_path / "run", sources, senders=2, per_sender=6, kills=2,
-                       seed=7, kill_every=(1.0, 4.0), drain_timeout=600)
+    report = run_crash(
+        tmp_path / "run",
+        sources,
+        senders=2,
+        per_sender=6,
+        kills=2,
+        seed=7,
+        kill_every=(1.0, 4.0),
+        drain_timeout=600,
+    )
     print("\n".join(report.lines()))
     assert report.kills >= 2
     assert len(report.acknowledged) == 12  # every sender got every study in, eventually

@@ -23,16 +23,18 @@ from triage_node.report.heatmap import build_heatmap
 from triage_node.report.sr import build_study_report
 
 
-def storescp(out_dir: Path, *extra: str,
-             ae_title: str = "NODE") -> AbstractContextManager[int]:
+def storescp(out_dir: Path, *extra: str, ae_title: str = "NODE") -> AbstractContextManager[int]:
     """dcmtk storescp on a free loopback port, writing what it receives to ``out_dir``."""
     return dcmtk_storescp(*extra, ae_title=ae_title, out_dir=out_dir)
 
 
 def settings(**receive: float) -> Settings:
-    return Settings.model_validate({"node": {"ae_title": "TRIAGE"},
-                                    "receive": {"acse_timeout": 30, "dimse_timeout": 30,
-                                                "network_timeout": 30, **receive}})
+    return Settings.model_validate(
+        {
+            "node": {"ae_title": "TRIAGE"},
+            "receive": {"acse_timeout": 30, "dimse_timeout": 30, "network_timeout": 30, **receive},
+        }
+    )
 
 
 def destination(port: int, ae_title: str = "NODE") -> DestinationSection:
@@ -85,9 +87,13 @@ def test_nobody_listening_is_retryable() -> None:
 
 def test_contexts_offer_what_each_object_can_be_sent_in() -> None:
     sr_class, sc_class = "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.7"
-    contexts = presentation_contexts([(sr_class, "1.2.840.10008.1.2.1"),
-                                      (sc_class, "1.2.840.10008.1.2"),
-                                      (sc_class, str(RLELossless))])
+    contexts = presentation_contexts(
+        [
+            (sr_class, "1.2.840.10008.1.2.1"),
+            (sc_class, "1.2.840.10008.1.2"),
+            (sc_class, str(RLELossless)),
+        ]
+    )
     offered = {(c.abstract_syntax, tuple(c.transfer_syntax)) for c in contexts}
     assert offered == {
         (sr_class, ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")),

@@ -37,9 +37,16 @@ from triage_node.store import Store
 from triage_node.store.models import Delivery, Instance, Job, Result
 
 SAMPLES = REPO / "samples"
-HIPS = ["01_osteoporotic_jpegls", "02_normal_mono1", "03_osteoporotic_cr_rle_mono1",
-        "04_normal_jpeg_lossless", "05_prosthesis_right_jpeg2000",
-        "06_unilateral_left_implicit", "07_bilateral_prosthesis", "09_blank"]
+HIPS = [
+    "01_osteoporotic_jpegls",
+    "02_normal_mono1",
+    "03_osteoporotic_cr_rle_mono1",
+    "04_normal_jpeg_lossless",
+    "05_prosthesis_right_jpeg2000",
+    "06_unilateral_left_implicit",
+    "07_bilateral_prosthesis",
+    "09_blank",
+]
 NOT_ROUTED = ["08_chest_not_hip"]
 
 
@@ -74,11 +81,16 @@ def sr_facts(sr: pydicom.Dataset) -> dict[str, Any]:
         return code(item.ConceptNameCodeSequence[0])
 
     return {
-        "probabilities": sorted(float(i.MeasuredValueSequence[0].NumericValue) for i in items
-                                if i.ValueType == "NUM" and
-                                concept(i) == codes.PROBABILITY_OF_OSTEOPOROSIS.value),
-        "decision": [code(i.ConceptCodeSequence[0]) for i in items
-                     if i.ValueType == "CODE" and concept(i) == codes.RECOMMENDATION.value],
+        "probabilities": sorted(
+            float(i.MeasuredValueSequence[0].NumericValue)
+            for i in items
+            if i.ValueType == "NUM" and concept(i) == codes.PROBABILITY_OF_OSTEOPOROSIS.value
+        ),
+        "decision": [
+            code(i.ConceptCodeSequence[0])
+            for i in items
+            if i.ValueType == "CODE" and concept(i) == codes.RECOMMENDATION.value
+        ],
         "texts": [str(i.TextValue) for i in items if i.ValueType == "TEXT"],
     }
 
@@ -100,10 +112,11 @@ def upload(archive: OrthancServer, name: str) -> pydicom.Dataset:
 def results_in(archive: OrthancServer, study_uid: str, source_uid: str) -> dict[str, str]:
     """Orthanc id -> "SR" or "SC" for every object in the study other than the source."""
     kinds = {"1.2.840.10008.5.1.4.1.1.7": "SC"}
-    return {i["ID"]: kinds.get(archive.get(f"/instances/{i['ID']}/tags?simplify")["SOPClassUID"],
-                               "SR")
-            for i in archive.study_instances(study_uid)
-            if i["MainDicomTags"]["SOPInstanceUID"] != source_uid}
+    return {
+        i["ID"]: kinds.get(archive.get(f"/instances/{i['ID']}/tags?simplify")["SOPClassUID"], "SR")
+        for i in archive.study_instances(study_uid)
+        if i["MainDicomTags"]["SOPInstanceUID"] != source_uid
+    }
 
 
 def complete(archive: OrthancServer, ds: pydicom.Dataset, name: str) -> bool:
@@ -115,14 +128,27 @@ def complete(archive: OrthancServer, ds: pydicom.Dataset, name: str) -> bool:
 
 def node_config(tmp_path: Path, archive: OrthancServer, node_port: int, **extra: Any) -> Path:
     cfg = base_config(
-        tmp_path / "data", node_port,
+        tmp_path / "data",
+        node_port,
         node={"ae_title": archive.node_aet, "settle_seconds": 1, "workers": 2},
-        peers=[{"ae_title": archive.aet, "host": "127.0.0.1"},
-               {"ae_title": "STORESCU", "host": "127.0.0.1"}],
-        destinations=[{"name": "orthanc", "ae_title": archive.aet, "host": "127.0.0.1",
-                       "port": archive.dicom_port}],
-        deliver={"max_attempts": 200, "retry_base_seconds": 0.5, "retry_max_seconds": 2,
-                 "connection_timeout": 2},
+        peers=[
+            {"ae_title": archive.aet, "host": "127.0.0.1"},
+            {"ae_title": "STORESCU", "host": "127.0.0.1"},
+        ],
+        destinations=[
+            {
+                "name": "orthanc",
+                "ae_title": archive.aet,
+                "host": "127.0.0.1",
+                "port": archive.dicom_port,
+            }
+        ],
+        deliver={
+            "max_attempts": 200,
+            "retry_base_seconds": 0.5,
+            "retry_max_seconds": 2,
+            "connection_timeout": 2,
+        },
         **extra,
     )
     return write_config(tmp_path / "node.toml", cfg)
@@ -142,12 +168,18 @@ def archive_and_node(tmp_path: Path) -> Iterator[tuple[OrthancServer, NodeProces
 
 
 def test_samples_routed_scored_and_results_back_in_their_studies(
-        archive_and_node: tuple[OrthancServer, NodeProcess], tmp_path: Path) -> None:
+    archive_and_node: tuple[OrthancServer, NodeProcess], tmp_path: Path
+) -> None:
     archive, node = archive_and_node
     sources = {name: upload(archive, name) for name in HIPS + NOT_ROUTED}
     hips = {name: sources[name] for name in HIPS}
-    wait_for(lambda: all(complete(archive, ds, n) for n, ds in hips.items()),
-             "an SR and the heatmaps in every hip study", 600, node, archive)
+    wait_for(
+        lambda: all(complete(archive, ds, n) for n, ds in hips.items()),
+        "an SR and the heatmaps in every hip study",
+        600,
+        node,
+        archive,
+    )
 
     for name, ds in hips.items():
         a = expected(name)
@@ -177,16 +209,23 @@ def test_samples_routed_scored_and_results_back_in_their_studies(
     assert expected("01_osteoporotic_jpegls").probability is not None
 
     chest = sources["08_chest_not_hip"]
-    assert [i["MainDicomTags"]["SOPInstanceUID"]
-            for i in archive.study_instances(chest.StudyInstanceUID)] == [chest.SOPInstanceUID]
+    assert [
+        i["MainDicomTags"]["SOPInstanceUID"]
+        for i in archive.study_instances(chest.StudyInstanceUID)
+    ] == [chest.SOPInstanceUID]
     assert node.terminate(60) == 0
 
 
 def test_archive_down_then_sigkill_mid_delivery_every_result_arrives_once(
-        archive_and_node: tuple[OrthancServer, NodeProcess]) -> None:
+    archive_and_node: tuple[OrthancServer, NodeProcess],
+) -> None:
     archive, node = archive_and_node
-    names = ["01_osteoporotic_jpegls", "02_normal_mono1", "04_normal_jpeg_lossless",
-             "06_unilateral_left_implicit"]
+    names = [
+        "01_osteoporotic_jpegls",
+        "02_normal_mono1",
+        "04_normal_jpeg_lossless",
+        "06_unilateral_left_implicit",
+    ]
     settings = load_settings(node.config_path)
     store = Store(settings.database_url)
     try:
@@ -195,8 +234,9 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives_once(
 
         def received() -> bool:
             with store.read() as s:
-                return len(s.scalars(select(Instance.id).where(
-                    Instance.sop_instance_uid.in_(uids))).all()) == len(uids)
+                return len(
+                    s.scalars(select(Instance.id).where(Instance.sop_instance_uid.in_(uids))).all()
+                ) == len(uids)
 
         wait_for(received, "the node to receive the routed images", 120, node, archive)
         archive.stop()  # the archive goes down before any result is made
@@ -213,16 +253,26 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives_once(
         archive.start()
 
         def some_arrived() -> int:
-            return sum(len(results_in(archive, ds.StudyInstanceUID, ds.SOPInstanceUID))
-                       for ds in sources.values())
+            return sum(
+                len(results_in(archive, ds.StudyInstanceUID, ds.SOPInstanceUID))
+                for ds in sources.values()
+            )
 
         wait_for(some_arrived, "the first result in Orthanc", 120, node, archive)
         node.kill()  # in the middle of delivery
-        before = {i["MainDicomTags"]["SOPInstanceUID"] for ds in sources.values()
-                  for i in archive.study_instances(ds.StudyInstanceUID)} - set(uids)
+        before = {
+            i["MainDicomTags"]["SOPInstanceUID"]
+            for ds in sources.values()
+            for i in archive.study_instances(ds.StudyInstanceUID)
+        } - set(uids)
         node.start()
-        wait_for(lambda: all(complete(archive, ds, n) for n, ds in sources.items()),
-                 "every result in Orthanc after the restart", 300, node, archive)
+        wait_for(
+            lambda: all(complete(archive, ds, n) for n, ds in sources.items()),
+            "every result in Orthanc after the restart",
+            300,
+            node,
+            archive,
+        )
 
         def all_delivered() -> bool:
             with store.read() as s:
@@ -232,8 +282,11 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives_once(
         assert node.terminate(60) == 0
         with store.read() as s:
             made = {r.sop_instance_uid for r in s.scalars(select(Result))}
-        in_archive = {i["MainDicomTags"]["SOPInstanceUID"] for ds in sources.values()
-                      for i in archive.study_instances(ds.StudyInstanceUID)} - set(uids)
+        in_archive = {
+            i["MainDicomTags"]["SOPInstanceUID"]
+            for ds in sources.values()
+            for i in archive.study_instances(ds.StudyInstanceUID)
+        } - set(uids)
         # The same objects, under the UIDs they were first sent with: no second version.
         assert in_archive == made and before <= made
         assert len(made) == sum(1 + expected(n).assessable for n in names)

@@ -63,8 +63,9 @@ _MB = 1024 * 1024
 # --- helpers ------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], Any], what: str, node: NodeProcess,
-             timeout: float = 120, poll: float = 0.1) -> Any:
+def wait_for(
+    check: Callable[[], Any], what: str, node: NodeProcess, timeout: float = 120, poll: float = 0.1
+) -> Any:
     """Poll ``check`` until it returns something true; fail with the node's log tail."""
     return peers.wait_for(check, what, timeout, node, interval=poll)
 
@@ -90,8 +91,11 @@ def scrape(node: NodeProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     got = http_get(ops_url(node, "/metrics"))
     if got is None or got[0] != 200:
         return {}
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(got[1]) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(got[1])
+        for s in family.samples
+    }
 
 
 def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
@@ -105,15 +109,32 @@ def readyz(node: NodeProcess) -> tuple[int, dict[str, Any]] | None:
 
 def delivery_node(tmp_path: Path, archive_port: int, **deliver: Any) -> NodeProcess:
     """A ``work`` node (not started) whose one destination ``archive`` is on ``archive_port``."""
-    config = write_config(tmp_path / "node.toml", base_config(
-        tmp_path / "data", free_port(),
-        receive={"fsync": False},
-        retention={"enabled": False},
-        deliver={"max_attempts": 50, "retry_base_seconds": 0.5, "retry_max_seconds": 1,
-                 "connection_timeout": 2, "acse_timeout": 5, "network_timeout": 10,
-                 **deliver},
-        destinations=[{"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1",
-                       "port": archive_port}]))
+    config = write_config(
+        tmp_path / "node.toml",
+        base_config(
+            tmp_path / "data",
+            free_port(),
+            receive={"fsync": False},
+            retention={"enabled": False},
+            deliver={
+                "max_attempts": 50,
+                "retry_base_seconds": 0.5,
+                "retry_max_seconds": 1,
+                "connection_timeout": 2,
+                "acse_timeout": 5,
+                "network_timeout": 10,
+                **deliver,
+            },
+            destinations=[
+                {
+                    "name": "archive",
+                    "ae_title": "ARCHIVE",
+                    "host": "127.0.0.1",
+                    "port": archive_port,
+                }
+            ],
+        ),
+    )
     return NodeProcess(config, tmp_path / "node.log", command="work")
 
 
@@ -124,14 +145,25 @@ class StoreRun:
     "Success", a failure text, or nothing yet.
     """
 
-    def __init__(self, port: int, files: list[Path], log_path: Path,
-                 *options: str) -> None:
+    def __init__(self, port: int, files: list[Path], log_path: Path, *options: str) -> None:
         self.log_path = log_path
         with open(log_path, "wb") as out:
             self.proc = subprocess.Popen(
-                [need_tool("storescu"), "-v", "-aet", "STORESCU", "-aec", "TRIAGE", *options,
-                 "127.0.0.1", str(port), *map(str, files)],
-                stdout=out, stderr=subprocess.STDOUT)
+                [
+                    need_tool("storescu"),
+                    "-v",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "TRIAGE",
+                    *options,
+                    "127.0.0.1",
+                    str(port),
+                    *map(str, files),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -185,7 +217,8 @@ def stored_uids(node: NodeProcess) -> list[str]:
 
 
 def test_destination_rejecting_associations_gets_every_result_once_when_it_accepts(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     port = free_port()
     node = delivery_node(tmp_path, port)
     settings = load_settings(node.config_path)
@@ -205,8 +238,10 @@ def test_destination_rejecting_associations_gets_every_result_once_when_it_accep
                 job = wait_for(retried_twice, "two rejected delivery attempts", node)[0]
                 # A-ASSOCIATE-RJ; on a loaded machine the refusal may reach pynetdicom as
                 # a closed connection instead: either way no association, and a retry.
-                assert ("association rejected by the peer" in job.last_error
-                        or "no association" in job.last_error), job.last_error
+                assert (
+                    "association rejected by the peer" in job.last_error
+                    or "no association" in job.last_error
+                ), job.last_error
                 assert study_row(store, study_uid).delivery_state == "retrying"
                 assert {d.state for d in rows(store, Delivery)} == {"retrying"}
                 results = rows(store, Result)
@@ -214,42 +249,66 @@ def test_destination_rejecting_associations_gets_every_result_once_when_it_accep
 
                 # While it lasts: retries counted per object, the job waits in the queue.
                 during = wait_for(
-                    lambda: (m := scrape(node)) and metric(
-                        m, "triage_results_total", destination="archive",
-                        outcome="retried") >= 2 * len(results) and m,
-                    "retries in /metrics", node)
-                assert metric(during, "triage_results_total", destination="archive",
-                              outcome="delivered") == 0
-                assert metric(during, "triage_queue_jobs", kind="deliver", state="queued") \
-                    + metric(during, "triage_queue_jobs", kind="deliver", state="running") == 1
+                    lambda: (
+                        (m := scrape(node))
+                        and metric(
+                            m, "triage_results_total", destination="archive", outcome="retried"
+                        )
+                        >= 2 * len(results)
+                        and m
+                    ),
+                    "retries in /metrics",
+                    node,
+                )
+                assert (
+                    metric(
+                        during, "triage_results_total", destination="archive", outcome="delivered"
+                    )
+                    == 0
+                )
+                assert (
+                    metric(during, "triage_queue_jobs", kind="deliver", state="queued")
+                    + metric(during, "triage_queue_jobs", kind="deliver", state="running")
+                    == 1
+                )
 
             # The archive accepts again on the same port, one file per object received.
             (tmp_path / "archive").mkdir()
             with dcmtk_storescp("+uf", port=port, out_dir=tmp_path / "archive"):
-                wait_for(lambda: study_row(store, study_uid).delivery_state == "delivered",
-                         "delivery once the archive accepts", node)
+                wait_for(
+                    lambda: study_row(store, study_uid).delivery_state == "delivered",
+                    "delivery once the archive accepts",
+                    node,
+                )
                 after = wait_for(
-                    lambda: (m := scrape(node)) and metric(
-                        m, "triage_queue_jobs", kind="deliver", state="done") == 1 and m,
-                    "the finished job in /metrics", node)
+                    lambda: (
+                        (m := scrape(node))
+                        and metric(m, "triage_queue_jobs", kind="deliver", state="done") == 1
+                        and m
+                    ),
+                    "the finished job in /metrics",
+                    node,
+                )
         finally:
             node.kill()
         expected = sorted(r.sop_instance_uid for r in results)
         assert received_uids(tmp_path / "archive") == expected  # each exactly once
-        assert [r.sop_instance_uid for r in rows(store, Result)] == \
-            [r.sop_instance_uid for r in results]  # the same objects, not new ones
+        assert [r.sop_instance_uid for r in rows(store, Result)] == [
+            r.sop_instance_uid for r in results
+        ]  # the same objects, not new ones
         assert {(d.state, d.status) for d in rows(store, Delivery)} == {("delivered", 0)}
-        assert metric(after, "triage_results_total", destination="archive",
-                      outcome="delivered") == len(results)
-        assert metric(after, "triage_results_total", destination="archive",
-                      outcome="failed") == 0
+        assert metric(
+            after, "triage_results_total", destination="archive", outcome="delivered"
+        ) == len(results)
+        assert metric(after, "triage_results_total", destination="archive", outcome="failed") == 0
         assert metric(after, "triage_queue_jobs", kind="deliver", state="queued") == 0
         kinds = [e.kind for e in rows(store, Event, Event.study_instance_uid == study_uid)]
         assert kinds.count("delivery_retry") >= 2 and kinds[-1] == "study_delivered"
 
 
 def test_destination_that_stops_answering_mid_transfer_is_aborted_and_retried(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     answering = threading.Event()  # set: the archive answers C-STOREs again
     held = threading.Event()  # the archive is sitting on a C-STORE
     requests: list[str] = []  # every C-STORE request the archive saw
@@ -297,27 +356,43 @@ def test_destination_that_stops_answering_mid_transfer_is_aborted_and_retried(
             assert [states[r.id] for r in results] == ["delivered", "retrying", "retrying"]
             assert study_row(store, study_uid).delivery_state == "retrying"
             during = wait_for(
-                lambda: (m := scrape(node)) and metric(
-                    m, "triage_results_total", destination="archive",
-                    outcome="retried") >= 2 and m,
-                "the retry in /metrics", node)
-            assert metric(during, "triage_results_total", destination="archive",
-                          outcome="delivered") == 1
+                lambda: (
+                    (m := scrape(node))
+                    and metric(m, "triage_results_total", destination="archive", outcome="retried")
+                    >= 2
+                    and m
+                ),
+                "the retry in /metrics",
+                node,
+            )
+            assert (
+                metric(during, "triage_results_total", destination="archive", outcome="delivered")
+                == 1
+            )
 
             answering.set()
-            wait_for(lambda: study_row(store, study_uid).delivery_state == "delivered",
-                     "delivery once the archive answers", node)
+            wait_for(
+                lambda: study_row(store, study_uid).delivery_state == "delivered",
+                "delivery once the archive answers",
+                node,
+            )
             # every object answered exactly once; the SR was never sent again
             assert sorted(acknowledged) == sorted([sr, first_sc, second_sc])
             assert requests.count(sr) == 1 and requests.count(first_sc) >= 2
             assert {(d.state, d.status) for d in rows(store, Delivery)} == {("delivered", 0)}
-            assert [r.sop_instance_uid for r in rows(store, Result)] == \
-                [sr, first_sc, second_sc]
+            assert [r.sop_instance_uid for r in rows(store, Result)] == [sr, first_sc, second_sc]
             after = wait_for(
-                lambda: (m := scrape(node)) and metric(
-                    m, "triage_results_total", destination="archive",
-                    outcome="delivered") == 3 and m,
-                "all three delivered in /metrics", node)
+                lambda: (
+                    (m := scrape(node))
+                    and metric(
+                        m, "triage_results_total", destination="archive", outcome="delivered"
+                    )
+                    == 3
+                    and m
+                ),
+                "all three delivered in /metrics",
+                node,
+            )
             assert metric(after, "triage_queue_jobs", kind="deliver", state="queued") == 0
     finally:
         answering.set()
@@ -345,13 +420,15 @@ print("released", flush=True)
 def spooled_without_row(node: NodeProcess) -> list[str]:
     """SOP Instance UIDs with a spool file but no committed row (in flight, unacknowledged)."""
     settings = load_settings(node.config_path)
-    files = {p.stem for p in settings.spool_dir.glob("*/*.dcm")
-             if not p.parent.name.startswith(".")}  # not .incoming: still arriving
+    files = {
+        p.stem for p in settings.spool_dir.glob("*/*.dcm") if not p.parent.name.startswith(".")
+    }  # not .incoming: still arriving
     return sorted(files - set(stored_uids(node)))
 
 
 def test_database_locked_by_another_process_during_a_burst_loses_no_acknowledged_instance(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     files = radiographs(tmp_path / "burst", 80)
     uid_of = {f: sop_uid(f) for f in files}
     with node_running(tmp_path, command="receive", retention={"enabled": False}) as node:
@@ -359,8 +436,12 @@ def test_database_locked_by_another_process_during_a_burst_loses_no_acknowledged
         before = wait_for(lambda: scrape(node), "/metrics", node)
         assert metric(before, "triage_store_writable") == 1
 
-        holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(db)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", LOCK_HOLDER, str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert holder.stdout is not None and holder.stdin is not None
         try:
             assert holder.stdout.readline().strip() == "ready"
@@ -373,22 +454,28 @@ def test_database_locked_by_another_process_during_a_burst_loses_no_acknowledged
 
             # The next instance is written to the spool, but its row cannot be committed:
             # it must not be acknowledged.
-            in_flight = wait_for(lambda: spooled_without_row(node),
-                                 "an instance waiting for the database", node)
+            in_flight = wait_for(
+                lambda: spooled_without_row(node), "an instance waiting for the database", node
+            )
             acknowledged = {uid_of[f] for f, s in burst.statuses().items() if s == "Success"}
             assert acknowledged and not acknowledged & set(in_flight)
             assert acknowledged <= set(stored_uids(node))
             # The alarm: the database still answers reads, but takes no write.
             locked = wait_for(
-                lambda: (m := scrape(node)) and metric(m, "triage_store_writable") == 0
-                and m, "triage_store_writable 0", node)
+                lambda: (m := scrape(node)) and metric(m, "triage_store_writable") == 0 and m,
+                "triage_store_writable 0",
+                node,
+            )
             assert metric(locked, "triage_store_up") == 1
 
             # The receiver stops waiting (SQLite's busy timeout) and refuses the instance
             # while the lock is still held, leaving neither a row nor a spool file.
             refused = wait_for(
                 lambda: [f for f, s in burst.statuses().items() if s != "Success"],
-                "a refusal while the database is locked", node, timeout=45)
+                "a refusal while the database is locked",
+                node,
+                timeout=45,
+            )
             assert [burst.statuses()[f] for f in refused] == ["Refused: OutOfResources"]
             assert uid_of[refused[0]] == in_flight[0]
             assert spooled_without_row(node) == []
@@ -407,8 +494,11 @@ def test_database_locked_by_another_process_during_a_burst_loses_no_acknowledged
         assert acknowledged <= set(stored)  # nothing acknowledged without its row
         assert uid_of[refused[0]] not in stored
         after = scrape(node)
-        assert metric(after, "triage_instances_total", outcome="refused") - \
-            metric(before, "triage_instances_total", outcome="refused") == 1
+        assert (
+            metric(after, "triage_instances_total", outcome="refused")
+            - metric(before, "triage_instances_total", outcome="refused")
+            == 1
+        )
         assert metric(after, "triage_store_writable") == 1
 
         # The receiver keeps serving; the sender retries what was not acknowledged.
@@ -422,7 +512,8 @@ def test_database_locked_by_another_process_during_a_burst_loses_no_acknowledged
 
 
 def test_disk_below_watermark_refuses_with_out_of_resources_until_space_is_freed(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     data_dir = tmp_path / "node-data"
     data_dir.mkdir()
     # The watermark sits in the middle of a filler file the test allocates: above it
@@ -434,9 +525,13 @@ def test_disk_below_watermark_refuses_with_out_of_resources_until_space_is_freed
     watermark_mb = (free - filler_bytes // 2) // _MB
     first = radiographs(tmp_path / "first", 3)
     refused_files = radiographs(tmp_path / "second", 3, first_seed=10)
-    with node_running(tmp_path, command="receive", data_dir=data_dir,
-                      receive={"min_free_disk_mb": watermark_mb, "fsync": False},
-                      retention={"enabled": False}) as node:
+    with node_running(
+        tmp_path,
+        command="receive",
+        data_dir=data_dir,
+        receive={"min_free_disk_mb": watermark_mb, "fsync": False},
+        retention={"enabled": False},
+    ) as node:
         ready = wait_for(lambda: readyz(node), "/readyz", node)
         assert ready[0] == 200 and ready[1]["checks"]["disk"]["ok"] is True
         assert storescu(node.port, *first).returncode == 0
@@ -461,18 +556,20 @@ def test_disk_below_watermark_refuses_with_out_of_resources_until_space_is_freed
             assert doc["checks"]["disk"]["ok"] is False
             assert "0xA700" in doc["checks"]["disk"]["detail"]
             full = scrape(node)
-            assert metric(full, "triage_free_disk_bytes") < \
-                metric(full, "triage_free_disk_watermark_bytes")
-            assert metric(full, "triage_instances_total", outcome="refused") - \
-                metric(before, "triage_instances_total", outcome="refused") == \
-                len(refused_files)
+            assert metric(full, "triage_free_disk_bytes") < metric(
+                full, "triage_free_disk_watermark_bytes"
+            )
+            assert metric(full, "triage_instances_total", outcome="refused") - metric(
+                before, "triage_instances_total", outcome="refused"
+            ) == len(refused_files)
             assert sorted(stored_uids(node)) == sorted(sop_uid(f) for f in first)
             assert "free disk below receive.min_free_disk_mb" in node.log_text()
         finally:
             filler.unlink()
 
-        ready = wait_for(lambda: (r := readyz(node)) and r[0] == 200 and r,
-                         "/readyz ready again", node)
+        ready = wait_for(
+            lambda: (r := readyz(node)) and r[0] == 200 and r, "/readyz ready again", node
+        )
         assert ready[1]["checks"]["disk"]["ok"] is True
         again = storescu(node.port, *refused_files)
         assert again.returncode == 0, again.stdout + again.stderr
@@ -480,5 +577,6 @@ def test_disk_below_watermark_refuses_with_out_of_resources_until_space_is_freed
         assert len(stored) == len(set(stored))
         assert sorted(stored) == sorted(sop_uid(f) for f in first + refused_files)
         recovered = scrape(node)
-        assert metric(recovered, "triage_free_disk_bytes") >= \
-            metric(recovered, "triage_free_disk_watermark_bytes")
+        assert metric(recovered, "triage_free_disk_bytes") >= metric(
+            recovered, "triage_free_disk_watermark_bytes"
+        )

@@ -40,8 +40,17 @@ from tests.peers import NodeProcess, free_port, write_config
 
 # Every answer a run may see: a DIMSE status (by category) or a clean end of the
 # connection. "timeout" (a hang) is never among them.
-CLEAN_ENDINGS = {"success", "warning", "abort", "reject", "release", "closed",
-                 "associate abort", "associate reject", "associate closed"}
+CLEAN_ENDINGS = {
+    "success",
+    "warning",
+    "abort",
+    "reject",
+    "release",
+    "closed",
+    "associate abort",
+    "associate reject",
+    "associate closed",
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +70,18 @@ def _alive(node: NodeProcess) -> bool:
 
 def test_seeded_fuzz_run_keeps_the_node_serving(node: NodeProcess) -> None:
     assert node.proc is not None
-    report = run_fuzz("127.0.0.1", node.port, node.proc.pid, node.config_path, n=300,
-                      seed=7, associations=2, check_every=100, max_rss_mb=512,
-                      alive=lambda: _alive(node))
+    report = run_fuzz(
+        "127.0.0.1",
+        node.port,
+        node.proc.pid,
+        node.config_path,
+        n=300,
+        seed=7,
+        associations=2,
+        check_every=100,
+        max_rss_mb=512,
+        alive=lambda: _alive(node),
+    )
     summary = report.summary()
     assert report.inputs == 300, summary
     assert report.crashes == 0 and _alive(node), summary
@@ -78,11 +96,13 @@ def test_seeded_fuzz_run_keeps_the_node_serving(node: NodeProcess) -> None:
     assert report.categories["success"] > 0, summary
     assert sum(n for c, n in report.categories.items() if c.startswith("failure")) > 100
     assert report.accepted_verified >= report.categories["success"] - report.by_kind.get(
-        "duplicate", {}).get("success", 0), summary
+        "duplicate", {}
+    ).get("success", 0), summary
     assert any(kind.startswith("raw_") for kind in report.by_kind), summary
 
 
 # --- regressions: inputs the fuzzer found acknowledged, or that blew the node up ----------
+
 
 def _seed(transfer_syntax: str) -> Seed:
     return next(s for s in load_seeds() if s.transfer_syntax == transfer_syntax)
@@ -99,11 +119,11 @@ def _finish(item: FuzzInput, elements: list[Element]) -> FuzzInput:
     return item
 
 
-def test_deflate_bomb_is_refused_without_inflating_it(node: NodeProcess,
-                                                      tmp_path: Path) -> None:
+def test_deflate_bomb_is_refused_without_inflating_it(node: NodeProcess, tmp_path: Path) -> None:
     # ~1 MB on the wire, 1 GiB of Pixel Data once inflated; the node's limit is 64 MB.
-    item = Mutator(load_seeds(), 0, bomb_mb=1024)._deflate_bomb(1, random.Random(1),
-                                                                _seed(ExplicitVRLittleEndian))
+    item = Mutator(load_seeds(), 0, bomb_mb=1024)._deflate_bomb(
+        1, random.Random(1), _seed(ExplicitVRLittleEndian)
+    )
     assert len(item.payload) < 8 << 20
     assert node.proc is not None
     before = rss_mb(node.proc.pid)
@@ -111,42 +131,38 @@ def test_deflate_bomb_is_refused_without_inflating_it(node: NodeProcess,
     assert rss_mb(node.proc.pid) < before + 64
 
 
-def test_tiny_rle_stream_claiming_a_huge_image_is_refused(node: NodeProcess,
-                                                          tmp_path: Path) -> None:
+def test_tiny_rle_stream_claiming_a_huge_image_is_refused(
+    node: NodeProcess, tmp_path: Path
+) -> None:
     for index in range(6):  # 4096 or 16384 square, one or many frames
-        item = Mutator(load_seeds(), 0)._rle_bomb(index, random.Random(index),
-                                                  _seed(RLELossless))
+        item = Mutator(load_seeds(), 0)._rle_bomb(index, random.Random(index), _seed(RLELossless))
         assert send_input("127.0.0.1", node.port, item, tmp_path) == "failure 0xC220"
 
 
 def test_rle_segments_that_do_not_fit_the_pixel_module_are_refused(
-        node: NodeProcess, tmp_path: Path) -> None:
+    node: NodeProcess, tmp_path: Path
+) -> None:
     # 8 bits allocated for a 2-segment (16-bit) stream: pylibjpeg-rle panics decoding it.
     item, elements = _input(_seed(RLELossless))
     _replace(elements, TAG_BITS_ALLOCATED, struct.pack("<H", 8), False, b"US")
     _replace(elements, 0x00280101, struct.pack("<H", 8), False, b"US")
     _replace(elements, 0x00280102, struct.pack("<H", 7), False, b"US")
-    assert send_input("127.0.0.1", node.port, _finish(item, elements),
-                      tmp_path) == "failure 0xC220"
+    assert send_input("127.0.0.1", node.port, _finish(item, elements), tmp_path) == "failure 0xC220"
 
 
-def test_codestream_size_must_match_rows_and_columns(node: NodeProcess,
-                                                     tmp_path: Path) -> None:
+def test_codestream_size_must_match_rows_and_columns(node: NodeProcess, tmp_path: Path) -> None:
     item, elements = _input(_seed(JPEGLSLossless))
     _replace(elements, TAG_ROWS, struct.pack("<H", 1), False, b"US")
     _replace(elements, TAG_ROWS + 1, struct.pack("<H", 1), False, b"US")
-    assert send_input("127.0.0.1", node.port, _finish(item, elements),
-                      tmp_path) == "failure 0xC220"
+    assert send_input("127.0.0.1", node.port, _finish(item, elements), tmp_path) == "failure 0xC220"
 
 
-def test_codestream_precision_must_fit_bits_allocated(node: NodeProcess,
-                                                      tmp_path: Path) -> None:
+def test_codestream_precision_must_fit_bits_allocated(node: NodeProcess, tmp_path: Path) -> None:
     # A 16-bit JPEG-LS stream in an 8-bit pixel module decodes to twice the bytes.
     item, elements = _input(_seed(JPEGLSLossless))
     for tag, value in ((TAG_BITS_ALLOCATED, 8), (0x00280101, 8), (0x00280102, 7)):
         _replace(elements, tag, struct.pack("<H", value), False, b"US")
-    assert send_input("127.0.0.1", node.port, _finish(item, elements),
-                      tmp_path) == "failure 0xC220"
+    assert send_input("127.0.0.1", node.port, _finish(item, elements), tmp_path) == "failure 0xC220"
 
 
 def test_truncated_jpeg_fragment_is_refused(node: NodeProcess, tmp_path: Path) -> None:
@@ -156,23 +172,31 @@ def test_truncated_jpeg_fragment_is_refused(node: NodeProcess, tmp_path: Path) -
     assert i is not None
     value = elements[i].value
     offset_table_end = 8 + struct.unpack_from("<I", value, 4)[0]
-    fragment = value[offset_table_end + 8:-8][: 50000]
-    value = (value[:offset_table_end] + b"\xfe\xff\x00\xe0" + struct.pack("<I", len(fragment))
-             + fragment + b"\xfe\xff\xdd\xe0\0\0\0\0")
+    fragment = value[offset_table_end + 8 : -8][:50000]
+    value = (
+        value[:offset_table_end]
+        + b"\xfe\xff\x00\xe0"
+        + struct.pack("<I", len(fragment))
+        + fragment
+        + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    )
     elements[i] = Element(TAG_PIXEL_DATA, elements[i].vr, elements[i].header, value)
-    assert send_input("127.0.0.1", node.port, _finish(item, elements),
-                      tmp_path) == "failure 0xC220"
+    assert send_input("127.0.0.1", node.port, _finish(item, elements), tmp_path) == "failure 0xC220"
 
 
-@pytest.mark.parametrize("tag, vr, value, status", [
-    (0x00281050, b"DS", b"819\xec.5", "failure 0xC000"),  # Window Center not a number
-    (0x00280103, b"US", b"\x00\x00\x00", "failure 0xC000"),  # a US of three bytes
-    (TAG_BITS_ALLOCATED, b"US", struct.pack("<H", 7), "failure 0xC220"),
-    (0x00280101, b"US", struct.pack("<H", 17), "failure 0xC220"),  # Bits Stored > Allocated
-    (0x00281050, b"LO", b"2047.5", "failure 0xC000"),  # a number sent as text (wrong VR)
-])
-def test_values_that_do_not_decode_are_refused(node: NodeProcess, tmp_path: Path, tag: int,
-                                               vr: bytes, value: bytes, status: str) -> None:
+@pytest.mark.parametrize(
+    "tag, vr, value, status",
+    [
+        (0x00281050, b"DS", b"819\xec.5", "failure 0xC000"),  # Window Center not a number
+        (0x00280103, b"US", b"\x00\x00\x00", "failure 0xC000"),  # a US of three bytes
+        (TAG_BITS_ALLOCATED, b"US", struct.pack("<H", 7), "failure 0xC220"),
+        (0x00280101, b"US", struct.pack("<H", 17), "failure 0xC220"),  # Bits Stored > Allocated
+        (0x00281050, b"LO", b"2047.5", "failure 0xC000"),  # a number sent as text (wrong VR)
+    ],
+)
+def test_values_that_do_not_decode_are_refused(
+    node: NodeProcess, tmp_path: Path, tag: int, vr: bytes, value: bytes, status: str
+) -> None:
     item, elements = _input(_seed(JPEGLSLossless))
     i = _index_of(elements, tag)
     assert i is not None

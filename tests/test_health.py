@@ -38,8 +38,7 @@ def ready(node: object) -> tuple[int, dict]:
     return endpoint(node, "/readyz")  # type: ignore[arg-type]
 
 
-def test_spool_not_writable_makes_the_node_not_ready_until_fixed(
-        tmp_path: Path) -> None:
+def test_spool_not_writable_makes_the_node_not_ready_until_fixed(tmp_path: Path) -> None:
     config = node_config(tmp_path)
     with node_in_process(config) as node:
         code, doc = ready(node)
@@ -80,8 +79,7 @@ def test_spool_not_writable_makes_the_node_not_ready_until_fixed(
         assert status["ready"]["ready"] is True and status["endpoint"]["node"]["ready"] is True
 
 
-def test_sqlite_file_moved_away_makes_the_node_not_ready_until_back(
-        tmp_path: Path) -> None:
+def test_sqlite_file_moved_away_makes_the_node_not_ready_until_back(tmp_path: Path) -> None:
     with node_in_process(node_config(tmp_path)) as node:
         assert ready(node)[0] == 200
         db = node.settings.data_dir / "triage.db"
@@ -113,19 +111,34 @@ def own_postgres() -> Iterator[PostgresServer]:
 
 def pg_start(server: PostgresServer) -> None:
     subprocess.run(
-        [*server.prefix, server.pg_ctl, "-D", str(server.datadir), "-l",
-         str(server.root / "pg.log"), "-w", "-o",
-         f"-p {server.port} -k {server.root} -c listen_addresses=127.0.0.1 -c fsync=off",
-         "start"], check=True, capture_output=True)
+        [
+            *server.prefix,
+            server.pg_ctl,
+            "-D",
+            str(server.datadir),
+            "-l",
+            str(server.root / "pg.log"),
+            "-w",
+            "-o",
+            f"-p {server.port} -k {server.root} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def pg_stop(server: PostgresServer) -> None:
-    subprocess.run([*server.prefix, server.pg_ctl, "-D", str(server.datadir), "-m", "fast",
-                    "-w", "stop"], check=True, capture_output=True)
+    subprocess.run(
+        [*server.prefix, server.pg_ctl, "-D", str(server.datadir), "-m", "fast", "-w", "stop"],
+        check=True,
+        capture_output=True,
+    )
 
 
 def test_postgresql_down_makes_the_node_not_ready_until_back(
-        tmp_path: Path, own_postgres: PostgresServer) -> None:
+    tmp_path: Path, own_postgres: PostgresServer
+) -> None:
     url = own_postgres.new_database()
     config = node_config(tmp_path, node={"database_url": url})
     with node_in_process(config) as node:

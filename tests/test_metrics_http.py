@@ -56,8 +56,9 @@ def use_model(monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
 def node_config(tmp_path: Path, **sections: Any) -> Path:
     """A test node config (see tests.peers.base_config) with its ops endpoint on a free port."""
     sections.setdefault("metrics", {"port": free_port()})
-    return write_config(tmp_path / "node.toml",
-                        base_config(tmp_path / "data", free_port(), **sections))
+    return write_config(
+        tmp_path / "node.toml", base_config(tmp_path / "data", free_port(), **sections)
+    )
 
 
 @contextmanager
@@ -107,9 +108,13 @@ SKIPPED = ["08_chest_not_hip.dcm"]
 def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path) -> None:
     archive_port = free_port()
     files = [REPO / "samples" / name for name in SCORED + NOT_ASSESSABLE + SKIPPED]
-    config = node_config(tmp_path, destinations=[{"name": "archive", "ae_title": "ARCHIVE",
-                                                  "host": "127.0.0.1", "port": archive_port}],
-                         retention={"enabled": False})
+    config = node_config(
+        tmp_path,
+        destinations=[
+            {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": archive_port}
+        ],
+        retention={"enabled": False},
+    )
     studies = len(SCORED) + len(NOT_ASSESSABLE)  # one study per sample
     objects = studies + len(SCORED)  # an SR per study, a heatmap per scored image
     with storescp(tmp_path / "archive", archive_port), node_in_process(config) as node:
@@ -120,17 +125,30 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path) -> None:
 
         port = node.settings.node.port
         # dcmsend: one association, each file in its own transfer syntax
-        subprocess.run([need_tool("dcmsend"), "-aet", "STORESCU", "-aec", "TRIAGE",
-                        "127.0.0.1", str(port), *map(str, files)],
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                need_tool("dcmsend"),
+                "-aet",
+                "STORESCU",
+                "-aec",
+                "TRIAGE",
+                "127.0.0.1",
+                str(port),
+                *map(str, files),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         assert echoscu(port, calling="INTRUDER").returncode != 0  # not in [[peers]]
 
         def delivered() -> bool:
             after = samples(endpoint(node, "/metrics")[1])
-            return value(after, "triage_results_total", destination="archive",
-                         outcome="delivered") - value(before, "triage_results_total",
-                                                      destination="archive",
-                                                      outcome="delivered") >= objects
+            return (
+                value(after, "triage_results_total", destination="archive", outcome="delivered")
+                - value(before, "triage_results_total", destination="archive", outcome="delivered")
+                >= objects
+            )
 
         wait_for(delivered, "every SR and heatmap delivered", 300)
         code, text = endpoint(node, "/metrics")
@@ -140,8 +158,7 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path) -> None:
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert delta("triage_associations_total", result="accepted", reason="") == 1
-    assert delta("triage_associations_total", result="rejected",
-                 reason="calling_ae_unknown") == 1
+    assert delta("triage_associations_total", result="rejected", reason="calling_ae_unknown") == 1
     assert delta("triage_instances_total", outcome="received") == len(files)
     assert delta("triage_instances_total", outcome="skipped") == len(SKIPPED)
     assert delta("triage_instances_total", outcome="scored") == len(SCORED)
@@ -173,8 +190,9 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path) -> None:
         assert all(v not in uids and not v.startswith(("1.2.", "2.25.")) for _k, v in labels)
 
 
-def test_waiting_jobs_show_queue_depth_and_age(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_waiting_jobs_show_queue_depth_and_age(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     use_model(monkeypatch, ModelUnavailable("no bundle (test)"))
     config = node_config(tmp_path, retention={"enabled": False})
     with node_in_process(config) as node:
@@ -213,8 +231,11 @@ def test_deploy_examples_load_and_alert_on_metrics_the_node_exports() -> None:
     assert settings.metrics.host == "127.0.0.1" and settings.retention.enabled
     rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "triage-node.rules.yml").read_text())
     alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
-    assert set(alerts) == {"TriageNodeQueueStuck", "TriageNodeDeliveryFailing",
-                           "TriageNodeNotAccepting"}
+    assert set(alerts) == {
+        "TriageNodeQueueStuck",
+        "TriageNodeDeliveryFailing",
+        "TriageNodeNotAccepting",
+    }
     from triage_node.ops.metrics import StoreCollector
     from triage_node.store import Store
     from triage_node.store.migrate import upgrade

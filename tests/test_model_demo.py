@@ -56,8 +56,10 @@ def test_demo_model_gives_reasons_not_probabilities_for_what_is_not_a_hip() -> N
 
     model = BundleScoringModel(load_bundle(DEMO_BUNDLE_DIR))
     samples = REPO / "samples"
-    inputs = {name: pydicom.dcmread(samples / f"{name}.dcm") for name in
-              ("08_chest_not_hip", "09_blank", "07_bilateral_prosthesis")}
+    inputs = {
+        name: pydicom.dcmread(samples / f"{name}.dcm")
+        for name in ("08_chest_not_hip", "09_blank", "07_bilateral_prosthesis")
+    }
     inputs["chest-like"] = make_instance(31, kind="chest")
     for name, ds in inputs.items():
         result = model.assess(ds)

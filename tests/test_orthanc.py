@@ -40,8 +40,11 @@ class OrthancPeer(OrthancServer):
 
     def routed(self) -> set[str]:
         """SOP Instance UIDs that reached the stand-in node so far."""
-        return {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
-                for p in self.node_dir.iterdir() if p.is_file()}
+        return {
+            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+            for p in self.node_dir.iterdir()
+            if p.is_file()
+        }
 
     def wait_routed(self, sop_instance_uid: str, timeout: float = 30) -> set[str]:
         deadline = time.monotonic() + timeout
@@ -63,8 +66,10 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
     peer.node_dir = root / "node-in"
     peer.node_dir.mkdir()
     node_proc = subprocess.Popen(
-        [need_tool("storescp"), "-aet", peer.node_aet, "-od", str(peer.node_dir),
-         str(node_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [need_tool("storescp"), "-aet", peer.node_aet, "-od", str(peer.node_dir), str(node_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_listening(node_port, node_proc)
         peer.start()
@@ -98,14 +103,14 @@ def test_hip_radiographs_are_routed_and_other_things_are_not(orthanc: OrthancPee
     assert routed == {hip.SOPInstanceUID, pelvis.SOPInstanceUID}
 
 
-def test_node_results_are_accepted_into_the_study_and_not_routed_back(
-        orthanc: OrthancPeer) -> None:
+def test_node_results_are_accepted_into_the_study_and_not_routed_back(orthanc: OrthancPeer) -> None:
     hip = make_radiograph("HIP", modality="DX", seed=11)
     orthanc.upload(hip)
     orthanc.wait_routed(hip.SOPInstanceUID)
     sr = build_study_report([hip], [assessment()], report_version=1)
-    archive = DestinationSection(name="orthanc", ae_title=orthanc.aet, host="127.0.0.1",
-                                 port=orthanc.dicom_port)
+    archive = DestinationSection(
+        name="orthanc", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+    )
     node_settings = settings()
     assert node_settings.node.ae_title == orthanc.node_aet  # the AE Orthanc knows
     outcomes = send_objects(archive, [sr], settings=node_settings)
@@ -116,8 +121,10 @@ def test_node_results_are_accepted_into_the_study_and_not_routed_back(
     study = orthanc.get(f"/instances/{found[0]['ID']}/study")
     assert study["MainDicomTags"]["StudyInstanceUID"] == hip.StudyInstanceUID
     hip_study = orthanc.get(f"/studies/{study['ID']}/instances")
-    assert {i["MainDicomTags"]["SOPInstanceUID"] for i in hip_study} == \
-        {hip.SOPInstanceUID, sr.SOPInstanceUID}
+    assert {i["MainDicomTags"]["SOPInstanceUID"] for i in hip_study} == {
+        hip.SOPInstanceUID,
+        sr.SOPInstanceUID,
+    }
 
     sentinel = make_radiograph("HIP", modality="DX", seed=12)
     orthanc.upload(sentinel)
@@ -125,10 +132,10 @@ def test_node_results_are_accepted_into_the_study_and_not_routed_back(
 
 
 def test_unknown_calling_ae_may_not_store(orthanc: OrthancPeer) -> None:
-    sr = build_study_report([make_radiograph("HIP", seed=21)], [assessment()],
-                            report_version=1)
-    archive = DestinationSection(name="orthanc", ae_title=orthanc.aet, host="127.0.0.1",
-                                 port=orthanc.dicom_port)
+    sr = build_study_report([make_radiograph("HIP", seed=21)], [assessment()], report_version=1)
+    archive = DestinationSection(
+        name="orthanc", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port
+    )
     stranger = settings()
     stranger.node.ae_title = "STRANGER"
     # DicomAlwaysAllowStore false: Orthanc rejects the association of an unknown AE

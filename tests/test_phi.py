@@ -60,43 +60,96 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
     assert len(phi) >= 3 * len(files) - 5  # the samples' identifiers are really there
 
     archive_port, metrics_port = free_port(), free_port()
-    config = write_config(tmp_path / "node.toml", base_config(
-        tmp_path / "data", free_port(),
-        metrics={"port": metrics_port},
-        destinations=[{"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1",
-                       "port": archive_port}],
-        receive={"min_free_disk_mb": 0, "fsync": False}))
+    config = write_config(
+        tmp_path / "node.toml",
+        base_config(
+            tmp_path / "data",
+            free_port(),
+            metrics={"port": metrics_port},
+            destinations=[
+                {
+                    "name": "archive",
+                    "ae_title": "ARCHIVE",
+                    "host": "127.0.0.1",
+                    "port": archive_port,
+                }
+            ],
+            receive={"min_free_disk_mb": 0, "fsync": False},
+        ),
+    )
     log_path = tmp_path / "node.log"
     outputs: dict[str, str] = {}
     with storescp(tmp_path / "archive", archive_port), open(log_path, "wb") as log:
-        node = subprocess.Popen([sys.executable, "-m", "triage_node", "serve", "--config",
-                                 str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        node = subprocess.Popen(
+            [sys.executable, "-m", "triage_node", "serve", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
         try:
-            wait_for(lambda: http_get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 200
-                     if _listening(metrics_port) else False, "node up", 60)
+            wait_for(
+                lambda: (
+                    http_get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 200
+                    if _listening(metrics_port)
+                    else False
+                ),
+                "node up",
+                60,
+            )
             port = int(tomllib.loads(config.read_text())["node"]["port"])
             # dcmsend proposes each file's own transfer syntax (storescu cannot send
             # JPEG-LS, RLE and JPEG 2000 files together without decompressing them)
-            subprocess.run([need_tool("dcmsend"), "-aet", "STORESCU", "-aec", "TRIAGE",
-                            "--decompress-never", "127.0.0.1", str(port), *map(str, files)],
-                           check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [
+                    need_tool("dcmsend"),
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "TRIAGE",
+                    "--decompress-never",
+                    "127.0.0.1",
+                    str(port),
+                    *map(str, files),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
             follow = subprocess.Popen(
-                [sys.executable, "-m", "triage_node", "worklist", "--follow", "--json",
-                 "--limit", "1000", "--config", str(config)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+                [
+                    sys.executable,
+                    "-m",
+                    "triage_node",
+                    "worklist",
+                    "--follow",
+                    "--json",
+                    "--limit",
+                    "1000",
+                    "--config",
+                    str(config),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                cwd=REPO,
+            )
 
             def settled() -> bool:
                 s = json.loads(run_cli("status", "--json", config=config).stdout)
                 events = run_cli("worklist", "--json", "--limit", "100", config=config).stdout
-                return (s["instances_total"] == len(files) and s["queue_depth"] == 0
-                        and '"delivered"' in events)
+                return (
+                    s["instances_total"] == len(files)
+                    and s["queue_depth"] == 0
+                    and '"delivered"' in events
+                )
 
             wait_for(settled, "every sample processed and results delivered", 300)
             outputs["metrics"] = http_get(f"http://127.0.0.1:{metrics_port}/metrics")[1]
             outputs["readyz"] = http_get(f"http://127.0.0.1:{metrics_port}/readyz")[1]
             outputs["worklist"] = run_cli("worklist", "--limit", "100", config=config).stdout
-            outputs["worklist --json"] = run_cli("worklist", "--json", "--limit", "100",
-                                                 config=config).stdout
+            outputs["worklist --json"] = run_cli(
+                "worklist", "--json", "--limit", "100", config=config
+            ).stdout
             outputs["status"] = run_cli("status", config=config).stdout
             outputs["status --json"] = run_cli("status", "--json", config=config).stdout
             time.sleep(1.0)
@@ -114,11 +167,21 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
     states = {row["state"] for row in json.loads(outputs["worklist --json"])}
     assert {"scored", "skipped"} <= states, states
     assert "triage_instances_total" in outputs["metrics"]
-    events = [json.loads(line) for line in outputs["worklist --follow --json"].splitlines()
-              if line.startswith("{")]
+    events = [
+        json.loads(line)
+        for line in outputs["worklist --follow --json"].splitlines()
+        if line.startswith("{")
+    ]
     kinds = {e["kind"] for e in events}
-    assert {"association_accepted", "received", "skipped", "instance_scored",
-            "study_reported", "object_sent", "study_delivered"} <= kinds, kinds
+    assert {
+        "association_accepted",
+        "received",
+        "skipped",
+        "instance_scored",
+        "study_reported",
+        "object_sent",
+        "study_delivered",
+    } <= kinds, kinds
     sent = [e for e in events if e["kind"] == "object_sent"]
     assert all(e["data"]["destination"] == "archive" and e["sop_instance_uid"] for e in sent)
     assert os.path.getsize(log_path) > 10_000  # DEBUG: every stage had its say

@@ -105,6 +105,7 @@ def send_with_pynetdicom(port: int, item: Dataset | Path, sop_class: str) -> int
 
 # --- 1. association policy -----------------------------------------------------------------
 
+
 def test_echo_from_peer_accepted_and_strangers_rejected(node: NodeProcess) -> None:
     ok = echoscu(node.port)
     assert ok.returncode == 0, ok.stderr
@@ -133,9 +134,11 @@ def test_echo_from_peer_accepted_and_strangers_rejected(node: NodeProcess) -> No
 
 # --- 2. transfer syntaxes --------------------------------------------------------------
 
+
 def _dcmtk(tool: str, *args: str | Path) -> None:
-    proc = subprocess.run([need_tool(tool), *map(str, args)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [need_tool(tool), *map(str, args)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, f"{tool} {args}: {proc.stderr}"
 
 
@@ -152,8 +155,7 @@ def _encoded_set(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray, bool]]:
         ds.PixelData = arr.tobytes()
         return save(ds, tmp_path / f"{name}-src.dcm"), arr
 
-    def add(ts: str, name: str, bits: int, lossless: bool, tool: str | None,
-            *opts: str) -> None:
+    def add(ts: str, name: str, bits: int, lossless: bool, tool: str | None, *opts: str) -> None:
         src, arr = base(name, bits)
         dst = tmp_path / f"{name}.dcm"
         if tool is None:
@@ -172,8 +174,7 @@ def _encoded_set(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray, bool]]:
     add(JPEGLosslessSV1, "jpeg-lossless-sv1", 16, True, "dcmcjpeg", "+e1")
     add(JPEGLSLossless, "jpegls", 16, True, "dcmcjpls", "+el")
     add(JPEGLSNearLossless, "jpegls-near", 16, False, "dcmcjpls", "+en")
-    for ts, name, lossless in ((JPEG2000Lossless, "j2k-lossless", True),
-                               (JPEG2000, "j2k", False)):
+    for ts, name, lossless in ((JPEG2000Lossless, "j2k-lossless", True), (JPEG2000, "j2k", False)):
         src, arr = base(name, 16)
         ds = pydicom.dcmread(src)
         if lossless:
@@ -205,17 +206,31 @@ STORESCU_PROPOSE = {
 def test_every_transfer_syntax_is_stored_as_received(node: NodeProcess, tmp_path: Path) -> None:
     files = _encoded_set(tmp_path)
     for ts, (path, _, _) in files.items():
-        assert str(pydicom.dcmread(path, stop_before_pixels=True).file_meta
-                   .TransferSyntaxUID) == ts, path.name
+        assert (
+            str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID) == ts
+        ), path.name
     for ts, (path, _, _) in files.items():
         # One association a file, proposing the file's own transfer syntax.
         if STORESCU_PROPOSE[ts]:
             proc = storescu(node.port, path, extra=("-R", STORESCU_PROPOSE[ts]))
         else:
             proc = subprocess.run(
-                [need_tool("dcmsend"), "-v", "-aet", "STORESCU", "-aec", "TRIAGE",
-                 "--decompress-never", "127.0.0.1", str(node.port), str(path)],
-                capture_output=True, text=True, timeout=60)
+                [
+                    need_tool("dcmsend"),
+                    "-v",
+                    "-aet",
+                    "STORESCU",
+                    "-aec",
+                    "TRIAGE",
+                    "--decompress-never",
+                    "127.0.0.1",
+                    str(node.port),
+                    str(path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
         assert proc.returncode == 0, proc.stdout + proc.stderr
     spool = load_settings(node.config_path).spool_dir
     for ts, (path, original, lossless) in files.items():
@@ -256,19 +271,34 @@ def test_large_compressed_instances_are_stored(node: NodeProcess, tmp_path: Path
     for path in files:
         assert path.stat().st_size > 1.5 * 2**20, (path.name, path.stat().st_size)
     proc = subprocess.run(
-        [need_tool("dcmsend"), "-v", "-aet", "STORESCU", "-aec", "TRIAGE",
-         "--decompress-never", "127.0.0.1", str(node.port), *map(str, files)],
-        capture_output=True, text=True, timeout=120)
+        [
+            need_tool("dcmsend"),
+            "-v",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            "TRIAGE",
+            "--decompress-never",
+            "127.0.0.1",
+            str(node.port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     spool = load_settings(node.config_path).spool_dir
     for path in files:
         [row] = rows(node, pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         assert row.state == "queued", (path.name, row.state, row.reason)
-        np.testing.assert_array_equal(pydicom.dcmread(spool / row.path).pixel_array, arr,
-                                      err_msg=path.name)
+        np.testing.assert_array_equal(
+            pydicom.dcmread(spool / row.path).pixel_array, arr, err_msg=path.name
+        )
 
 
 # --- 3. duplicates -----------------------------------------------------------------------
+
 
 def test_duplicate_instance_acknowledged_once_stored(node: NodeProcess, tmp_path: Path) -> None:
     path = save(make_radiograph("HIP", seed=3), tmp_path / "dup.dcm")
@@ -282,10 +312,8 @@ def test_duplicate_instance_acknowledged_once_stored(node: NodeProcess, tmp_path
     assert any(e.sop_instance_uid == sop_uid for e in events(node, "duplicate"))
 
 
-def test_same_instances_from_two_associations_at_once(node: NodeProcess,
-                                                      tmp_path: Path) -> None:
-    paths = [save(make_radiograph("PELVIS", seed=10 + i), tmp_path / f"c{i}.dcm")
-             for i in range(6)]
+def test_same_instances_from_two_associations_at_once(node: NodeProcess, tmp_path: Path) -> None:
+    paths = [save(make_radiograph("PELVIS", seed=10 + i), tmp_path / f"c{i}.dcm") for i in range(6)]
     results: list[subprocess.CompletedProcess[str]] = []
 
     def send() -> None:
@@ -309,9 +337,11 @@ def test_same_instances_from_two_associations_at_once(node: NodeProcess,
 
 # --- 4. out of resources -------------------------------------------------------------------
 
+
 def test_disk_watermark_refuses_with_out_of_resources(tmp_path: Path) -> None:
-    with node_running(tmp_path, command="receive", peers=PEERS,
-                      receive={"min_free_disk_mb": 10**9}) as full:
+    with node_running(
+        tmp_path, command="receive", peers=PEERS, receive={"min_free_disk_mb": 10**9}
+    ) as full:
         ds = make_radiograph("HIP", seed=4)
         assert send_with_pynetdicom(full.port, ds, ds.SOPClassUID) == 0xA700
         proc = storescu(full.port, save(ds, tmp_path / "w.dcm"))
@@ -319,11 +349,11 @@ def test_disk_watermark_refuses_with_out_of_resources(tmp_path: Path) -> None:
         assert rows(full, ds.SOPInstanceUID) == []
         spool = load_settings(full.config_path).spool_dir
         assert [p for p in spool.rglob("*") if p.is_file()] == []
-        assert any("min_free_disk_mb" in (e.message or "")
-                   for e in events(full, "store_refused"))
+        assert any("min_free_disk_mb" in (e.message or "") for e in events(full, "store_refused"))
 
 
 # --- 5. broken datasets ----------------------------------------------------------------------
+
 
 def _garbage_file(path: Path, sop_class: str) -> Path:
     """Valid file meta followed by bytes that are not a dataset."""
@@ -340,7 +370,8 @@ def _garbage_file(path: Path, sop_class: str) -> Path:
 
 
 def test_broken_datasets_fail_and_the_next_store_succeeds(
-        node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node: NodeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good = make_radiograph("HIP", seed=5)
     sop_class = good.SOPClassUID
 
@@ -364,8 +395,9 @@ def test_broken_datasets_fail_and_the_next_store_succeeds(
     assert send_with_pynetdicom(node.port, garbage, sop_class) >> 12 == 0xC
     # Small (Pixel Data read) and large (Pixel Data length checked without reading it).
     for rows_, columns in ((128, 128), (1024, 768)):
-        full = save(make_radiograph("HIP", seed=9, rows=rows_, columns=columns),
-                    tmp_path / "full.dcm")
+        full = save(
+            make_radiograph("HIP", seed=9, rows=rows_, columns=columns), tmp_path / "full.dcm"
+        )
         truncated = tmp_path / "truncated.dcm"
         truncated.write_bytes(full.read_bytes()[:-5000])
         assert send_with_pynetdicom(node.port, truncated, sop_class) >> 12 == 0xC
@@ -393,6 +425,7 @@ def test_broken_datasets_fail_and_the_next_store_succeeds(
 
 # --- 6. eligibility ------------------------------------------------------------------------
 
+
 def _own_sr() -> Dataset:
     """An SR-like object carrying our device signature, as a misrouted result would."""
     ds = Dataset()
@@ -415,15 +448,15 @@ def _own_sr() -> Dataset:
     return ds
 
 
-def test_not_eligible_instances_are_stored_as_skipped(node: NodeProcess,
-                                                      tmp_path: Path) -> None:
+def test_not_eligible_instances_are_stored_as_skipped(node: NodeProcess, tmp_path: Path) -> None:
     chest = make_radiograph("CHEST", seed=11)
     lateral = make_radiograph("HIP", seed=12)
     lateral.ViewPosition = "LL"
     pelvis_cr = make_radiograph("PELVIS", seed=13, modality="CR")
     sr = _own_sr()
-    paths = [save(ds, tmp_path / f"e{i}.dcm") for i, ds in
-             enumerate((chest, lateral, pelvis_cr, sr))]
+    paths = [
+        save(ds, tmp_path / f"e{i}.dcm") for i, ds in enumerate((chest, lateral, pelvis_cr, sr))
+    ]
     proc = storescu(node.port, *paths, extra=("-R",))
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -446,12 +479,17 @@ def test_not_eligible_instances_are_stored_as_skipped(node: NodeProcess,
 
 # --- 7. no patient data in logs --------------------------------------------------------------
 
+
 def test_no_patient_data_in_logs_or_events(node: NodeProcess, tmp_path: Path) -> None:
     broken = make_radiograph("HIP", seed=14)
     del broken.SeriesInstanceUID
     stored = make_radiograph("CHEST", seed=15)
-    storescu(node.port, save(broken, tmp_path / "b.dcm"), save(stored, tmp_path / "s.dcm"),
-             extra=("--no-halt",))
+    storescu(
+        node.port,
+        save(broken, tmp_path / "b.dcm"),
+        save(stored, tmp_path / "s.dcm"),
+        extra=("--no-halt",),
+    )
     assert rows(node, stored.SOPInstanceUID)
     log = node.log_text()
     assert stored.SOPInstanceUID in log  # the log is the node's, and it logs UIDs

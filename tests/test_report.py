@@ -38,28 +38,36 @@ RIGHT_ROI = [(8.0, 20.0), (52.0, 20.0), (52.0, 80.0), (8.0, 80.0)]
 LEFT_ROI = [(72.0, 20.0), (120.0, 20.0), (120.0, 80.0), (72.0, 80.0)]
 
 
-def assessment(left: float | str | None = 0.73, right: float | str | None = 0.21, *,
-               synthetic: bool = True, threshold: float = 0.5,
-               version: str = "0.1.0") -> ImageAssessment:
+def assessment(
+    left: float | str | None = 0.73,
+    right: float | str | None = 0.21,
+    *,
+    synthetic: bool = True,
+    threshold: float = 0.5,
+    version: str = "0.1.0",
+) -> ImageAssessment:
     """A hand-built model result; a string instead of a probability = not assessable."""
     sides = []
     for side, value, roi in (("left", left, LEFT_ROI), ("right", right, RIGHT_ROI)):
         if value is None:
             continue
         if isinstance(value, str):
-            sides.append(SideAssessment(side, None, not_assessable_reason=value,
-                                        roi_polygon=None))
+            sides.append(SideAssessment(side, None, not_assessable_reason=value, roi_polygon=None))
         else:
-            sides.append(SideAssessment(side, value, roi_polygon=roi,
-                                        positive=value >= threshold))
-    return ImageAssessment(sides=tuple(sides), model_name="dtc-demo", model_version=version,
-                           threshold=threshold, synthetic_model=synthetic)
+            sides.append(SideAssessment(side, value, roi_polygon=roi, positive=value >= threshold))
+    return ImageAssessment(
+        sides=tuple(sides),
+        model_name="dtc-demo",
+        model_version=version,
+        threshold=threshold,
+        synthetic_model=synthetic,
+    )
 
 
-def source(seed: int = 0, study_uid: str = "1.2.826.0.1.3680043.8.498.1",
-           **kwargs: object) -> pydicom.Dataset:
-    ds = make_radiograph(rows=ROWS, columns=COLUMNS, study_uid=study_uid, seed=seed,
-                         **kwargs)  # type: ignore[arg-type]
+def source(
+    seed: int = 0, study_uid: str = "1.2.826.0.1.3680043.8.498.1", **kwargs: object
+) -> pydicom.Dataset:
+    ds = make_radiograph(rows=ROWS, columns=COLUMNS, study_uid=study_uid, seed=seed, **kwargs)  # type: ignore[arg-type]
     # fixed UIDs so that the determinism tests compare like with like
     ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{seed + 1}"
     ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1.100"
@@ -75,15 +83,18 @@ def dciodvfy(path: Path) -> list[str]:
     assert not errors, "\n".join(lines)
     warnings = [line for line in lines if line.startswith("Warning")]
     unexplained = [w for w in warnings if not any(k in w for k in KNOWN_WARNINGS)]
-    assert not unexplained, "new dciodvfy warnings (explain them in docs/dicom-conformance.md):\n" \
+    assert not unexplained, (
+        "new dciodvfy warnings (explain them in docs/dicom-conformance.md):\n"
         + "\n".join(unexplained)
+    )
     return warnings
 
 
 def dsrdump(path: Path) -> str:
     exe = need_tool("dsrdump")
-    proc = subprocess.run([exe, "+Pl", "+Pc", str(path)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [exe, "+Pl", "+Pc", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -116,8 +127,9 @@ def test_sr_with_both_sides_is_valid_and_shows_probability_and_decision(tmp_path
     assert str(back.PatientName) == PHI_NAME and back.PatientID == PHI_ID
     assert back.SeriesDescription == identity.SR_SERIES_DESCRIPTION
     assert back.SeriesInstanceUID != src.SeriesInstanceUID
-    assert identity.carries_our_signature(back.Manufacturer, back.ManufacturerModelName,
-                                          back.SeriesDescription)
+    assert identity.carries_our_signature(
+        back.Manufacturer, back.ManufacturerModelName, back.SeriesDescription
+    )
     evidence = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     schemes = [item.CodingSchemeDesignator for item in back.CodingSchemeIdentificationSequence]
@@ -130,8 +142,10 @@ def test_sr_with_both_sides_is_valid_and_shows_probability_and_decision(tmp_path
 
 
 def test_sr_with_one_side_not_assessable(tmp_path: Path) -> None:
-    path = save(build_study_report([source()], [assessment(right="prosthesis")],
-                                   report_version=1), tmp_path / "sr.dcm")
+    path = save(
+        build_study_report([source()], [assessment(right="prosthesis")], report_version=1),
+        tmp_path / "sr.dcm",
+    )
     dciodvfy(path)
     text = dsrdump(path)
     assert 'Reason not assessable")="prosthesis"' in text
@@ -141,9 +155,12 @@ def test_sr_with_one_side_not_assessable(tmp_path: Path) -> None:
 
 
 def test_sr_with_nothing_assessable_says_so(tmp_path: Path) -> None:
-    path = save(build_study_report([source()], [assessment(left="femur not found",
-                                                           right="cut off")],
-                                   report_version=1), tmp_path / "sr.dcm")
+    path = save(
+        build_study_report(
+            [source()], [assessment(left="femur not found", right="cut off")], report_version=1
+        ),
+        tmp_path / "sr.dcm",
+    )
     dciodvfy(path)
     text = dsrdump(path)
     assert "Probability of osteoporosis" not in text
@@ -162,23 +179,34 @@ def test_sr_low_likelihood_study_with_two_images(tmp_path: Path) -> None:
     assert identity.SYNTHETIC_DISCLAIMER not in text
     back = pydicom.dcmread(path)
     refs = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
-    assert {r.ReferencedSOPInstanceUID for r in refs.ReferencedSOPSequence} == \
-        {s.SOPInstanceUID for s in sources}
+    assert {r.ReferencedSOPInstanceUID for r in refs.ReferencedSOPSequence} == {
+        s.SOPInstanceUID for s in sources
+    }
 
 
 def test_sr_is_deterministic_and_versioned(tmp_path: Path) -> None:
-    a1 = save(build_study_report([source(0), source(1)], [assessment(), assessment(0.4, 0.3)],
-                                 report_version=1), tmp_path / "a.dcm")
+    a1 = save(
+        build_study_report(
+            [source(0), source(1)], [assessment(), assessment(0.4, 0.3)], report_version=1
+        ),
+        tmp_path / "a.dcm",
+    )
     # same inputs, built again later: the same bytes (UIDs, dates and all)
-    b1 = save(build_study_report([source(0), source(1)], [assessment(), assessment(0.4, 0.3)],
-                                 report_version=1), tmp_path / "b.dcm")
+    b1 = save(
+        build_study_report(
+            [source(0), source(1)], [assessment(), assessment(0.4, 0.3)], report_version=1
+        ),
+        tmp_path / "b.dcm",
+    )
     assert a1.read_bytes() == b1.read_bytes()
     first = pydicom.dcmread(a1)
     assert first.ContentDate == "20260101" and first.InstanceCreationDate == "20260101"
     # a late instance: report version 2, a new SOP Instance UID in the same series
-    late = build_study_report([source(0), source(1), source(2)],
-                              [assessment(), assessment(0.4, 0.3), assessment(0.2, 0.1)],
-                              report_version=2)
+    late = build_study_report(
+        [source(0), source(1), source(2)],
+        [assessment(), assessment(0.4, 0.3), assessment(0.2, 0.1)],
+        report_version=2,
+    )
     assert late.SOPInstanceUID != first.SOPInstanceUID
     assert late.SeriesInstanceUID == first.SeriesInstanceUID
     assert late.InstanceNumber == 2
@@ -187,24 +215,30 @@ def test_sr_is_deterministic_and_versioned(tmp_path: Path) -> None:
     assert other.SeriesInstanceUID != first.SeriesInstanceUID
     # an explicit content time is used as given
     when = datetime.datetime(2026, 1, 2, 3, 4, 5)
-    timed = build_study_report([source(0)], [assessment()], report_version=1,
-                               content_datetime=when)
+    timed = build_study_report([source(0)], [assessment()], report_version=1, content_datetime=when)
     assert (str(timed.ContentDate), str(timed.ContentTime)) == ("20260102", "030405")
 
 
-@pytest.mark.parametrize("kwargs, argument", [
-    ({"sources": [], "assessments": []}, "sources"),
-    ({"sources": "x", "assessments": []}, "sources"),
-    ({"assessments": [assessment(), assessment()]}, "assessments"),
-    ({"assessments": ["not an assessment"]}, "assessments[0]"),
-    ({"report_version": 0}, "report_version"),
-    ({"report_version": "1"}, "report_version"),
-    ({"series_number": -1}, "series_number"),
-    ({"content_datetime": "20260101"}, "content_datetime"),
-])
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"sources": [], "assessments": []}, "sources"),
+        ({"sources": "x", "assessments": []}, "sources"),
+        ({"assessments": [assessment(), assessment()]}, "assessments"),
+        ({"assessments": ["not an assessment"]}, "assessments[0]"),
+        ({"report_version": 0}, "report_version"),
+        ({"report_version": "1"}, "report_version"),
+        ({"series_number": -1}, "series_number"),
+        ({"content_datetime": "20260101"}, "content_datetime"),
+    ],
+)
 def test_sr_builder_refuses_bad_arguments(kwargs: dict[str, object], argument: str) -> None:
-    args: dict[str, object] = {"sources": [source()], "assessments": [assessment()],
-                               "report_version": 1, **kwargs}
+    args: dict[str, object] = {
+        "sources": [source()],
+        "assessments": [assessment()],
+        "report_version": 1,
+        **kwargs,
+    }
     with pytest.raises((TypeError, ValueError), match=argument.replace("[", r"\[")):
         build_study_report(**args)  # type: ignore[arg-type]
 
@@ -212,15 +246,23 @@ def test_sr_builder_refuses_bad_arguments(kwargs: dict[str, object], argument: s
 def test_sr_builder_refuses_rois_outside_the_image_and_mixed_studies() -> None:
     bad = ImageAssessment(
         sides=(SideAssessment("left", 0.5, roi_polygon=[(0, 0), (COLUMNS + 5, 0), (0, 10)]),),
-        model_name="m", model_version="1", threshold=0.5, synthetic_model=False)
+        model_name="m",
+        model_version="1",
+        threshold=0.5,
+        synthetic_model=False,
+    )
     with pytest.raises(ValueError, match=r"assessments\[0\].sides\[left\].roi_polygon"):
         build_study_report([source()], [bad], report_version=1)
     with pytest.raises(ValueError, match=r"sources\[1\]"):
-        build_study_report([source(0), source(1, study_uid="1.2.3.4")],
-                           [assessment(), assessment()], report_version=1)
+        build_study_report(
+            [source(0), source(1, study_uid="1.2.3.4")],
+            [assessment(), assessment()],
+            report_version=1,
+        )
     with pytest.raises(ValueError, match=r"assessments\[1\]"):
-        build_study_report([source(0), source(1)], [assessment(), assessment(version="9")],
-                           report_version=1)
+        build_study_report(
+            [source(0), source(1)], [assessment(), assessment(version="9")], report_version=1
+        )
 
 
 # --- heatmap ---------------------------------------------------------------------------
@@ -229,8 +271,10 @@ def test_sr_builder_refuses_rois_outside_the_image_and_mixed_studies() -> None:
 def test_heatmap_is_valid_rgb_with_burned_in_annotation(tmp_path: Path) -> None:
     src = source()
     yy, xx = np.mgrid[0:ROWS, 0:COLUMNS]
-    cams = {"left": np.exp(-((xx - 96) ** 2 + (yy - 50) ** 2) / 200.0),
-            "right": np.exp(-((xx - 30) ** 2 + (yy - 50) ** 2) / 200.0)}
+    cams = {
+        "left": np.exp(-((xx - 96) ** 2 + (yy - 50) ** 2) / 200.0),
+        "right": np.exp(-((xx - 30) ** 2 + (yy - 50) ** 2) / 200.0),
+    }
     sc = build_heatmap(src, assessment(), cams, report_version=1)
     path = save(sc, tmp_path / "sc.dcm")
     dciodvfy(path)
@@ -269,8 +313,9 @@ def test_heatmap_one_side_not_assessable_and_single_laterality(tmp_path: Path) -
     sc = build_heatmap(source(), assessment(left=0.8, right=None), None, report_version=1)
     assert sc.ImageLaterality == "L" and "Laterality" not in sc
     dciodvfy(save(sc, tmp_path / "one.dcm"))
-    both = build_heatmap(source(), assessment(left="prosthesis", right="cut off"), None,
-                         report_version=1)
+    both = build_heatmap(
+        source(), assessment(left="prosthesis", right="cut off"), None, report_version=1
+    )
     dciodvfy(save(both, tmp_path / "none.dcm"))
 
 
@@ -289,9 +334,13 @@ def test_windowing_follows_the_file() -> None:
 def test_huge_sources_are_scaled_down() -> None:
     big = make_radiograph(rows=2600, columns=1300)
     roi = [(100.0, 100.0), (600.0, 100.0), (600.0, 900.0)]
-    result = ImageAssessment(sides=(SideAssessment("left", 0.6, roi_polygon=roi),),
-                             model_name="m", model_version="1", threshold=0.5,
-                             synthetic_model=False)
+    result = ImageAssessment(
+        sides=(SideAssessment("left", 0.6, roi_polygon=roi),),
+        model_name="m",
+        model_version="1",
+        threshold=0.5,
+        synthetic_model=False,
+    )
     pixels = render_heatmap(big, result, None)
     assert pixels.shape[1] == 1024  # 1300 * 2048 / 2600
     assert pixels.shape[0] > MAX_LONG_SIDE  # plus the caption band
@@ -301,19 +350,27 @@ def test_heatmap_refuses_bad_cams() -> None:
     with pytest.raises(ValueError, match=r"cams\['left'\]"):
         build_heatmap(source(), assessment(), {"left": np.zeros((3, 3))}, report_version=1)
     with pytest.raises(ValueError, match="cams"):
-        build_heatmap(source(), assessment(left=0.5, right=None),
-                      {"right": np.zeros((ROWS, COLUMNS))}, report_version=1)
+        build_heatmap(
+            source(),
+            assessment(left=0.5, right=None),
+            {"right": np.zeros((ROWS, COLUMNS))},
+            report_version=1,
+        )
     with pytest.raises(TypeError, match="source"):
         build_heatmap("not a dataset", assessment(), None, report_version=1)  # type: ignore[arg-type]
 
 
 def test_bilateral_probability_decides_when_the_model_gives_one(tmp_path: Path) -> None:
     result = assessment(0.55, 0.52)
-    bilateral = ImageAssessment(sides=result.sides, model_name=result.model_name,
-                                model_version=result.model_version, threshold=0.6,
-                                synthetic_model=True, combined_probability=0.4)
-    path = save(build_study_report([source()], [bilateral], report_version=1),
-                tmp_path / "sr.dcm")
+    bilateral = ImageAssessment(
+        sides=result.sides,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        threshold=0.6,
+        synthetic_model=True,
+        combined_probability=0.4,
+    )
+    path = save(build_study_report([source()], [bilateral], report_version=1), tmp_path / "sr.dcm")
     text = dsrdump(path)
     # the sides' own calls say positive; the bilateral probability decides the image
     assert 'Probability of osteoporosis")="0.4"' in text

@@ -24,13 +24,20 @@ from triage_node.work.study import settle_studies
 
 
 def configure(tmp_path: Path, port: int, max_attempts: int = 1) -> tuple[Path, Settings]:
-    path = write_config(tmp_path / "node.toml", {
-        "node": {"data_dir": str(tmp_path / "data"), "settle_seconds": 5},
-        "receive": {"fsync": False},
-        "deliver": {"max_attempts": max_attempts, "retry_base_seconds": 0.05,
-                    "retry_max_seconds": 0.05, "connection_timeout": 5},
-        "destinations": [archive(port)],
-    })
+    path = write_config(
+        tmp_path / "node.toml",
+        {
+            "node": {"data_dir": str(tmp_path / "data"), "settle_seconds": 5},
+            "receive": {"fsync": False},
+            "deliver": {
+                "max_attempts": max_attempts,
+                "retry_base_seconds": 0.05,
+                "retry_max_seconds": 0.05,
+                "connection_timeout": 5,
+            },
+            "destinations": [archive(port)],
+        },
+    )
     return path, load_settings(path)
 
 
@@ -63,8 +70,9 @@ def test_failed_delivery_is_put_back_by_resend_failed(tmp_path: Path) -> None:
         assert study_row(store, uid).delivery_state == "pending"
         with storescp(tmp_path / "archive", port):
             assert run_jobs(settings, store) == 1
-        assert received_uids(tmp_path / "archive") == \
-            sorted(r.sop_instance_uid for r in rows(store, Result))
+        assert received_uids(tmp_path / "archive") == sorted(
+            r.sop_instance_uid for r in rows(store, Result)
+        )
         assert study_row(store, uid).delivery_state == "delivered"
     assert run_cli("resend", "--failed", config=config).stdout.strip() == "no failed deliveries"
 
@@ -78,8 +86,9 @@ def test_resend_of_a_delivered_study_sends_the_same_objects_again(tmp_path: Path
     with opened(settings) as store:
         assert study_row(store, uid).delivery_state == "delivered"
         study_id = study_row(store, uid).id
-        first_uids = sorted(r.sop_instance_uid for r in rows(store, Result,
-                                                             Result.study_id == study_id))
+        first_uids = sorted(
+            r.sop_instance_uid for r in rows(store, Result, Result.study_id == study_id)
+        )
         assert set(first_uids) <= set(received_uids(tmp_path / "first"))
 
     proc = run_cli("resend", uid, config=config)

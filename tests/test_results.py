@@ -54,28 +54,51 @@ SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 # --- helpers ------------------------------------------------------------------------------
 
 
-def node_settings(tmp_path: Path, database_url: str, destinations: list[dict[str, Any]] = (),
-                  **deliver: Any) -> Settings:
-    return Settings.model_validate({
-        "node": {"data_dir": str(tmp_path / "data"), "database_url": database_url,
-                 "settle_seconds": 5},
-        "worker": {"poll_seconds": 0.05, "retry_base_seconds": 0.01, "retry_max_seconds": 0.05,
-                   "lease_seconds": 30},
-        "deliver": {"retry_base_seconds": 0.2, "retry_max_seconds": 0.4, "max_attempts": 5,
-                    "connection_timeout": 5, "acse_timeout": 10, "dimse_timeout": 10,
-                    "network_timeout": 10, **deliver},
-        "receive": {"fsync": False},
-        "destinations": list(destinations),
-    })
+def node_settings(
+    tmp_path: Path, database_url: str, destinations: list[dict[str, Any]] = (), **deliver: Any
+) -> Settings:
+    return Settings.model_validate(
+        {
+            "node": {
+                "data_dir": str(tmp_path / "data"),
+                "database_url": database_url,
+                "settle_seconds": 5,
+            },
+            "worker": {
+                "poll_seconds": 0.05,
+                "retry_base_seconds": 0.01,
+                "retry_max_seconds": 0.05,
+                "lease_seconds": 30,
+            },
+            "deliver": {
+                "retry_base_seconds": 0.2,
+                "retry_max_seconds": 0.4,
+                "max_attempts": 5,
+                "connection_timeout": 5,
+                "acse_timeout": 10,
+                "dimse_timeout": 10,
+                "network_timeout": 10,
+                **deliver,
+            },
+            "receive": {"fsync": False},
+            "destinations": list(destinations),
+        }
+    )
 
 
-def add_source(store: Store, settings: Settings, study_uid: str, seed: int, *,
-               state: str = "scored", result: ImageAssessment | None = None,
-               own_result: bool = False, dataset: pydicom.Dataset | None = None
-               ) -> tuple[int, pydicom.Dataset]:
+def add_source(
+    store: Store,
+    settings: Settings,
+    study_uid: str,
+    seed: int,
+    *,
+    state: str = "scored",
+    result: ImageAssessment | None = None,
+    own_result: bool = False,
+    dataset: pydicom.Dataset | None = None,
+) -> tuple[int, pydicom.Dataset]:
     """Spool a radiograph and record it as the receiver and score job would have."""
-    ds = dataset or make_radiograph(rows=ROWS, columns=COLUMNS, study_uid=study_uid,
-                                    seed=seed)
+    ds = dataset or make_radiograph(rows=ROWS, columns=COLUMNS, study_uid=study_uid, seed=seed)
     rel = f"{study_uid}/{ds.SOPInstanceUID}.dcm"
     path = settings.spool_dir / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,22 +109,30 @@ def add_source(store: Store, settings: Settings, study_uid: str, seed: int, *,
         result = assessment("femur not found", "femur not found")
     now = utcnow()
     with store.write() as session:
-        study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)
-                                ).first()
+        study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
         if study is None:
-            study = Study(study_instance_uid=study_uid, created_at=now, updated_at=now,
-                          last_instance_at=now)
+            study = Study(
+                study_instance_uid=study_uid, created_at=now, updated_at=now, last_instance_at=now
+            )
             session.add(study)
             session.flush()
         study.last_instance_at = now
         inst = Instance(
-            sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
-            study_id=study.id, study_instance_uid=study_uid,
-            series_instance_uid=ds.SeriesInstanceUID, modality=ds.Modality,
-            body_part=ds.get("BodyPartExamined"), view_position="AP",
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), path=rel,
-            size_bytes=path.stat().st_size, own_result=own_result, received_at=now,
-            updated_at=now, state=state,
+            sop_instance_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID,
+            study_id=study.id,
+            study_instance_uid=study_uid,
+            series_instance_uid=ds.SeriesInstanceUID,
+            modality=ds.Modality,
+            body_part=ds.get("BodyPartExamined"),
+            view_position="AP",
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            path=rel,
+            size_bytes=path.stat().st_size,
+            own_result=own_result,
+            received_at=now,
+            updated_at=now,
+            state=state,
             reason="our own result object" if own_result else None,
             probability=result.probability if result else None,
             result={"assessment": result.to_json()} if result else None,
@@ -138,12 +169,14 @@ def study_row(store: Store, uid: str) -> Study:
 
 
 def received_uids(directory: Path) -> list[str]:
-    return sorted(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
-                  for p in directory.iterdir() if p.is_file())
+    return sorted(
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+        for p in directory.iterdir()
+        if p.is_file()
+    )
 
 
-def storescp(out_dir: Path, port: int | None = None,
-             *extra: str) -> AbstractContextManager[int]:
+def storescp(out_dir: Path, port: int | None = None, *extra: str) -> AbstractContextManager[int]:
     """dcmtk storescp writing each received object to its own file (``+uf``: a second copy
     of the same SOP Instance UID would be a second file); yields its port."""
     return dcmtk_storescp("+uf", *extra, port=port, out_dir=out_dir)
@@ -171,7 +204,8 @@ def opened(settings: Settings) -> Iterator[Store]:
 
 
 def test_study_settles_after_quiet_time_once_every_instance_is_final(
-        tmp_path: Path, database_url: str, study_uid: str) -> None:
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
     settings = node_settings(tmp_path, database_url)
     with opened(settings) as store:
         add_source(store, settings, study_uid, 1)
@@ -180,20 +214,23 @@ def test_study_settles_after_quiet_time_once_every_instance_is_final(
         assert settle_studies(settings, store, now=later(settings)) == []  # one still queued
         with store.write() as session:
             session.get(Instance, waiting_id).state = "not_assessable"
-        assert settle_studies(settings, store,
-                              now=utcnow() + dt.timedelta(seconds=4)) == []  # 4 s < 5 s
+        assert (
+            settle_studies(settings, store, now=utcnow() + dt.timedelta(seconds=4)) == []
+        )  # 4 s < 5 s
         assert settle_studies(settings, store, now=later(settings)) == [(study_uid, 1)]
         assert settle_studies(settings, store, now=later(settings, 60)) == []
         jobs = rows(store, Job, Job.kind == "report")
-        assert [(j.payload, j.dedup_key is not None) for j in jobs] == \
-            [({"report_version": 1}, True)]
+        assert [(j.payload, j.dedup_key is not None) for j in jobs] == [
+            ({"report_version": 1}, True)
+        ]
         study = study_row(store, study_uid)
         assert (study.state, study.report_version) == ("reporting", 1)
         assert {i.report_version for i in rows(store, Instance)} == {1}
 
 
-def test_only_skipped_instances_never_make_a_report(tmp_path: Path, database_url: str,
-                                                    study_uid: str) -> None:
+def test_only_skipped_instances_never_make_a_report(
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
     settings = node_settings(tmp_path, database_url)
     with opened(settings) as store:
         add_source(store, settings, study_uid, 1, state="skipped", result=None)
@@ -224,17 +261,20 @@ def test_concurrent_settle_checks_enqueue_one_report(tmp_path: Path, database_ur
             s.dispose()
         assert sorted(x for f in found for x in f) == sorted((u, 1) for u in uids)
         with store.read() as session:
-            assert session.scalar(select(func.count()).select_from(Job)
-                                  .where(Job.kind == "report")) == len(uids)
+            assert session.scalar(
+                select(func.count()).select_from(Job).where(Job.kind == "report")
+            ) == len(uids)
 
 
 # --- report -------------------------------------------------------------------------------
 
 
 def test_report_writes_sr_and_heatmaps_and_queues_one_delivery_per_destination(
-        tmp_path: Path, database_url: str, study_uid: str) -> None:
-    settings = node_settings(tmp_path, database_url,
-                             [archive(free_port(), "pacs"), archive(free_port(), "backup")])
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
+    settings = node_settings(
+        tmp_path, database_url, [archive(free_port(), "pacs"), archive(free_port(), "backup")]
+    )
     with opened(settings) as store:
         first_id, first = add_source(store, settings, study_uid, 1)
         _, second = add_source(store, settings, study_uid, 2, result=assessment(0.2, 0.3))
@@ -251,27 +291,37 @@ def test_report_writes_sr_and_heatmaps_and_queues_one_delivery_per_destination(
         results = rows(store, Result)
         assert [r.kind for r in results] == ["SR", "SC", "SC"]
         reported = [first.SOPInstanceUID, second.SOPInstanceUID, unassessable.SOPInstanceUID]
-        assert results[0].sop_instance_uid == study_report_uids(
-            study_uid, reported, "0.1.0", 1).sop_instance_uid
+        assert (
+            results[0].sop_instance_uid
+            == study_report_uids(study_uid, reported, "0.1.0", 1).sop_instance_uid
+        )
         assert [r.sop_instance_uid for r in results[1:]] == [
             heatmap_uids(study_uid, s.SOPInstanceUID, "0.1.0", 1).sop_instance_uid
-            for s in (first, second)]
+            for s in (first, second)
+        ]
         assert results[1].source_instance_id == first_id
         for r in results:
             assert r.path == f"{study_uid}/results/v1/{r.sop_instance_uid}.dcm"
             ds = pydicom.dcmread(settings.spool_dir / r.path)
             assert ds.StudyInstanceUID == study_uid and ds.SOPInstanceUID == r.sop_instance_uid
         sr = pydicom.dcmread(settings.spool_dir / results[0].path)
-        evidence = {i.ReferencedSOPInstanceUID
-                    for s in sr.CurrentRequestedProcedureEvidenceSequence
-                    for se in s.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+        evidence = {
+            i.ReferencedSOPInstanceUID
+            for s in sr.CurrentRequestedProcedureEvidenceSequence
+            for se in s.ReferencedSeriesSequence
+            for i in se.ReferencedSOPSequence
+        }
         assert evidence == set(reported)  # not the skipped one, not the failed one
         assert failed.SOPInstanceUID not in evidence
         # the SC of the first image carries its CAM (the same pixels the builder makes)
         sc = pydicom.dcmread(settings.spool_dir / results[1].path)
-        with_cam = build_heatmap(first, assessment(0.73, 0.21), cams, report_version=1,
-                                 content_datetime=content_datetime_for(study_row(store,
-                                                                                 study_uid)))
+        with_cam = build_heatmap(
+            first,
+            assessment(0.73, 0.21),
+            cams,
+            report_version=1,
+            content_datetime=content_datetime_for(study_row(store, study_uid)),
+        )
         without = build_heatmap(first, assessment(0.73, 0.21), None, report_version=1)
         assert np.array_equal(sc.pixel_array, with_cam.pixel_array)
         assert not np.array_equal(sc.pixel_array, without.pixel_array)
@@ -282,12 +332,14 @@ def test_report_writes_sr_and_heatmaps_and_queues_one_delivery_per_destination(
         assert len(rows(store, Delivery, Delivery.state == "pending")) == 6
         study = study_row(store, study_uid)
         assert (study.state, study.delivery_state) == ("reported", "pending")
-        assert {i.delivery_state for i in rows(store, Instance, Instance.state == "scored")} \
-            == {"pending"}
+        assert {i.delivery_state for i in rows(store, Instance, Instance.state == "scored")} == {
+            "pending"
+        }
 
 
 def test_late_instance_makes_a_new_version_with_new_uids_same_inputs_same_bytes(
-        tmp_path: Path, database_url: str, study_uid: str) -> None:
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
     settings = node_settings(tmp_path, database_url)
     with opened(settings) as store:
         add_source(store, settings, study_uid, 1)
@@ -314,8 +366,11 @@ def test_late_instance_makes_a_new_version_with_new_uids_same_inputs_same_bytes(
             instances = list(session.scalars(select(Instance).order_by(Instance.id)))
             for i in instances:
                 session.expunge(i)
-        rebuilt = build_study_results(load_sources(settings, instances), report_version=2,
-                                      content_datetime=content_datetime_for(study))
+        rebuilt = build_study_results(
+            load_sources(settings, instances),
+            report_version=2,
+            content_datetime=content_datetime_for(study),
+        )
         for item, stored in zip(rebuilt, v2, strict=True):
             buffer = DicomBytesIO()
             item.dataset.save_as(buffer, enforce_file_format=True)
@@ -323,7 +378,8 @@ def test_late_instance_makes_a_new_version_with_new_uids_same_inputs_same_bytes(
 
 
 def test_our_own_results_coming_back_never_make_a_new_report(
-        tmp_path: Path, database_url: str, study_uid: str) -> None:
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
     settings = node_settings(tmp_path, database_url)
     with opened(settings) as store:
         add_source(store, settings, study_uid, 1)
@@ -332,8 +388,9 @@ def test_our_own_results_coming_back_never_make_a_new_report(
         sr = rows(store, Result)[0]
         returned = pydicom.dcmread(settings.spool_dir / sr.path)
         returned.SOPInstanceUID = pydicom.uid.generate_uid()  # the archive's copy, stored apart
-        add_source(store, settings, study_uid, 0, state="skipped", own_result=True,
-                   dataset=returned)
+        add_source(
+            store, settings, study_uid, 0, state="skipped", own_result=True, dataset=returned
+        )
         assert settle_studies(settings, store, now=later(settings, 30)) == []
         assert study_row(store, study_uid).report_version == 1
         assert len(rows(store, Job, Job.kind == "report")) == 1
@@ -350,7 +407,8 @@ def test_stored_assessment_json_round_trips() -> None:
 
 
 def test_results_arrive_at_storescp_once_over_one_association(
-        tmp_path: Path, database_url: str, study_uid: str) -> None:
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
     with storescp(tmp_path / "archive") as port:
         settings = node_settings(tmp_path, database_url, [archive(port)], batch_size=10)
         with opened(settings) as store:
@@ -359,8 +417,9 @@ def test_results_arrive_at_storescp_once_over_one_association(
             settle_studies(settings, store, now=later(settings))
             assert run_jobs(settings, store) == 2  # report, deliver
             results = rows(store, Result)
-            assert received_uids(tmp_path / "archive") == \
-                sorted(r.sop_instance_uid for r in results)
+            assert received_uids(tmp_path / "archive") == sorted(
+                r.sop_instance_uid for r in results
+            )
             deliveries = rows(store, Delivery)
             assert {(d.state, d.status, d.attempts) for d in deliveries} == {("delivered", 0, 1)}
             study = study_row(store, study_uid)
@@ -370,12 +429,14 @@ def test_results_arrive_at_storescp_once_over_one_association(
 
 
 def test_archive_down_retries_with_backoff_and_each_object_arrives_once(
-        tmp_path: Path, database_url: str, study_uid: str) -> None:
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
     port = free_port()  # nobody listens yet
     # Backoff 1-2 s for the first retry, 1-3 s for the second: long enough that a loaded
     # machine does not reach the next attempt while the test looks at this one.
-    settings = node_settings(tmp_path, database_url, [archive(port)],
-                             retry_base_seconds=2.0, retry_max_seconds=3.0)
+    settings = node_settings(
+        tmp_path, database_url, [archive(port)], retry_base_seconds=2.0, retry_max_seconds=3.0
+    )
     with opened(settings) as store:
         add_source(store, settings, study_uid, 1)
         add_source(store, settings, study_uid, 2)
@@ -406,9 +467,16 @@ def test_archive_down_retries_with_backoff_and_each_object_arrives_once(
 
 
 def test_attempts_exhausted_marks_delivery_failed_in_the_worklist(
-        tmp_path: Path, database_url: str, study_uid: str) -> None:
-    settings = node_settings(tmp_path, database_url, [archive(free_port())], max_attempts=2,
-                             retry_base_seconds=0.05, retry_max_seconds=0.05)
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
+    settings = node_settings(
+        tmp_path,
+        database_url,
+        [archive(free_port())],
+        max_attempts=2,
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.05,
+    )
     with opened(settings) as store:
         inst_id, _ = add_source(store, settings, study_uid, 1)
         settle_studies(settings, store, now=later(settings))
@@ -426,7 +494,8 @@ def test_attempts_exhausted_marks_delivery_failed_in_the_worklist(
 
 
 def test_an_object_refused_by_the_archive_is_recorded_and_retried_alone(
-        tmp_path: Path, database_url: str, study_uid: str) -> None:
+    tmp_path: Path, database_url: str, study_uid: str
+) -> None:
     refuse = {"on": True}
     got: list[str] = []
 
@@ -475,21 +544,27 @@ class CamModel:
         rows_, cols = int(dataset.Rows), int(dataset.Columns)
         cam = np.linspace(0.0, 1.0, rows_ * cols).reshape(rows_, cols)
         a = assessment(0.73, 0.21, version=self.version)
-        return ImageAssessment(sides=a.sides, model_name=self.name, model_version=self.version,
-                               threshold=0.5, synthetic_model=True,
-                               extra={"cam": {"left": cam, "right": cam[::-1]}, "note": "x"})
+        return ImageAssessment(
+            sides=a.sides,
+            model_name=self.name,
+            model_version=self.version,
+            threshold=0.5,
+            synthetic_model=True,
+            extra={"cam": {"left": cam, "right": cam[::-1]}, "note": "x"},
+        )
 
 
 def test_score_job_saves_cams_beside_the_spool_file_and_the_heatmap_uses_them(
-        tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch,
-        study_uid: str) -> None:
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch, study_uid: str
+) -> None:
     from tests.test_worker import add_instance, use_model
 
     settings = node_settings(tmp_path, database_url)
     use_model(monkeypatch, CamModel())
     with opened(settings) as store:
-        inst_id, _, sop = add_instance(store, settings.spool_dir, rows=ROWS, columns=COLUMNS,
-                                       study_uid=study_uid)
+        inst_id, _, sop = add_instance(
+            store, settings.spool_dir, rows=ROWS, columns=COLUMNS, study_uid=study_uid
+        )
         assert run_jobs(settings, store) == 1
         inst = rows(store, Instance, Instance.id == inst_id)[0]
         assert inst.state == "scored"
@@ -505,7 +580,13 @@ def test_score_job_saves_cams_beside_the_spool_file_and_the_heatmap_uses_them(
         run_jobs(settings, store)
         sc = [r for r in rows(store, Result) if r.kind == "SC"][0]
         source = pydicom.dcmread(settings.spool_dir / inst.path)
-        plain = build_heatmap(source, assessment_from_json(inst.result["assessment"]), None,
-                              report_version=1, content_datetime=dt.datetime(2026, 1, 1))
-        assert not np.array_equal(pydicom.dcmread(settings.spool_dir / sc.path).pixel_array,
-                                  plain.pixel_array)
+        plain = build_heatmap(
+            source,
+            assessment_from_json(inst.result["assessment"]),
+            None,
+            report_version=1,
+            content_datetime=dt.datetime(2026, 1, 1),
+        )
+        assert not np.array_equal(
+            pydicom.dcmread(settings.spool_dir / sc.path).pixel_array, plain.pixel_array
+        )

@@ -23,17 +23,30 @@ from triage_node.store.models import Delivery, Event, Instance, Job, Result
 
 def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: Path) -> None:
     port = free_port()
-    config = write_config(tmp_path / "node.toml", {
-        "node": {"ae_title": "TRIAGE", "port": free_port(), "data_dir": str(tmp_path / "data"),
-                 "settle_seconds": 1},
-        "receive": {"fsync": False},
-        "worker": {"poll_seconds": 0.2, "lease_seconds": 3},
-        "deliver": {"max_attempts": 50, "retry_base_seconds": 0.5, "retry_max_seconds": 1,
-                    "connection_timeout": 2, "dimse_timeout": 20},
-        "destinations": [{"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1",
-                          "port": port}],
-        "logging": {"format": "json", "level": "DEBUG"},
-    })
+    config = write_config(
+        tmp_path / "node.toml",
+        {
+            "node": {
+                "ae_title": "TRIAGE",
+                "port": free_port(),
+                "data_dir": str(tmp_path / "data"),
+                "settle_seconds": 1,
+            },
+            "receive": {"fsync": False},
+            "worker": {"poll_seconds": 0.2, "lease_seconds": 3},
+            "deliver": {
+                "max_attempts": 50,
+                "retry_base_seconds": 0.5,
+                "retry_max_seconds": 1,
+                "connection_timeout": 2,
+                "dimse_timeout": 20,
+            },
+            "destinations": [
+                {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": port}
+            ],
+            "logging": {"format": "json", "level": "DEBUG"},
+        },
+    )
     settings = load_settings(config)
     study_uid = pydicom.uid.generate_uid()
     with opened(settings) as store:
@@ -43,12 +56,22 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: P
         node = NodeProcess(config, tmp_path / "node.log", command="work").start()
         try:
             # the archive is down: the scheduler reports, delivery retries with backoff
-            wait_for(lambda: [j for j in rows(store, Job, Job.kind == "deliver")
-                              if j.attempts >= 2 and j.state == "queued"],
-                     "delivery retried twice", 90, node)
+            wait_for(
+                lambda: [
+                    j
+                    for j in rows(store, Job, Job.kind == "deliver")
+                    if j.attempts >= 2 and j.state == "queued"
+                ],
+                "delivery retried twice",
+                90,
+                node,
+            )
             study = study_row(store, study_uid)
-            assert (study.state, study.report_version, study.delivery_state) == \
-                ("reported", 1, "retrying")
+            assert (study.state, study.report_version, study.delivery_state) == (
+                "reported",
+                1,
+                "retrying",
+            )
             results = rows(store, Result)
             assert [r.kind for r in results] == ["SR", "SC", "SC"]
             expected = sorted(r.sop_instance_uid for r in results)
@@ -72,14 +95,19 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: P
                 assert {d.state for d in rows(store, Delivery)} != {"delivered"}
 
                 node.start()
-                wait_for(lambda: study_row(store, study_uid).delivery_state == "delivered",
-                         "delivery after restart", 90, node)
+                wait_for(
+                    lambda: study_row(store, study_uid).delivery_state == "delivered",
+                    "delivery after restart",
+                    90,
+                    node,
+                )
             finally:
                 server.shutdown()
             # the same objects, never new UIDs; a copy stored before the kill may come twice
             assert set(got) == set(expected)
-            assert [r.sop_instance_uid for r in rows(store, Result)] == \
-                [r.sop_instance_uid for r in results]
+            assert [r.sop_instance_uid for r in rows(store, Result)] == [
+                r.sop_instance_uid for r in results
+            ]
             assert study_row(store, study_uid).report_version == 1
             kinds = [e.kind for e in rows(store, Event)]
             assert "job_reclaimed" in kinds
@@ -88,8 +116,7 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives(tmp_path: P
             node.kill()
 
 
-def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(
-        tmp_path: Path) -> None:
+def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(tmp_path: Path) -> None:
     from tests.peers import node_running, storescu
 
     with node_running(tmp_path, destinations=[], receive={"fsync": False}) as node:
@@ -97,17 +124,23 @@ def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(
         study_uid = pydicom.uid.generate_uid()
         with opened(settings) as store:
             add_source(store, settings, study_uid, 1)  # as the score job leaves it
-            wait_for(lambda: study_row(store, study_uid).state == "reported", "the report",
-                     90, node)
+            wait_for(
+                lambda: study_row(store, study_uid).state == "reported", "the report", 90, node
+            )
             study = study_row(store, study_uid)
             assert (study.report_version, study.delivery_state) == (1, "no_destination")
             results = rows(store, Result)
             # a misconfigured router sends our SR and heatmap back to us
-            sent = storescu(node.port, *(settings.spool_dir / r.path for r in results),
-                            extra=("-R",))  # propose the files' own SOP classes
+            sent = storescu(
+                node.port, *(settings.spool_dir / r.path for r in results), extra=("-R",)
+            )  # propose the files' own SOP classes
             assert sent.returncode == 0, sent.stderr
-            returned = wait_for(lambda: [i for i in rows(store, Instance)
-                                         if i.own_result], "the returned objects", 90, node)
+            returned = wait_for(
+                lambda: [i for i in rows(store, Instance) if i.own_result],
+                "the returned objects",
+                90,
+                node,
+            )
             assert len(returned) == 2 and {i.state for i in returned} == {"skipped"}
             time.sleep(settings.node.settle_seconds + 2.5)  # settle checks run every second
             assert study_row(store, study_uid).report_version == 1

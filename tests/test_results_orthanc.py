@@ -18,20 +18,34 @@ from triage_node.work.study import settle_studies
 def study_instances(peer: OrthancPeer, study_uid: str) -> list[str]:
     found = peer.post("/tools/lookup", study_uid.encode(), "text/plain")
     assert [f["Type"] for f in found] == ["Study"], found
-    return sorted(i["MainDicomTags"]["SOPInstanceUID"]
-                  for i in peer.get(f"/studies/{found[0]['ID']}/instances"))
+    return sorted(
+        i["MainDicomTags"]["SOPInstanceUID"]
+        for i in peer.get(f"/studies/{found[0]['ID']}/instances")
+    )
 
 
-def test_sr_and_heatmaps_land_in_the_source_study_once(tmp_path: Path,
-                                                       orthanc: OrthancPeer) -> None:  # noqa: F811
+def test_sr_and_heatmaps_land_in_the_source_study_once(
+    tmp_path: Path, orthanc: OrthancPeer
+) -> None:  # noqa: F811
     study_uid = pydicom.uid.generate_uid()
-    sources = [make_radiograph("HIP", rows=ROWS, columns=COLUMNS, study_uid=study_uid,
-                               seed=seed) for seed in (31, 32)]
+    sources = [
+        make_radiograph("HIP", rows=ROWS, columns=COLUMNS, study_uid=study_uid, seed=seed)
+        for seed in (31, 32)
+    ]
     for ds in sources:
         orthanc.upload(ds)
-    settings = node_settings(tmp_path, f"sqlite:///{tmp_path / 'triage.db'}", [
-        {"name": "orthanc", "ae_title": orthanc.aet, "host": "127.0.0.1",
-         "port": orthanc.dicom_port}])
+    settings = node_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'triage.db'}",
+        [
+            {
+                "name": "orthanc",
+                "ae_title": orthanc.aet,
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+            }
+        ],
+    )
     settings.node.ae_title = orthanc.node_aet  # the AE title Orthanc accepts stores from
     with opened(settings) as store:
         for ds in sources:
@@ -42,8 +56,9 @@ def test_sr_and_heatmaps_land_in_the_source_study_once(tmp_path: Path,
         assert [r.kind for r in results] == ["SR", "SC", "SC"]
         assert {d.state for d in rows(store, Delivery)} == {"delivered"}
 
-        expected = sorted([*(ds.SOPInstanceUID for ds in sources),
-                           *(r.sop_instance_uid for r in results)])
+        expected = sorted(
+            [*(ds.SOPInstanceUID for ds in sources), *(r.sop_instance_uid for r in results)]
+        )
         assert study_instances(orthanc, study_uid) == expected
         sr = orthanc.post("/tools/lookup", results[0].sop_instance_uid.encode(), "text/plain")
         series = orthanc.get(f"/instances/{sr[0]['ID']}/series")

@@ -73,11 +73,14 @@ def make_studies(tmp_path: Path, database_url: str) -> tuple[Settings, Store, di
 
 
 def test_delivered_studies_are_purged_on_schedule_undelivered_are_kept(
-        tmp_path: Path, database_url: str) -> None:
+    tmp_path: Path, database_url: str
+) -> None:
     settings, store, uids = make_studies(tmp_path, database_url)
     try:
-        assert (study(store, uids["delivered"]).delivery_state,
-                study(store, uids["failed"]).delivery_state) == ("delivered", "failed")
+        assert (
+            study(store, uids["delivered"]).delivery_state,
+            study(store, uids["failed"]).delivery_state,
+        ) == ("delivered", "failed")
         before = {k: spool_files(settings, u) for k, u in uids.items()}
         assert len(before["delivered"]) == 5  # 2 images, SR, 2 heatmaps
         assert all(before.values())
@@ -100,7 +103,8 @@ def test_delivered_studies_are_purged_on_schedule_undelivered_are_kept(
             assert study(store, uids[kind]).spool_purged_at is None
         purged = rows(store, Event, Event.kind == "study_spool_purged")
         assert sorted(e.study_instance_uid for e in purged) == sorted(
-            [uids["delivered"], uids["skipped"]])
+            [uids["delivered"], uids["skipped"]]
+        )
 
         # a second run (another work process, or the next timer) finds nothing to do
         assert apply_retention(settings, store, now=lambda: days(31)).studies_purged == 0
@@ -115,8 +119,11 @@ def test_delivered_studies_are_purged_on_schedule_undelivered_are_kept(
             remaining = set(session.scalars(select(Result.study_id)))
             assert remaining == {study(store, uids["failed"]).id}
             assert session.scalar(select(Delivery.state)) == "failed"
-            assert all(j.study_id is None or j.study_id == study(store, uids["failed"]).id
-                       for j in session.scalars(select(Job)) if j.instance_id is None)
+            assert all(
+                j.study_id is None or j.study_id == study(store, uids["failed"]).id
+                for j in session.scalars(select(Job))
+                if j.instance_id is None
+            )
         for kind in ("failed", "open"):
             assert study(store, uids[kind]) is not None
             assert spool_files(settings, uids[kind]) == before[kind]
@@ -133,7 +140,8 @@ def test_delivered_studies_are_purged_on_schedule_undelivered_are_kept(
 
 
 def test_low_free_disk_purges_finished_studies_early_but_never_undelivered(
-        tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings, store, uids = make_studies(tmp_path, database_url)
     try:
         settings.receive.min_free_disk_mb = 100

@@ -59,18 +59,20 @@ def _running_jobs(store: Store) -> int:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_two_work_processes_run_each_job_exactly_once(tmp_path: Path, backend: str,
-                                                      request: pytest.FixtureRequest) -> None:
+def test_two_work_processes_run_each_job_exactly_once(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     url = request.getfixturevalue("postgres").new_database() if backend == "postgresql" else ""
     # A long backoff: after its one run, each job waits for a model far beyond the test.
     cfg = _config(tmp_path, "work", url, worker={"retry_base_seconds": 3600})
     settings = load_settings(cfg)
     store = open_store(settings)
     n_jobs = 240
-    job_ids = [add_instance(store, settings.spool_dir, rows=16, columns=16, seed=i)[1]
-               for i in range(n_jobs)]
-    nodes = [NodeProcess(cfg, tmp_path / f"work{i}.log", command="work").start()
-             for i in range(2)]
+    job_ids = [
+        add_instance(store, settings.spool_dir, rows=16, columns=16, seed=i)[1]
+        for i in range(n_jobs)
+    ]
+    nodes = [NodeProcess(cfg, tmp_path / f"work{i}.log", command="work").start() for i in range(2)]
     try:
         _wait_for(lambda: _count(store, "job_retry") >= n_jobs, 300, "all jobs to run", *nodes)
         time.sleep(1.0)  # anything run twice would show up now
@@ -84,15 +86,20 @@ def test_two_work_processes_run_each_job_exactly_once(tmp_path: Path, backend: s
         ).all()
         decoded = session.scalars(select(Instance.result)).all()
         states = Counter(session.scalars(select(Job.state)))
-    per_job = {kind: Counter(j for j, k, _ in events if k == kind)
-               for kind in ("job_started", "instance_decoded", "job_retry", "job_reclaimed")}
+    per_job = {
+        kind: Counter(j for j, k, _ in events if k == kind)
+        for kind in ("job_started", "instance_decoded", "job_retry", "job_reclaimed")
+    }
     for kind in ("job_started", "instance_decoded", "job_retry"):
         assert set(per_job[kind]) == set(job_ids) and set(per_job[kind].values()) == {1}, kind
     assert not per_job["job_reclaimed"]
     assert all(r and r["decoded"]["rows"] == 16 for r in decoded)
     assert states == {"queued": n_jobs}  # all waiting for a model, none lost or running
-    pids = {re.search(r":(\d+):worker-\d+", m).group(1)  # type: ignore[union-attr]
-            for _, k, m in events if k == "job_started"}
+    pids = {
+        re.search(r":(\d+):worker-\d+", m).group(1)  # type: ignore[union-attr]
+        for _, k, m in events
+        if k == "job_started"
+    }
     assert len(pids) == 2, "both processes took jobs"
     store.dispose()
 
@@ -106,8 +113,7 @@ def test_instance_survives_sigkill_right_after_store_success(tmp_path: Path) -> 
     node = NodeProcess(cfg, tmp_path / "serve.log", command="serve")
     # No workers in the first run: the instance must not be scored before the kill, so
     # the restart is what runs its job.
-    first = _config(tmp_path, "serve-no-work", node={"workers": 1,
-                                                       "port": node.port})
+    first = _config(tmp_path, "serve-no-work", node={"workers": 1, "port": node.port})
     receive_only = NodeProcess(first, tmp_path / "receive.log", command="receive").start()
     try:
         proc = storescu(receive_only.port, dicom)
@@ -118,13 +124,13 @@ def test_instance_survives_sigkill_right_after_store_success(tmp_path: Path) -> 
         receive_only.kill()
     store = Store(settings.database_url)  # no migration: the receiver made the schema
     with store.read() as session:
-        inst = session.scalars(select(Instance).where(Instance.sop_instance_uid == sop_uid)
-                               ).one()
+        inst = session.scalars(select(Instance).where(Instance.sop_instance_uid == sop_uid)).one()
         assert inst.state == "queued"
         assert (settings.spool_dir / inst.path).is_file()
         inst_id = inst.id
     node.start()
     try:
+
         def decoded() -> bool:
             with store.read() as session:
                 row = session.get(Instance, inst_id)
@@ -136,8 +142,9 @@ def test_instance_survives_sigkill_right_after_store_success(tmp_path: Path) -> 
         node.kill()
     with store.read() as session:
         job = session.scalars(select(Job).where(Job.instance_id == inst_id)).one()
-        started = session.scalar(select(func.count()).where(
-            Event.job_id == job.id, Event.kind == "job_started"))
+        started = session.scalar(
+            select(func.count()).where(Event.job_id == job.id, Event.kind == "job_started")
+        )
         row = session.get(Instance, inst_id)
         assert row is not None
         assert started == 1 and job.state == "queued"  # ran once; now waiting for a model
@@ -169,8 +176,9 @@ def test_sigkill_serve_immediately_after_success(tmp_path: Path) -> None:
 
         def all_ran() -> bool:
             with store.read() as session:
-                rows = session.scalars(select(Instance).where(
-                    Instance.sop_instance_uid.in_(uids))).all()
+                rows = session.scalars(
+                    select(Instance).where(Instance.sop_instance_uid.in_(uids))
+                ).all()
                 return len(rows) == 3 and all(r.result and "decoded" in r.result for r in rows)
 
         _wait_for(all_ran, 60, "every acknowledged instance to be processed", node)
@@ -185,15 +193,18 @@ def test_sigkill_serve_immediately_after_success(tmp_path: Path) -> None:
     store.dispose()
 
 
-def test_jobs_of_a_dead_process_are_reclaimed_at_start_not_after_the_lease(
-        tmp_path: Path) -> None:
+def test_jobs_of_a_dead_process_are_reclaimed_at_start_not_after_the_lease(tmp_path: Path) -> None:
     """A job left ``running`` by a killed process on this host runs again at once."""
     cfg = _config(tmp_path, "serve", worker={"retry_base_seconds": 3600})
     settings = load_settings(cfg)
     store = open_store(settings)
     _, job_id, _ = add_instance(store, settings.spool_dir, rows=16, columns=16)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     dead_owner = f"{socket.gethostname()}:{int(gone.stdout)}:worker-1"
     live_owner = f"{socket.gethostname()}:{os.getpid()}:worker-1"  # this test: alive
     job = claim_next_job(store, dead_owner, ["score"], lease_seconds=3600)
@@ -203,8 +214,7 @@ def test_jobs_of_a_dead_process_are_reclaimed_at_start_not_after_the_lease(
     assert other is not None and other.id == other_id
     node = NodeProcess(cfg, tmp_path / "serve.log", command="serve").start()
     try:
-        _wait_for(lambda: _count(store, "job_reclaimed") >= 1, 60, "the job to be reclaimed",
-                  node)
+        _wait_for(lambda: _count(store, "job_reclaimed") >= 1, 60, "the job to be reclaimed", node)
         _wait_for(lambda: _count(store, "job_retry") >= 1, 60, "the job to run", node)
         assert node.terminate(30) == 0
     finally:
@@ -226,8 +236,9 @@ def test_sigterm_stops_serve_promptly_and_leaves_no_job_running(tmp_path: Path) 
     settings = load_settings(cfg)
     store = open_store(settings)
     # Big JPEG 2000 images take a while to decode, so SIGTERM finds jobs in hand.
-    first = make_radiograph(tmp_path / "big.dcm", transfer_syntax=JPEG2000Lossless,
-                            rows=2048, columns=2048)
+    first = make_radiograph(
+        tmp_path / "big.dcm", transfer_syntax=JPEG2000Lossless, rows=2048, columns=2048
+    )
     assert first.Rows == 2048
     n_jobs = 30
     for i in range(n_jobs):
@@ -247,10 +258,14 @@ def test_sigterm_stops_serve_promptly_and_leaves_no_job_running(tmp_path: Path) 
     with store.read() as session:
         scoring = session.scalar(select(func.count()).where(Instance.state == "scoring"))
         queued_jobs = session.scalar(select(func.count()).where(Job.state == "queued"))
-        late_claims = session.scalar(select(func.count()).where(
-            # A signal handler runs when the main thread next gets the GIL; a worker in a
-            # long C decode can delay that by about a second.
-            Event.kind == "job_started", Event.at > stop_at + dt.timedelta(seconds=3)))
+        late_claims = session.scalar(
+            select(func.count()).where(
+                # A signal handler runs when the main thread next gets the GIL; a worker in a
+                # long C decode can delay that by about a second.
+                Event.kind == "job_started",
+                Event.at > stop_at + dt.timedelta(seconds=3),
+            )
+        )
     assert scoring == 0 and queued_jobs == n_jobs  # every job waiting, none lost or stuck
     assert late_claims == 0, "a worker claimed a job after SIGTERM"
     assert "node stopped" in node.log_text()
@@ -260,7 +275,12 @@ def test_sigterm_stops_serve_promptly_and_leaves_no_job_running(tmp_path: Path) 
 def test_bad_config_exits_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[node]\nworkers = "many"\n')
-    proc = subprocess.run([sys.executable, "-m", "triage_node", "work", "--config", str(bad)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "triage_node", "work", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
     assert proc.returncode == 2
     assert "node.workers" in proc.stderr and str(bad) in proc.stderr

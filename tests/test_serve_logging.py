@@ -65,9 +65,14 @@ def test_phi_looking_extras_are_scrubbed() -> None:
     out = io.StringIO()
     setup_logging(_settings(format="json"), stream=out)
     logging.getLogger("triage_node.test").error(
-        "bad instance", extra={"patient_name": "Secret^Patient", "PatientID": "PID-42",
-                               "details": {"PatientBirthDate": "19400101", "rows": 3},
-                               "sop_instance_uid": "1.2.3"})
+        "bad instance",
+        extra={
+            "patient_name": "Secret^Patient",
+            "PatientID": "PID-42",
+            "details": {"PatientBirthDate": "19400101", "rows": 3},
+            "sop_instance_uid": "1.2.3",
+        },
+    )
     text = out.getvalue()
     assert "Secret" not in text and "PID-42" not in text and "19400101" not in text
     doc = json.loads(text)
@@ -88,8 +93,9 @@ def test_radiomics_steps_stay_out_of_the_node_log_at_info() -> None:
     rng = np.random.default_rng(0)
     mask = np.zeros((40, 40), np.uint8)
     mask[8:32, 8:32] = 1
-    values = extract_selected_texture(rng.normal(size=(40, 40)), mask,
-                                      ["original_firstorder_Mean", "original_glcm_Contrast"])
+    values = extract_selected_texture(
+        rng.normal(size=(40, 40)), mask, ["original_firstorder_Mean", "original_glcm_Contrast"]
+    )
     assert len(values) == 2
     logging.getLogger("radiomics.featureextractor").warning("kept")
     loggers = [json.loads(line)["logger"] for line in out.getvalue().splitlines()]

@@ -19,11 +19,15 @@ def test_serve_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(tmp_path / "notify.sock"))
     sock.settimeout(60)
-    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
-           "WATCHDOG_USEC": "1000000"}
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
     log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "triage_node", "serve", "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "triage_node", "serve", "--config", str(cfg)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=REPO,
+    )
     try:
         ready = sock.recv(4096).decode()
         assert ready.startswith("READY=1\nSTATUS=TRIAGE listening on 127.0.0.1:")

@@ -18,8 +18,7 @@ def test_queue_stats_and_periodic_tasks(tmp_path: Path) -> None:
         for _ in range(3):
             enqueue_job(session, "score")
         enqueue_job(session, "report")
-    assert queue_stats(store) == {"jobs": {"score.queued": 3, "report.queued": 1},
-                                  "instances": {}}
+    assert queue_stats(store) == {"jobs": {"score.queued": 3, "report.queued": 1}, "instances": {}}
     runs: list[int] = []
     done = threading.Event()
 
@@ -31,8 +30,9 @@ def test_queue_stats_and_periodic_tasks(tmp_path: Path) -> None:
     def broken() -> None:
         raise RuntimeError("task bug")
 
-    scheduler = start_scheduler(settings, store, [PeriodicTask("count", 0.1, count),
-                                                  PeriodicTask("broken", 0.1, broken)])
+    scheduler = start_scheduler(
+        settings, store, [PeriodicTask("count", 0.1, count), PeriodicTask("broken", 0.1, broken)]
+    )
     try:
         assert done.wait(10), runs  # ran at start and kept running beside a failing task
     finally:

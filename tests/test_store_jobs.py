@@ -51,8 +51,9 @@ def _job(store: Store, job_id: int) -> Job:
 
 def _events(store: Store, job_id: int) -> list[str]:
     with store.read() as session:
-        return list(session.scalars(select(Event.kind).where(Event.job_id == job_id)
-                                    .order_by(Event.id)))
+        return list(
+            session.scalars(select(Event.kind).where(Event.job_id == job_id).order_by(Event.id))
+        )
 
 
 def test_enqueue_claim_finish(store: Store) -> None:
@@ -129,8 +130,14 @@ def test_fail_permanent_and_uncounted_waits(store: Store) -> None:
     assert job is not None and job.id == b
     changes: list[str] = []
     # A wait that is not the job's fault never exhausts its attempts (max_attempts=1 here).
-    state = fail_job(store, job, "model unavailable: none", retry_after=0, count_attempt=False,
-                     on_change=lambda s, new: changes.append(new))
+    state = fail_job(
+        store,
+        job,
+        "model unavailable: none",
+        retry_after=0,
+        count_attempt=False,
+        on_change=lambda s, new: changes.append(new),
+    )
     assert state == "queued" and changes == ["queued"]
     assert _job(store, b).attempts == 0
 
@@ -265,8 +272,12 @@ def test_a_job_whose_holder_died_again_waits_behind_the_queue(store: Store) -> N
 
 def _last_message(store: Store, job_id: int) -> str:
     with store.read() as session:
-        return session.scalars(select(Event.message).where(Event.job_id == job_id)
-                               .order_by(Event.id.desc())).first() or ""
+        return (
+            session.scalars(
+                select(Event.message).where(Event.job_id == job_id).order_by(Event.id.desc())
+            ).first()
+            or ""
+        )
 
 
 def test_a_stopping_worker_claims_nothing(store: Store) -> None:
@@ -278,8 +289,12 @@ def test_a_stopping_worker_claims_nothing(store: Store) -> None:
 
 def test_leases_of_dead_processes_on_this_host_end(store: Store) -> None:
     dead, alive, elsewhere, odd = _enqueue(store, 4)
-    for owner in ("host-a:101:worker-1", "host-a:202:worker-1", "host-b:101:worker-1",
-                  "host-a:worker"):
+    for owner in (
+        "host-a:101:worker-1",
+        "host-a:202:worker-1",
+        "host-b:101:worker-1",
+        "host-a:worker",
+    ):
         assert claim_next_job(store, owner, None, lease_seconds=3600) is not None
     ended = expire_dead_leases(store, "host-a", lambda pid: pid == 101)
     assert ended == [dead]

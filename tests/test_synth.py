@@ -37,8 +37,13 @@ def _to_bytes(ds: pydicom.Dataset) -> bytes:
     return buf.getvalue()
 
 
-EXTRA_CASES = {"kestrel": "unilateral", "halvard": "unilateral", "orion": "chest",
-               "tamarind": "chest", "nordlys": "prosthesis"}
+EXTRA_CASES = {
+    "kestrel": "unilateral",
+    "halvard": "unilateral",
+    "orion": "chest",
+    "tamarind": "chest",
+    "nordlys": "prosthesis",
+}
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
@@ -119,8 +124,21 @@ def test_label_follows_t_score_and_forced_labels() -> None:
 def test_command_writes_cohort_and_rejects_bad_usage(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     synth_command.add_arguments(parser)
-    args = parser.parse_args(["--out", str(tmp_path), "--n", "2", "--size", "small",
-                              "--jobs", "1", "--no-progress", "--seed", "3"])
+    args = parser.parse_args(
+        [
+            "--out",
+            str(tmp_path),
+            "--n",
+            "2",
+            "--size",
+            "small",
+            "--jobs",
+            "1",
+            "--no-progress",
+            "--seed",
+            "3",
+        ]
+    )
     assert synth_command.run(args) == 0
     with open(tmp_path / "labels.csv") as fh:
         rows = list(csv.DictReader(fh))

@@ -26,8 +26,9 @@ SYSUSERS = REPO / "systemd" / "triage-node.sysusers"
 
 def _verify(unit: Path) -> subprocess.CompletedProcess[str]:
     exe = need_tool("systemd-analyze")
-    return subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True,
-                          timeout=60, cwd=unit.parent)
+    return subprocess.run(
+        [exe, "verify", str(unit)], capture_output=True, text=True, timeout=60, cwd=unit.parent
+    )
 
 
 def _settings(text: str) -> dict[str, list[str]]:
@@ -56,8 +57,9 @@ def test_verify_passes_without_warnings(unit_copy: Path) -> None:
 
 
 def test_verify_rejects_missing_executable(unit_copy: Path) -> None:
-    broken = unit_copy.read_text().replace("ExecStart=/usr/bin/env ",
-                                           "ExecStart=/nonexistent/triage-node-venv/bin/env ")
+    broken = unit_copy.read_text().replace(
+        "ExecStart=/usr/bin/env ", "ExecStart=/nonexistent/triage-node-venv/bin/env "
+    )
     unit_copy.write_text(broken)
     proc = _verify(unit_copy)
     assert proc.returncode != 0
@@ -66,8 +68,13 @@ def test_verify_rejects_missing_executable(unit_copy: Path) -> None:
 
 def test_exposure_at_most_3(unit_copy: Path) -> None:
     exe = need_tool("systemd-analyze")
-    proc = subprocess.run([exe, "security", "--offline=yes", "--no-pager", str(unit_copy)],
-                          capture_output=True, text=True, timeout=60, cwd=unit_copy.parent)
+    proc = subprocess.run(
+        [exe, "security", "--offline=yes", "--no-pager", str(unit_copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=unit_copy.parent,
+    )
     match = re.search(r"Overall exposure level for \S+: (\d+(?:\.\d+)?)", proc.stdout)
     assert match, proc.stdout + proc.stderr
     assert float(match.group(1)) <= 3.0, proc.stdout
@@ -88,8 +95,9 @@ def test_unit_matches_the_node() -> None:
 def test_sysusers_creates_the_service_user(tmp_path: Path) -> None:
     exe = need_tool("systemd-sysusers")
     (tmp_path / "etc").mkdir()
-    proc = subprocess.run([exe, f"--root={tmp_path}", str(SYSUSERS)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [exe, f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     passwd = (tmp_path / "etc" / "passwd").read_text()
     entry = next(line for line in passwd.splitlines() if line.startswith("triage-node:"))

@@ -69,47 +69,78 @@ class Pki:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "triage-node tests"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "triage-node tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _write(directory: Path, stem: str, cert: x509.Certificate, key: rsa.RSAPrivateKey
-           ) -> KeyPair:
+def _write(directory: Path, stem: str, cert: x509.Certificate, key: rsa.RSAPrivateKey) -> KeyPair:
     pair = KeyPair(directory / f"{stem}.pem", directory / f"{stem}.key")
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
+    pair.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
     return pair
 
 
-def _certificate(subject: str, key: rsa.RSAPrivateKey, issuer: x509.Name,
-                 issuer_key: rsa.RSAPrivateKey, *, ca: bool = False,
-                 names: tuple[str, ...] = ()) -> x509.Certificate:
+def _certificate(
+    subject: str,
+    key: rsa.RSAPrivateKey,
+    issuer: x509.Name,
+    issuer_key: rsa.RSAPrivateKey,
+    *,
+    ca: bool = False,
+    names: tuple[str, ...] = (),
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(subject)).issuer_name(issuer)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(days=1))
-               .not_valid_after(now + dt.timedelta(days=30))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                              critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
     if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=False,
-            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-            encipher_only=False, decipher_only=False), critical=True)
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(
-            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-            critical=False)
-        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            issuer_key.public_key()), critical=False)
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
+            critical=False,
+        )
     if names:
         alt: list[x509.GeneralName] = []
         for n in names:
@@ -128,8 +159,13 @@ def _authority(directory: Path, stem: str) -> tuple[Path, x509.Name, rsa.RSAPriv
     return pair.cert, name, key
 
 
-def _issue(directory: Path, stem: str, issuer: x509.Name, issuer_key: rsa.RSAPrivateKey,
-           names: tuple[str, ...] = ()) -> KeyPair:
+def _issue(
+    directory: Path,
+    stem: str,
+    issuer: x509.Name,
+    issuer_key: rsa.RSAPrivateKey,
+    names: tuple[str, ...] = (),
+) -> KeyPair:
     key = _key()
     return _write(directory, stem, _certificate(stem, key, issuer, issuer_key, names=names), key)
 
@@ -160,17 +196,45 @@ def dcmtk_tls(pair: KeyPair | None, ca: Path) -> tuple[str, ...]:
     return (*own, "+cf", str(ca))
 
 
-def storescu(port: int, path: Path, *tls: str, calling: str = "STORESCU"
-             ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([need_tool("storescu"), "-v", "-aet", calling, "-aec", "TRIAGE",
-                           *tls, "127.0.0.1", str(port), str(path)],
-                          capture_output=True, text=True, timeout=60)
+def storescu(
+    port: int, path: Path, *tls: str, calling: str = "STORESCU"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            need_tool("storescu"),
+            "-v",
+            "-aet",
+            calling,
+            "-aec",
+            "TRIAGE",
+            *tls,
+            "127.0.0.1",
+            str(port),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def echoscu(port: int, *tls: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([need_tool("echoscu"), "-v", "-aet", "ECHOSCU", "-aec", "TRIAGE",
-                           *tls, "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            need_tool("echoscu"),
+            "-v",
+            "-aet",
+            "ECHOSCU",
+            "-aec",
+            "TRIAGE",
+            *tls,
+            "127.0.0.1",
+            str(port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> bool:
@@ -181,8 +245,9 @@ def explain(proc: subprocess.CompletedProcess[str]) -> str:
     return f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
-def tls_storescp(out_dir: Path, pair: KeyPair, ca: Path,
-                 port: int | None = None) -> AbstractContextManager[int]:
+def tls_storescp(
+    out_dir: Path, pair: KeyPair, ca: Path, port: int | None = None
+) -> AbstractContextManager[int]:
     """dcmtk storescp over TLS (it requires a client certificate from ``ca`` by default),
     each received object in its own file (``+uf``); yields its port."""
     return dcmtk_storescp("+uf", *dcmtk_tls(pair, ca), port=port, out_dir=out_dir)
@@ -195,11 +260,19 @@ def tls_storescp(out_dir: Path, pair: KeyPair, ca: Path,
 def tls_receiver(tmp_path: Path, pki: Pki, **tls: Any) -> Iterator[NodeProcess]:
     """`triage-node receive` with [tls] on (server certificate from the site CA)."""
     port = free_port()
-    cfg = base_config(tmp_path / "data", port,
-                      tls={"enabled": True, "certificate": str(pki.server.cert),
-                           "private_key": str(pki.server.key), **tls})
-    node = NodeProcess(write_config(tmp_path / "node.toml", cfg), tmp_path / "node.log",
-                       command="receive")
+    cfg = base_config(
+        tmp_path / "data",
+        port,
+        tls={
+            "enabled": True,
+            "certificate": str(pki.server.cert),
+            "private_key": str(pki.server.key),
+            **tls,
+        },
+    )
+    node = NodeProcess(
+        write_config(tmp_path / "node.toml", cfg), tmp_path / "node.log", command="receive"
+    )
     node.start()
     try:
         yield node
@@ -240,9 +313,12 @@ def test_tls_store_and_echo_succeed_and_plain_tcp_is_refused(tmp_path: Path, pki
 
 
 def test_client_certificates_are_checked_when_ca_certificates_is_set(
-        tmp_path: Path, pki: Pki) -> None:
-    files = {name: write_radiograph(tmp_path / f"{name}.dcm", seed=n)
-             for n, name in enumerate(("none", "rogue", "site"))}
+    tmp_path: Path, pki: Pki
+) -> None:
+    files = {
+        name: write_radiograph(tmp_path / f"{name}.dcm", seed=n)
+        for n, name in enumerate(("none", "rogue", "site"))
+    }
     with tls_receiver(tmp_path, pki, ca_certificates=str(pki.ca)) as node:
         without = storescu(node.port, tmp_path / "none.dcm", *dcmtk_tls(None, pki.ca))
         assert not ok(without), explain(without)
@@ -263,8 +339,7 @@ def test_an_idle_connection_does_not_hold_up_the_tls_receiver(tmp_path: Path, pk
             assert ok(proc), explain(proc)
 
 
-def test_server_context_requires_client_certificates_only_with_ca_certificates(
-        pki: Pki) -> None:
+def test_server_context_requires_client_certificates_only_with_ca_certificates(pki: Pki) -> None:
     base = {"enabled": True, "certificate": pki.server.cert, "private_key": pki.server.key}
     assert tls_server_context(Settings()) is None
     open_ctx = tls_server_context(Settings(tls=TlsSection(**base)))
@@ -273,8 +348,9 @@ def test_server_context_requires_client_certificates_only_with_ca_certificates(
     assert checked is not None and checked.verify_mode == ssl.CERT_REQUIRED
     assert checked.minimum_version >= ssl.TLSVersion.TLSv1_2
     # The CAs only for checking destinations: the receiver asks no client certificate.
-    outgoing_only = tls_server_context(Settings(tls=TlsSection(
-        **base, ca_certificates=pki.ca, require_client_certificate=False)))
+    outgoing_only = tls_server_context(
+        Settings(tls=TlsSection(**base, ca_certificates=pki.ca, require_client_certificate=False))
+    )
     assert outgoing_only is not None and outgoing_only.verify_mode == ssl.CERT_NONE
     with pytest.raises(ValueError, match="needs tls.ca_certificates"):
         TlsSection(**base, require_client_certificate=True)
@@ -286,20 +362,32 @@ def test_server_context_requires_client_certificates_only_with_ca_certificates(
 
 
 def client_tls(pki: Pki) -> TlsSection:
-    return TlsSection(ca_certificates=pki.ca, client_certificate=pki.client.cert,
-                      client_private_key=pki.client.key)
+    return TlsSection(
+        ca_certificates=pki.ca,
+        client_certificate=pki.client.cert,
+        client_private_key=pki.client.key,
+    )
 
 
 def tls_archive(port: int) -> dict[str, Any]:
-    return {"name": "archive", "ae_title": "ARCHIVE", "host": "127.0.0.1", "port": port,
-            "tls": True}
+    return {
+        "name": "archive",
+        "ae_title": "ARCHIVE",
+        "host": "127.0.0.1",
+        "port": port,
+        "tls": True,
+    }
 
 
 def deliver_settings(tmp_path: Path, pki: Pki, port: int) -> Settings:
     """In-process worker settings (SQLite) delivering to one TLS archive, mutual TLS."""
-    settings = node_settings(tmp_path, f"sqlite:///{tmp_path / 'triage.db'}",
-                             [tls_archive(port)], retry_base_seconds=0.05,
-                             retry_max_seconds=0.1)
+    settings = node_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'triage.db'}",
+        [tls_archive(port)],
+        retry_base_seconds=0.05,
+        retry_max_seconds=0.1,
+    )
     return settings.model_copy(update={"tls": client_tls(pki)})
 
 
@@ -331,17 +419,21 @@ def test_results_are_delivered_to_a_tls_storescp(tmp_path: Path, pki: Pki) -> No
             assert (job.state, job.attempts) == ("done", 1), job.last_error
             results = rows(store, Result)
             assert len(results) == 2  # the SR and one heatmap
-            assert received_uids(tmp_path / "archive") == \
-                sorted(r.sop_instance_uid for r in results)
+            assert received_uids(tmp_path / "archive") == sorted(
+                r.sop_instance_uid for r in results
+            )
             assert {d.state for d in rows(store, Delivery)} == {"delivered"}
-            assert rows(store, Study, Study.study_instance_uid == study_uid)[0]\
-                .delivery_state == "delivered"
+            assert (
+                rows(store, Study, Study.study_instance_uid == study_uid)[0].delivery_state
+                == "delivered"
+            )
         finally:
             store.dispose()
 
 
 def test_untrusted_destination_certificate_fails_clearly_then_retries_without_loss(
-        tmp_path: Path, pki: Pki) -> None:
+    tmp_path: Path, pki: Pki
+) -> None:
     archive, port = tmp_path / "archive", free_port()
     settings = deliver_settings(tmp_path, pki, port)
     store = open_store(settings)
@@ -371,34 +463,37 @@ def test_untrusted_destination_certificate_fails_clearly_then_retries_without_lo
 
 
 def _destination(port: int, host: str) -> DestinationSection:
-    return DestinationSection(name="archive", ae_title="ARCHIVE", host=host, port=port,
-                              tls=True)
+    return DestinationSection(name="archive", ae_title="ARCHIVE", host=host, port=port, tls=True)
 
 
 def test_a_destination_named_by_host_name_must_match_its_certificate(
-        tmp_path: Path, pki: Pki) -> None:
+    tmp_path: Path, pki: Pki
+) -> None:
     settings = Settings(tls=client_tls(pki))
     image = write_radiograph(tmp_path / "x.dcm", seed=5)
     with tls_storescp(tmp_path / "wrong", pki.other_name, pki.ca) as port:
         with pytest.raises(DestinationUnavailable, match="TLS handshake failed.*localhost"):
-            send_objects(_destination(port, "localhost"), [tmp_path / "x.dcm"],
-                         settings=settings)
+            send_objects(_destination(port, "localhost"), [tmp_path / "x.dcm"], settings=settings)
         # By address the certificate is checked against the CA only (DICOM devices'
         # certificates seldom name their addresses).
-        outcomes = send_objects(_destination(port, "127.0.0.1"), [tmp_path / "x.dcm"],
-                                settings=settings)
+        outcomes = send_objects(
+            _destination(port, "127.0.0.1"), [tmp_path / "x.dcm"], settings=settings
+        )
         assert [o.stored for o in outcomes] == [True]
     with tls_storescp(tmp_path / "right", pki.server, pki.ca) as port:
-        outcomes = send_objects(_destination(port, "localhost"), [tmp_path / "x.dcm"],
-                                settings=settings)
+        outcomes = send_objects(
+            _destination(port, "localhost"), [tmp_path / "x.dcm"], settings=settings
+        )
         assert [o.stored for o in outcomes] == [True]
     assert received_uids(tmp_path / "right") == [image.SOPInstanceUID]
 
 
 def test_client_context_checks_the_ca_and_host_names_not_addresses(pki: Pki) -> None:
     settings = Settings(tls=client_tls(pki))
-    assert _tls_args(_destination(104, "127.0.0.1").model_copy(update={"tls": False}),
-                     settings) is None
+    assert (
+        _tls_args(_destination(104, "127.0.0.1").model_copy(update={"tls": False}), settings)
+        is None
+    )
     by_name = _tls_args(_destination(104, "pacs.example"), settings)
     by_address = _tls_args(_destination(104, "10.0.0.7"), settings)
     assert by_name is not None and by_address is not None
@@ -409,17 +504,24 @@ def test_client_context_checks_the_ca_and_host_names_not_addresses(pki: Pki) -> 
 
 
 def test_a_destination_that_refuses_our_client_certificate_says_so(
-        tmp_path: Path, pki: Pki) -> None:
+    tmp_path: Path, pki: Pki
+) -> None:
     write_radiograph(tmp_path / "x.dcm", seed=6)
     without = Settings(tls=TlsSection(ca_certificates=pki.ca))
-    rogue = Settings(tls=TlsSection(ca_certificates=pki.ca,
-                                    client_certificate=pki.rogue_client.cert,
-                                    client_private_key=pki.rogue_client.key))
+    rogue = Settings(
+        tls=TlsSection(
+            ca_certificates=pki.ca,
+            client_certificate=pki.rogue_client.cert,
+            client_private_key=pki.rogue_client.key,
+        )
+    )
     with tls_storescp(tmp_path / "in", pki.server, pki.ca) as port:
         for settings, ours in ((without, "none configured"), (rogue, "rogue-client.pem")):
-            with pytest.raises(DestinationUnavailable,
-                               match="did not accept our client certificate") as info:
-                send_objects(_destination(port, "127.0.0.1"), [tmp_path / "x.dcm"],
-                             settings=settings)
+            with pytest.raises(
+                DestinationUnavailable, match="did not accept our client certificate"
+            ) as info:
+                send_objects(
+                    _destination(port, "127.0.0.1"), [tmp_path / "x.dcm"], settings=settings
+                )
             assert ours in str(info.value)
     assert received_uids(tmp_path / "in") == []

@@ -38,9 +38,16 @@ CRImageStorage = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Stora
 # --- helpers shared with test_serve ------------------------------------------------------
 
 
-def make_radiograph(path: Path, *, transfer_syntax: str = ExplicitVRLittleEndian,
-                    rows: int = 32, columns: int = 24, study_uid: str | None = None,
-                    sop_uid: str | None = None, seed: int = 0) -> Dataset:
+def make_radiograph(
+    path: Path,
+    *,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    rows: int = 32,
+    columns: int = 24,
+    study_uid: str | None = None,
+    sop_uid: str | None = None,
+    seed: int = 0,
+) -> Dataset:
     """Write a small, valid CR hip radiograph (12-bit MONOCHROME2) in ``transfer_syntax``."""
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 4096, size=(rows, columns), dtype=np.uint16)
@@ -74,8 +81,9 @@ def make_radiograph(path: Path, *, transfer_syntax: str = ExplicitVRLittleEndian
     return ds
 
 
-def add_instance(store: Store, spool_dir: Path, *, name: str | None = None,
-                 max_attempts: int = 5, **kw: Any) -> tuple[int, int, str]:
+def add_instance(
+    store: Store, spool_dir: Path, *, name: str | None = None, max_attempts: int = 5, **kw: Any
+) -> tuple[int, int, str]:
     """Spool a radiograph and create its Study, Instance (queued) and score Job rows.
 
     Returns (instance id, job id, SOP Instance UID).
@@ -84,19 +92,28 @@ def add_instance(store: Store, spool_dir: Path, *, name: str | None = None,
     rel = Path("test") / f"{name or sop_uid}.dcm"
     ds = make_radiograph(spool_dir / rel, sop_uid=sop_uid, **kw)
     with store.write() as session:
-        study = session.scalars(select(Study).where(
-            Study.study_instance_uid == ds.StudyInstanceUID)).first()
+        study = session.scalars(
+            select(Study).where(Study.study_instance_uid == ds.StudyInstanceUID)
+        ).first()
         if study is None:
             study = Study(study_instance_uid=ds.StudyInstanceUID)
             session.add(study)
             session.flush()
         inst = Instance(
-            sop_instance_uid=sop_uid, sop_class_uid=ds.SOPClassUID, study_id=study.id,
-            study_instance_uid=ds.StudyInstanceUID, series_instance_uid=ds.SeriesInstanceUID,
-            modality="CR", body_part="HIP", view_position="AP",
-            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), path=str(rel),
-            size_bytes=(spool_dir / rel).stat().st_size, received_at=utcnow(),
-            updated_at=utcnow(), state="queued",
+            sop_instance_uid=sop_uid,
+            sop_class_uid=ds.SOPClassUID,
+            study_id=study.id,
+            study_instance_uid=ds.StudyInstanceUID,
+            series_instance_uid=ds.SeriesInstanceUID,
+            modality="CR",
+            body_part="HIP",
+            view_position="AP",
+            transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
+            path=str(rel),
+            size_bytes=(spool_dir / rel).stat().st_size,
+            received_at=utcnow(),
+            updated_at=utcnow(),
+            state="queued",
         )
         session.add(inst)
         session.flush()
@@ -105,11 +122,18 @@ def add_instance(store: Store, spool_dir: Path, *, name: str | None = None,
 
 
 def node_settings(tmp_path: Path, database_url: str, **worker: Any) -> Settings:
-    return Settings.model_validate({
-        "node": {"data_dir": str(tmp_path / "data"), "database_url": database_url},
-        "worker": {"poll_seconds": 0.05, "retry_base_seconds": 0.01, "retry_max_seconds": 0.05,
-                   "lease_seconds": 30, **worker},
-    })
+    return Settings.model_validate(
+        {
+            "node": {"data_dir": str(tmp_path / "data"), "database_url": database_url},
+            "worker": {
+                "poll_seconds": 0.05,
+                "retry_base_seconds": 0.01,
+                "retry_max_seconds": 0.05,
+                "lease_seconds": 30,
+                **worker,
+            },
+        }
+    )
 
 
 def snapshot(store: Store, model: type, row_id: int) -> Any:
@@ -122,8 +146,7 @@ def snapshot(store: Store, model: type, row_id: int) -> Any:
 
 def events_for(store: Store, job_id: int) -> list[Event]:
     with store.read() as session:
-        rows = list(session.scalars(select(Event).where(Event.job_id == job_id)
-                                    .order_by(Event.id)))
+        rows = list(session.scalars(select(Event).where(Event.job_id == job_id).order_by(Event.id)))
         for r in rows:
             session.expunge(r)
         return rows
@@ -138,8 +161,9 @@ class DoubleModel:
     synthetic = True
     threshold = 0.5
 
-    def __init__(self, left: float | None, right: float | None,
-                 error: Exception | None = None) -> None:
+    def __init__(
+        self, left: float | None, right: float | None, error: Exception | None = None
+    ) -> None:
         self.left, self.right, self.error = left, right, error
         self.calls = 0
 
@@ -152,8 +176,13 @@ class DoubleModel:
             SideAssessment(side, p, None if p is not None else "femur not found")  # type: ignore[arg-type]
             for side, p in (("left", self.left), ("right", self.right))
         )
-        return ImageAssessment(sides=sides, model_name=self.name, model_version=self.version,
-                               threshold=self.threshold, synthetic_model=True)
+        return ImageAssessment(
+            sides=sides,
+            model_name=self.name,
+            model_version=self.version,
+            threshold=self.threshold,
+            synthetic_model=True,
+        )
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -187,8 +216,9 @@ def test_owner_id_is_host_pid_thread() -> None:
     assert host and int(pid) > 0 and thread == "worker-3"
 
 
-def test_model_unavailable_job_waits_with_decode_recorded(settings: Settings, store: Store,
-                                                          tmp_path: Path) -> None:
+def test_model_unavailable_job_waits_with_decode_recorded(
+    settings: Settings, store: Store, tmp_path: Path
+) -> None:
     settings.model.bundle = str(tmp_path / "bundle-not-copied-yet")  # configured, missing
     inst_id, job_id, uid = add_instance(store, settings.spool_dir, max_attempts=1)
     worker = make_worker(settings, store)
@@ -196,19 +226,32 @@ def test_model_unavailable_job_waits_with_decode_recorded(settings: Settings, st
     inst = snapshot(store, Instance, inst_id)
     assert inst.state == "queued"
     assert inst.last_error.startswith(f"job {job_id}: model unavailable: ")
-    assert inst.result["decoded"] == {"rows": 32, "columns": 24, "dtype": "uint16",
-                                      "photometric": "MONOCHROME2",
-                                      "transfer_syntax": ExplicitVRLittleEndian}
+    assert inst.result["decoded"] == {
+        "rows": 32,
+        "columns": 24,
+        "dtype": "uint16",
+        "photometric": "MONOCHROME2",
+        "transfer_syntax": ExplicitVRLittleEndian,
+    }
     assert (inst.rows, inst.columns) == (32, 24)
     job = snapshot(store, Job, job_id)
     # Not charged an attempt: with max_attempts=1 it would otherwise be failed now.
     assert job.state == "queued" and job.attempts == 0
     assert job.next_attempt_at > job.updated_at
     kinds = [e.kind for e in events_for(store, job_id)]
-    assert kinds == ["job_queued", "job_started", "instance_scoring", "instance_decoded",
-                     "job_retry", "instance_queued"]
-    assert all(e.sop_instance_uid == uid for e in events_for(store, job_id)
-               if e.kind.startswith("instance_"))
+    assert kinds == [
+        "job_queued",
+        "job_started",
+        "instance_scoring",
+        "instance_decoded",
+        "job_retry",
+        "instance_queued",
+    ]
+    assert all(
+        e.sop_instance_uid == uid
+        for e in events_for(store, job_id)
+        if e.kind.startswith("instance_")
+    )
     # Waiting again does not reload the model at once (at most once per retry_base_seconds)
     # and the delay grows with consecutive failures.
     cache = worker.handlers["score"].models  # type: ignore[attr-defined]
@@ -216,8 +259,9 @@ def test_model_unavailable_job_waits_with_decode_recorded(settings: Settings, st
         cache.get()
 
 
-def test_scored_with_per_side_result(settings: Settings, store: Store,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_scored_with_per_side_result(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = DoubleModel(0.2, 0.7)
     use_model(monkeypatch, model)
     inst_id, job_id, _ = add_instance(store, settings.spool_dir)
@@ -236,8 +280,9 @@ def test_scored_with_per_side_result(settings: Settings, store: Store,
     assert worker.run_one() is False
 
 
-def test_not_assessable_records_reason(settings: Settings, store: Store,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_assessable_records_reason(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     use_model(monkeypatch, DoubleModel(None, None))
     inst_id, job_id, _ = add_instance(store, settings.spool_dir)
     make_worker(settings, store).run_one()
@@ -247,13 +292,15 @@ def test_not_assessable_records_reason(settings: Settings, store: Store,
     assert snapshot(store, Job, job_id).state == "done"
 
 
-@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, RLELossless, JPEGLSLossless,
-                                    JPEG2000Lossless])
+@pytest.mark.parametrize(
+    "syntax", [ImplicitVRLittleEndian, RLELossless, JPEGLSLossless, JPEG2000Lossless]
+)
 def test_decodes_transfer_syntaxes(tmp_path: Path, syntax: str) -> None:
     settings = node_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}")
     store = open_store(settings)
-    inst_id, _, _ = add_instance(store, settings.spool_dir, transfer_syntax=syntax,
-                                 rows=64, columns=48)
+    inst_id, _, _ = add_instance(
+        store, settings.spool_dir, transfer_syntax=syntax, rows=64, columns=48
+    )
     make_worker(settings, store).run_one()
     inst = snapshot(store, Instance, inst_id)
     assert inst.result["decoded"]["transfer_syntax"] == syntax
@@ -261,8 +308,9 @@ def test_decodes_transfer_syntaxes(tmp_path: Path, syntax: str) -> None:
     store.dispose()
 
 
-def test_undecodable_fails_permanently(settings: Settings, store: Store,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_undecodable_fails_permanently(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = DoubleModel(0.5, 0.5)
     use_model(monkeypatch, model)
     inst_id, job_id, uid = add_instance(store, settings.spool_dir, name="broken")
@@ -287,8 +335,9 @@ def test_missing_spool_file_fails_permanently(settings: Settings, store: Store) 
     assert inst.state == "failed" and "test/gone.dcm is missing" in inst.reason
 
 
-def test_transient_errors_retry_with_backoff_then_fail(settings: Settings, store: Store,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_transient_errors_retry_with_backoff_then_fail(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = DoubleModel(0.5, 0.5, error=RuntimeError("out of memory in the model"))
     use_model(monkeypatch, model)
     inst_id, job_id, _ = add_instance(store, settings.spool_dir, max_attempts=3)
@@ -298,8 +347,9 @@ def test_transient_errors_retry_with_backoff_then_fail(settings: Settings, store
         with store.write() as session:  # make the retry due now instead of after the backoff
             session.get(Job, job_id).next_attempt_at = utcnow()  # type: ignore[union-attr]
         assert worker.run_one() is True
-        states.append((snapshot(store, Job, job_id).state,
-                       snapshot(store, Instance, inst_id).state))
+        states.append(
+            (snapshot(store, Job, job_id).state, snapshot(store, Instance, inst_id).state)
+        )
     assert states == [("queued", "queued"), ("queued", "queued"), ("failed", "failed")]
     kinds = [e.kind for e in events_for(store, job_id)]
     assert kinds.count("job_retry") == 2 and kinds.count("job_failed") == 1
@@ -310,8 +360,9 @@ def test_transient_errors_retry_with_backoff_then_fail(settings: Settings, store
     assert model.calls == 3
 
 
-def test_stopping_worker_releases_job(settings: Settings, store: Store,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stopping_worker_releases_job(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     use_model(monkeypatch, DoubleModel(0.5, 0.5))
     inst_id, job_id, _ = add_instance(store, settings.spool_dir)
     worker = make_worker(settings, store)
@@ -329,8 +380,7 @@ def test_stopping_worker_releases_job(settings: Settings, store: Store,
     job = snapshot(store, Job, job_id)
     assert job.state == "queued" and job.attempts == 0 and job.lease_owner is None
     assert snapshot(store, Instance, inst_id).state == "queued"
-    assert [e.kind for e in events_for(store, job_id)][-2:] == ["job_released",
-                                                               "instance_queued"]
+    assert [e.kind for e in events_for(store, job_id)][-2:] == ["job_released", "instance_queued"]
 
 
 def test_job_reclaimed_past_its_budget_is_failed(settings: Settings, store: Store) -> None:
@@ -352,7 +402,8 @@ class NativePanic(BaseException):
 
 
 def test_a_native_panic_fails_the_job_and_the_worker_lives_on(
-        settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     use_model(monkeypatch, DoubleModel(0.5, 0.5, error=NativePanic("segment too long")))  # type: ignore[arg-type]
     _, job_id, _ = add_instance(store, settings.spool_dir)
     worker = make_worker(settings, store)
@@ -361,8 +412,9 @@ def test_a_native_panic_fails_the_job_and_the_worker_lives_on(
     assert job.state == "queued" and "NativePanic: segment too long" in (job.last_error or "")
 
 
-def test_a_job_whose_holder_keeps_dying_is_failed(settings: Settings, store: Store,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_job_whose_holder_keeps_dying_is_failed(
+    settings: Settings, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A crash loop does not use up a job's attempts, but ten deaths under it fail it."""
     from triage_node.store.jobs import HOLDER_DEATH_LIMIT, expire_dead_leases
 

@@ -251,9 +251,7 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> list[str]:
             continue
         parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
         if len(parts) != 2 or not all(parts):
-            raise ConfigError(
-                f"environment variable {name}: expected {ENV_PREFIX}SECTION__KEY"
-            )
+            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}SECTION__KEY")
         section, key = parts
         target = data.setdefault(section, {})
         if not isinstance(target, dict):

@@ -20,10 +20,12 @@ TRIAGE_DISCLAIMER = "AI triage, not for diagnosis"
 SYNTHETIC_DISCLAIMER = "synthetic demo model, not for clinical use"
 
 
-def carries_our_signature(manufacturer: str | None, model_name: str | None,
-                          series_description: str | None) -> bool:
+def carries_our_signature(
+    manufacturer: str | None, model_name: str | None, series_description: str | None
+) -> bool:
     """True if an instance looks like one of our own result objects."""
-    if (manufacturer or "").strip() == MANUFACTURER and \
-            (model_name or "").strip() == MANUFACTURER_MODEL_NAME:
+    if (manufacturer or "").strip() == MANUFACTURER and (
+        model_name or ""
+    ).strip() == MANUFACTURER_MODEL_NAME:
         return True
     return (series_description or "").startswith(SERIES_DESCRIPTION_PREFIX)

@@ -15,7 +15,7 @@ def open_existing_store(settings: Settings) -> Store | None:
     """
     url = settings.database_url
     if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
+        path = Path(url[len("sqlite:///") :])
         if not path.exists():
             return None
     return Store(url)

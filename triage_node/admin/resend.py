@@ -24,10 +24,15 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("study_uids", nargs="*", metavar="STUDY_UID",
-                        help="Study Instance UID(s) whose results are sent again")
-    parser.add_argument("--failed", action="store_true",
-                        help="requeue every failed delivery instead")
+    parser.add_argument(
+        "study_uids",
+        nargs="*",
+        metavar="STUDY_UID",
+        help="Study Instance UID(s) whose results are sent again",
+    )
+    parser.add_argument(
+        "--failed", action="store_true", help="requeue every failed delivery instead"
+    )
     parser.epilog = "Exit 2 for an unknown Study Instance UID (nothing is changed then)."
 
 
@@ -44,10 +49,15 @@ def _reset_deliveries(session: Session, job: Job, *, all_objects: bool) -> int:
 
     from triage_node.store.models import Delivery, DeliveryState, Result, utcnow
 
-    query = (select(Delivery).join(Result, Result.id == Delivery.result_id)
-             .where(Result.study_id == job.study_id,
-                    Result.report_version == int((job.payload or {}).get("report_version", 0)),
-                    Delivery.destination == str((job.payload or {}).get("destination"))))
+    query = (
+        select(Delivery)
+        .join(Result, Result.id == Delivery.result_id)
+        .where(
+            Result.study_id == job.study_id,
+            Result.report_version == int((job.payload or {}).get("report_version", 0)),
+            Delivery.destination == str((job.payload or {}).get("destination")),
+        )
+    )
     if not all_objects:
         query = query.where(Delivery.state != DeliveryState.DELIVERED.value)
     rows = session.scalars(query).all()
@@ -72,8 +82,13 @@ def _requeue(session: Session, job: Job) -> None:
     job.attempts = 0
     job.next_attempt_at = now
     job.updated_at = now
-    add_event(session, "job_requeued", job_id=job.id, state=job.state,
-              message=f"{job.kind}: resend requested")
+    add_event(
+        session,
+        "job_requeued",
+        job_id=job.id,
+        state=job.state,
+        message=f"{job.kind}: resend requested",
+    )
 
 
 def resend_study(session: Session, settings: Settings, study: Study) -> list[str]:
@@ -85,11 +100,11 @@ def resend_study(session: Session, settings: Settings, study: Study) -> list[str
     from triage_node.work.study import enqueue_once, rollup_delivery
 
     uid, version = study.study_instance_uid, study.report_version
-    results = session.scalars(select(Result).where(
-        Result.study_id == study.id, Result.report_version == version)).all()
+    results = session.scalars(
+        select(Result).where(Result.study_id == study.id, Result.report_version == version)
+    ).all()
     if not results:
-        return [f"study {uid}: no results to send (state {study.state}, "
-                f"report version {version})"]
+        return [f"study {uid}: no results to send (state {study.state}, report version {version})"]
     if not settings.destinations:
         return [f"study {uid}: no [[destinations]] configured; results stay in the spool"]
     lines = []
@@ -100,25 +115,41 @@ def resend_study(session: Session, settings: Settings, study: Study) -> list[str
         if job is None:
             # a destination configured after the report was made
             for r in results:
-                if session.scalars(select(Delivery.id).where(
-                        Delivery.result_id == r.id, Delivery.destination == dest.name)
-                        ).first() is None:
-                    session.add(Delivery(result_id=r.id, destination=dest.name,
-                                         state=DeliveryState.PENDING.value, attempts=0))
+                if (
+                    session.scalars(
+                        select(Delivery.id).where(
+                            Delivery.result_id == r.id, Delivery.destination == dest.name
+                        )
+                    ).first()
+                    is None
+                ):
+                    session.add(
+                        Delivery(
+                            result_id=r.id,
+                            destination=dest.name,
+                            state=DeliveryState.PENDING.value,
+                            attempts=0,
+                        )
+                    )
             session.flush()
-            new = enqueue_once(session, JobKind.DELIVER.value, key, study_id=study.id,
-                               payload={"destination": dest.name, "report_version": version},
-                               max_attempts=settings.deliver.max_attempts)
-            lines.append(f"{where}: delivery queued ({len(results)} object(s), "
-                         f"job {new.id if new else '?'})")
+            new = enqueue_once(
+                session,
+                JobKind.DELIVER.value,
+                key,
+                study_id=study.id,
+                payload={"destination": dest.name, "report_version": version},
+                max_attempts=settings.deliver.max_attempts,
+            )
+            lines.append(
+                f"{where}: delivery queued ({len(results)} object(s), job {new.id if new else '?'})"
+            )
         elif job.state in (JobState.QUEUED.value, JobState.RUNNING.value):
             lines.append(f"{where}: already {job.state} (job {job.id}), left as it is")
         else:
             n = _reset_deliveries(session, job, all_objects=True)
             previous = job.state
             _requeue(session, job)
-            lines.append(f"{where}: requeued job {job.id} (was {previous}), "
-                         f"{n} object(s) to send")
+            lines.append(f"{where}: requeued job {job.id} (was {previous}), {n} object(s) to send")
     rollup_delivery(session, study)
     return lines
 
@@ -131,17 +162,21 @@ def resend_failed(session: Session) -> list[str]:
     from triage_node.work.study import rollup_delivery
 
     lines = []
-    jobs = session.scalars(select(Job).where(Job.kind == JobKind.DELIVER.value,
-                                             Job.state == JobState.FAILED.value)
-                           .order_by(Job.id)).all()
+    jobs = session.scalars(
+        select(Job)
+        .where(Job.kind == JobKind.DELIVER.value, Job.state == JobState.FAILED.value)
+        .order_by(Job.id)
+    ).all()
     for job in jobs:
         study = session.get(Study, job.study_id)
         n = _reset_deliveries(session, job, all_objects=False)
         _requeue(session, job)
         payload = job.payload or {}
-        lines.append(f"study {study.study_instance_uid if study else job.study_id} report "
-                     f"v{payload.get('report_version')} -> {payload.get('destination')}: "
-                     f"requeued job {job.id}, {n} object(s) to send")
+        lines.append(
+            f"study {study.study_instance_uid if study else job.study_id} report "
+            f"v{payload.get('report_version')} -> {payload.get('destination')}: "
+            f"requeued job {job.id}, {n} object(s) to send"
+        )
         if study is not None:
             rollup_delivery(session, study)
     if not lines:
@@ -157,8 +192,12 @@ def resend(settings: Settings, session: Session, study_uids: list[str] | None) -
 
     if study_uids is None:
         return resend_failed(session)
-    studies = {s.study_instance_uid: s for s in session.scalars(
-        select(Study).where(Study.study_instance_uid.in_(study_uids))).all()}
+    studies = {
+        s.study_instance_uid: s
+        for s in session.scalars(
+            select(Study).where(Study.study_instance_uid.in_(study_uids))
+        ).all()
+    }
     unknown = [u for u in study_uids if u not in studies]
     if unknown:
         raise UnknownStudies(unknown)
@@ -182,8 +221,10 @@ def run(args: argparse.Namespace) -> int:
         if args.failed:
             print("no failed deliveries (the node has no database yet)")
             return 0
-        print(f"resend: unknown study: {', '.join(args.study_uids)} (no database yet)",
-              file=sys.stderr)
+        print(
+            f"resend: unknown study: {', '.join(args.study_uids)} (no database yet)",
+            file=sys.stderr,
+        )
         return 2
     try:
         with store.write() as session:

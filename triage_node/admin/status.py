@@ -35,8 +35,11 @@ def node_endpoint(settings: Any, timeout: float = 2.0) -> dict[str, Any]:
 
     m = settings.metrics
     base = f"http://{m.host}:{m.port}"
-    doc: dict[str, Any] = {"enabled": m.enabled, "metrics_url": f"{base}/metrics",
-                           "readyz_url": f"{base}/readyz"}
+    doc: dict[str, Any] = {
+        "enabled": m.enabled,
+        "metrics_url": f"{base}/metrics",
+        "readyz_url": f"{base}/readyz",
+    }
     if not m.enabled:
         return doc
     try:
@@ -65,25 +68,40 @@ def collect_status(settings: Any) -> dict[str, Any]:
     ready = readiness(settings, store)
     facts: dict[str, Any]
     if store is None:
-        facts = {"instances": {}, "instances_total": 0, "jobs": {}, "queue_depth": 0,
-                 "oldest_waiting_seconds": None,
-                 "free_disk_bytes": free_disk_bytes(settings.data_dir), "last_error": None}
+        facts = {
+            "instances": {},
+            "instances_total": 0,
+            "jobs": {},
+            "queue_depth": 0,
+            "oldest_waiting_seconds": None,
+            "free_disk_bytes": free_disk_bytes(settings.data_dir),
+            "last_error": None,
+        }
         database = {"url": redact_url(settings.database_url), "exists": False}
     else:
         try:
             with store.read() as session:
                 facts = status_facts(session, settings.data_dir)
         except Exception:  # unreachable: say so below instead of a traceback
-            facts = {"instances": {}, "instances_total": 0, "jobs": {}, "queue_depth": 0,
-                     "oldest_waiting_seconds": None,
-                     "free_disk_bytes": free_disk_bytes(settings.data_dir),
-                     "last_error": None}
+            facts = {
+                "instances": {},
+                "instances_total": 0,
+                "jobs": {},
+                "queue_depth": 0,
+                "oldest_waiting_seconds": None,
+                "free_disk_bytes": free_disk_bytes(settings.data_dir),
+                "last_error": None,
+            }
         database = {"url": redact_url(settings.database_url), "exists": True}
         store.dispose()
     return {
-        "node": {"ae_title": settings.node.ae_title, "host": settings.node.host,
-                 "port": settings.node.port, "data_dir": str(settings.data_dir),
-                 "config": settings.source},
+        "node": {
+            "ae_title": settings.node.ae_title,
+            "host": settings.node.host,
+            "port": settings.node.port,
+            "data_dir": str(settings.data_dir),
+            "config": settings.source,
+        },
         "database": database,
         **facts,
         "min_free_disk_bytes": settings.receive.min_free_disk_mb * 1024 * 1024,
@@ -98,20 +116,24 @@ def format_status(s: dict[str, Any]) -> str:
     lines = [
         f"node       {n['ae_title']} on {n['host']}:{n['port']}  data {n['data_dir']}",
         f"config     {n['config']}",
-        f"database   {s['database']['url']}" + ("" if s["database"]["exists"]
-                                               else "  (not created yet)"),
-        "instances  " + (", ".join(f"{k} {v}" for k, v in s["instances"].items()) or "none")
+        f"database   {s['database']['url']}"
+        + ("" if s["database"]["exists"] else "  (not created yet)"),
+        "instances  "
+        + (", ".join(f"{k} {v}" for k, v in s["instances"].items()) or "none")
         + f"  (total {s['instances_total']})",
     ]
     for kind, states in sorted(s["jobs"].items()):
         lines.append(f"jobs {kind:<6}" + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
     age = s["oldest_waiting_seconds"]
-    lines.append(f"queue      {s['queue_depth']} waiting"
-                 + (f", oldest {age:.0f} s" if age is not None else ""))
-    low = (s["free_disk_bytes"] is not None
-           and s["free_disk_bytes"] < s["min_free_disk_bytes"])
-    lines.append(f"free disk  {_size(s['free_disk_bytes'])}"
-                 + ("  BELOW WATERMARK: new instances are refused (0xA700)" if low else ""))
+    lines.append(
+        f"queue      {s['queue_depth']} waiting"
+        + (f", oldest {age:.0f} s" if age is not None else "")
+    )
+    low = s["free_disk_bytes"] is not None and s["free_disk_bytes"] < s["min_free_disk_bytes"]
+    lines.append(
+        f"free disk  {_size(s['free_disk_bytes'])}"
+        + ("  BELOW WATERMARK: new instances are refused (0xA700)" if low else "")
+    )
     m = s["model"]
     if m.get("available"):
         desc = f"{m.get('name', m['bundle'])} {m.get('version', '')}".strip()
@@ -122,8 +144,10 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(f"model      {m['bundle']}: NOT AVAILABLE ({m.get('error')})")
     r = s["ready"]
     failing = [f"{k}: {v['detail']}" for k, v in r["checks"].items() if not v["ok"]]
-    lines.append("ready      " + ("yes (database, spool, disk)" if r["ready"]
-                                  else "NO  " + "; ".join(failing)))
+    lines.append(
+        "ready      "
+        + ("yes (database, spool, disk)" if r["ready"] else "NO  " + "; ".join(failing))
+    )
     e = s["endpoint"]
     if not e["enabled"]:
         lines.append("metrics    off (metrics.enabled = false)")
@@ -135,11 +159,14 @@ def format_status(s: dict[str, Any]) -> str:
             answer = "node ready"
         else:
             answer = "node NOT READY: " + "; ".join(
-                f"{k}: {v['detail']}" for k, v in node.get("checks", {}).items() if not v["ok"])
+                f"{k}: {v['detail']}" for k, v in node.get("checks", {}).items() if not v["ok"]
+            )
         lines.append(f"metrics    {e['metrics_url']}  {answer}")
     err = s["last_error"]
-    lines.append("last error " + (f"{err['at']} {err['kind']} job {err['job_id']}: "
-                                  f"{err['message']}" if err else "none"))
+    lines.append(
+        "last error "
+        + (f"{err['at']} {err['kind']} job {err['job_id']}: {err['message']}" if err else "none")
+    )
     return "\n".join(lines)
 
 

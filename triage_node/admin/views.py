@@ -43,8 +43,9 @@ def instance_row(inst: Instance) -> dict[str, Any]:
     }
 
 
-def recent_instances(session: Session, *, state: str | None = None,
-                     limit: int = 50) -> list[dict[str, Any]]:
+def recent_instances(
+    session: Session, *, state: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
     """Newest instances first, optionally only those in ``state``."""
     query = select(Instance).order_by(Instance.received_at.desc(), Instance.id.desc())
     if state:
@@ -60,8 +61,7 @@ def event_row(ev: Event, inst: Instance | None) -> dict[str, Any]:
         "kind": ev.kind,
         "state": ev.state,
         "sop_instance_uid": ev.sop_instance_uid or (inst.sop_instance_uid if inst else None),
-        "study_instance_uid": ev.study_instance_uid
-        or (inst.study_instance_uid if inst else None),
+        "study_instance_uid": ev.study_instance_uid or (inst.study_instance_uid if inst else None),
         "instance_id": ev.instance_id,
         "job_id": ev.job_id,
         "message": ev.message,
@@ -69,8 +69,9 @@ def event_row(ev: Event, inst: Instance | None) -> dict[str, Any]:
     }
 
 
-def events_after(session: Session, after_id: int, *, limit: int = 500,
-                 state: str | None = None) -> list[dict[str, Any]]:
+def events_after(
+    session: Session, after_id: int, *, limit: int = 500, state: str | None = None
+) -> list[dict[str, Any]]:
     """Events with id greater than ``after_id``, oldest first."""
     query = (
         select(Event, Instance)
@@ -127,8 +128,13 @@ def status_facts(session: Session, data_dir: Path) -> dict[str, Any]:
         "oldest_waiting_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
         "free_disk_bytes": free_disk_bytes(data_dir),
         "last_error": (
-            {"job_id": last_failed[3], "kind": last_failed[2], "message": last_failed[0],
-             "at": _iso(last_failed[1])}
-            if last_failed else None
+            {
+                "job_id": last_failed[3],
+                "kind": last_failed[2],
+                "message": last_failed[0],
+                "at": _iso(last_failed[1]),
+            }
+            if last_failed
+            else None
         ),
     }

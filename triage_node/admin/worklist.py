@@ -10,16 +10,29 @@ from typing import Any, TextIO
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON array (with --follow: one JSON object per line)")
-    parser.add_argument("--follow", "-f", action="store_true",
-                        help="stream every new event as it happens (survives node restarts)")
-    parser.add_argument("--state", default=None,
-                        help="only instances (or events) in this state, e.g. queued, skipped, "
-                        "scored, not_assessable, failed")
-    parser.add_argument("--limit", type=int, default=50,
-                        help="how many recent rows (with --follow: recent events first shown; "
-                        "default 50)")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON array (with --follow: one JSON object per line)",
+    )
+    parser.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="stream every new event as it happens (survives node restarts)",
+    )
+    parser.add_argument(
+        "--state",
+        default=None,
+        help="only instances (or events) in this state, e.g. queued, skipped, "
+        "scored, not_assessable, failed",
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=50,
+        help="how many recent rows (with --follow: recent events first shown; default 50)",
+    )
     parser.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
 
 
@@ -27,7 +40,7 @@ def short_uid(uid: str | None, keep: int = 14) -> str:
     """The tail of a UID, which is where UIDs differ; full UIDs are in --json."""
     if not uid:
         return "-"
-    return uid if len(uid) <= keep else "…" + uid[-(keep - 1):]
+    return uid if len(uid) <= keep else "…" + uid[-(keep - 1) :]
 
 
 def _cell(value: Any, width: int) -> str:
@@ -72,9 +85,14 @@ def format_event(ev: dict[str, Any]) -> str:
     at = (ev["at"] or "").replace("T", " ")[:23]
     what = " ".join(x for x in (ev["kind"], ev["state"] and f"[{ev['state']}]") if x)
     uid = short_uid(ev.get("sop_instance_uid"), 20)
-    ids = " ".join(x for x in (f"job={ev['job_id']}" if ev.get("job_id") else "",
-                               f"instance={ev['instance_id']}" if ev.get("instance_id") else "")
-                   if x)
+    ids = " ".join(
+        x
+        for x in (
+            f"job={ev['job_id']}" if ev.get("job_id") else "",
+            f"instance={ev['instance_id']}" if ev.get("instance_id") else "",
+        )
+        if x
+    )
     return f"{at}  {what:<32} {uid:<20} {ids}  {ev.get('message') or ''}".rstrip()
 
 

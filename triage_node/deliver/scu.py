@@ -54,8 +54,12 @@ LOG = logging.getLogger(__name__)
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 #: pynetdicom proposes at most 128 presentation contexts in one association.
 MAX_CONTEXTS = 128
-_UNCOMPRESSED = (ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian,
-                 DeflatedExplicitVRLittleEndian)
+_UNCOMPRESSED = (
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    DeflatedExplicitVRLittleEndian,
+)
 
 
 class DeliveryError(Exception):
@@ -112,8 +116,12 @@ class _Outgoing:
 
 def _timeouts(settings: Settings) -> _Timeouts:
     d = settings.deliver
-    return _Timeouts(connection=d.connection_timeout, acse=d.acse_timeout,
-                     dimse=d.dimse_timeout, network=d.network_timeout)
+    return _Timeouts(
+        connection=d.connection_timeout,
+        acse=d.acse_timeout,
+        dimse=d.dimse_timeout,
+        network=d.network_timeout,
+    )
 
 
 def _describe(item: pydicom.Dataset | str | Path, index: int) -> _Outgoing:
@@ -128,16 +136,19 @@ def _describe(item: pydicom.Dataset | str | Path, index: int) -> _Outgoing:
         ds = item
         source = item
     else:
-        raise TypeError(f"datasets_or_paths[{index}]: expected a Dataset or a path, got "
-                        f"{type(item).__name__}")
+        raise TypeError(
+            f"datasets_or_paths[{index}]: expected a Dataset or a path, got {type(item).__name__}"
+        )
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     for kw in ("SOPClassUID", "SOPInstanceUID"):
         if not ds.get(kw):
             raise ValueError(f"datasets_or_paths[{index}]: {kw} is missing")
     if not syntax:
-        raise ValueError(f"datasets_or_paths[{index}] (SOP Instance UID {ds.SOPInstanceUID}): "
-                         "no file meta Transfer Syntax UID")
+        raise ValueError(
+            f"datasets_or_paths[{index}] (SOP Instance UID {ds.SOPInstanceUID}): "
+            "no file meta Transfer Syntax UID"
+        )
     return _Outgoing(source, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(syntax))
 
 
@@ -153,8 +164,9 @@ def presentation_contexts(objects: Iterable[tuple[str, str]]) -> list[Presentati
     compressed: dict[str, list[str]] = {}
     for sop_class, syntax in objects:
         if UID(syntax) in _UNCOMPRESSED:
-            syntaxes = uncompressed.setdefault(sop_class, [ExplicitVRLittleEndian,
-                                                           ImplicitVRLittleEndian])
+            syntaxes = uncompressed.setdefault(
+                sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+            )
             if syntax not in syntaxes:
                 syntaxes.append(syntax)
         else:
@@ -165,9 +177,11 @@ def presentation_contexts(objects: Iterable[tuple[str, str]]) -> list[Presentati
     for sop_class, syntaxes in compressed.items():
         contexts.extend(build_context(sop_class, [syntax]) for syntax in syntaxes)
     if len(contexts) > MAX_CONTEXTS:
-        raise ValueError(f"datasets_or_paths: {len(contexts)} presentation contexts needed, "
-                         f"more than the {MAX_CONTEXTS} one association can carry; "
-                         "send smaller batches")
+        raise ValueError(
+            f"datasets_or_paths: {len(contexts)} presentation contexts needed, "
+            f"more than the {MAX_CONTEXTS} one association can carry; "
+            "send smaller batches"
+        )
     return contexts
 
 
@@ -205,8 +219,9 @@ class _TlsClientContext(ssl.SSLContext):
     handshake_error: ssl.SSLError | None = None
 
 
-def _tls_args(destination: DestinationSection, settings: Settings
-              ) -> tuple[_TlsClientContext, str] | None:
+def _tls_args(
+    destination: DestinationSection, settings: Settings
+) -> tuple[_TlsClientContext, str] | None:
     """The TLS context and server name for ``destination``, or None without ``tls``.
 
     The destination's certificate must be signed by ``[tls] ca_certificates`` (the
@@ -236,28 +251,40 @@ def _tls_args(destination: DestinationSection, settings: Settings
 def _tls_failure(error: ssl.SSLError, settings: Settings) -> str:
     """Why the TLS handshake failed, in words a site engineer can act on."""
     if isinstance(error, ssl.SSLCertVerificationError):
-        trusted = (f"[tls] ca_certificates ({settings.tls.ca_certificates})"
-                   if settings.tls.ca_certificates is not None else "the system's CAs")
-        return (f"TLS handshake failed: the destination's certificate was not accepted "
-                f"({error.verify_message}; checked against {trusted})")
+        trusted = (
+            f"[tls] ca_certificates ({settings.tls.ca_certificates})"
+            if settings.tls.ca_certificates is not None
+            else "the system's CAs"
+        )
+        return (
+            f"TLS handshake failed: the destination's certificate was not accepted "
+            f"({error.verify_message}; checked against {trusted})"
+        )
     reason = str(error.reason or error).upper()
     # An alert from the destination about certificates is about ours (e.g.
     # TLSV13_ALERT_CERTIFICATE_REQUIRED, TLSV1_ALERT_UNKNOWN_CA).
     if "ALERT" in reason and any(w in reason for w in ("CERTIFICATE", "UNKNOWN_CA")):
         ours = settings.tls.client_certificate or "none configured"
-        return (f"TLS handshake failed: the destination did not accept our client "
-                f"certificate ({reason}; [tls] client_certificate: {ours})")
+        return (
+            f"TLS handshake failed: the destination did not accept our client "
+            f"certificate ({reason}; [tls] client_certificate: {ours})"
+        )
     return f"TLS handshake failed: {reason}"
 
 
 def _where(destination: DestinationSection) -> str:
-    return (f"destination {destination.name!r} ({destination.ae_title} at "
-            f"{destination.host}:{destination.port})")
+    return (
+        f"destination {destination.name!r} ({destination.ae_title} at "
+        f"{destination.host}:{destination.port})"
+    )
 
 
-def send_objects(destination: DestinationSection,
-                 datasets_or_paths: Sequence[pydicom.Dataset | str | Path], *,
-                 settings: Settings) -> list[StoreOutcome]:
+def send_objects(
+    destination: DestinationSection,
+    datasets_or_paths: Sequence[pydicom.Dataset | str | Path],
+    *,
+    settings: Settings,
+) -> list[StoreOutcome]:
     """C-STORE every object to ``destination`` over one association.
 
     ``datasets_or_paths`` are datasets with file meta (as the report builders
@@ -283,15 +310,17 @@ def send_objects(destination: DestinationSection,
     ae.dimse_timeout = timeouts.dimse
     ae.network_timeout = timeouts.network
     ae.requested_contexts = presentation_contexts(
-        (o.sop_class_uid, o.transfer_syntax_uid) for o in outgoing)
+        (o.sop_class_uid, o.transfer_syntax_uid) for o in outgoing
+    )
     where = _where(destination)
     try:
         tls_args = _tls_args(destination, settings)
     except (OSError, ssl.SSLError) as exc:
         raise DeliveryError(f"{where}: TLS client set-up failed: {exc}") from None
 
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
-                         tls_args=tls_args)
+    assoc = ae.associate(
+        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+    )
     if not assoc.is_established:
         # pynetdicom marks a refused TCP connection as "aborted" too, so only a real
         # A-ASSOCIATE-RJ is told apart.
@@ -308,26 +337,32 @@ def send_objects(destination: DestinationSection,
         for obj in outgoing:
             if not assoc.is_established:
                 raise DestinationUnavailable(
-                    f"{where}: association lost after {len(results)} of {len(outgoing)} "
-                    "objects", results)
+                    f"{where}: association lost after {len(results)} of {len(outgoing)} objects",
+                    results,
+                )
             try:
                 status = assoc.send_c_store(obj.source)
             except ValueError as exc:
                 # pynetdicom: no accepted context for this SOP class / transfer syntax
                 LOG.warning("%s: %s not sent: %s", where, obj.sop_instance_uid, exc)
-                results.append(StoreOutcome(obj.sop_instance_uid,
-                                            STATUS_SOP_CLASS_NOT_SUPPORTED))
+                results.append(StoreOutcome(obj.sop_instance_uid, STATUS_SOP_CLASS_NOT_SUPPORTED))
                 continue
             if "Status" not in status:
                 # empty status: DIMSE timeout, abort or invalid response
                 raise DestinationUnavailable(
                     f"{where}: no C-STORE response for SOP Instance UID {obj.sop_instance_uid} "
                     f"(timeout or association aborted) after {len(results)} of "
-                    f"{len(outgoing)} objects", results)
+                    f"{len(outgoing)} objects",
+                    results,
+                )
             outcome = StoreOutcome(obj.sop_instance_uid, int(status.Status))
             if not outcome.stored:
-                LOG.warning("%s: SOP Instance UID %s refused with status 0x%04X",
-                            where, obj.sop_instance_uid, outcome.status)
+                LOG.warning(
+                    "%s: SOP Instance UID %s refused with status 0x%04X",
+                    where,
+                    obj.sop_instance_uid,
+                    outcome.status,
+                )
             results.append(outcome)
     finally:
         if assoc.is_established:

@@ -47,8 +47,11 @@ def check_database(store: Store | None, settings: Settings) -> CheckResult:
     try:
         store.ping()
     except Exception as exc:
-        return CheckResult("database", False, f"{url}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        return CheckResult(
+            "database",
+            False,
+            f"{url}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+        )
     return CheckResult("database", True, url)
 
 
@@ -69,13 +72,15 @@ def check_spool_writable(settings: Settings) -> CheckResult:
             os.close(fd)
         probe.unlink()
     except OSError as exc:
-        return CheckResult("spool", False, f"{spool}: cannot write a file: "
-                           f"{exc.strerror or type(exc).__name__}")
+        return CheckResult(
+            "spool", False, f"{spool}: cannot write a file: {exc.strerror or type(exc).__name__}"
+        )
     return CheckResult("spool", True, f"{spool}: writable")
 
 
-def check_free_disk(settings: Settings,
-                    free_bytes: Callable[[Path], int] | None = None) -> CheckResult:
+def check_free_disk(
+    settings: Settings, free_bytes: Callable[[Path], int] | None = None
+) -> CheckResult:
     """Free space in the data directory is above ``receive.min_free_disk_mb``."""
     watermark = settings.receive.min_free_disk_mb * _MB
     try:
@@ -83,9 +88,13 @@ def check_free_disk(settings: Settings,
     except OSError as exc:
         return CheckResult("disk", False, f"{settings.data_dir}: {exc.strerror}")
     ok = free >= watermark
-    return CheckResult("disk", ok, f"{free // _MB} MB free, watermark "
-                       f"{settings.receive.min_free_disk_mb} MB"
-                       + ("" if ok else ": new instances are refused (0xA700)"))
+    return CheckResult(
+        "disk",
+        ok,
+        f"{free // _MB} MB free, watermark "
+        f"{settings.receive.min_free_disk_mb} MB"
+        + ("" if ok else ": new instances are refused (0xA700)"),
+    )
 
 
 def check_model(model_check: Callable[[], str] | None) -> CheckResult | None:
@@ -98,19 +107,26 @@ def check_model(model_check: Callable[[], str] | None) -> CheckResult | None:
         return CheckResult("model", False, str(exc)[:300] or type(exc).__name__)
 
 
-def readiness(settings: Settings, store: Store | None,
-              model_check: Callable[[], str] | None = None,
-              free_bytes: Callable[[Path], int] | None = None) -> dict[str, Any]:
+def readiness(
+    settings: Settings,
+    store: Store | None,
+    model_check: Callable[[], str] | None = None,
+    free_bytes: Callable[[Path], int] | None = None,
+) -> dict[str, Any]:
     """All checks: ``{"ready": bool, "checks": {name: {"ok": ..., "detail": ...}}}``.
 
     ``model_check`` None leaves the model out (a ``receive``-only process does not
     score; the admin commands cannot see another process's memory).
     """
-    results = [check_database(store, settings), check_spool_writable(settings),
-               check_free_disk(settings, free_bytes)]
+    results = [
+        check_database(store, settings),
+        check_spool_writable(settings),
+        check_free_disk(settings, free_bytes),
+    ]
     model = check_model(model_check)
     if model is not None:
         results.append(model)
-    return {"ready": all(r.ok for r in results),
-            "checks": {r.name: {k: v for k, v in asdict(r).items() if k != "name"}
-                       for r in results}}
+    return {
+        "ready": all(r.ok for r in results),
+        "checks": {r.name: {k: v for k, v in asdict(r).items() if k != "name"} for r in results},
+    }

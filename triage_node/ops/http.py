@@ -25,9 +25,14 @@ log = logging.getLogger(__name__)
 class OpsServer:
     """A small threaded HTTP server for the three endpoints, in a daemon thread."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 liveness: Callable[[], dict[str, Any]],
-                 readiness: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        liveness: Callable[[], dict[str, Any]],
+        readiness: Callable[[], dict[str, Any]],
+    ) -> None:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -44,8 +49,9 @@ class OpsServer:
                     elif path == "/readyz":
                         server._send_json(self, readiness())
                     else:
-                        self._send(404, b"not found: try /metrics, /healthz, /readyz\n",
-                                   "text/plain")
+                        self._send(
+                            404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain"
+                        )
                 except Exception:
                     log.exception("ops endpoint failed", extra={"path": path})
                     self._send(500, b"internal error\n", "text/plain")
@@ -64,14 +70,14 @@ class OpsServer:
         self.httpd.daemon_threads = True
         self.host = host
         self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="ops-http",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="ops-http", daemon=True
+        )
 
     @staticmethod
     def _send_json(handler: Any, doc: dict[str, Any]) -> None:
         ok = bool(doc.get("ready", doc.get("alive", True)))
-        handler._send(200 if ok else 503, (json.dumps(doc) + "\n").encode(),
-                      "application/json")
+        handler._send(200 if ok else 503, (json.dumps(doc) + "\n").encode(), "application/json")
 
     def start(self) -> OpsServer:
         """Serve in the background; returns at once."""

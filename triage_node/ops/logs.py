@@ -79,8 +79,9 @@ class PhiScrubFilter(logging.Filter):
 
 def record_extras(record: logging.LogRecord) -> dict[str, Any]:
     """The fields passed with ``extra=`` on a record."""
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS
-            and not k.startswith("_")}
+    return {
+        k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")
+    }
 
 
 class JsonFormatter(logging.Formatter):

@@ -39,37 +39,85 @@ log = logging.getLogger(__name__)
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 # Seconds; receive is milliseconds-to-seconds, scoring seconds, end to end minutes.
-_STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                  120.0, 300.0)
-_E2E_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
-                21600.0, 86400.0)
+_STAGE_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+_E2E_BUCKETS = (
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
+    7200.0,
+    21600.0,
+    86400.0,
+)
 
 ASSOCIATIONS = Counter(
-    "triage_associations", "Associations, by result (accepted, rejected) and reason code.",
-    ["result", "reason"], registry=REGISTRY)
+    "triage_associations",
+    "Associations, by result (accepted, rejected) and reason code.",
+    ["result", "reason"],
+    registry=REGISTRY,
+)
 INSTANCES = Counter(
     "triage_instances",
     "Instances by outcome: received (stored, eligible or not), skipped (stored, not "
     "eligible), duplicate, refused, scored, not_assessable, failed.",
-    ["outcome"], registry=REGISTRY)
+    ["outcome"],
+    registry=REGISTRY,
+)
 RESULTS = Counter(
     "triage_results",
     "Result objects (SR, heatmap) by destination and outcome: delivered (stored at the "
     "destination), retried (left for another attempt), failed (attempts exhausted).",
-    ["destination", "outcome"], registry=REGISTRY)
+    ["destination", "outcome"],
+    registry=REGISTRY,
+)
 STAGE_SECONDS = Histogram(
     "triage_stage_seconds",
     "Time spent in a stage: receive (dataset on disk to C-STORE answer), score, report, "
     "deliver (one job run, successful or not).",
-    ["stage"], buckets=_STAGE_BUCKETS, registry=REGISTRY)
+    ["stage"],
+    buckets=_STAGE_BUCKETS,
+    registry=REGISTRY,
+)
 END_TO_END_SECONDS = Histogram(
     "triage_end_to_end_seconds",
     "From the first instance of a study arriving to its report being delivered to a "
     "destination (includes the settle time).",
-    ["destination"], buckets=_E2E_BUCKETS, registry=REGISTRY)
+    ["destination"],
+    buckets=_E2E_BUCKETS,
+    registry=REGISTRY,
+)
 
-INSTANCE_OUTCOMES = ("received", "skipped", "duplicate", "refused", "scored",
-                     "not_assessable", "failed")
+INSTANCE_OUTCOMES = (
+    "received",
+    "skipped",
+    "duplicate",
+    "refused",
+    "scored",
+    "not_assessable",
+    "failed",
+)
 STAGES = ("receive", "score", "report", "deliver")
 
 # Touch every fixed label value so the series exist (at 0) from the start: a rate() or an
@@ -97,8 +145,9 @@ def _safe(record: Callable[..., None]) -> Callable[..., None]:
 @_safe
 def record_association(accepted: bool, reason: str = "") -> None:
     """One association: accepted, or rejected with a reason code (see AssociationDecision)."""
-    ASSOCIATIONS.labels("accepted" if accepted else "rejected", reason if not accepted else "")\
-        .inc()
+    ASSOCIATIONS.labels(
+        "accepted" if accepted else "rejected", reason if not accepted else ""
+    ).inc()
 
 
 @_safe
@@ -162,8 +211,12 @@ def store_writable(store: Store, wait_seconds: float = WRITE_PROBE_SECONDS) -> b
     if not path or path == ":memory:":
         return True  # private to this process: nobody else can lock it
     try:
-        probe = sqlite3.connect(Path(path).absolute().as_uri() + "?mode=rw", uri=True,
-                                timeout=wait_seconds, isolation_level=None)
+        probe = sqlite3.connect(
+            Path(path).absolute().as_uri() + "?mode=rw",
+            uri=True,
+            timeout=wait_seconds,
+            isolation_level=None,
+        )
     except sqlite3.OperationalError:
         return False
     try:
@@ -206,8 +259,11 @@ class StoreCollector(Collector):
                 try:
                     self._model = describe_model(self.settings)
                 except Exception as exc:  # a broken bundle must not break the scrape
-                    self._model = {"bundle": self.settings.model.bundle or "demo",
-                                   "available": False, "error": type(exc).__name__}
+                    self._model = {
+                        "bundle": self.settings.model.bundle or "demo",
+                        "available": False,
+                        "error": type(exc).__name__,
+                    }
                 self._model_at = now
             return self._model
 
@@ -216,13 +272,14 @@ class StoreCollector(Collector):
         from triage_node.ops.scheduler import waiting_jobs
 
         up = GaugeMetricFamily("triage_store_up", "1 if the database answered this scrape.")
-        depth = GaugeMetricFamily("triage_queue_jobs",
-                                  "Jobs in the database by kind and state.",
-                                  labels=["kind", "state"])
+        depth = GaugeMetricFamily(
+            "triage_queue_jobs", "Jobs in the database by kind and state.", labels=["kind", "state"]
+        )
         oldest = GaugeMetricFamily(
             "triage_queue_oldest_waiting_seconds",
             "Age of the oldest queued or running job, by kind (0: none waiting).",
-            labels=["kind"])
+            labels=["kind"],
+        )
         try:
             counts, ages = waiting_jobs(self.store)
         except Exception as exc:
@@ -242,7 +299,8 @@ class StoreCollector(Collector):
             "triage_store_writable",
             f"1 if a write transaction could start within {WRITE_PROBE_SECONDS:g} s at this "
             "scrape; 0 while another process holds the database's write lock (C-STOREs "
-            "wait, then are refused with 0xA700) or the database is read-only.")
+            "wait, then are refused with 0xA700) or the database is read-only.",
+        )
         try:
             writable.add_metric([], 1 if store_writable(self.store) else 0)
         except Exception as exc:
@@ -250,11 +308,13 @@ class StoreCollector(Collector):
             writable.add_metric([], 0)
         yield writable
 
-        disk = GaugeMetricFamily("triage_free_disk_bytes",
-                                 "Free bytes on the file system of the spool.")
-        watermark = GaugeMetricFamily("triage_free_disk_watermark_bytes",
-                                      "receive.min_free_disk_mb in bytes: below it, C-STORE "
-                                      "is answered 0xA700.")
+        disk = GaugeMetricFamily(
+            "triage_free_disk_bytes", "Free bytes on the file system of the spool."
+        )
+        watermark = GaugeMetricFamily(
+            "triage_free_disk_watermark_bytes",
+            "receive.min_free_disk_mb in bytes: below it, C-STORE is answered 0xA700.",
+        )
         try:
             disk.add_metric([], shutil.disk_usage(self.settings.data_dir).free)
             yield disk
@@ -265,9 +325,14 @@ class StoreCollector(Collector):
 
         m = self.model_description()
         info = InfoMetricFamily(
-            "triage_model", "The configured model bundle.",
-            value={"bundle": str(m.get("bundle", "")), "name": str(m.get("name", "")),
-                   "version": str(m.get("version", "")),
-                   "synthetic": str(bool(m.get("synthetic", False))).lower(),
-                   "available": str(bool(m.get("available"))).lower()})
+            "triage_model",
+            "The configured model bundle.",
+            value={
+                "bundle": str(m.get("bundle", "")),
+                "name": str(m.get("name", "")),
+                "version": str(m.get("version", "")),
+                "synthetic": str(bool(m.get("synthetic", False))).lower(),
+                "available": str(bool(m.get("available"))).lower(),
+            },
+        )
         yield info

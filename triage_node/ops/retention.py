@@ -59,8 +59,11 @@ log = logging.getLogger(__name__)
 _MB = 1024 * 1024
 _DAY = dt.timedelta(days=1)
 _ACTIVE_JOB = (JobState.QUEUED.value, JobState.RUNNING.value)
-_ACTIVE_INSTANCE = (InstanceState.RECEIVED.value, InstanceState.QUEUED.value,
-                    InstanceState.SCORING.value)
+_ACTIVE_INSTANCE = (
+    InstanceState.RECEIVED.value,
+    InstanceState.QUEUED.value,
+    InstanceState.SCORING.value,
+)
 
 
 @dataclass
@@ -79,10 +82,14 @@ def _not_busy(study_id_col: object) -> object:
     """SQL condition: nothing of the study is queued, running or waiting to be scored."""
     busy_job = exists().where(
         Job.state.in_(_ACTIVE_JOB),
-        or_(Job.study_id == study_id_col,
-            Job.instance_id.in_(select(Instance.id).where(Instance.study_id == study_id_col))))
-    busy_instance = exists().where(Instance.study_id == study_id_col,
-                                   Instance.state.in_(_ACTIVE_INSTANCE))
+        or_(
+            Job.study_id == study_id_col,
+            Job.instance_id.in_(select(Instance.id).where(Instance.study_id == study_id_col)),
+        ),
+    )
+    busy_instance = exists().where(
+        Instance.study_id == study_id_col, Instance.state.in_(_ACTIVE_INSTANCE)
+    )
     return ~busy_job & ~busy_instance
 
 
@@ -103,16 +110,21 @@ def finished_studies(session: Session, changed_before: dt.datetime) -> list[Fini
     was skipped. Nothing of the study may be queued or running.
     """
     all_skipped = (Study.report_version == 0) & ~exists().where(
-        Instance.study_id == Study.id, Instance.state != InstanceState.SKIPPED.value)
-    delivered = ((Study.state == StudyState.REPORTED.value)
-                 & (Study.delivery_state == DeliveryState.DELIVERED.value))
-    query = (select(Study.id, Study.study_instance_uid, Study.updated_at)
-             .where(delivered | all_skipped,
-                    Study.updated_at < changed_before,
-                    or_(Study.spool_purged_at.is_(None),
-                        Study.spool_purged_at < Study.last_instance_at),
-                    _not_busy(Study.id))
-             .order_by(Study.updated_at, Study.id))
+        Instance.study_id == Study.id, Instance.state != InstanceState.SKIPPED.value
+    )
+    delivered = (Study.state == StudyState.REPORTED.value) & (
+        Study.delivery_state == DeliveryState.DELIVERED.value
+    )
+    query = (
+        select(Study.id, Study.study_instance_uid, Study.updated_at)
+        .where(
+            delivered | all_skipped,
+            Study.updated_at < changed_before,
+            or_(Study.spool_purged_at.is_(None), Study.spool_purged_at < Study.last_instance_at),
+            _not_busy(Study.id),
+        )
+        .order_by(Study.updated_at, Study.id)
+    )
     return [FinishedStudy(*row) for row in session.execute(query)]
 
 
@@ -120,7 +132,8 @@ def study_files(session: Session, study_id: int) -> list[str]:
     """Spool paths (relative) of a study: its instances, their CAM files, our result objects."""
     paths: list[str] = []
     for path, result in session.execute(
-            select(Instance.path, Instance.result).where(Instance.study_id == study_id)):
+        select(Instance.path, Instance.result).where(Instance.study_id == study_id)
+    ):
         paths.append(path)
         cam = (result or {}).get("cam_path") if isinstance(result, dict) else None
         if cam:
@@ -158,24 +171,34 @@ def _remove_files(spool: Path, relative: list[str]) -> tuple[int, int]:
     return files, freed
 
 
-def _purge_study(settings: Settings, store: Store, study: FinishedStudy, at: dt.datetime,
-                 why: str) -> tuple[int, int] | None:
+def _purge_study(
+    settings: Settings, store: Store, study: FinishedStudy, at: dt.datetime, why: str
+) -> tuple[int, int] | None:
     """Mark one study purged (if unchanged) and remove its files; None if it changed."""
     with store.write() as session:
         marked = session.execute(
             update(Study)
-            .where(Study.id == study.id, Study.updated_at == study.updated_at,
-                   or_(Study.spool_purged_at.is_(None),
-                       Study.spool_purged_at < Study.last_instance_at),
-                   _not_busy(Study.id))
+            .where(
+                Study.id == study.id,
+                Study.updated_at == study.updated_at,
+                or_(
+                    Study.spool_purged_at.is_(None), Study.spool_purged_at < Study.last_instance_at
+                ),
+                _not_busy(Study.id),
+            )
             .values(spool_purged_at=at)
-            .execution_options(synchronize_session=False))
+            .execution_options(synchronize_session=False)
+        )
         if marked.rowcount != 1:
             return None
         paths = study_files(session, study.id)
-        add_event(session, "study_spool_purged", study_instance_uid=study.study_instance_uid,
-                  message=f"spool files removed ({why}): {len(paths)} file(s)",
-                  data={"reason": why, "files": len(paths)})
+        add_event(
+            session,
+            "study_spool_purged",
+            study_instance_uid=study.study_instance_uid,
+            message=f"spool files removed ({why}): {len(paths)} file(s)",
+            data={"reason": why, "files": len(paths)},
+        )
     return _remove_files(settings.spool_dir, paths)
 
 
@@ -186,8 +209,13 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def purge_spool(settings: Settings, store: Store, at: dt.datetime, report: RetentionReport,
-                free_bytes: Callable[[Path], int] = _free_bytes) -> None:
+def purge_spool(
+    settings: Settings,
+    store: Store,
+    at: dt.datetime,
+    report: RetentionReport,
+    free_bytes: Callable[[Path], int] = _free_bytes,
+) -> None:
     """Remove the spool files of finished studies past ``spool_days``, then for free disk."""
     cutoff = at - settings.retention.spool_days * _DAY
     with store.read() as session:
@@ -214,57 +242,81 @@ def purge_spool(settings: Settings, store: Store, at: dt.datetime, report: Reten
             report.files_removed += done[0]
             report.bytes_freed += done[1]
     if free_bytes(settings.data_dir) < watermark:
-        log.error("free disk below receive.min_free_disk_mb and no finished study left to "
-                  "remove: new instances are refused until results are delivered or space "
-                  "is added", extra={"min_free_disk_mb": settings.receive.min_free_disk_mb})
+        log.error(
+            "free disk below receive.min_free_disk_mb and no finished study left to "
+            "remove: new instances are refused until results are delivered or space "
+            "is added",
+            extra={"min_free_disk_mb": settings.receive.min_free_disk_mb},
+        )
 
 
-def delete_study_rows(settings: Settings, store: Store, at: dt.datetime,
-                      report: RetentionReport) -> None:
+def delete_study_rows(
+    settings: Settings, store: Store, at: dt.datetime, report: RetentionReport
+) -> None:
     """Delete the rows of studies purged from the spool and unchanged for ``database_days``."""
     cutoff = at - settings.retention.database_days * _DAY
     with store.read() as session:
-        ids = list(session.scalars(
-            select(Study.id).where(Study.spool_purged_at.is_not(None),
-                                   Study.spool_purged_at >= Study.last_instance_at,
-                                   Study.updated_at < cutoff, _not_busy(Study.id))
-            .order_by(Study.id)))
+        ids = list(
+            session.scalars(
+                select(Study.id)
+                .where(
+                    Study.spool_purged_at.is_not(None),
+                    Study.spool_purged_at >= Study.last_instance_at,
+                    Study.updated_at < cutoff,
+                    _not_busy(Study.id),
+                )
+                .order_by(Study.id)
+            )
+        )
     for study_id in ids:
         with store.write() as session:
             study = session.get(Study, study_id)
-            if (study is None or study.updated_at >= cutoff or study.spool_purged_at is None
-                    or study.spool_purged_at < study.last_instance_at):
+            if (
+                study is None
+                or study.updated_at >= cutoff
+                or study.spool_purged_at is None
+                or study.spool_purged_at < study.last_instance_at
+            ):
                 continue
             paths = study_files(session, study_id)
             instance_ids = select(Instance.id).where(Instance.study_id == study_id)
             result_ids = select(Result.id).where(Result.study_id == study_id)
             session.execute(delete(Delivery).where(Delivery.result_id.in_(result_ids)))
             session.execute(delete(Result).where(Result.study_id == study_id))
-            session.execute(delete(Job).where(or_(Job.study_id == study_id,
-                                                  Job.instance_id.in_(instance_ids))))
+            session.execute(
+                delete(Job).where(or_(Job.study_id == study_id, Job.instance_id.in_(instance_ids)))
+            )
             session.execute(delete(Instance).where(Instance.study_id == study_id))
-            add_event(session, "study_rows_deleted",
-                      study_instance_uid=study.study_instance_uid,
-                      message="rows removed by retention (database_days)")
+            add_event(
+                session,
+                "study_rows_deleted",
+                study_instance_uid=study.study_instance_uid,
+                message="rows removed by retention (database_days)",
+            )
             session.delete(study)
         # Files left by a crash between a purge and its unlinking go now.
         _remove_files(settings.spool_dir, paths)
         report.studies_deleted += 1
 
 
-def delete_old_events(settings: Settings, store: Store, at: dt.datetime,
-                      report: RetentionReport) -> None:
+def delete_old_events(
+    settings: Settings, store: Store, at: dt.datetime, report: RetentionReport
+) -> None:
     """Delete audit events older than ``events_days``."""
     cutoff = at - settings.retention.events_days * _DAY
     with store.write() as session:
-        result = session.execute(delete(Event).where(Event.at < cutoff)
-                                 .execution_options(synchronize_session=False))
+        result = session.execute(
+            delete(Event).where(Event.at < cutoff).execution_options(synchronize_session=False)
+        )
         report.events_deleted += int(result.rowcount or 0)
 
 
-def apply_retention(settings: Settings, store: Store,
-                    now: Callable[[], dt.datetime] = utcnow,
-                    free_bytes: Callable[[Path], int] = _free_bytes) -> RetentionReport:
+def apply_retention(
+    settings: Settings,
+    store: Store,
+    now: Callable[[], dt.datetime] = utcnow,
+    free_bytes: Callable[[Path], int] = _free_bytes,
+) -> RetentionReport:
     """One retention run at ``now()`` (a parameter so tests can move the clock)."""
     at = now()
     report = RetentionReport()
@@ -272,9 +324,15 @@ def apply_retention(settings: Settings, store: Store,
     delete_study_rows(settings, store, at, report)
     delete_old_events(settings, store, at, report)
     if report.studies_purged or report.studies_deleted or report.events_deleted:
-        log.info("retention", extra={
-            "studies_purged": report.studies_purged, "purged_for_disk": report.purged_for_disk,
-            "files_removed": report.files_removed, "bytes_freed": report.bytes_freed,
-            "studies_deleted": report.studies_deleted,
-            "events_deleted": report.events_deleted})
+        log.info(
+            "retention",
+            extra={
+                "studies_purged": report.studies_purged,
+                "purged_for_disk": report.purged_for_disk,
+                "files_removed": report.files_removed,
+                "bytes_freed": report.bytes_freed,
+                "studies_deleted": report.studies_deleted,
+                "events_deleted": report.events_deleted,
+            },
+        )
     return report

@@ -60,8 +60,9 @@ def queue_stats(store: Store) -> dict[str, dict[str, int]]:
     }
 
 
-def waiting_jobs(store: Store, now: dt.datetime | None = None
-                 ) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
+def waiting_jobs(
+    store: Store, now: dt.datetime | None = None
+) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
     """Job counts by (kind, state), and the age in seconds of the oldest waiting job by kind.
 
     Waiting means queued (due or backing off) or running. Kinds with nothing
@@ -70,11 +71,19 @@ def waiting_jobs(store: Store, now: dt.datetime | None = None
     now = now or utcnow()
     waiting = (JobState.QUEUED.value, JobState.RUNNING.value)
     with store.read() as session:
-        counts = {(str(k), str(s)): int(n) for k, s, n in session.execute(
-            select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state))}
-        oldest = dict(session.execute(
-            select(Job.kind, func.min(Job.created_at)).where(Job.state.in_(waiting))
-            .group_by(Job.kind)).all())
+        counts = {
+            (str(k), str(s)): int(n)
+            for k, s, n in session.execute(
+                select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+            )
+        }
+        oldest = dict(
+            session.execute(
+                select(Job.kind, func.min(Job.created_at))
+                .where(Job.state.in_(waiting))
+                .group_by(Job.kind)
+            ).all()
+        )
     ages = {kind.value: 0.0 for kind in JobKind}
     for kind, created in oldest.items():
         if created is not None:
@@ -97,12 +106,18 @@ def periodic_tasks(settings: Settings, store: Store) -> list[PeriodicTask]:
 
     tasks = [
         PeriodicTask("queue-stats", QUEUE_STATS_SECONDS, lambda: log_queue_stats(store)),
-        PeriodicTask("settle-studies", SETTLE_CHECK_SECONDS,
-                     lambda: settle_studies(settings, store)),
+        PeriodicTask(
+            "settle-studies", SETTLE_CHECK_SECONDS, lambda: settle_studies(settings, store)
+        ),
     ]
     if settings.retention.enabled:
-        tasks.append(PeriodicTask("retention", settings.retention.check_minutes * 60,
-                                  lambda: apply_retention(settings, store)))
+        tasks.append(
+            PeriodicTask(
+                "retention",
+                settings.retention.check_minutes * 60,
+                lambda: apply_retention(settings, store),
+            )
+        )
     return tasks
 
 
@@ -116,8 +131,9 @@ def _guarded(task: PeriodicTask) -> Callable[[], None]:
     return run
 
 
-def start_scheduler(settings: Settings, store: Store,
-                    tasks: list[PeriodicTask] | None = None) -> BackgroundScheduler:
+def start_scheduler(
+    settings: Settings, store: Store, tasks: list[PeriodicTask] | None = None
+) -> BackgroundScheduler:
     """Start a background scheduler running ``tasks`` (default: :func:`periodic_tasks`).
 
     Each task also runs once right after start, so a fresh node logs its state.
@@ -130,7 +146,13 @@ def start_scheduler(settings: Settings, store: Store,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
     )
     for task in tasks if tasks is not None else periodic_tasks(settings, store):
-        scheduler.add_job(_guarded(task), "interval", seconds=task.seconds, id=task.name,
-                          name=task.name, next_run_time=dt.datetime.now(dt.UTC))
+        scheduler.add_job(
+            _guarded(task),
+            "interval",
+            seconds=task.seconds,
+            id=task.name,
+            name=task.name,
+            next_run_time=dt.datetime.now(dt.UTC),
+        )
     scheduler.start()
     return scheduler

@@ -100,24 +100,31 @@ class Node:
         self._collector = StoreCollector(self.settings, self.store)
         REGISTRY.register(self._collector)
         try:
-            self.ops_server = OpsServer(m.host, m.port, REGISTRY, self.liveness,
-                                        self.readiness).start()
+            self.ops_server = OpsServer(
+                m.host, m.port, REGISTRY, self.liveness, self.readiness
+            ).start()
         except OSError as exc:
             # Receiving images matters more than being scraped: log loudly and go on.
-            log.error("metrics endpoint not started: cannot listen on %s:%d: %s "
-                      "(set metrics.port; each process on a host needs its own)",
-                      m.host, m.port, exc.strerror)
+            log.error(
+                "metrics endpoint not started: cannot listen on %s:%d: %s "
+                "(set metrics.port; each process on a host needs its own)",
+                m.host,
+                m.port,
+                exc.strerror,
+            )
             return
-        log.info("metrics endpoint listening", extra={"host": m.host,
-                                                      "port": self.ops_server.port})
+        log.info("metrics endpoint listening", extra={"host": m.host, "port": self.ops_server.port})
 
     def liveness(self) -> dict[str, Any]:
         """``/healthz``: the process's threads run (no database check: that is readiness)."""
         workers = self.pool is None or self.pool.alive()
         scheduler = self.scheduler is None or bool(self.scheduler.running)
-        return {"alive": workers and scheduler and not self.stop_requested.is_set(),
-                "roles": sorted(self.roles), "workers_alive": workers,
-                "scheduler_running": scheduler}
+        return {
+            "alive": workers and scheduler and not self.stop_requested.is_set(),
+            "roles": sorted(self.roles),
+            "workers_alive": workers,
+            "scheduler_running": scheduler,
+        }
 
     def model_check(self) -> str:
         """Load (once) and name this process's model; raises ModelUnavailable without one."""
@@ -131,8 +138,9 @@ class Node:
         """``/readyz``: database, spool, free disk and (in a worker process) the model."""
         from triage_node.ops.health import readiness
 
-        doc = readiness(self.settings, self.store,
-                        self.model_check if "work" in self.roles else None)
+        doc = readiness(
+            self.settings, self.store, self.model_check if "work" in self.roles else None
+        )
         doc["roles"] = sorted(self.roles)
         return doc
 
@@ -200,8 +208,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = open_store(settings)
     except Exception as exc:
-        log.error("cannot open the store: %s", exc,
-                  extra={"database": redact_url(settings.database_url)})
+        log.error(
+            "cannot open the store: %s", exc, extra={"database": redact_url(settings.database_url)}
+        )
         return 1
     node = Node(settings, store, roles)
     # Handlers go in before anything starts so a signal during start-up is not lost.

@@ -77,8 +77,9 @@ class Watchdog:
     service after WatchdogSec: a node with dead workers is not left looking alive.
     """
 
-    def __init__(self, healthy: Callable[[], bool],
-                 environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, healthy: Callable[[], bool], environ: Mapping[str, str] | None = None
+    ) -> None:
         self._healthy = healthy
         self._environ = environ
         self.interval = watchdog_interval(environ)

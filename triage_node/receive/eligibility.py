@@ -41,11 +41,13 @@ def rule_tag(key: str) -> BaseTag:
         raise ValueError(f"eligibility.require: {key!r} is neither a keyword nor a tag") from None
 
 
-def decide_eligibility(ds: Dataset, header: InstanceHeader,
-                       rules: EligibilitySection) -> EligibilityDecision:
+def decide_eligibility(
+    ds: Dataset, header: InstanceHeader, rules: EligibilitySection
+) -> EligibilityDecision:
     """Apply the eligibility rules to a received instance (its dataset and header)."""
-    if carries_our_signature(ds.get("Manufacturer"), ds.get("ManufacturerModelName"),
-                             ds.get("SeriesDescription")):
+    if carries_our_signature(
+        ds.get("Manufacturer"), ds.get("ManufacturerModelName"), ds.get("SeriesDescription")
+    ):
         return EligibilityDecision(False, OWN_RESULT_REASON, own_result=True)
     if not header.has_pixel_data:
         return EligibilityDecision(False, "no pixel data (not an image)")
@@ -63,8 +65,9 @@ def decide_eligibility(ds: Dataset, header: InstanceHeader,
     view = (header.view_position or "").upper()
     if view not in _upper(rules.view_positions):
         allowed = ", ".join(v or "(empty)" for v in rules.view_positions)
-        return EligibilityDecision(False, f"view position {view or '(empty)'} is not one of "
-                                          f"{allowed}")
+        return EligibilityDecision(
+            False, f"view position {view or '(empty)'} is not one of {allowed}"
+        )
     if header.number_of_frames != 1:
         return EligibilityDecision(False, f"{header.number_of_frames} frames (one expected)")
     photometric = (header.photometric_interpretation or "").upper()
@@ -73,8 +76,7 @@ def decide_eligibility(ds: Dataset, header: InstanceHeader,
             False, f"photometric interpretation {photometric or '(empty)'} is not grayscale"
         )
     if ds.get("SamplesPerPixel", 1) != 1:
-        return EligibilityDecision(False, f"{ds.SamplesPerPixel} samples per pixel (one "
-                                          "expected)")
+        return EligibilityDecision(False, f"{ds.SamplesPerPixel} samples per pixel (one expected)")
     for key, wanted in rules.require.items():
         elem = ds.get(rule_tag(key))
         actual = "" if elem is None or elem.value is None else str(elem.value).strip()

@@ -34,17 +34,20 @@ def install_network_guards() -> None:
     """Wrap pynetdicom's PDU reads, DIMSE decoding and ACSE waits (once a process)."""
     if not hasattr(DIMSEServiceProvider.receive_primitive, "__wrapped__"):
         DIMSEServiceProvider.receive_primitive = (  # type: ignore[method-assign]
-            _abort_on_undecodable_message(DIMSEServiceProvider.receive_primitive))
+            _abort_on_undecodable_message(DIMSEServiceProvider.receive_primitive)
+        )
     if not hasattr(AssociationSocket.recv, "__wrapped__"):
         AssociationSocket.recv = _refuse_oversized_pdus(  # type: ignore[method-assign]
-            AssociationSocket.recv)
+            AssociationSocket.recv
+        )
     if not hasattr(DULServiceProvider.receive_pdu, "__wrapped__"):
         DULServiceProvider.receive_pdu = _stop_waiting_when_dul_ends(  # type: ignore[method-assign]
-            DULServiceProvider.receive_pdu)
+            DULServiceProvider.receive_pdu
+        )
 
 
 def _abort_on_undecodable_message(
-        receive: Callable[[DIMSEServiceProvider, Any], None]
+    receive: Callable[[DIMSEServiceProvider, Any], None],
 ) -> Callable[[DIMSEServiceProvider, Any], None]:
     """Make an undecodable DIMSE message abort its association cleanly.
 
@@ -53,13 +56,17 @@ def _abort_on_undecodable_message(
     and a traceback goes to stderr. Signalling an invalid PDU instead (Evt19) makes
     its state machine send A-ABORT and end the association as for any other one.
     """
+
     @functools.wraps(receive)
     def receive_primitive(provider: DIMSEServiceProvider, primitive: Any) -> None:
         try:
             receive(provider, primitive)
         except Exception as exc:
-            log.warning("association from %s: undecodable DIMSE message (%s), aborting",
-                        provider.assoc.requestor.address, type(exc).__name__)
+            log.warning(
+                "association from %s: undecodable DIMSE message (%s), aborting",
+                provider.assoc.requestor.address,
+                type(exc).__name__,
+            )
             provider.message = None
             provider.dul.event_queue.put("Evt19")
 
@@ -67,7 +74,7 @@ def _abort_on_undecodable_message(
 
 
 def _refuse_oversized_pdus(
-        recv: Callable[[AssociationSocket, int], bytearray]
+    recv: Callable[[AssociationSocket, int], bytearray],
 ) -> Callable[[AssociationSocket, int], bytearray]:
     """Never read a PDU longer than our maximum PDU size.
 
@@ -76,12 +83,17 @@ def _refuse_oversized_pdus(
     gigabytes. A longer PDU gets an A-ABORT (invalid PDU parameter value) and the
     connection is closed unread.
     """
+
     @functools.wraps(recv)
     def recv_within_limit(sock: AssociationSocket, nr_bytes: int) -> bytearray:
         limit = sock.assoc.ae.maximum_pdu_size
         if limit and nr_bytes > max(limit, _PDU_FLOOR):
-            log.warning("association from %s: PDU of %d bytes exceeds the maximum PDU size "
-                        "(%d), aborting", sock.assoc.requestor.address, nr_bytes, limit)
+            log.warning(
+                "association from %s: PDU of %d bytes exceeds the maximum PDU size (%d), aborting",
+                sock.assoc.requestor.address,
+                nr_bytes,
+                limit,
+            )
             abort = A_ABORT_RQ()
             abort.source, abort.reason_diagnostic = 0x02, 0x06
             with contextlib.suppress(OSError):
@@ -92,8 +104,7 @@ def _refuse_oversized_pdus(
     return recv_within_limit
 
 
-def _stop_waiting_when_dul_ends(
-        receive_pdu: Callable[..., Any]) -> Callable[..., Any]:
+def _stop_waiting_when_dul_ends(receive_pdu: Callable[..., Any]) -> Callable[..., Any]:
     """End a wait for a primitive as soon as the association's network thread has ended.
 
     An acceptor waits ``acse_timeout`` for the A-ASSOCIATE-RQ; when the peer sent
@@ -101,9 +112,11 @@ def _stop_waiting_when_dul_ends(
     and the association kept its slot for the whole timeout: a port scanner or a TCP
     health check could fill ``max_associations``.
     """
+
     @functools.wraps(receive_pdu)
-    def receive_pdu_while_dul_runs(dul: DULServiceProvider, wait: bool = False,
-                                   timeout: float | None = None) -> Any:
+    def receive_pdu_while_dul_runs(
+        dul: DULServiceProvider, wait: bool = False, timeout: float | None = None
+    ) -> Any:
         if not wait:
             return receive_pdu(dul, wait, timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -113,7 +126,8 @@ def _stop_waiting_when_dul_ends(
             if primitive is not None:
                 return primitive
             if (dul.ident is not None and not dul.is_alive()) or (
-                    deadline is not None and time.monotonic() >= deadline):
+                deadline is not None and time.monotonic() >= deadline
+            ):
                 return None
 
     return receive_pdu_while_dul_runs

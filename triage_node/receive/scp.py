@@ -96,8 +96,7 @@ class _HandshakeBeforeFirstRead(ssl.SSLSocket):
                 except OSError:
                     peer = "unknown peer"
                 reason = getattr(exc, "reason", None) or exc.__class__.__name__
-                log.warning("TLS handshake with %s failed (%s); connection closed", peer,
-                            reason)
+                log.warning("TLS handshake with %s failed (%s); connection closed", peer, reason)
                 return b""
         return super().recv(buflen, flags)
 
@@ -112,14 +111,23 @@ class _AssociationThreadHandshake(ssl.SSLContext):
     read, and a failed one ends that association only.
     """
 
-    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
-                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
-                    server_hostname: str | bytes | None = None,
-                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
-        return super().wrap_socket(sock, server_side=server_side,
-                                   do_handshake_on_connect=False,
-                                   suppress_ragged_eofs=suppress_ragged_eofs,
-                                   server_hostname=server_hostname, session=session)
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        suppress_ragged_eofs: bool = True,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLSocket:
+        return super().wrap_socket(
+            sock,
+            server_side=server_side,
+            do_handshake_on_connect=False,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+            server_hostname=server_hostname,
+            session=session,
+        )
 
 
 def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
@@ -180,14 +188,14 @@ def _writeback_starter() -> Callable[[int, int, int], None]:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         sync_file_range = libc.sync_file_range
-        sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
-                                    ctypes.c_uint]
+        sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
         def start(fd: int, offset: int, length: int) -> None:
             sync_file_range(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
 
         return start
     except (OSError, AttributeError):
+
         def fadvise(fd: int, offset: int, length: int) -> None:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
@@ -241,8 +249,7 @@ class StorageSCP:
             with self.store.write() as session:
                 add_event(session, kind, message=message, data=data)
         except (SQLAlchemyError, StoreUnavailable) as exc:
-            log.error("cannot record %s event: store unavailable (%s)", kind,
-                      type(exc).__name__)
+            log.error("cannot record %s event: store unavailable (%s)", kind, type(exc).__name__)
 
     def on_requested(self, event: Event) -> None:
         """Apply the association policy; refuse with A-ASSOCIATE-RJ when it says no."""
@@ -255,12 +262,18 @@ class StorageSCP:
         if decision.accepted:
             return
         assert decision.diagnostic is not None
-        log.warning("association from %s@%s to %s rejected: %s", calling, host, called,
-                    decision.reason)
+        log.warning(
+            "association from %s@%s to %s rejected: %s", calling, host, called, decision.reason
+        )
         assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, decision.diagnostic)
         metrics.record_association(False, decision.code)
-        self._audit("association_rejected", decision.reason, calling_ae=calling,
-                    called_ae=called, peer_host=host)
+        self._audit(
+            "association_rejected",
+            decision.reason,
+            calling_ae=calling,
+            called_ae=called,
+            peer_host=host,
+        )
         # As pynetdicom's own ACSE does: wait until the DUL has sent the A-ASSOCIATE-RJ,
         # otherwise the server may close the socket before the peer has read it.
         assoc.kill()
@@ -273,8 +286,13 @@ class StorageSCP:
         host = str(assoc.requestor.address)
         log.info("association from %s@%s accepted", calling, host)
         metrics.record_association(True)
-        self._audit("association_accepted", f"{calling}@{host} -> {called}",
-                    calling_ae=calling, called_ae=called, peer_host=host)
+        self._audit(
+            "association_accepted",
+            f"{calling}@{host} -> {called}",
+            calling_ae=calling,
+            called_ae=called,
+            peer_host=host,
+        )
 
     def on_rejected(self, event: Event) -> None:
         """Record a rejection made by pynetdicom itself (association limit reached)."""
@@ -282,12 +300,19 @@ class StorageSCP:
         request = assoc.requestor.primitive
         calling = str(request.calling_ae_title).strip() if request else ""
         host = str(assoc.requestor.address)
-        reason = (f"association limit reached (receive.max_associations = "
-                  f"{self.settings.receive.max_associations})")
+        reason = (
+            f"association limit reached (receive.max_associations = "
+            f"{self.settings.receive.max_associations})"
+        )
         log.warning("association from %s@%s rejected: %s", calling, host, reason)
         metrics.record_association(False, "limit_reached")
-        self._audit("association_rejected", reason, calling_ae=calling,
-                    called_ae=self.settings.node.ae_title, peer_host=host)
+        self._audit(
+            "association_rejected",
+            reason,
+            calling_ae=calling,
+            called_ae=self.settings.node.ae_title,
+            peer_host=host,
+        )
 
     # -- C-STORE -----------------------------------------------------------------------
 
@@ -302,34 +327,48 @@ class StorageSCP:
             return self._store(event, path, sender, affected)
         except InstanceRefused as refused:
             metrics.record_instance("refused")
-            log.warning("instance %s from %s@%s refused with 0x%04X: %s",
-                        refused.sop_instance_uid or "(no valid SOP Instance UID)",
-                        sender.calling_ae, sender.peer_host, refused.status, refused.reason)
+            log.warning(
+                "instance %s from %s@%s refused with 0x%04X: %s",
+                refused.sop_instance_uid or "(no valid SOP Instance UID)",
+                sender.calling_ae,
+                sender.peer_host,
+                refused.status,
+                refused.reason,
+            )
             self._record_refusal(refused, sender)
             return status.status_dataset(refused.status, refused.reason)
         except (SpoolFailed, SQLAlchemyError, StoreUnavailable, OSError) as exc:
             reason = str(exc) if isinstance(exc, SpoolFailed) else type(exc).__name__
-            log.error("instance %s from %s@%s not stored (out of resources): %s",
-                      affected, sender.calling_ae, sender.peer_host, reason)
+            log.error(
+                "instance %s from %s@%s not stored (out of resources): %s",
+                affected,
+                sender.calling_ae,
+                sender.peer_host,
+                reason,
+            )
             metrics.record_instance("refused")
             if not _store_failed(exc):
                 # Not when the database is what failed: recording the refusal there would
                 # wait for the same lock (or connection) again and hold the 0xA700 for
                 # another timeout, long enough for the peer to give up. The log has it.
                 self._record_refusal(
-                    InstanceRefused(status.OUT_OF_RESOURCES, reason, affected), sender)
+                    InstanceRefused(status.OUT_OF_RESOURCES, reason, affected), sender
+                )
             return status.status_dataset(status.OUT_OF_RESOURCES, reason)
         except Exception:
-            log.exception("instance %s from %s@%s: internal error", affected,
-                          sender.calling_ae, sender.peer_host)
+            log.exception(
+                "instance %s from %s@%s: internal error",
+                affected,
+                sender.calling_ae,
+                sender.peer_host,
+            )
             metrics.record_instance("refused")
             return status.status_dataset(status.INTERNAL_ERROR, "internal error")
         finally:
             path.unlink(missing_ok=True)
             metrics.observe_stage("receive", time.monotonic() - started)
 
-    def _store(self, event: Event, path: Path, sender: Sender,
-               affected: str | None) -> int:
+    def _store(self, event: Event, path: Path, sender: Sender, affected: str | None) -> int:
         limits = self.settings.receive
         context = event.context
         size = path.stat().st_size
@@ -340,20 +379,29 @@ class StorageSCP:
                 f"({limits.max_instance_mb})",
                 affected,
             )
-        ds, header = read_instance(path, context.abstract_syntax, context.transfer_syntax,
-                                   affected, max_bytes=limits.max_instance_mb * _MB)
+        ds, header = read_instance(
+            path,
+            context.abstract_syntax,
+            context.transfer_syntax,
+            affected,
+            max_bytes=limits.max_instance_mb * _MB,
+        )
         if disk_below_watermark(self.settings, size):
             raise InstanceRefused(
                 status.OUT_OF_RESOURCES,
                 f"free disk below receive.min_free_disk_mb ({limits.min_free_disk_mb} MB)",
-                header.sop_instance_uid, header.study_instance_uid,
+                header.sop_instance_uid,
+                header.study_instance_uid,
             )
         try:
             decision = decide_eligibility(ds, header, self.settings.eligibility)
         except Exception as exc:  # a corrupt value in an element the rules read
-            raise InstanceRefused(status.CANNOT_UNDERSTAND,
-                                  f"dataset cannot be decoded ({type(exc).__name__})",
-                                  header.sop_instance_uid, header.study_instance_uid) from exc
+            raise InstanceRefused(
+                status.CANNOT_UNDERSTAND,
+                f"dataset cannot be decoded ({type(exc).__name__})",
+                header.sop_instance_uid,
+                header.study_instance_uid,
+            ) from exc
         outcome = spool_instance(self.settings, self.store, path, header, decision, sender)
         if outcome.duplicate:
             metrics.record_instance("duplicate")
@@ -361,25 +409,39 @@ class StorageSCP:
             metrics.record_instance("received")
             if outcome.state == "skipped":
                 metrics.record_instance("skipped")
-            log.info("instance %s (instance id %d, study %s) from %s@%s stored: %s%s",
-                     header.sop_instance_uid, outcome.instance_id, header.study_instance_uid,
-                     sender.calling_ae, sender.peer_host, outcome.state,
-                     f" ({decision.reason})" if decision.reason else "")
+            log.info(
+                "instance %s (instance id %d, study %s) from %s@%s stored: %s%s",
+                header.sop_instance_uid,
+                outcome.instance_id,
+                header.study_instance_uid,
+                sender.calling_ae,
+                sender.peer_host,
+                outcome.state,
+                f" ({decision.reason})" if decision.reason else "",
+            )
         return status.SUCCESS
 
     def _record_refusal(self, refused: InstanceRefused, sender: Sender) -> None:
         try:
             with self.store.write() as session:
-                add_event(session, "store_refused",
-                          sop_instance_uid=refused.sop_instance_uid,
-                          study_instance_uid=refused.study_instance_uid,
-                          message=refused.reason,
-                          data={"status": f"0x{refused.status:04X}",
-                                "calling_ae": sender.calling_ae,
-                                "peer_host": sender.peer_host})
+                add_event(
+                    session,
+                    "store_refused",
+                    sop_instance_uid=refused.sop_instance_uid,
+                    study_instance_uid=refused.study_instance_uid,
+                    message=refused.reason,
+                    data={
+                        "status": f"0x{refused.status:04X}",
+                        "calling_ae": sender.calling_ae,
+                        "peer_host": sender.peer_host,
+                    },
+                )
         except (SQLAlchemyError, StoreUnavailable) as exc:
-            log.error("cannot record refusal of %s: store unavailable (%s)",
-                      refused.sop_instance_uid, type(exc).__name__)
+            log.error(
+                "cannot record refusal of %s: store unavailable (%s)",
+                refused.sop_instance_uid,
+                type(exc).__name__,
+            )
 
 
 def _store_failed(exc: BaseException) -> bool:
@@ -423,6 +485,11 @@ def start_receiver(settings: Settings, store: Store) -> ReceiverHandle:
     )
     assert server is not None
     handle = ReceiverHandle(ae, server)
-    log.info("receiver %s listening on %s:%d (tls %s)", settings.node.ae_title,
-             handle.address[0], handle.port, "on" if settings.tls.enabled else "off")
+    log.info(
+        "receiver %s listening on %s:%d (tls %s)",
+        settings.node.ae_title,
+        handle.address[0],
+        handle.port,
+        "on" if settings.tls.enabled else "off",
+    )
     return handle

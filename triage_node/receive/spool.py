@@ -114,9 +114,15 @@ def _place_file(settings: Settings, source: Path, relative: str) -> Path:
     return final
 
 
-def _commit(store: Store, settings: Settings, header: InstanceHeader,
-            decision: EligibilityDecision, sender: Sender, relative: str,
-            size: int) -> SpoolOutcome:
+def _commit(
+    store: Store,
+    settings: Settings,
+    header: InstanceHeader,
+    decision: EligibilityDecision,
+    sender: Sender,
+    relative: str,
+    size: int,
+) -> SpoolOutcome:
     now = utcnow()
     state = InstanceState.QUEUED if decision.eligible else InstanceState.SKIPPED
     with store.write() as session:
@@ -124,8 +130,12 @@ def _commit(store: Store, settings: Settings, header: InstanceHeader,
             select(Study).where(Study.study_instance_uid == header.study_instance_uid)
         ).first()
         if study is None:
-            study = Study(study_instance_uid=header.study_instance_uid, created_at=now,
-                          updated_at=now, last_instance_at=now)
+            study = Study(
+                study_instance_uid=header.study_instance_uid,
+                created_at=now,
+                updated_at=now,
+                last_instance_at=now,
+            )
             session.add(study)
             session.flush()
         else:
@@ -156,8 +166,12 @@ def _commit(store: Store, settings: Settings, header: InstanceHeader,
         session.add(instance)
         session.flush()
         if decision.eligible:
-            enqueue_job(session, JobKind.SCORE.value, instance_id=instance.id,
-                        max_attempts=settings.worker.max_attempts)
+            enqueue_job(
+                session,
+                JobKind.SCORE.value,
+                instance_id=instance.id,
+                max_attempts=settings.worker.max_attempts,
+            )
         add_event(
             session,
             "received" if decision.eligible else "skipped",
@@ -166,28 +180,48 @@ def _commit(store: Store, settings: Settings, header: InstanceHeader,
             study_instance_uid=header.study_instance_uid,
             state=state.value,
             message=decision.reason or "eligible, score job queued",
-            data={"calling_ae": sender.calling_ae, "peer_host": sender.peer_host,
-                  "transfer_syntax_uid": header.transfer_syntax_uid, "size_bytes": size},
+            data={
+                "calling_ae": sender.calling_ae,
+                "peer_host": sender.peer_host,
+                "transfer_syntax_uid": header.transfer_syntax_uid,
+                "size_bytes": size,
+            },
         )
         return SpoolOutcome(instance.id, state.value, False, relative)
 
 
-def record_duplicate(store: Store, instance_id: int, header: InstanceHeader,
-                     sender: Sender) -> SpoolOutcome:
+def record_duplicate(
+    store: Store, instance_id: int, header: InstanceHeader, sender: Sender
+) -> SpoolOutcome:
     """Record a second copy of a stored instance (acknowledged, not stored or queued again)."""
     with store.write() as session:
-        add_event(session, "duplicate", instance_id=instance_id,
-                  sop_instance_uid=header.sop_instance_uid,
-                  study_instance_uid=header.study_instance_uid,
-                  message="SOP Instance UID already stored; kept the first copy",
-                  data={"calling_ae": sender.calling_ae, "peer_host": sender.peer_host})
-    log.info("duplicate instance %s (instance id %d) from %s@%s acknowledged",
-             header.sop_instance_uid, instance_id, sender.calling_ae, sender.peer_host)
+        add_event(
+            session,
+            "duplicate",
+            instance_id=instance_id,
+            sop_instance_uid=header.sop_instance_uid,
+            study_instance_uid=header.study_instance_uid,
+            message="SOP Instance UID already stored; kept the first copy",
+            data={"calling_ae": sender.calling_ae, "peer_host": sender.peer_host},
+        )
+    log.info(
+        "duplicate instance %s (instance id %d) from %s@%s acknowledged",
+        header.sop_instance_uid,
+        instance_id,
+        sender.calling_ae,
+        sender.peer_host,
+    )
     return SpoolOutcome(instance_id, "duplicate", True, None)
 
 
-def spool_instance(settings: Settings, store: Store, received: Path, header: InstanceHeader,
-                   decision: EligibilityDecision, sender: Sender) -> SpoolOutcome:
+def spool_instance(
+    settings: Settings,
+    store: Store,
+    received: Path,
+    header: InstanceHeader,
+    decision: EligibilityDecision,
+    sender: Sender,
+) -> SpoolOutcome:
     """Make the received Part-10 file ``received`` durable in the spool and the store.
 
     ``received`` must be on the spool's file system (see :func:`incoming_dir`); it is

@@ -44,8 +44,13 @@ _REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesIn
 class InstanceRefused(Exception):
     """The received instance is not accepted; ``status`` is the C-STORE status to send."""
 
-    def __init__(self, status_code: int, reason: str, sop_instance_uid: str | None = None,
-                 study_instance_uid: str | None = None) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        reason: str,
+        sop_instance_uid: str | None = None,
+        study_instance_uid: str | None = None,
+    ) -> None:
         super().__init__(reason)
         self.status = status_code
         self.reason = reason
@@ -83,9 +88,13 @@ def _valid_uid(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and UID(value).is_valid
 
 
-def read_instance(path: Path, context_sop_class: str, transfer_syntax: str,
-                  affected_sop_instance: str | None = None,
-                  max_bytes: int | None = None) -> tuple[Dataset, InstanceHeader]:
+def read_instance(
+    path: Path,
+    context_sop_class: str,
+    transfer_syntax: str,
+    affected_sop_instance: str | None = None,
+    max_bytes: int | None = None,
+) -> tuple[Dataset, InstanceHeader]:
     """Decode the Part-10 file at ``path`` and check it; return the dataset and its header.
 
     ``context_sop_class`` is the abstract syntax of the presentation context the
@@ -152,22 +161,23 @@ def _check_values(ds: Dataset, sop_uid: str, study_uid: str) -> None:
             if tag.group == 0x0028 and not _vr_as_in_dictionary(tag, elem.VR):
                 raise ValueError(f"VR {elem.VR} where the dictionary has another")
             values = elem.value if isinstance(elem.value, (list, MultiValue)) else [elem.value]
-            if elem.VR in ("DS", "IS") and any(isinstance(v, str) and v.strip()
-                                               for v in values):
+            if elem.VR in ("DS", "IS") and any(isinstance(v, str) and v.strip() for v in values):
                 raise ValueError("not a number")
         except Exception as exc:
             raise InstanceRefused(
                 status.CANNOT_UNDERSTAND,
                 f"element {tag} cannot be decoded ({type(exc).__name__})",
-                sop_uid, study_uid,
+                sop_uid,
+                study_uid,
             ) from exc
         if elem.VR == "SQ":
             for item in elem.value:
                 _check_values(item, sop_uid, study_uid)
 
 
-def _read_and_check(path: Path, context_sop_class: str, transfer_syntax: str,
-                    affected_sop_instance: str | None) -> tuple[Dataset, InstanceHeader]:
+def _read_and_check(
+    path: Path, context_sop_class: str, transfer_syntax: str, affected_sop_instance: str | None
+) -> tuple[Dataset, InstanceHeader]:
     # Values are converted lazily and only those we use are touched: pydicom's
     # validation warnings quote values, and other elements may hold patient data.
     # Large values (native Pixel Data) are not read at all: their length is enough.
@@ -193,14 +203,16 @@ def _read_and_check(path: Path, context_sop_class: str, transfer_syntax: str,
             status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             f"SOP Class UID {ds.SOPClassUID} does not match the presentation context "
             f"({context_sop_class})",
-            sop_uid, study_uid,
+            sop_uid,
+            study_uid,
         )
     if affected_sop_instance and sop_uid != str(affected_sop_instance).strip():
         raise InstanceRefused(
             status.MISSING_ATTRIBUTE,
             f"SOP Instance UID {sop_uid} differs from the request's "
             f"Affected SOP Instance UID {affected_sop_instance}",
-            sop_uid, study_uid,
+            sop_uid,
+            study_uid,
         )
 
     _check_values(ds, sop_uid, study_uid)
@@ -229,8 +241,9 @@ def _read_and_check(path: Path, context_sop_class: str, transfer_syntax: str,
     return ds, header
 
 
-def _check_pixel_data(ds: Dataset, transfer_syntax: str, file_size: int, sop_uid: str,
-                      study_uid: str) -> None:
+def _check_pixel_data(
+    ds: Dataset, transfer_syntax: str, file_size: int, sop_uid: str, study_uid: str
+) -> None:
     def refuse(reason: str) -> InstanceRefused:
         return InstanceRefused(status.INCONSISTENT_PIXEL_DATA, reason, sop_uid, study_uid)
 
@@ -259,8 +272,10 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, file_size: int, sop_uid
         raise refuse("native Pixel Data with undefined length")
     length = raw.length if deferred else len(ds.PixelData or b"")
     if deferred and not undefined and raw.value_tell + raw.length > file_size:
-        raise refuse(f"Pixel Data truncated: {raw.length} bytes declared, "
-                     f"{max(0, file_size - raw.value_tell)} received")
+        raise refuse(
+            f"Pixel Data truncated: {raw.length} bytes declared, "
+            f"{max(0, file_size - raw.value_tell)} received"
+        )
     if not length:
         raise refuse("Pixel Data is empty")
     if UID(transfer_syntax).is_compressed:
@@ -292,8 +307,9 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: str, file_size: int, sop_uid
 
 
 # Start of Frame markers (JPEG processes and JPEG-LS's SOF55): they carry the frame size.
-_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
-                          0xCE, 0xCF, 0xF7})
+_SOF_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
+)
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
 
 
@@ -328,8 +344,13 @@ def _j2k_frame_size(stream: bytes) -> tuple[int, int, int, int] | None:
     return ysiz - yosiz, xsiz - xosiz, (depth & 0x7F) + 1, components
 
 
-def _check_codestream(head: list[bytes], last: bytes, ds: Dataset, transfer_syntax: UID,
-                      refuse: Callable[[str], InstanceRefused]) -> None:
+def _check_codestream(
+    head: list[bytes],
+    last: bytes,
+    ds: Dataset,
+    transfer_syntax: UID,
+    refuse: Callable[[str], InstanceRefused],
+) -> None:
     """The first frame's codestream header must agree with the image pixel module.
 
     ``head`` are the first fragments (the first frame's header is in them), ``last``
@@ -352,8 +373,7 @@ def _check_codestream(head: list[bytes], last: bytes, ds: Dataset, transfer_synt
         least = 2 * -(-rows * columns // 128)
         # And at most 2 bytes a byte (literal runs of one byte), plus padding.
         most = 2 * rows * columns + 1
-        if ends[0] != 64 or any(not least <= ends[i + 1] - ends[i] <= most
-                                for i in range(count)):
+        if ends[0] != 64 or any(not least <= ends[i + 1] - ends[i] <= most for i in range(count)):
             raise refuse(f"RLE segment lengths do not fit {rows} x {columns} pixels")
         return
     stream = b"".join(head)[:_HEADER_BYTES]  # a frame may span fragments
@@ -366,13 +386,17 @@ def _check_codestream(head: list[bytes], last: bytes, ds: Dataset, transfer_synt
     if size is None:
         raise refuse(f"no frame header found in the {transfer_syntax.name} codestream")
     if size[1] != columns or size[0] not in (rows, 0):  # 0: rows given by a DNL marker
-        raise refuse(f"codestream declares {size[0]} x {size[1]} pixels, "
-                     f"Rows x Columns say {rows} x {columns}")
+        raise refuse(
+            f"codestream declares {size[0]} x {size[1]} pixels, "
+            f"Rows x Columns say {rows} x {columns}"
+        )
     # Decoders return samples of 8, 16 or 32 bits, as the precision needs.
     container = 8 if size[2] <= 8 else 16 if size[2] <= 16 else 32
     if container != int(ds.BitsAllocated) or size[3] != int(ds.SamplesPerPixel):
-        raise refuse(f"codestream declares {size[3]} components of {size[2]} bits, the pixel "
-                     f"module {ds.SamplesPerPixel} of {ds.BitsAllocated} bits allocated")
+        raise refuse(
+            f"codestream declares {size[3]} components of {size[2]} bits, the pixel "
+            f"module {ds.SamplesPerPixel} of {ds.BitsAllocated} bits allocated"
+        )
     # Every JPEG, JPEG-LS and JPEG 2000 codestream ends with EOI/EOC (FFD9), before
     # the fragment's padding: without it the stream was cut short.
     if not last.rstrip(b"\0").endswith(b"\xff\xd9"):

@@ -77,13 +77,11 @@ def windowed_grayscale(source: pydicom.Dataset) -> np.ndarray:
         raise ValueError("source: multi-frame images are not supported")
     values = np.asarray(apply_modality_lut(source.pixel_array, source), dtype=np.float64)
     if "VOILUTSequence" in source:
-        out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=True),
-                         dtype=np.float64)
+        out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=True), dtype=np.float64)
         bits = int(source.VOILUTSequence[0].LUTDescriptor[2])
         low, high = 0.0, float(2**bits - 1)
     elif "WindowCenter" in source and "WindowWidth" in source:
-        out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=False),
-                         dtype=np.float64)
+        out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=False), dtype=np.float64)
         # pydicom maps the window onto the range of the stored values (after rescale)
         bits = int(source.BitsStored)
         if int(source.get("PixelRepresentation", 0)) == 0:
@@ -114,8 +112,9 @@ def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(Path(path)), size)
 
 
-def _check_cams(cams: object, assessment: ImageAssessment, rows: int, columns: int
-                ) -> dict[str, np.ndarray]:
+def _check_cams(
+    cams: object, assessment: ImageAssessment, rows: int, columns: int
+) -> dict[str, np.ndarray]:
     if cams is None:
         return {}
     if not isinstance(cams, Mapping):
@@ -127,8 +126,9 @@ def _check_cams(cams: object, assessment: ImageAssessment, rows: int, columns: i
             raise ValueError(f"cams: side {side!r} is not among the assessed sides {sorted(sides)}")
         arr = np.asarray(cam, dtype=np.float64)
         if arr.shape != (rows, columns):
-            raise ValueError(f"cams[{side!r}]: shape {arr.shape} is not the source grid "
-                             f"{(rows, columns)}")
+            raise ValueError(
+                f"cams[{side!r}]: shape {arr.shape} is not the source grid {(rows, columns)}"
+            )
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"cams[{side!r}]: values must be finite")
         checked[side] = np.clip(arr, 0.0, 1.0)
@@ -150,8 +150,11 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def render_heatmap(source: pydicom.Dataset, assessment: ImageAssessment,
-                   cams: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+def render_heatmap(
+    source: pydicom.Dataset,
+    assessment: ImageAssessment,
+    cams: Mapping[str, np.ndarray] | None = None,
+) -> np.ndarray:
     """Render the heatmap picture as an (rows, columns, 3) uint8 RGB array.
 
     ``cams`` maps a side ("left"/"right") to its class-activation map on the
@@ -174,11 +177,13 @@ def render_heatmap(source: pydicom.Dataset, assessment: ImageAssessment,
         colour = UNKNOWN_RGB if positive is None else POSITIVE_RGB if positive else NEGATIVE_RGB
         if side.roi_polygon is None:
             continue
-        points = check_polygon(side.roi_polygon, rows, columns,
-                               f"assessment.sides[{side.side}].roi_polygon")
+        points = check_polygon(
+            side.roi_polygon, rows, columns, f"assessment.sides[{side.side}].roi_polygon"
+        )
         scaled = [(float(x) * scale, float(y) * scale) for x, y in points]
         label = f"{side.side[0].upper()} " + (
-            f"{side.probability:.2f}" if side.probability is not None else "n/a")
+            f"{side.probability:.2f}" if side.probability is not None else "n/a"
+        )
         outlines.append((scaled, colour, label))
         cam = checked_cams.get(side.side)
         if cam is None:
@@ -205,14 +210,21 @@ def render_heatmap(source: pydicom.Dataset, assessment: ImageAssessment,
         draw.line(scaled, fill=colour, width=line_width, joint="curve")
         x0 = min(x for x, _ in scaled)
         y0 = min(y for _, y in scaled)
-        draw.text((x0 + line_width, max(0, y0 - label_font.size - line_width)), label,
-                  fill=colour, font=label_font, stroke_width=2, stroke_fill=(0, 0, 0))
+        draw.text(
+            (x0 + line_width, max(0, y0 - label_font.size - line_width)),
+            label,
+            fill=colour,
+            font=label_font,
+            stroke_width=2,
+            stroke_fill=(0, 0, 0),
+        )
     return _with_caption_band(np.asarray(image), checked, bool(checked_cams))
 
 
 def _caption_lines(assessment: ImageAssessment) -> list[tuple[str, tuple[int, int, int]]]:
-    lines: list[tuple[str, tuple[int, int, int]]] = [(identity.TRIAGE_DISCLAIMER.upper(),
-                                                      (255, 220, 0))]
+    lines: list[tuple[str, tuple[int, int, int]]] = [
+        (identity.TRIAGE_DISCLAIMER.upper(), (255, 220, 0))
+    ]
     if assessment.synthetic_model:
         lines.append((identity.SYNTHETIC_DISCLAIMER.upper(), (255, 220, 0)))
     per_side = []
@@ -226,15 +238,20 @@ def _caption_lines(assessment: ImageAssessment) -> list[tuple[str, tuple[int, in
     lines.extend((text, (255, 255, 255)) for text in per_side)
     decision = study_decision([assessment])
     colour = UNKNOWN_RGB if decision is None else POSITIVE_RGB if decision else NEGATIVE_RGB
-    lines.append((f"Image decision: {decision_text(decision)} "
-                  f"(operating point {assessment.threshold:.2f})", colour))
-    lines.append((f"Model: {assessment.model_name} {assessment.model_version}",
-                  (255, 255, 255)))
+    lines.append(
+        (
+            f"Image decision: {decision_text(decision)} "
+            f"(operating point {assessment.threshold:.2f})",
+            colour,
+        )
+    )
+    lines.append((f"Model: {assessment.model_name} {assessment.model_version}", (255, 255, 255)))
     return lines
 
 
-def _with_caption_band(image: np.ndarray, assessment: ImageAssessment, with_cam: bool
-                       ) -> np.ndarray:
+def _with_caption_band(
+    image: np.ndarray, assessment: ImageAssessment, with_cam: bool
+) -> np.ndarray:
     height, width = image.shape[:2]
     font_size = max(14, round(width / 48))
     font = _font(font_size)
@@ -256,8 +273,12 @@ def _with_caption_band(image: np.ndarray, assessment: ImageAssessment, with_cam:
         ramp = colormaps[COLORMAP](np.linspace(0, 1, bar_width))[:, :3]
         bar = np.round(np.repeat(ramp[None, :, :], bar_height, axis=0) * 255).astype(np.uint8)
         canvas.paste(Image.fromarray(bar, mode="RGB"), (margin, y))
-        draw.text((margin * 2 + bar_width, y - font_size // 6),
-                  "model attention: low to high", fill=(255, 255, 255), font=font)
+        draw.text(
+            (margin * 2 + bar_width, y - font_size // 6),
+            "model attention: low to high",
+            fill=(255, 255, 255),
+            font=font,
+        )
     return np.asarray(canvas, dtype=np.uint8)
 
 
@@ -318,15 +339,15 @@ def build_heatmap(
         if not source.get(kw):
             raise ValueError(f"source: {kw} is missing")
     checked = check_assessment(assessment, "assessment", source)
-    if isinstance(series_number, bool) or not isinstance(series_number, int) or \
-            series_number < 1:
+    if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
         raise ValueError(f"series_number: expected a positive int, got {series_number!r}")
     if content_datetime is None:
         content_datetime = content_datetime_of([source])
     elif not isinstance(content_datetime, datetime.datetime):
         raise TypeError("content_datetime: expected a datetime.datetime")
-    uids = heatmap_uids(source.StudyInstanceUID, source.SOPInstanceUID,
-                        checked.model_version, report_version)
+    uids = heatmap_uids(
+        source.StudyInstanceUID, source.SOPInstanceUID, checked.model_version, report_version
+    )
     orientation = _patient_orientation(source)
     pixels = render_heatmap(source, checked, cams)
 
@@ -360,7 +381,8 @@ def build_heatmap(
         sc.BodyPartExamined = source.BodyPartExamined
     sc.DerivationDescription = (
         f"Radiograph windowed, {COLORMAP} class-activation map over the femur ROIs, "
-        f"burned-in results of {checked.model_name} {checked.model_version}")[:1024]
+        f"burned-in results of {checked.model_name} {checked.model_version}"
+    )[:1024]
     ref = pydicom.Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID

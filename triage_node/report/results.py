@@ -43,7 +43,8 @@ def assessment_from_json(data: Mapping[str, Any]) -> ImageAssessment:
                 probability=s.get("probability"),
                 not_assessable_reason=s.get("not_assessable_reason"),
                 roi_polygon=[(float(p[0]), float(p[1])) for p in s["roi_polygon"]]
-                if s.get("roi_polygon") is not None else None,
+                if s.get("roi_polygon") is not None
+                else None,
                 positive=s.get("positive"),
             )
             for s in data["sides"]
@@ -105,8 +106,12 @@ class BuiltResult:
     source_instance_id: int | None
 
 
-def build_study_results(sources: Sequence[SourceImage], *, report_version: int,
-                        content_datetime: datetime.datetime | None) -> list[BuiltResult]:
+def build_study_results(
+    sources: Sequence[SourceImage],
+    *,
+    report_version: int,
+    content_datetime: datetime.datetime | None,
+) -> list[BuiltResult]:
     """The SR of the study (scored and not-assessable images) and one heatmap per scored image.
 
     ``sources`` are in a fixed order (the caller's, e.g. by instance id) so the
@@ -115,14 +120,33 @@ def build_study_results(sources: Sequence[SourceImage], *, report_version: int,
     """
     if not sources:
         raise ValueError("sources: nothing to report")
-    built = [BuiltResult("SR", build_study_report(
-        [s.dataset for s in sources], [s.assessment for s in sources],
-        report_version=report_version, content_datetime=content_datetime), None)]
+    built = [
+        BuiltResult(
+            "SR",
+            build_study_report(
+                [s.dataset for s in sources],
+                [s.assessment for s in sources],
+                report_version=report_version,
+                content_datetime=content_datetime,
+            ),
+            None,
+        )
+    ]
     for s in sources:
         if s.scored:
-            built.append(BuiltResult("SC", build_heatmap(
-                s.dataset, s.assessment, s.cams, report_version=report_version,
-                content_datetime=content_datetime), s.instance_id))
+            built.append(
+                BuiltResult(
+                    "SC",
+                    build_heatmap(
+                        s.dataset,
+                        s.assessment,
+                        s.cams,
+                        report_version=report_version,
+                        content_datetime=content_datetime,
+                    ),
+                    s.instance_id,
+                )
+            )
     return built
 
 

@@ -54,8 +54,15 @@ SR_SERIES_NUMBER = identity.SR_SERIES_NUMBER
 # Patient/study attributes highdicom reads from the first evidence dataset; Type 2 in
 # the SR IOD, so an empty value is valid when the source lacks them.
 _TYPE2_STUDY_ATTRIBUTES = (
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
-    "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
 )
 
 
@@ -69,9 +76,12 @@ def content_datetime_of(sources: Sequence[pydicom.Dataset]) -> datetime.datetime
     """
     found: list[datetime.datetime] = []
     for ds in sources:
-        for date_kw, time_kw in (("ContentDate", "ContentTime"),
-                                 ("AcquisitionDate", "AcquisitionTime"),
-                                 ("SeriesDate", "SeriesTime"), ("StudyDate", "StudyTime")):
+        for date_kw, time_kw in (
+            ("ContentDate", "ContentTime"),
+            ("AcquisitionDate", "AcquisitionTime"),
+            ("SeriesDate", "SeriesTime"),
+            ("StudyDate", "StudyTime"),
+        ):
             date_value = ds.get(date_kw)
             if not date_value:
                 continue
@@ -82,8 +92,11 @@ def content_datetime_of(sources: Sequence[pydicom.Dataset]) -> datetime.datetime
                 continue
             if day is None:
                 continue
-            clock = datetime.time(tm.hour, tm.minute, tm.second) if tm is not None else \
-                datetime.time(0, 0)
+            clock = (
+                datetime.time(tm.hour, tm.minute, tm.second)
+                if tm is not None
+                else datetime.time(0, 0)
+            )
             found.append(datetime.datetime.combine(day, clock))
             break
     if not found:
@@ -96,8 +109,10 @@ def content_datetime_of(sources: Sequence[pydicom.Dataset]) -> datetime.datetime
 
 def software_versions(assessment: ImageAssessment) -> list[str]:
     """Software Versions (0018,1020) of our objects: the node's and the model's."""
-    return [f"{identity.MANUFACTURER_MODEL_NAME} {triage_node.__version__}",
-            f"{assessment.model_name} {assessment.model_version}"]
+    return [
+        f"{identity.MANUFACTURER_MODEL_NAME} {triage_node.__version__}",
+        f"{assessment.model_name} {assessment.model_version}",
+    ]
 
 
 def _check_sources(sources: object) -> list[pydicom.Dataset]:
@@ -141,11 +156,13 @@ def check_polygon(polygon: object, rows: int, columns: int, argument: str) -> np
         raise ValueError(f"{argument}: coordinates must be finite numbers")
     if len(np.unique(points, axis=0)) < 3:
         raise ValueError(f"{argument}: a polygon needs at least 3 distinct points")
-    if (points[:, 0].min() < 0 or points[:, 1].min() < 0 or points[:, 0].max() > columns
-            or points[:, 1].max() > rows):
-        raise ValueError(
-            f"{argument}: points outside the {columns}x{rows} (columns x rows) image"
-        )
+    if (
+        points[:, 0].min() < 0
+        or points[:, 1].min() < 0
+        or points[:, 0].max() > columns
+        or points[:, 1].max() > rows
+    ):
+        raise ValueError(f"{argument}: points outside the {columns}x{rows} (columns x rows) image")
     if not np.array_equal(points[0], points[-1]):
         # SR SCOORD has no POLYGON: a closed POLYLINE (first point = last) is an area
         # (PS3.3 C.18.6.1.2).
@@ -153,12 +170,12 @@ def check_polygon(polygon: object, rows: int, columns: int, argument: str) -> np
     return points
 
 
-def check_assessment(assessment: object, argument: str,
-                     source: pydicom.Dataset | None = None) -> ImageAssessment:
+def check_assessment(
+    assessment: object, argument: str, source: pydicom.Dataset | None = None
+) -> ImageAssessment:
     """Check one :class:`ImageAssessment` (types, sides, ROI within ``source``'s grid)."""
     if not isinstance(assessment, ImageAssessment):
-        raise TypeError(f"{argument}: expected an ImageAssessment, got "
-                        f"{type(assessment).__name__}")
+        raise TypeError(f"{argument}: expected an ImageAssessment, got {type(assessment).__name__}")
     if not assessment.sides:
         raise ValueError(f"{argument}: no side was assessed")
     sides = [s.side for s in assessment.sides]
@@ -172,8 +189,12 @@ def check_assessment(assessment: object, argument: str,
         if not isinstance(side, SideAssessment):
             raise TypeError(f"{argument}.sides: expected SideAssessment items")
         if side.roi_polygon is not None and source is not None:
-            check_polygon(side.roi_polygon, int(source.Rows), int(source.Columns),
-                          f"{argument}.sides[{side.side}].roi_polygon")
+            check_polygon(
+                side.roi_polygon,
+                int(source.Rows),
+                int(source.Columns),
+                f"{argument}.sides[{side.side}].roi_polygon",
+            )
     return assessment
 
 
@@ -233,30 +254,41 @@ def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
 
 
 def _text(name: Code, value: str, relationship: str = "CONTAINS") -> hd.sr.TextContentItem:
-    return hd.sr.TextContentItem(name=name, value=value,
-                                 relationship_type=hd.sr.RelationshipTypeValues(relationship))
+    return hd.sr.TextContentItem(
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues(relationship)
+    )
 
 
-def _side_group(source: pydicom.Dataset, image_number: int, side: SideAssessment,
-                assessment: ImageAssessment, algorithm: hd.sr.AlgorithmIdentification
-                ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | \
-        hd.sr.MeasurementsAndQualitativeEvaluations:
+def _side_group(
+    source: pydicom.Dataset,
+    image_number: int,
+    side: SideAssessment,
+    assessment: ImageAssessment,
+    algorithm: hd.sr.AlgorithmIdentification,
+) -> (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+):
     tracking = hd.sr.TrackingIdentifier(
         uid=tracking_uid(source.SOPInstanceUID, side.side, assessment.model_version),
         identifier=f"{side.side} proximal femur, image {image_number}",
     )
-    finding_site = hd.sr.FindingSite(anatomic_location=codes.PROXIMAL_FEMUR,
-                                     laterality=codes.LATERALITY[side.side])
+    finding_site = hd.sr.FindingSite(
+        anatomic_location=codes.PROXIMAL_FEMUR, laterality=codes.LATERALITY[side.side]
+    )
     measurements: list[hd.sr.Measurement] = []
     positive = side_is_positive(side, assessment.threshold)
     if side.probability is not None:
-        measurements.append(hd.sr.Measurement(
-            name=codes.PROBABILITY_OF_OSTEOPOROSIS,
-            value=round(float(side.probability), 4),
-            unit=codes.NO_UNITS,
-        ))
-    evaluation = hd.sr.QualitativeEvaluation(name=codes.TRIAGE_RESULT,
-                                             value=decision_code(positive))
+        measurements.append(
+            hd.sr.Measurement(
+                name=codes.PROBABILITY_OF_OSTEOPOROSIS,
+                value=round(float(side.probability), 4),
+                unit=codes.NO_UNITS,
+            )
+        )
+    evaluation = hd.sr.QualitativeEvaluation(
+        name=codes.TRIAGE_RESULT, value=decision_code(positive)
+    )
     common = dict(
         tracking_identifier=tracking,
         finding_type=codes.OSTEOPOROSIS,
@@ -265,29 +297,35 @@ def _side_group(source: pydicom.Dataset, image_number: int, side: SideAssessment
         measurements=measurements or None,
         qualitative_evaluations=[evaluation],
     )
-    group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | \
-        hd.sr.MeasurementsAndQualitativeEvaluations
+    group: (
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    )
     if side.roi_polygon is not None:
-        points = check_polygon(side.roi_polygon, int(source.Rows), int(source.Columns),
-                               "roi_polygon")
+        points = check_polygon(
+            side.roi_polygon, int(source.Rows), int(source.Columns), "roi_polygon"
+        )
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=points,
             source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
         )
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=region, **common)  # type: ignore[arg-type]
+            referenced_region=region, **common
+        )  # type: ignore[arg-type]
     else:
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            source_images=[hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID,
-                                                                source.SOPInstanceUID)],
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)
+            ],
             **common,  # type: ignore[arg-type]
         )
     if side.not_assessable_reason is not None:
         # TID 1501/1410 allow TEXT qualitative evaluations; highdicom has no argument
         # for them, so the item is appended to the group container.
         group[0].ContentSequence.append(
-            _text(codes.NOT_ASSESSABLE_REASON, side.not_assessable_reason))
+            _text(codes.NOT_ASSESSABLE_REASON, side.not_assessable_reason)
+        )
     return group
 
 
@@ -324,32 +362,48 @@ def build_study_report(
     if not isinstance(assessments, Sequence) or isinstance(assessments, (str, bytes)):
         raise TypeError("assessments: expected a list of ImageAssessment")
     if len(assessments) != len(checked_sources):
-        raise ValueError(f"assessments: {len(assessments)} given for "
-                         f"{len(checked_sources)} sources; one per source is needed")
-    checked = [check_assessment(a, f"assessments[{i}]", checked_sources[i])
-               for i, a in enumerate(assessments)]
+        raise ValueError(
+            f"assessments: {len(assessments)} given for "
+            f"{len(checked_sources)} sources; one per source is needed"
+        )
+    checked = [
+        check_assessment(a, f"assessments[{i}]", checked_sources[i])
+        for i, a in enumerate(assessments)
+    ]
     first = checked[0]
     for i, a in enumerate(checked[1:], start=1):
-        if (a.model_name, a.model_version, a.threshold, a.synthetic_model) != \
-                (first.model_name, first.model_version, first.threshold, first.synthetic_model):
-            raise ValueError(f"assessments[{i}]: from another model or operating point than "
-                             "assessments[0]; one report is made by one model")
-    if isinstance(series_number, bool) or not isinstance(series_number, int) or \
-            not 1 <= series_number <= 2**31 - 1:
+        if (a.model_name, a.model_version, a.threshold, a.synthetic_model) != (
+            first.model_name,
+            first.model_version,
+            first.threshold,
+            first.synthetic_model,
+        ):
+            raise ValueError(
+                f"assessments[{i}]: from another model or operating point than "
+                "assessments[0]; one report is made by one model"
+            )
+    if (
+        isinstance(series_number, bool)
+        or not isinstance(series_number, int)
+        or not 1 <= series_number <= 2**31 - 1
+    ):
         raise ValueError(f"series_number: expected a positive int, got {series_number!r}")
     if content_datetime is None:
         content_datetime = content_datetime_of(checked_sources)
     elif not isinstance(content_datetime, datetime.datetime):
         raise TypeError("content_datetime: expected a datetime.datetime")
     study_uid = checked_sources[0].StudyInstanceUID
-    uids = study_report_uids(study_uid, [s.SOPInstanceUID for s in checked_sources],
-                             first.model_version, report_version)
+    uids = study_report_uids(
+        study_uid, [s.SOPInstanceUID for s in checked_sources], first.model_version, report_version
+    )
 
     algorithm = hd.sr.AlgorithmIdentification(
         name=first.model_name,
         version=first.model_version,
-        parameters=[f"threshold={first.threshold:.4f}",
-                    f"synthetic_model={'yes' if first.synthetic_model else 'no'}"],
+        parameters=[
+            f"threshold={first.threshold:.4f}",
+            f"synthetic_model={'yes' if first.synthetic_model else 'no'}",
+        ],
         manufacturer=identity.MANUFACTURER,
     )
     observer = hd.sr.ObserverContext(
@@ -361,34 +415,52 @@ def build_study_report(
             model_name=identity.MANUFACTURER_MODEL_NAME,
         ),
     )
-    groups: list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations |
-                 hd.sr.MeasurementsAndQualitativeEvaluations] = []
-    for number, (source, assessment) in enumerate(zip(checked_sources, checked, strict=True),
-                                                  start=1):
+    groups: list[
+        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
+    for number, (source, assessment) in enumerate(
+        zip(checked_sources, checked, strict=True), start=1
+    ):
         for side in sorted(assessment.sides, key=lambda s: s.side):
             groups.append(_side_group(source, number, side, assessment, algorithm))
 
     decision = study_decision(checked)
-    study_measurements = [hd.sr.Measurement(name=codes.THRESHOLD_VALUE,
-                                            value=round(float(first.threshold), 4),
-                                            unit=codes.NO_UNITS)]
+    study_measurements = [
+        hd.sr.Measurement(
+            name=codes.THRESHOLD_VALUE, value=round(float(first.threshold), 4), unit=codes.NO_UNITS
+        )
+    ]
     probabilities = [a.probability for a in checked if a.probability is not None]
     if probabilities:
-        study_measurements.insert(0, hd.sr.Measurement(
-            name=codes.PROBABILITY_OF_OSTEOPOROSIS, value=round(float(max(probabilities)), 4),
-            unit=codes.NO_UNITS))
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=study_tracking_uid(study_uid, first.model_version),
-            identifier="study triage decision"),
-        finding_type=codes.OSTEOPOROSIS,
-        algorithm_id=algorithm,
-        measurements=study_measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-            name=codes.RECOMMENDATION, value=decision_code(decision))],
-        source_images=[hd.sr.SourceImageForMeasurementGroup(s.SOPClassUID, s.SOPInstanceUID)
-                       for s in checked_sources],
-    ))
+        study_measurements.insert(
+            0,
+            hd.sr.Measurement(
+                name=codes.PROBABILITY_OF_OSTEOPOROSIS,
+                value=round(float(max(probabilities)), 4),
+                unit=codes.NO_UNITS,
+            ),
+        )
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=study_tracking_uid(study_uid, first.model_version),
+                identifier="study triage decision",
+            ),
+            finding_type=codes.OSTEOPOROSIS,
+            algorithm_id=algorithm,
+            measurements=study_measurements,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(
+                    name=codes.RECOMMENDATION, value=decision_code(decision)
+                )
+            ],
+            source_images=[
+                hd.sr.SourceImageForMeasurementGroup(s.SOPClassUID, s.SOPInstanceUID)
+                for s in checked_sources
+            ],
+        )
+    )
 
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
@@ -396,8 +468,7 @@ def build_study_report(
         imaging_measurements=groups,
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
-    report[0].ContentSequence.append(
-        _qualitative_evaluations(decision, checked, first.threshold))
+    report[0].ContentSequence.append(_qualitative_evaluations(decision, checked, first.threshold))
 
     evidence = [_evidence_header(s) for s in checked_sources]
     sr = hd.sr.Comprehensive3DSR(
@@ -424,14 +495,20 @@ def build_study_report(
     return sr
 
 
-def _qualitative_evaluations(decision: bool | None, assessments: Sequence[ImageAssessment],
-                             threshold: float) -> hd.sr.ContainerContentItem:
+def _qualitative_evaluations(
+    decision: bool | None, assessments: Sequence[ImageAssessment], threshold: float
+) -> hd.sr.ContainerContentItem:
     """TID 1500 "Qualitative Evaluations": decision (CODE), reasons and disclaimers (TEXT)."""
     items: list[hd.sr.ContentItem] = [
-        hd.sr.CodeContentItem(name=codes.RECOMMENDATION, value=decision_code(decision),
-                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-        _text(codes.RECOMMENDATION,
-              f"{decision_text(decision)} (decision at operating point {threshold:.2f})"),
+        hd.sr.CodeContentItem(
+            name=codes.RECOMMENDATION,
+            value=decision_code(decision),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ),
+        _text(
+            codes.RECOMMENDATION,
+            f"{decision_text(decision)} (decision at operating point {threshold:.2f})",
+        ),
     ]
     if decision is None:
         reasons = sorted({a.not_assessable_reason or "" for a in assessments} - {""})

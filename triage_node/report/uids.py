@@ -65,8 +65,12 @@ class HeatmapUIDs:
     sop_instance_uid: str
 
 
-def study_report_uids(study_instance_uid: str, source_sop_instance_uids: Iterable[str],
-                      model_version: str, report_version: int) -> ReportUIDs:
+def study_report_uids(
+    study_instance_uid: str,
+    source_sop_instance_uids: Iterable[str],
+    model_version: str,
+    report_version: int,
+) -> ReportUIDs:
     """UIDs of the SR reporting ``source_sop_instance_uids`` of a study.
 
     Same inputs (in any order) give the same UIDs; a different set of sources,
@@ -84,8 +88,9 @@ def study_report_uids(study_instance_uid: str, source_sop_instance_uids: Iterabl
     )
 
 
-def heatmap_uids(study_instance_uid: str, source_sop_instance_uid: str, model_version: str,
-                 report_version: int) -> HeatmapUIDs:
+def heatmap_uids(
+    study_instance_uid: str, source_sop_instance_uid: str, model_version: str, report_version: int
+) -> HeatmapUIDs:
     """UIDs of the secondary-capture heatmap made from one source image."""
     study = _check_uid(study_instance_uid, "study_instance_uid")
     source = _check_uid(source_sop_instance_uid, "source_sop_instance_uid")
@@ -111,8 +116,11 @@ def tracking_uid(source_sop_instance_uid: str, side: str, model_version: str) ->
 
 def study_tracking_uid(study_instance_uid: str, model_version: str) -> str:
     """Tracking Unique Identifier of the study-level decision group."""
-    return _uid("tracking-study", _check_uid(study_instance_uid, "study_instance_uid"),
-                _check_uid(model_version, "model_version"))
+    return _uid(
+        "tracking-study",
+        _check_uid(study_instance_uid, "study_instance_uid"),
+        _check_uid(model_version, "model_version"),
+    )
 
 
 def device_observer_uid() -> str:

@@ -109,8 +109,11 @@ def describe_model(settings: Settings) -> dict[str, Any]:
     try:
         from triage_node.score import bundle as bundle_module
     except ImportError:
-        return {"bundle": configured, "available": False,
-                "error": "no model implementation is installed in this build"}
+        return {
+            "bundle": configured,
+            "available": False,
+            "error": "no model implementation is installed in this build",
+        }
     try:
         info = dict(bundle_module.describe_bundle(settings))
     except ModelUnavailable as exc:

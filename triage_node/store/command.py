@@ -6,8 +6,11 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["upgrade", "current"], help="upgrade: migrate to "
-                        "the newest schema; current: print the schema revision")
+    parser.add_argument(
+        "action",
+        choices=["upgrade", "current"],
+        help="upgrade: migrate to the newest schema; current: print the schema revision",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,8 +40,11 @@ class ClaimedJob:
 
 
 # Claim order across kinds: a smaller number first. Unknown kinds go last.
-KIND_PRIORITY: dict[str, int] = {JobKind.DELIVER.value: 0, JobKind.REPORT.value: 1,
-                                 JobKind.SCORE.value: 2}
+KIND_PRIORITY: dict[str, int] = {
+    JobKind.DELIVER.value: 0,
+    JobKind.REPORT.value: 1,
+    JobKind.SCORE.value: 2,
+}
 
 
 class LeaseLost(Exception):
@@ -74,8 +77,9 @@ def enqueue_job(
     )
     session.add(job)
     session.flush()
-    add_event(session, "job_queued", job_id=job.id, instance_id=instance_id, state=job.state,
-              message=kind)
+    add_event(
+        session, "job_queued", job_id=job.id, instance_id=instance_id, state=job.state, message=kind
+    )
     return job
 
 
@@ -104,8 +108,9 @@ def claim_next_job(
         query = select(Job).where(due)
         if kinds:
             query = query.where(Job.kind.in_(kinds))
-        priority = case(*((Job.kind == k, p) for k, p in KIND_PRIORITY.items()),
-                        else_=len(KIND_PRIORITY))
+        priority = case(
+            *((Job.kind == k, p) for k, p in KIND_PRIORITY.items()), else_=len(KIND_PRIORITY)
+        )
         query = query.order_by(priority, Job.next_attempt_at, Job.id).limit(1)
         if not store.is_sqlite:
             query = query.with_for_update(skip_locked=True)
@@ -126,8 +131,15 @@ def claim_next_job(
             instance_id=job.instance_id,
             state=job.state,
             message=f"{job.kind} attempt {job.attempts} by {owner}"
-            + ((f" (lease of {previous_owner} expired)" if previous_owner
-                else " (its holder process died)") if reclaimed else ""),
+            + (
+                (
+                    f" (lease of {previous_owner} expired)"
+                    if previous_owner
+                    else " (its holder process died)"
+                )
+                if reclaimed
+                else ""
+            ),
         )
         return ClaimedJob(
             id=job.id,
@@ -163,8 +175,14 @@ def finish_job(session: Session, job: ClaimedJob, message: str | None = None) ->
     row.lease_owner = None
     row.lease_expires_at = None
     row.updated_at = utcnow()
-    add_event(session, "job_done", job_id=row.id, instance_id=row.instance_id, state=row.state,
-              message=message or row.kind)
+    add_event(
+        session,
+        "job_done",
+        job_id=row.id,
+        instance_id=row.instance_id,
+        state=row.state,
+        message=message or row.kind,
+    )
 
 
 def retry_delay(attempts: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -214,10 +232,17 @@ def fail_job(
             row.state = JobState.QUEUED.value
             row.next_attempt_at = now + dt.timedelta(seconds=retry_after)
             kind = "job_retry"
-        add_event(session, kind, job_id=row.id, instance_id=row.instance_id, state=row.state,
-                  message=f"{row.kind}: {error[:500]}",
-                  data={"attempts": row.attempts, "retry_after": retry_after}
-                  if kind == "job_retry" else {"attempts": row.attempts})
+        add_event(
+            session,
+            kind,
+            job_id=row.id,
+            instance_id=row.instance_id,
+            state=row.state,
+            message=f"{row.kind}: {error[:500]}",
+            data={"attempts": row.attempts, "retry_after": retry_after}
+            if kind == "job_retry"
+            else {"attempts": row.attempts},
+        )
         if on_change is not None:
             on_change(session, row.state)
         return row.state
@@ -247,8 +272,14 @@ def release_job(
         row.lease_expires_at = None
         row.next_attempt_at = now
         row.updated_at = now
-        add_event(session, "job_released", job_id=row.id, instance_id=row.instance_id,
-                  state=row.state, message=why)
+        add_event(
+            session,
+            "job_released",
+            job_id=row.id,
+            instance_id=row.instance_id,
+            state=row.state,
+            message=why,
+        )
         if on_release is not None:
             on_release(session)
         return True
@@ -288,8 +319,9 @@ def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) 
     """
     now = utcnow()
     with store.write() as session:
-        query = select(Job).where(Job.state == JobState.RUNNING.value,
-                                  Job.lease_owner.like(f"{host}:%"))
+        query = select(Job).where(
+            Job.state == JobState.RUNNING.value, Job.lease_owner.like(f"{host}:%")
+        )
         if not store.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         ended = []
@@ -312,10 +344,16 @@ def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) 
                 row.lease_expires_at = now
             # Without an owner the job is never counted dead twice for one death.
             row.lease_owner = None
-            add_event(session, "job_lease_ended", job_id=row.id, instance_id=row.instance_id,
-                      state=row.state, message=f"{row.kind}: holder {holder} "
-                      f"is no longer running (death {deaths} of {HOLDER_DEATH_LIMIT} allowed)"
-                      + (f"; next try in {wait:.0f} s" if wait else ""))
+            add_event(
+                session,
+                "job_lease_ended",
+                job_id=row.id,
+                instance_id=row.instance_id,
+                state=row.state,
+                message=f"{row.kind}: holder {holder} "
+                f"is no longer running (death {deaths} of {HOLDER_DEATH_LIMIT} allowed)"
+                + (f"; next try in {wait:.0f} s" if wait else ""),
+            )
             ended.append(row.id)
         return ended
 
@@ -337,6 +375,12 @@ def requeue_jobs(session: Session, job_ids: list[int]) -> int:
         row.attempts = 0
         row.next_attempt_at = now
         row.updated_at = now
-        add_event(session, "job_requeued", job_id=row.id, instance_id=row.instance_id,
-                  state=row.state, message=f"{row.kind}: requeued after failure")
+        add_event(
+            session,
+            "job_requeued",
+            job_id=row.id,
+            instance_id=row.instance_id,
+            state=row.state,
+            message=f"{row.kind}: requeued after failure",
+        )
     return len(rows)

@@ -173,8 +173,9 @@ class Job(Base):
     instance_id: Mapped[int | None] = mapped_column(
         ForeignKey("instances.id"), nullable=True, index=True
     )
-    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), nullable=True,
-                                                 index=True)
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.id"), nullable=True, index=True
+    )
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=5)
@@ -208,7 +209,8 @@ class Result(Base):
     series_instance_uid: Mapped[str] = mapped_column(String(64))
     # The radiograph a heatmap was made from; None for the SR.
     source_instance_id: Mapped[int | None] = mapped_column(
-        ForeignKey("instances.id"), nullable=True)
+        ForeignKey("instances.id"), nullable=True
+    )
     path: Mapped[str] = mapped_column(Text)  # relative to the spool directory
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -45,8 +45,10 @@ def draw_exposure(
     dose = float(np.exp(rng.normal(0.0, 0.3)))
     margins = [float(x) for x in rng.uniform(4, 30, 4)] if collimate else None
     if margins is not None and keep_clear_mm is not None:
-        margins = [min(m, max(k - COLLIMATION_CLEARANCE_MM, 0.0))
-                   for m, k in zip(margins, keep_clear_mm, strict=True)]
+        margins = [
+            min(m, max(k - COLLIMATION_CLEARANCE_MM, 0.0))
+            for m, k in zip(margins, keep_clear_mm, strict=True)
+        ]
     return Exposure(
         kvp=kvp,
         dose=dose,
@@ -111,8 +113,9 @@ def expose(
     quanta = profile.quanta_per_mm2 * exposure.dose * spacing_mm**2
     # softer beams (low kVp) give more bone contrast
     contrast = float(np.clip(1.0 + (70.0 - exposure.kvp) * 0.008, 0.8, 1.2))
-    primary = quanta * np.exp(np.clip(contrast * (reference - attenuation), -20.0, 4.0),
-                              dtype=np.float32)
+    primary = quanta * np.exp(
+        np.clip(contrast * (reference - attenuation), -20.0, 4.0), dtype=np.float32
+    )
     if exposure.collimation_mm is not None:
         # separable blurred shutter edges (penumbra ~1.5 mm), 2% leakage outside
         t, b, lft, r = (m / spacing_mm for m in exposure.collimation_mm)

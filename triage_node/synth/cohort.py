@@ -18,10 +18,34 @@ from triage_node.synth.vendors import VENDORS
 PROSTHESIS_RATE = 0.03  # per hip
 UNILATERAL_RATE = 0.04  # per image
 LABEL_COLUMNS = (
-    "file", "sop_instance_uid", "patient_id", "kind", "age", "sex", "weight", "height",
-    "weight_in_header", "height_in_header", "t_score", "label", "density_left", "density_right",
-    "vendor", "modality", "photometric", "bits_stored", "rows", "cols", "spacing_mm", "dose",
-    "kvp", "prosthesis_left", "prosthesis_right", "laterality", "mask_left", "mask_right",
+    "file",
+    "sop_instance_uid",
+    "patient_id",
+    "kind",
+    "age",
+    "sex",
+    "weight",
+    "height",
+    "weight_in_header",
+    "height_in_header",
+    "t_score",
+    "label",
+    "density_left",
+    "density_right",
+    "vendor",
+    "modality",
+    "photometric",
+    "bits_stored",
+    "rows",
+    "cols",
+    "spacing_mm",
+    "dose",
+    "kvp",
+    "prosthesis_left",
+    "prosthesis_right",
+    "laterality",
+    "mask_left",
+    "mask_right",
     "transfer_syntax",
 )
 
@@ -41,8 +65,10 @@ class CohortSummary:
         """One paragraph for the terminal."""
         auc = "n/a" if self.oracle_auc is None else f"{self.oracle_auc:.3f}"
         vend = ", ".join(f"{k} {v}" for k, v in sorted(self.vendors.items()))
-        return (f"synth: wrote {self.n} images to {self.out_dir} (osteoporosis "
-                f"{self.prevalence:.1%}; {vend}); oracle AUC {auc} {self.oracle_note}")
+        return (
+            f"synth: wrote {self.n} images to {self.out_dir} (osteoporosis "
+            f"{self.prevalence:.1%}; {vend}); oracle AUC {auc} {self.oracle_note}"
+        )
 
 
 def cohort_item_options(seed: int, index: int, vendors: Sequence[str]) -> dict[str, Any]:
@@ -82,8 +108,18 @@ def oracle_auc(rows: Sequence[dict[str, Any]], folds: int = 5) -> tuple[float | 
     y = np.array([int(r["label"]) for r in rows])
     if min(int(y.sum()), int(len(y) - y.sum())) < folds * 2:
         return None, f"(too few of one class for {folds}-fold CV)"
-    x = np.array([[float(r["density_left"]), float(r["density_right"]), float(r["age"]),
-                   float(r["sex"] == "M"), float(r["weight"])] for r in rows])
+    x = np.array(
+        [
+            [
+                float(r["density_left"]),
+                float(r["density_right"]),
+                float(r["age"]),
+                float(r["sex"] == "M"),
+                float(r["weight"]),
+            ]
+            for r in rows
+        ]
+    )
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     cv = StratifiedKFold(folds, shuffle=True, random_state=0)
     p = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]

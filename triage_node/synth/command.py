@@ -13,15 +13,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=100, help="number of images (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     parser.add_argument(
-        "--size", choices=("full", "small"), default="full",
+        "--size",
+        choices=("full", "small"),
+        default="full",
         help="full = real detector matrix (~2500 x 3000); small = ~512 x 640, same anatomy",
     )
     parser.add_argument(
-        "--prevalence", type=float, default=0.38,
+        "--prevalence",
+        type=float,
+        default=0.38,
         help="expected fraction with osteoporosis, T <= -2.5 (default 0.38)",
     )
     parser.add_argument(
-        "--vendor", action="extend", nargs="+", default=None, metavar="NAME",
+        "--vendor",
+        action="extend",
+        nargs="+",
+        default=None,
+        metavar="NAME",
         help="restrict to these vendor profiles (kestrel nordlys orion tamarind halvard "
         "vireo; default: all)",
     )
@@ -30,11 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--samples", type=Path, default=None, metavar="DIR",
+        "--samples",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="instead of a cohort, regenerate the committed sample set into DIR",
     )
     parser.add_argument(
-        "--contact-sheet", type=Path, default=None, metavar="PNG",
+        "--contact-sheet",
+        type=Path,
+        default=None,
+        metavar="PNG",
         help="instead of a cohort, write a 4 x 4 contact sheet of 16 images to PNG",
     )
 
@@ -78,8 +92,14 @@ def run(args: argparse.Namespace) -> int:
         from triage_node.synth.cohort import generate_cohort
 
         summary = generate_cohort(
-            args.out, args.n, seed=args.seed, size=args.size, prevalence=args.prevalence,
-            vendors=args.vendor, jobs=args.jobs, progress=not args.no_progress,
+            args.out,
+            args.n,
+            seed=args.seed,
+            size=args.size,
+            prevalence=args.prevalence,
+            vendors=args.vendor,
+            jobs=args.jobs,
+            progress=not args.no_progress,
         )
     except (OSError, RuntimeError, ValueError) as exc:
         print(f"synth: {exc}", file=sys.stderr)

@@ -36,22 +36,27 @@ def write_contact_sheet(
     tiles = []
     font = ImageFont.load_default(size=18)
     for i in range(16):
-        img = render_instance(seed * 1000 + i, size=size, vendor=names[i % len(names)],
-                              osteoporotic=(i % 2 == 0))
+        img = render_instance(
+            seed * 1000 + i, size=size, vendor=names[i % len(names)], osteoporotic=(i % 2 == 0)
+        )
         disp = display_pixels(img.dataset)
         if i == 0 and size == "full" and "R" in img.masks:
             rows, cols = np.nonzero(img.masks["R"])
-            crop = disp[max(rows.min() - 60, 0) : rows.max() + 60,
-                        max(cols.min() - 60, 0) : cols.max() + 60]
+            crop = disp[
+                max(rows.min() - 60, 0) : rows.max() + 60, max(cols.min() - 60, 0) : cols.max() + 60
+            ]
             out = Path(path)
             Image.fromarray(crop).save(out.with_name(out.stem + "_femur.png"))
         thumb = Image.fromarray(disp)
-        thumb = thumb.resize((THUMB_WIDTH, int(THUMB_WIDTH * thumb.height / thumb.width)),
-                             Image.Resampling.LANCZOS).crop((0, 0, THUMB_WIDTH, 390))
+        thumb = thumb.resize(
+            (THUMB_WIDTH, int(THUMB_WIDTH * thumb.height / thumb.width)), Image.Resampling.LANCZOS
+        ).crop((0, 0, THUMB_WIDTH, 390))
         r = img.row
-        text = (f"{r['vendor']} {r['photometric'][-1]}  T={r['t_score']:.1f} "
-                f"{'OP' if r['label'] else 'normal'}  dL={r['density_left']:.1f} "
-                f"dR={r['density_right']:.1f}")
+        text = (
+            f"{r['vendor']} {r['photometric'][-1]}  T={r['t_score']:.1f} "
+            f"{'OP' if r['label'] else 'normal'}  dL={r['density_left']:.1f} "
+            f"dR={r['density_right']:.1f}"
+        )
         draw = ImageDraw.Draw(thumb)
         draw.rectangle((0, 366, THUMB_WIDTH, 390), fill=0)
         draw.text((4, 368), text, fill=255, font=font)

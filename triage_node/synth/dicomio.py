@@ -29,8 +29,24 @@ from triage_node.synth.vendors import VendorProfile
 UID_ROOT = "triage-node-synth"
 BASE_DATE = dt.date(2024, 1, 8)
 SYNTHETIC_NOTE = "SYNTHETIC IMAGE - NOT A PATIENT"
-GIVEN_NAMES = ("ADA", "BEA", "CORA", "DORA", "EDDA", "FAYE", "GRETA", "HILDE", "INES", "JUNO",
-               "KAI", "LEO", "MILO", "NILS", "OTTO", "PER")
+GIVEN_NAMES = (
+    "ADA",
+    "BEA",
+    "CORA",
+    "DORA",
+    "EDDA",
+    "FAYE",
+    "GRETA",
+    "HILDE",
+    "INES",
+    "JUNO",
+    "KAI",
+    "LEO",
+    "MILO",
+    "NILS",
+    "OTTO",
+    "PER",
+)
 
 
 @dataclass(frozen=True)
@@ -63,9 +79,19 @@ def derive_uid(*parts: object) -> str:
     return f"2.25.{int.from_bytes(digest[:16], 'big')}"
 
 
-def draw_header(rng: np.random.Generator, key: tuple[object, ...], sex: str, age: float,
-                weight: float, height: float, body_part: str, view: str,
-                laterality: str | None, kvp: float, dose: float) -> Header:
+def draw_header(
+    rng: np.random.Generator,
+    key: tuple[object, ...],
+    sex: str,
+    age: float,
+    weight: float,
+    height: float,
+    body_part: str,
+    view: str,
+    laterality: str | None,
+    kvp: float,
+    dose: float,
+) -> Header:
     """Header facts for one image, all derived from ``rng`` and ``key`` (no wall clock)."""
     study_date = BASE_DATE + dt.timedelta(days=int(rng.integers(0, 700)))
     seconds = int(rng.integers(7 * 3600, 19 * 3600))
@@ -99,8 +125,9 @@ def _code(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
-def build_dataset(pixels: np.ndarray, spacing_mm: float, profile: VendorProfile,
-                  header: Header) -> Dataset:
+def build_dataset(
+    pixels: np.ndarray, spacing_mm: float, profile: VendorProfile, header: Header
+) -> Dataset:
     """The complete dataset (uncompressed, Explicit VR Little Endian) for ``pixels``."""
     h = header
     ds = Dataset()
@@ -113,8 +140,9 @@ def build_dataset(pixels: np.ndarray, spacing_mm: float, profile: VendorProfile,
     ds.file_meta = meta
 
     ds.SpecificCharacterSet = "ISO_IR 192" if profile.header_style == "full" else "ISO_IR 100"
-    ds.ImageType = ["ORIGINAL", "PRIMARY"] if profile.modality == "CR" else [
-        "ORIGINAL", "PRIMARY", ""]
+    ds.ImageType = (
+        ["ORIGINAL", "PRIMARY"] if profile.modality == "CR" else ["ORIGINAL", "PRIMARY", ""]
+    )
     ds.SOPClassUID = profile.sop_class_uid
     ds.SOPInstanceUID = h.sop_uid
     date = h.study_date.strftime("%Y%m%d")
@@ -183,15 +211,20 @@ def build_dataset(pixels: np.ndarray, spacing_mm: float, profile: VendorProfile,
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.PixelIntensityRelationship = "LOG"
         ds.PixelIntensityRelationshipSign = 1 if profile.photometric == "MONOCHROME2" else -1
-        ds.PresentationLUTShape = "IDENTITY" if profile.photometric == "MONOCHROME2" else (
-            "INVERSE")
+        ds.PresentationLUTShape = (
+            "IDENTITY" if profile.photometric == "MONOCHROME2" else ("INVERSE")
+        )
         ds.DetectorType = "SCINTILLATOR"
         ds.AcquisitionContextSequence = Sequence()
-        view = {"AP": ("399348003", "antero-posterior"),
-                "PA": ("399300004", "postero-anterior")}[h.view_position]
+        view = {"AP": ("399348003", "antero-posterior"), "PA": ("399300004", "postero-anterior")}[
+            h.view_position
+        ]
         ds.ViewCodeSequence = Sequence([_code(view[0], "SCT", view[1])])
-        anatomy = {"HIP": ("24136001", "Hip joint"), "PELVIS": ("12921003", "Pelvis"),
-                   "CHEST": ("43799004", "Chest")}[h.body_part]
+        anatomy = {
+            "HIP": ("24136001", "Hip joint"),
+            "PELVIS": ("12921003", "Pelvis"),
+            "CHEST": ("43799004", "Chest"),
+        }[h.body_part]
         ds.AnatomicRegionSequence = Sequence([_code(anatomy[0], "SCT", anatomy[1])])
         ds.PositionerType = ""
         ds.PositionReferenceIndicator = ""
@@ -214,19 +247,26 @@ def encode(ds: Dataset, transfer_syntax: str) -> Dataset:
         return ds
     if transfer_syntax == JPEGLosslessSV1:
         return _dcmtk_compress(ds, ["dcmcjpeg", "--encode-lossless-sv1"])
-    raise ValueError(f"unsupported transfer syntax {transfer_syntax} "
-                     f"(SOP Instance UID {ds.SOPInstanceUID})")
+    raise ValueError(
+        f"unsupported transfer syntax {transfer_syntax} (SOP Instance UID {ds.SOPInstanceUID})"
+    )
 
 
 def _dcmtk_compress(ds: Dataset, command: list[str]) -> Dataset:
     with tempfile.TemporaryDirectory(prefix="synth-") as tmp:
         src, dst = Path(tmp, "in.dcm"), Path(tmp, "out.dcm")
         ds.save_as(src, enforce_file_format=True)
-        proc = subprocess.run([*command, "--uid-never", str(src), str(dst)],
-                              capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"})
+        proc = subprocess.run(
+            [*command, "--uid-never", str(src), str(dst)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "LC_ALL": "C"},
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"{command[0]} failed for SOP Instance UID {ds.SOPInstanceUID}: "
-                               f"{proc.stderr.strip()[:300]}")
+            raise RuntimeError(
+                f"{command[0]} failed for SOP Instance UID {ds.SOPInstanceUID}: "
+                f"{proc.stderr.strip()[:300]}"
+            )
         out = pydicom.dcmread(dst)
     # dcmtk adds its own implementation UID/derivation notes; keep ours for reproducibility
     out.file_meta.ImplementationClassUID = ds.file_meta.ImplementationClassUID

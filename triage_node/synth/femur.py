@@ -143,8 +143,12 @@ def outline_points(shape: FemurShape, prosthesis: bool = False) -> np.ndarray:
     pts = [np.stack([(s.head_radius + pad) * np.cos(t), (s.head_radius + pad) * np.sin(t)], 1)]
     for centre, a, b, angle in (
         (junction + np.array([13.0, -17.0]) * ts, 15.0 * ts, 25.0 * ts, -12.0),
-        (junction + sdir * 36.0 * ts - np.array([s.shaft_radius - 3.0, 0.0]), 9.0 * ts,
-         12.5 * ts, 25.0),
+        (
+            junction + sdir * 36.0 * ts - np.array([s.shaft_radius - 3.0, 0.0]),
+            9.0 * ts,
+            12.5 * ts,
+            25.0,
+        ),
     ):
         ca, sa = np.cos(np.radians(angle)), np.sin(np.radians(angle))
         x, y = (a + pad) * np.cos(t), (b + pad) * np.sin(t)
@@ -201,9 +205,7 @@ def render_femur(
     w = np.exp(-(parts - parts.min(axis=0)) / 3.0)
     w /= w.sum(axis=0)
     wh, wn, ws, wg, wl = w
-    radius = (
-        wh * s.head_radius + wn * r_neck + ws * s.shaft_radius + wg * 17.0 * ts + wl * 9.0 * ts
-    )
+    radius = wh * s.head_radius + wn * r_neck + ws * s.shaft_radius + wg * 17.0 * ts + wl * 9.0 * ts
 
     # --- cortical thickness: density acts here first (cortical thickness index)
     along_shaft = (u - junction[0]) * sdir[0] + (v - junction[1]) * sdir[1]  # mm below junction
@@ -224,8 +226,18 @@ def render_femur(
     if rows.size:
         box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
         texture[box] = _trabecular_texture(
-            u[box], v[box], s, float(density), rng, pixel_mm, head, junction, sdir, nperp,
-            d_gt[box], along_shaft[box],
+            u[box],
+            v[box],
+            s,
+            float(density),
+            rng,
+            pixel_mm,
+            head,
+            junction,
+            sdir,
+            nperp,
+            d_gt[box],
+            along_shaft[box],
         )
     canal = _sigmoid((along_shaft - 55.0) / 10.0)  # medullary canal: marrow, few trabeculae
     texture = texture * (1.0 - 0.85 * canal)
@@ -270,8 +282,9 @@ def _add_prosthesis(u, v, inner, cortical_path, junction, sdir, ndir, s):
     return bone + MU_METAL * metal, metal
 
 
-def _trabecular_texture(u, v, s, rho, rng, pixel_mm, head, junction, sdir, nperp, d_gt,
-                        along_shaft):
+def _trabecular_texture(
+    u, v, s, rho, rng, pixel_mm, head, junction, sdir, nperp, d_gt, along_shaft
+):
     """Trabecular volume fraction seen in projection (about 0-1.5), Singh-graded by ``rho``."""
     ts = s.trochanter_scale
     phase = smooth_noise(rng, u.shape, pixel_mm, 2.5) * 0.45
@@ -292,8 +305,7 @@ def _trabecular_texture(u, v, s, rho, rng, pixel_mm, head, junction, sdir, nperp
     hr = s.head_radius
     # principal compressive: from the head dome down onto the calcar (fan)
     f_pc = _p([-0.15 * hr, 3.4 * hr])
-    reg_pc = _sigmoid(-_ellipse_sdf(u, v, _p([0.1 * hr, 0.55 * hr]), 0.85 * hr, 1.6 * hr, 0)
-                      / 3.0)
+    reg_pc = _sigmoid(-_ellipse_sdf(u, v, _p([0.1 * hr, 0.55 * hr]), 0.85 * hr, 1.6 * hr, 0) / 3.0)
     # principal tensile: arcs from the lateral cortex over the neck into the inferior head
     c_pt = junction + _p([-0.25 * s.neck_length, 1.25 * s.neck_length])
     r_pt = float(np.sqrt(((head + _p([0.0, 0.3 * hr]) - c_pt) ** 2).sum()))
@@ -306,8 +318,9 @@ def _trabecular_texture(u, v, s, rho, rng, pixel_mm, head, junction, sdir, nperp
     # secondary tensile: lower arcs from the lateral cortex towards mid-neck
     c_st = junction + _p([-30.0, 55.0])
     rr2 = arc_psi(c_st)
-    reg_st = (_sigmoid(-_ellipse_sdf(u, v, junction + _p([6.0, 14.0]), 18.0, 16.0, 0) / 3.0)
-              * _sigmoid((float(c_st[1]) - v) / 5.0))
+    reg_st = _sigmoid(
+        -_ellipse_sdf(u, v, junction + _p([6.0, 14.0]), 18.0, 16.0, 0) / 3.0
+    ) * _sigmoid((float(c_st[1]) - v) / 5.0)
     # greater trochanter group
     f_gt = junction + _p([13.0, -17.0]) * ts + _p([-6.0, 45.0])
     reg_gt = _sigmoid(-d_gt / 2.0)

@@ -59,8 +59,9 @@ def render_instance(
         raise ValueError(f"laterality must be None, 'L' or 'R', got {laterality!r}")
     key: tuple[int, ...] = (int(seed),) if index is None else (int(seed), int(index))
     rng = np.random.default_rng(key)
-    profile: VendorProfile = VENDORS[vendor] if vendor else VENDORS[
-        sorted(VENDORS)[int(rng.integers(len(VENDORS)))]]
+    profile: VendorProfile = (
+        VENDORS[vendor] if vendor else VENDORS[sorted(VENDORS)[int(rng.integers(len(VENDORS)))]]
+    )
     if vendor and vendor not in VENDORS:
         raise ValueError(f"unknown vendor {vendor!r}; known: {sorted(VENDORS)}")
     rows, cols, spacing = matrix(profile, size)
@@ -72,8 +73,15 @@ def render_instance(
     masks: dict[str, np.ndarray] = {}
     geom = None
     if kind == "hip":
-        geom = scene.draw_geometry(render_rng, grid, subject.sex, subject.weight_kg,
-                                   subject.height_cm, prosthesis, laterality)
+        geom = scene.draw_geometry(
+            render_rng,
+            grid,
+            subject.sex,
+            subject.weight_kg,
+            subject.height_cm,
+            prosthesis,
+            laterality,
+        )
         step = max(PELVIS_STEP_MM, spacing)
         coarse = scene.render_pelvis(grid, geom, render_rng, step)
         density = {"R": subject.density_right, "L": subject.density_left}
@@ -117,16 +125,32 @@ def render_instance(
     exposure = acquisition.draw_exposure(render_rng, thickness, keep_clear)
     if kind == "blank":  # an open, empty field: nothing but detector noise
         exposure = dataclasses.replace(exposure, collimation_mm=None)
-    log_signal = acquisition.expose(att, spacing, profile, exposure, render_rng,
-                                    profile.spacing_mm,
-                                    acquisition.scatter_block(metal, lead, scene.MU_LEAD_MARKER))
+    log_signal = acquisition.expose(
+        att,
+        spacing,
+        profile,
+        exposure,
+        render_rng,
+        profile.spacing_mm,
+        acquisition.scatter_block(metal, lead, scene.MU_LEAD_MARKER),
+    )
     pixels = acquisition.process(log_signal, spacing, profile, exposure, metal)
 
-    body_part = {"chest": "CHEST"}.get(kind, "HIP" if laterality else (
-        "PELVIS" if rng.random() < 0.5 else "HIP"))
+    body_part = {"chest": "CHEST"}.get(
+        kind, "HIP" if laterality else ("PELVIS" if rng.random() < 0.5 else "HIP")
+    )
     header = dicomio.draw_header(
-        rng, ("instance", *key), subject.sex, subject.age, subject.weight_kg, subject.height_cm,
-        body_part, "PA" if kind == "chest" else "AP", laterality, exposure.kvp, exposure.dose,
+        rng,
+        ("instance", *key),
+        subject.sex,
+        subject.age,
+        subject.weight_kg,
+        subject.height_cm,
+        body_part,
+        "PA" if kind == "chest" else "AP",
+        laterality,
+        exposure.kvp,
+        exposure.dose,
     )
     ds = dicomio.build_dataset(pixels, spacing, profile, header)
     ts = transfer_syntax or profile.transfer_syntax
@@ -177,6 +201,12 @@ def make_instance(
 ) -> Dataset:
     """One synthetic image as a pydicom Dataset (see ``render_instance`` for the truth)."""
     return render_instance(
-        seed, size=size, kind=kind, vendor=vendor, osteoporotic=osteoporotic,
-        prosthesis=prosthesis, laterality=laterality, transfer_syntax=transfer_syntax,
+        seed,
+        size=size,
+        kind=kind,
+        vendor=vendor,
+        osteoporotic=osteoporotic,
+        prosthesis=prosthesis,
+        laterality=laterality,
+        transfer_syntax=transfer_syntax,
     ).dataset

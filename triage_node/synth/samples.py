@@ -43,8 +43,7 @@ def write_samples(out_dir: str | Path) -> list[Path]:
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{stem}_femur_{side}.png")
         rows.append({"file": path.name, **image.row})
         if i == 0:
-            Image.fromarray(display_pixels(image.dataset)).save(out / "preview.png",
-                                                                optimize=True)
+            Image.fromarray(display_pixels(image.dataset)).save(out / "preview.png", optimize=True)
     with open(out / "labels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -133,8 +133,12 @@ def femur_extent(geom: HipGeometry, side: str) -> tuple[float, float, float, flo
 def femurs_extent(geom: HipGeometry) -> tuple[float, float, float, float]:
     """Bounding box (x0, x1, y0, y1) in image mm of the femurs the image must show."""
     boxes = np.array([femur_extent(geom, side) for side in geom.present])
-    return (float(boxes[:, 0].min()), float(boxes[:, 1].max()), float(boxes[:, 2].min()),
-            float(boxes[:, 3].max()))
+    return (
+        float(boxes[:, 0].min()),
+        float(boxes[:, 1].max()),
+        float(boxes[:, 2].min()),
+        float(boxes[:, 3].max()),
+    )
 
 
 def _centre_femurs(grid: Grid, geom: HipGeometry, margin: float) -> None:
@@ -456,8 +460,14 @@ def marker(shape: tuple[int, int], spacing: float, letter: str, at_left: bool) -
     size = max(8, int(14.0 / spacing))
     img = Image.new("L", (size * 2, size * 2), 0)
     font = ImageFont.load_default(size=size)
-    ImageDraw.Draw(img).text((size // 3, size // 6), letter, fill=255, font=font,
-                             stroke_width=max(1, size // 10), stroke_fill=255)
+    ImageDraw.Draw(img).text(
+        (size // 3, size // 6),
+        letter,
+        fill=255,
+        font=font,
+        stroke_width=max(1, size // 10),
+        stroke_fill=255,
+    )
     stamp = np.asarray(img, np.float32) / 255.0 * MU_LEAD_MARKER
     out = np.zeros(shape, np.float32)
     r0 = int(25.0 / spacing)

@@ -33,8 +33,9 @@ class RetryLater(Exception):
     needed (no model installed yet) instead of failing after ``max_attempts``.
     """
 
-    def __init__(self, message: str, *, delay: float | None = None,
-                 count_attempt: bool = True) -> None:
+    def __init__(
+        self, message: str, *, delay: float | None = None, count_attempt: bool = True
+    ) -> None:
         super().__init__(message)
         self.delay = delay
         self.count_attempt = count_attempt
@@ -73,8 +74,7 @@ class JobHandler(Protocol):
         """Do the job and commit its results with ``finish_job``; return a short outcome."""
         ...
 
-    def on_failure(self, session: Session, job: ClaimedJob, new_state: str,
-                   error: str) -> None:
+    def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
         """Update the job's rows (in the failing transaction); new_state is queued or failed."""
         ...
 

@@ -79,18 +79,22 @@ class DeliverHandler:
         for d in self.settings.destinations:
             if d.name == name:
                 return d
-        raise PermanentFailure(f"job {job.id}: destination {name!r} is not configured "
-                               "([[destinations]] name)")
+        raise PermanentFailure(
+            f"job {job.id}: destination {name!r} is not configured ([[destinations]] name)"
+        )
 
     def _pending(self, session: Session, job: ClaimedJob, destination: str) -> list[_Pending]:
         rows = session.execute(
             select(Delivery.id, Result.sop_instance_uid, Result.path)
             .join(Result, Result.id == Delivery.result_id)
-            .where(Result.study_id == job.study_id,
-                   Result.report_version == int(job.payload.get("report_version", 0)),
-                   Delivery.destination == destination,
-                   Delivery.state != DeliveryState.DELIVERED.value)
-            .order_by(Result.id)).all()
+            .where(
+                Result.study_id == job.study_id,
+                Result.report_version == int(job.payload.get("report_version", 0)),
+                Delivery.destination == destination,
+                Delivery.state != DeliveryState.DELIVERED.value,
+            )
+            .order_by(Result.id)
+        ).all()
         return [_Pending(i, uid, path) for i, uid, path in rows]
 
     def _backoff(self, job: ClaimedJob) -> float:
@@ -109,17 +113,20 @@ class DeliverHandler:
             if not (self.settings.spool_dir / p.path).is_file():
                 raise PermanentFailure(
                     f"result {p.sop_instance_uid}: spool file {p.path} is missing "
-                    "(removed by retention?)")
+                    "(removed by retention?)"
+                )
         size = self.settings.deliver.batch_size
         refused: list[StoreOutcome] = []
         sent = 0
         for start in range(0, len(pending), size):
             ctx.checkpoint()
-            batch = pending[start:start + size]
+            batch = pending[start : start + size]
             try:
-                outcomes = send_objects(destination,
-                                        [self.settings.spool_dir / p.path for p in batch],
-                                        settings=self.settings)
+                outcomes = send_objects(
+                    destination,
+                    [self.settings.spool_dir / p.path for p in batch],
+                    settings=self.settings,
+                )
             except DestinationUnavailable as exc:
                 self._record(ctx, batch, exc.results, error=str(exc))
                 raise RetryLater(str(exc), delay=self._backoff(job)) from exc
@@ -129,14 +136,20 @@ class DeliverHandler:
             sent += sum(1 for o in outcomes if o.stored)
             refused += [o for o in outcomes if not o.stored]
         if refused:
-            listed = ", ".join(f"{o.sop_instance_uid} status 0x{o.status:04X}"
-                               for o in refused[:5])
-            raise RetryLater(f"destination {destination.name!r}: {len(refused)} object(s) "
-                             f"refused: {listed}", delay=self._backoff(job))
+            listed = ", ".join(f"{o.sop_instance_uid} status 0x{o.status:04X}" for o in refused[:5])
+            raise RetryLater(
+                f"destination {destination.name!r}: {len(refused)} object(s) refused: {listed}",
+                delay=self._backoff(job),
+            )
         return self._finish(ctx, f"{sent} object(s) stored at {destination.name!r}")
 
-    def _record(self, ctx: JobContext, batch: list[_Pending], outcomes: list[StoreOutcome],
-                error: str | None = None) -> None:
+    def _record(
+        self,
+        ctx: JobContext,
+        batch: list[_Pending],
+        outcomes: list[StoreOutcome],
+        error: str | None = None,
+    ) -> None:
         """Each object's C-STORE outcome on its delivery row (objects without one: error)."""
         by_uid = {o.sop_instance_uid: o for o in outcomes}
         now = utcnow()
@@ -164,14 +177,18 @@ class DeliverHandler:
                     delivered += 1
                 else:
                     row.state = DeliveryState.RETRYING.value
-                    row.last_error = (f"C-STORE status 0x{outcome.status:04X} "
-                                      f"({outcome.category})")
+                    row.last_error = f"C-STORE status 0x{outcome.status:04X} ({outcome.category})"
                 # The audit trail: every object sent, where, and what the peer answered.
-                add_event(session, "object_sent", job_id=ctx.job.id,
-                          sop_instance_uid=p.sop_instance_uid,
-                          study_instance_uid=study_uid, state=row.state,
-                          message=f"{destination}: C-STORE status 0x{outcome.status:04X}",
-                          data={"destination": destination, "status": outcome.status})
+                add_event(
+                    session,
+                    "object_sent",
+                    job_id=ctx.job.id,
+                    sop_instance_uid=p.sop_instance_uid,
+                    study_instance_uid=study_uid,
+                    state=row.state,
+                    message=f"{destination}: C-STORE status 0x{outcome.status:04X}",
+                    data={"destination": destination, "status": outcome.status},
+                )
         metrics.record_results(destination, "delivered", delivered)
 
     def _finish(self, ctx: JobContext, outcome: str) -> str:
@@ -180,15 +197,23 @@ class DeliverHandler:
             study = session.get(Study, ctx.job.study_id)
             if study is not None:
                 state = rollup_delivery(session, study)
-                add_event(session, "study_delivered", job_id=ctx.job.id,
-                          study_instance_uid=study.study_instance_uid, state=state,
-                          message=outcome, data={**ctx.job.payload})
-                first_received = _first_received(session, study,
-                                                 int(ctx.job.payload.get("report_version", 0)))
+                add_event(
+                    session,
+                    "study_delivered",
+                    job_id=ctx.job.id,
+                    study_instance_uid=study.study_instance_uid,
+                    state=state,
+                    message=outcome,
+                    data={**ctx.job.payload},
+                )
+                first_received = _first_received(
+                    session, study, int(ctx.job.payload.get("report_version", 0))
+                )
             finish_job(session, ctx.job, outcome)
         if first_received is not None:
-            metrics.observe_end_to_end(str(ctx.job.payload.get("destination")),
-                                       (utcnow() - first_received).total_seconds())
+            metrics.observe_end_to_end(
+                str(ctx.job.payload.get("destination")), (utcnow() - first_received).total_seconds()
+            )
         return outcome
 
     def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
@@ -197,11 +222,15 @@ class DeliverHandler:
         name = str(job.payload.get("destination"))
         left = 0
         for row in session.scalars(
-                select(Delivery).join(Result, Result.id == Delivery.result_id)
-                .where(Result.study_id == job.study_id,
-                       Result.report_version == int(job.payload.get("report_version", 0)),
-                       Delivery.destination == name,
-                       Delivery.state != DeliveryState.DELIVERED.value)).all():
+            select(Delivery)
+            .join(Result, Result.id == Delivery.result_id)
+            .where(
+                Result.study_id == job.study_id,
+                Result.report_version == int(job.payload.get("report_version", 0)),
+                Delivery.destination == name,
+                Delivery.state != DeliveryState.DELIVERED.value,
+            )
+        ).all():
             row.state = (DeliveryState.FAILED if final else DeliveryState.RETRYING).value
             row.last_error = row.last_error or error[:2000]
             row.updated_at = utcnow()
@@ -212,9 +241,15 @@ class DeliverHandler:
         if study is None:
             return
         state = rollup_delivery(session, study, last_error=error)
-        add_event(session, "delivery_failed" if final else "delivery_retry", job_id=job.id,
-                  study_instance_uid=study.study_instance_uid, state=state,
-                  message=f"{name}: {error[:500]}", data={**job.payload})
+        add_event(
+            session,
+            "delivery_failed" if final else "delivery_retry",
+            job_id=job.id,
+            study_instance_uid=study.study_instance_uid,
+            state=state,
+            message=f"{name}: {error[:500]}",
+            data={**job.payload},
+        )
 
     def on_release(self, session: Session, job: ClaimedJob) -> None:
         """Nothing to undo: delivered rows stay delivered, the rest is sent by the next run."""
@@ -222,8 +257,11 @@ class DeliverHandler:
 
 def _first_received(session: Session, study: Study, report_version: int) -> dt.datetime | None:
     """When the first instance behind this report version arrived (end-to-end latency start)."""
-    first = session.scalar(select(func.min(Instance.received_at)).where(
-        Instance.study_id == study.id, Instance.report_version == report_version))
+    first = session.scalar(
+        select(func.min(Instance.received_at)).where(
+            Instance.study_id == study.id, Instance.report_version == report_version
+        )
+    )
     if first is None:
         return study.created_at
     return first if first.tzinfo is not None else first.replace(tzinfo=dt.UTC)

@@ -85,12 +85,18 @@ def content_datetime_for(study: Study) -> dt.datetime | None:
 
 
 def _reported_instances(session: Session, study_id: int, version: int) -> list[Instance]:
-    return list(session.scalars(
-        select(Instance).where(Instance.study_id == study_id,
-                               Instance.report_version.is_not(None),
-                               Instance.report_version <= version,
-                               Instance.state.in_(REPORTED_STATES))
-        .order_by(Instance.id)).all())
+    return list(
+        session.scalars(
+            select(Instance)
+            .where(
+                Instance.study_id == study_id,
+                Instance.report_version.is_not(None),
+                Instance.report_version <= version,
+                Instance.state.in_(REPORTED_STATES),
+            )
+            .order_by(Instance.id)
+        ).all()
+    )
 
 
 def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceImage]:
@@ -116,10 +122,14 @@ def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceIm
         except FileNotFoundError:
             raise PermanentFailure(f"{where}: spool file {inst.path} is missing") from None
         except Exception as exc:
-            raise PermanentFailure(f"{where}: spool file {inst.path} is not readable: "
-                                   f"{type(exc).__name__}: {exc}") from None
-        cam_file = settings.spool_dir / inst.result["cam_path"] if inst.result and \
-            inst.result.get("cam_path") else cam_path_for(path)
+            raise PermanentFailure(
+                f"{where}: spool file {inst.path} is not readable: {type(exc).__name__}: {exc}"
+            ) from None
+        cam_file = (
+            settings.spool_dir / inst.result["cam_path"]
+            if inst.result and inst.result.get("cam_path")
+            else cam_path_for(path)
+        )
         try:
             cams = load_cams(cam_file) if scored else None
         except (OSError, ValueError) as exc:
@@ -150,8 +160,13 @@ class ReportHandler:
         if version < 1:
             raise PermanentFailure(f"job {job.id}: no report_version in the payload")
         if not instances:
-            return self._finish(ctx, study_id, version, [], "nothing to report: no scored or "
-                                "not-assessable instance")
+            return self._finish(
+                ctx,
+                study_id,
+                version,
+                [],
+                "nothing to report: no scored or not-assessable instance",
+            )
 
         sources = load_sources(self.settings, instances)
         ctx.checkpoint()
@@ -164,60 +179,100 @@ class ReportHandler:
         for item in built:
             ds = item.dataset
             rel = result_path(study_uid, version, ds.SOPInstanceUID)
-            size = write_result_file(ds, self.settings.spool_dir / rel,
-                                     fsync=self.settings.receive.fsync)
-            written.append({"kind": item.kind, "sop_instance_uid": str(ds.SOPInstanceUID),
-                            "sop_class_uid": str(ds.SOPClassUID),
-                            "series_instance_uid": str(ds.SeriesInstanceUID),
-                            "source_instance_id": item.source_instance_id,
-                            "path": rel, "size_bytes": size})
+            size = write_result_file(
+                ds, self.settings.spool_dir / rel, fsync=self.settings.receive.fsync
+            )
+            written.append(
+                {
+                    "kind": item.kind,
+                    "sop_instance_uid": str(ds.SOPInstanceUID),
+                    "sop_class_uid": str(ds.SOPClassUID),
+                    "series_instance_uid": str(ds.SeriesInstanceUID),
+                    "source_instance_id": item.source_instance_id,
+                    "path": rel,
+                    "size_bytes": size,
+                }
+            )
         n_sc = sum(1 for w in written if w["kind"] == "SC")
-        return self._finish(ctx, study_id, version, written,
-                            f"report v{version}: SR + {n_sc} heatmap(s)")
+        return self._finish(
+            ctx, study_id, version, written, f"report v{version}: SR + {n_sc} heatmap(s)"
+        )
 
-    def _finish(self, ctx: JobContext, study_id: int, version: int,
-                written: list[dict[str, Any]], outcome: str) -> str:
+    def _finish(
+        self,
+        ctx: JobContext,
+        study_id: int,
+        version: int,
+        written: list[dict[str, Any]],
+        outcome: str,
+    ) -> str:
         destinations = [d.name for d in self.settings.destinations]
         now = utcnow()
         with ctx.store.write() as session:
             study = self._study(session, ctx.job)
             for w in written:
-                result = session.scalars(select(Result).where(
-                    Result.sop_instance_uid == w["sop_instance_uid"])).first()
+                result = session.scalars(
+                    select(Result).where(Result.sop_instance_uid == w["sop_instance_uid"])
+                ).first()
                 if result is None:
-                    result = Result(study_id=study_id, report_version=version, created_at=now,
-                                    **w)
+                    result = Result(study_id=study_id, report_version=version, created_at=now, **w)
                     session.add(result)
                     session.flush()
                 for name in destinations:
-                    if session.scalars(select(Delivery.id).where(
-                            Delivery.result_id == result.id,
-                            Delivery.destination == name)).first() is None:
-                        session.add(Delivery(result_id=result.id, destination=name,
-                                             state=DeliveryState.PENDING.value, attempts=0,
-                                             updated_at=now))
+                    if (
+                        session.scalars(
+                            select(Delivery.id).where(
+                                Delivery.result_id == result.id, Delivery.destination == name
+                            )
+                        ).first()
+                        is None
+                    ):
+                        session.add(
+                            Delivery(
+                                result_id=result.id,
+                                destination=name,
+                                state=DeliveryState.PENDING.value,
+                                attempts=0,
+                                updated_at=now,
+                            )
+                        )
             session.flush()
             if written:
                 for name in destinations:
-                    enqueue_once(session, JobKind.DELIVER.value,
-                                 deliver_dedup_key(study_id, version, name),
-                                 study_id=study_id,
-                                 payload={"destination": name, "report_version": version},
-                                 max_attempts=self.settings.deliver.max_attempts)
+                    enqueue_once(
+                        session,
+                        JobKind.DELIVER.value,
+                        deliver_dedup_key(study_id, version, name),
+                        study_id=study_id,
+                        payload={"destination": name, "report_version": version},
+                        max_attempts=self.settings.deliver.max_attempts,
+                    )
             if study.report_version == version:
                 study.state = StudyState.REPORTED.value
                 study.last_error = None
                 if written:
                     rollup_delivery(session, study)
             study.updated_at = now
-            add_event(session, "study_reported", job_id=ctx.job.id,
-                      study_instance_uid=study.study_instance_uid, state=study.state,
-                      message=outcome + (f"; delivery to {', '.join(destinations)} queued"
-                                         if written and destinations else ""),
-                      data={"report_version": version,
-                            "objects": [{"kind": w["kind"],
-                                         "sop_instance_uid": w["sop_instance_uid"]}
-                                        for w in written]})
+            add_event(
+                session,
+                "study_reported",
+                job_id=ctx.job.id,
+                study_instance_uid=study.study_instance_uid,
+                state=study.state,
+                message=outcome
+                + (
+                    f"; delivery to {', '.join(destinations)} queued"
+                    if written and destinations
+                    else ""
+                ),
+                data={
+                    "report_version": version,
+                    "objects": [
+                        {"kind": w["kind"], "sop_instance_uid": w["sop_instance_uid"]}
+                        for w in written
+                    ],
+                },
+            )
             finish_job(session, ctx.job, outcome)
         return outcome
 
@@ -237,10 +292,14 @@ class ReportHandler:
         study.updated_at = utcnow()
         if new_state == JobState.FAILED.value:
             study.state = StudyState.REPORT_FAILED.value
-        add_event(session, "study_report_failed" if new_state == JobState.FAILED.value
-                  else "study_report_retry", job_id=job.id,
-                  study_instance_uid=study.study_instance_uid, state=study.state,
-                  message=error[:500])
+        add_event(
+            session,
+            "study_report_failed" if new_state == JobState.FAILED.value else "study_report_retry",
+            job_id=job.id,
+            study_instance_uid=study.study_instance_uid,
+            state=study.state,
+            message=error[:500],
+        )
 
     def on_release(self, session: Session, job: ClaimedJob) -> None:
         """Nothing to undo: files written so far are overwritten by the re-run."""

@@ -78,9 +78,14 @@ class ModelCache:
                 log.warning("model unavailable: %s", exc, extra={"failures": self._failures})
                 raise
             self._failures = 0
-            log.info("model loaded", extra={"model_name": self._model.name,
-                                            "model_version": self._model.version,
-                                            "synthetic_model": self._model.synthetic})
+            log.info(
+                "model loaded",
+                extra={
+                    "model_name": self._model.name,
+                    "model_version": self._model.version,
+                    "synthetic_model": self._model.synthetic,
+                },
+            )
             return self._model
 
     def wait_seconds(self) -> float:
@@ -138,7 +143,8 @@ class ScoreHandler:
         except Exception as exc:
             raise PermanentFailure(
                 f"spool file {_rel(path, self.settings)} is not readable DICOM: "
-                f"{type(exc).__name__}: {exc}") from exc
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         try:
             decoded = decode_facts(ds)
         except NotScorable as exc:
@@ -150,8 +156,9 @@ class ScoreHandler:
         try:
             model = self.models.get()
         except ModelUnavailable as exc:
-            raise RetryLater(f"model unavailable: {exc}", delay=self.models.wait_seconds(),
-                             count_attempt=False) from exc
+            raise RetryLater(
+                f"model unavailable: {exc}", delay=self.models.wait_seconds(), count_attempt=False
+            ) from exc
         ctx.checkpoint()
         try:
             assessment = model.assess(ds)
@@ -166,7 +173,8 @@ class ScoreHandler:
                 raise PermanentFailure(f"model gave unusable CAMs: {exc}") from exc
             cam_path = _rel(cam_file, self.settings)
             assessment = dataclasses.replace(
-                assessment, extra={k: v for k, v in assessment.extra.items() if k != "cam"})
+                assessment, extra={k: v for k, v in assessment.extra.items() if k != "cam"}
+            )
 
         with ctx.store.write() as session:
             inst = self._instance(session, job)
@@ -187,9 +195,17 @@ class ScoreHandler:
                 inst.reason = assessment.not_assessable_reason
                 outcome = f"not assessable: {inst.reason}"
             inst.updated_at = utcnow()
-            _instance_event(session, inst, f"instance_{inst.state}", job, outcome,
-                            data={"probability": assessment.probability,
-                                  "model_version": assessment.model_version})
+            _instance_event(
+                session,
+                inst,
+                f"instance_{inst.state}",
+                job,
+                outcome,
+                data={
+                    "probability": assessment.probability,
+                    "model_version": assessment.model_version,
+                },
+            )
             instance_finished(session, inst)
             finish_job(session, job, outcome)
             final_state = inst.state
@@ -203,12 +219,12 @@ class ScoreHandler:
             if inst.state != InstanceState.SCORING.value:
                 inst.state = InstanceState.SCORING.value
                 inst.updated_at = utcnow()
-                _instance_event(session, inst, "instance_scoring", ctx.job,
-                                f"attempt {ctx.job.attempts}")
+                _instance_event(
+                    session, inst, "instance_scoring", ctx.job, f"attempt {ctx.job.attempts}"
+                )
         return ref
 
-    def _record_decoded(self, ctx: JobContext, ref: _InstanceRef,
-                        decoded: dict[str, Any]) -> None:
+    def _record_decoded(self, ctx: JobContext, ref: _InstanceRef, decoded: dict[str, Any]) -> None:
         with ctx.store.write() as session:
             inst = self._instance(session, ctx.job)
             result = dict(inst.result or {})
@@ -217,9 +233,15 @@ class ScoreHandler:
             inst.rows = decoded["rows"]
             inst.columns = decoded["columns"]
             inst.updated_at = utcnow()
-            _instance_event(session, inst, "instance_decoded", ctx.job,
-                            f"{decoded['rows']}x{decoded['columns']} {decoded['dtype']} "
-                            f"{decoded['photometric']}", data=decoded)
+            _instance_event(
+                session,
+                inst,
+                "instance_decoded",
+                ctx.job,
+                f"{decoded['rows']}x{decoded['columns']} {decoded['dtype']} "
+                f"{decoded['photometric']}",
+                data=decoded,
+            )
 
     @staticmethod
     def _instance(session: Session, job: ClaimedJob) -> Instance:
@@ -256,12 +278,25 @@ class ScoreHandler:
         _instance_event(session, inst, "instance_queued", job, "released: worker stopping")
 
 
-def _instance_event(session: Session, inst: Instance, kind: str, job: ClaimedJob,
-                    message: str, data: dict[str, Any] | None = None) -> None:
-    add_event(session, kind, instance_id=inst.id, job_id=job.id,
-              sop_instance_uid=inst.sop_instance_uid,
-              study_instance_uid=inst.study_instance_uid, state=inst.state,
-              message=message, data=data)
+def _instance_event(
+    session: Session,
+    inst: Instance,
+    kind: str,
+    job: ClaimedJob,
+    message: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    add_event(
+        session,
+        kind,
+        instance_id=inst.id,
+        job_id=job.id,
+        sop_instance_uid=inst.sop_instance_uid,
+        study_instance_uid=inst.study_instance_uid,
+        state=inst.state,
+        message=message,
+        data=data,
+    )
 
 
 def _rel(path: Path, settings: Settings) -> str:

@@ -55,8 +55,11 @@ log = logging.getLogger(__name__)
 #: How often the scheduler looks for settled studies.
 SETTLE_CHECK_SECONDS = 1.0
 #: Instance states that are not final yet: the study waits for them.
-UNFINISHED_STATES = (InstanceState.RECEIVED.value, InstanceState.QUEUED.value,
-                     InstanceState.SCORING.value)
+UNFINISHED_STATES = (
+    InstanceState.RECEIVED.value,
+    InstanceState.QUEUED.value,
+    InstanceState.SCORING.value,
+)
 #: Report jobs per settle pass (the rest wait for the next pass, a second later).
 SETTLE_BATCH = 100
 
@@ -101,17 +104,20 @@ def _settled_condition(now: dt.datetime, settle_seconds: float) -> Any:
         Instance.state != InstanceState.SKIPPED.value,
         Instance.report_version.is_(None),
     )
-    unfinished = exists().where(Instance.study_id == Study.id,
-                                Instance.state.in_(UNFINISHED_STATES))
+    unfinished = exists().where(
+        Instance.study_id == Study.id, Instance.state.in_(UNFINISHED_STATES)
+    )
     report_pending = exists().where(
-        Job.study_id == Study.id, Job.kind == JobKind.REPORT.value,
-        Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)))
-    return and_(Study.last_instance_at <= quiet_since, unreported, ~unfinished,
-                ~report_pending)
+        Job.study_id == Study.id,
+        Job.kind == JobKind.REPORT.value,
+        Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)),
+    )
+    return and_(Study.last_instance_at <= quiet_since, unreported, ~unfinished, ~report_pending)
 
 
-def settle_studies(settings: Settings, store: Store, now: dt.datetime | None = None
-                   ) -> list[tuple[str, int]]:
+def settle_studies(
+    settings: Settings, store: Store, now: dt.datetime | None = None
+) -> list[tuple[str, int]]:
     """Enqueue one report job per settled study; returns (Study Instance UID, version) pairs.
 
     ``now`` is for tests (default: the clock, read inside the transaction).
@@ -120,27 +126,37 @@ def settle_studies(settings: Settings, store: Store, now: dt.datetime | None = N
     with store.write() as session:
         at = now or utcnow()
         condition = _settled_condition(at, settings.node.settle_seconds)
-        query = select(Study).where(condition).order_by(Study.last_instance_at, Study.id) \
+        query = (
+            select(Study)
+            .where(condition)
+            .order_by(Study.last_instance_at, Study.id)
             .limit(SETTLE_BATCH)
+        )
         if not store.is_sqlite:
             query = query.with_for_update(skip_locked=True, of=Study)
         for study in session.scalars(query).all():
             # Checked again under the row lock: another process may have reported it
             # between our snapshot and the lock (PostgreSQL, read committed).
-            if not session.scalars(select(Study.id).where(Study.id == study.id, condition)
-                                   ).first():
+            if not session.scalars(select(Study.id).where(Study.id == study.id, condition)).first():
                 continue
             version = study.report_version + 1
-            job = enqueue_once(session, JobKind.REPORT.value, report_dedup_key(study.id, version),
-                               study_id=study.id, payload={"report_version": version},
-                               max_attempts=settings.worker.max_attempts)
+            job = enqueue_once(
+                session,
+                JobKind.REPORT.value,
+                report_dedup_key(study.id, version),
+                study_id=study.id,
+                payload={"report_version": version},
+                max_attempts=settings.worker.max_attempts,
+            )
             if job is None:
                 continue
             covered = session.execute(
                 update(Instance)
-                .where(Instance.study_id == study.id,
-                       Instance.state != InstanceState.SKIPPED.value,
-                       Instance.report_version.is_(None))
+                .where(
+                    Instance.study_id == study.id,
+                    Instance.state != InstanceState.SKIPPED.value,
+                    Instance.report_version.is_(None),
+                )
                 .values(report_version=version, updated_at=at)
                 .execution_options(synchronize_session=False)
             ).rowcount
@@ -148,10 +164,15 @@ def settle_studies(settings: Settings, store: Store, now: dt.datetime | None = N
             study.settled_at = at
             study.state = StudyState.REPORTING.value
             study.updated_at = at
-            add_event(session, "study_settled", job_id=job.id,
-                      study_instance_uid=study.study_instance_uid, state=study.state,
-                      message=f"report version {version} queued ({covered} new instance(s))",
-                      data={"report_version": version, "new_instances": covered})
+            add_event(
+                session,
+                "study_settled",
+                job_id=job.id,
+                study_instance_uid=study.study_instance_uid,
+                state=study.state,
+                message=f"report version {version} queued ({covered} new instance(s))",
+                data={"report_version": version, "new_instances": covered},
+            )
             enqueued.append((study.study_instance_uid, version))
     for uid, version in enqueued:
         log.info("study settled", extra={"study_instance_uid": uid, "report_version": version})
@@ -161,8 +182,12 @@ def settle_studies(settings: Settings, store: Store, now: dt.datetime | None = N
 # -- delivery roll-up ----------------------------------------------------------------------
 
 #: When a study's objects are in several delivery states, the study shows the first here.
-_ROLLUP_ORDER = (DeliveryState.FAILED, DeliveryState.RETRYING, DeliveryState.PENDING,
-                 DeliveryState.DELIVERED)
+_ROLLUP_ORDER = (
+    DeliveryState.FAILED,
+    DeliveryState.RETRYING,
+    DeliveryState.PENDING,
+    DeliveryState.DELIVERED,
+)
 
 
 def rollup_delivery(session: Session, study: Study, last_error: str | None = None) -> str | None:
@@ -172,14 +197,22 @@ def rollup_delivery(session: Session, study: Study, last_error: str | None = Non
     ``last_error`` (None: keep) is recorded on the study and its instances.
     Returns the study's new delivery state.
     """
-    states = set(session.scalars(
-        select(Delivery.state).join(Result, Result.id == Delivery.result_id)
-        .where(Result.study_id == study.id, Result.report_version == study.report_version)
-    ).all())
+    states = set(
+        session.scalars(
+            select(Delivery.state)
+            .join(Result, Result.id == Delivery.result_id)
+            .where(Result.study_id == study.id, Result.report_version == study.report_version)
+        ).all()
+    )
     if not states:
-        has_results = session.scalars(select(Result.id).where(
-            Result.study_id == study.id, Result.report_version == study.report_version)
-        ).first() is not None
+        has_results = (
+            session.scalars(
+                select(Result.id).where(
+                    Result.study_id == study.id, Result.report_version == study.report_version
+                )
+            ).first()
+            is not None
+        )
         state = DeliveryState.NO_DESTINATION.value if has_results else None
     else:
         state = next(s.value for s in _ROLLUP_ORDER if s.value in states)
@@ -190,9 +223,12 @@ def rollup_delivery(session: Session, study: Study, last_error: str | None = Non
         study.last_error = None
     elif last_error is not None:
         study.last_error = last_error[:2000]
-    instances = session.scalars(select(Instance).where(
-        Instance.study_id == study.id, Instance.report_version.is_not(None),
-        Instance.state.in_((InstanceState.SCORED.value, InstanceState.NOT_ASSESSABLE.value)))
+    instances = session.scalars(
+        select(Instance).where(
+            Instance.study_id == study.id,
+            Instance.report_version.is_not(None),
+            Instance.state.in_((InstanceState.SCORED.value, InstanceState.NOT_ASSESSABLE.value)),
+        )
     ).all()
     for inst in instances:
         inst.delivery_state = state

@@ -58,16 +58,20 @@ def default_handlers(settings: Settings) -> dict[str, JobHandler]:
     from triage_node.work.report import ReportHandler
     from triage_node.work.score import ScoreHandler
 
-    handlers: list[JobHandler] = [ScoreHandler(settings), ReportHandler(settings),
-                                  DeliverHandler(settings)]
+    handlers: list[JobHandler] = [
+        ScoreHandler(settings),
+        ReportHandler(settings),
+        DeliverHandler(settings),
+    ]
     return {h.kind: h for h in handlers}
 
 
 class LeaseKeeper:
     """Extends a job's lease every third of its length while the handler runs."""
 
-    def __init__(self, store: Store, job: ClaimedJob, lease_seconds: float,
-                 lost: threading.Event) -> None:
+    def __init__(
+        self, store: Store, job: ClaimedJob, lease_seconds: float, lost: threading.Event
+    ) -> None:
         self._store = store
         self._job = job
         self._lease = lease_seconds
@@ -120,8 +124,14 @@ def _return_freed_memory() -> None:
 class Worker:
     """One worker thread: claims jobs of the kinds it has handlers for and runs them."""
 
-    def __init__(self, settings: Settings, store: Store, handlers: Mapping[str, JobHandler],
-                 name: str, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        handlers: Mapping[str, JobHandler],
+        name: str,
+        stopping: threading.Event,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.handlers = dict(handlers)
@@ -148,7 +158,7 @@ class Worker:
                 # Store down or similar: back off, never let the thread die.
                 idle_errors += 1
                 log.exception("worker loop error", extra={"owner": self.owner})
-                self.stopping.wait(min(30.0, self.settings.worker.poll_seconds * 2 ** idle_errors))
+                self.stopping.wait(min(30.0, self.settings.worker.poll_seconds * 2**idle_errors))
                 continue
             if not ran:
                 self.stopping.wait(self.settings.worker.poll_seconds)
@@ -157,8 +167,13 @@ class Worker:
     def run_one(self) -> bool:
         """Claim one due job and run it; False if there was none."""
         w = self.settings.worker
-        job = claim_next_job(self.store, self.owner, sorted(self.handlers), w.lease_seconds,
-                             stopping=self.stopping.is_set)
+        job = claim_next_job(
+            self.store,
+            self.owner,
+            sorted(self.handlers),
+            w.lease_seconds,
+            stopping=self.stopping.is_set,
+        )
         if job is None:
             return False
         with self._current_lock:
@@ -173,29 +188,47 @@ class Worker:
 
     def _run(self, job: ClaimedJob) -> None:
         handler = self.handlers[job.kind]
-        fields = {"job_id": job.id, "job_kind": job.kind, "attempt": job.attempts,
-                  "owner": self.owner}
+        fields = {
+            "job_id": job.id,
+            "job_kind": job.kind,
+            "attempt": job.attempts,
+            "owner": self.owner,
+        }
         log.info("job started", extra={**fields, "reclaimed": job.reclaimed})
         if job.attempts > job.max_attempts:
             # Reclaimed after its holder died on the last allowed attempt: the job
             # itself may be what kills workers, so stop here.
-            self._fail(handler, job, "worker died during the last allowed attempt",
-                       retry_after=None, permanent=True)
+            self._fail(
+                handler,
+                job,
+                "worker died during the last allowed attempt",
+                retry_after=None,
+                permanent=True,
+            )
             return
         deaths = int(job.payload.get(HOLDER_DEATHS, 0))
         if deaths >= HOLDER_DEATH_LIMIT:
-            self._fail(handler, job, f"the node process died {deaths} times while running "
-                       "this job; it is probably the cause", retry_after=None, permanent=True)
+            self._fail(
+                handler,
+                job,
+                f"the node process died {deaths} times while running "
+                "this job; it is probably the cause",
+                retry_after=None,
+                permanent=True,
+            )
             return
         ctx = JobContext(self.settings, self.store, job, self.stopping)
         started = time.monotonic()
         try:
-            with LeaseKeeper(self.store, job, self.settings.worker.lease_seconds,
-                             ctx.lease_lost):
+            with LeaseKeeper(self.store, job, self.settings.worker.lease_seconds, ctx.lease_lost):
                 outcome = handler.run(ctx)
         except JobReleased:
-            released = release_job(self.store, job, f"{self.owner}: worker stopping",
-                                    on_release=lambda s: handler.on_release(s, job))
+            released = release_job(
+                self.store,
+                job,
+                f"{self.owner}: worker stopping",
+                on_release=lambda s: handler.on_release(s, job),
+            )
             log.info("job released" if released else "job no longer ours", extra=fields)
         except LeaseLost:
             log.error("lease lost; another worker has the job", extra=fields)
@@ -203,19 +236,23 @@ class Worker:
             self._fail(handler, job, str(exc), retry_after=None, permanent=True)
         except RetryLater as exc:
             delay = exc.delay if exc.delay is not None else self._backoff(job)
-            self._fail(handler, job, str(exc), retry_after=delay,
-                       count_attempt=exc.count_attempt)
+            self._fail(handler, job, str(exc), retry_after=delay, count_attempt=exc.count_attempt)
         except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 raise
             # Exception, and what native decoders raise outside it (pyo3's PanicException
             # is a BaseException): the job fails and is retried, the worker lives on.
             log.exception("job raised", extra=fields)
-            self._fail(handler, job, f"{type(exc).__name__}: {exc}",
-                       retry_after=self._backoff(job))
+            self._fail(handler, job, f"{type(exc).__name__}: {exc}", retry_after=self._backoff(job))
         else:
-            log.info("job done", extra={**fields, "outcome": outcome,
-                                        "seconds": round(time.monotonic() - started, 3)})
+            log.info(
+                "job done",
+                extra={
+                    **fields,
+                    "outcome": outcome,
+                    "seconds": round(time.monotonic() - started, 3),
+                },
+            )
         finally:
             metrics.observe_stage(job.kind, time.monotonic() - started)
 
@@ -223,23 +260,44 @@ class Worker:
         w = self.settings.worker
         return retry_delay(job.attempts, w.retry_base_seconds, w.retry_max_seconds)
 
-    def _fail(self, handler: JobHandler, job: ClaimedJob, error: str, *,
-              retry_after: float | None, permanent: bool = False,
-              count_attempt: bool = True) -> None:
+    def _fail(
+        self,
+        handler: JobHandler,
+        job: ClaimedJob,
+        error: str,
+        *,
+        retry_after: float | None,
+        permanent: bool = False,
+        count_attempt: bool = True,
+    ) -> None:
         error = f"job {job.id}: {error}" if not error.startswith(f"job {job.id}:") else error
         try:
-            state = fail_job(self.store, job, error, retry_after=retry_after,
-                             permanent=permanent, count_attempt=count_attempt,
-                             on_change=lambda s, new: handler.on_failure(s, job, new, error))
+            state = fail_job(
+                self.store,
+                job,
+                error,
+                retry_after=retry_after,
+                permanent=permanent,
+                count_attempt=count_attempt,
+                on_change=lambda s, new: handler.on_failure(s, job, new, error),
+            )
         except LeaseLost:
             log.error("lease lost before the failure was recorded", extra={"job_id": job.id})
             return
         if state == "failed" and job.kind == "score":
             metrics.record_instance("failed")
         level = logging.ERROR if state == "failed" else logging.WARNING
-        log.log(level, "job %s", "failed" if state == "failed" else "will retry",
-                extra={"job_id": job.id, "job_kind": job.kind, "error": error,
-                       "retry_after": retry_after if state != "failed" else None})
+        log.log(
+            level,
+            "job %s",
+            "failed" if state == "failed" else "will retry",
+            extra={
+                "job_id": job.id,
+                "job_kind": job.kind,
+                "error": error,
+                "retry_after": retry_after if state != "failed" else None,
+            },
+        )
 
     def release_current(self, why: str) -> bool:
         """Give back the job in hand from another thread (shutdown timeout); True if released."""
@@ -248,8 +306,9 @@ class Worker:
         if job is None:
             return False
         handler = self.handlers[job.kind]
-        return release_job(self.store, job, f"{self.owner}: {why}",
-                           on_release=lambda s: handler.on_release(s, job))
+        return release_job(
+            self.store, job, f"{self.owner}: {why}", on_release=lambda s: handler.on_release(s, job)
+        )
 
 
 def _process_gone(pid: int) -> bool:
@@ -270,14 +329,21 @@ def _process_gone(pid: int) -> bool:
 class WorkerPool:
     """``count`` worker threads sharing one set of handlers (and so one model per process)."""
 
-    def __init__(self, settings: Settings, store: Store, count: int,
-                 handlers: Mapping[str, JobHandler] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        count: int,
+        handlers: Mapping[str, JobHandler] | None = None,
+    ) -> None:
         self.store = store
         self.stopping = threading.Event()
         handlers = handlers if handlers is not None else default_handlers(settings)
         self.handlers = dict(handlers)
-        self.workers = [Worker(settings, store, handlers, f"worker-{i + 1}", self.stopping)
-                        for i in range(count)]
+        self.workers = [
+            Worker(settings, store, handlers, f"worker-{i + 1}", self.stopping)
+            for i in range(count)
+        ]
 
     def start(self) -> None:
         """End the leases of this host's dead processes, then start every worker thread."""
@@ -287,8 +353,10 @@ class WorkerPool:
             log.exception("could not check for jobs held by dead processes")
         else:
             if ended:
-                log.warning("jobs held by processes that no longer run are claimable again",
-                            extra={"job_ids": ended})
+                log.warning(
+                    "jobs held by processes that no longer run are claimable again",
+                    extra={"job_ids": ended},
+                )
         for w in self.workers:
             w.start()
 
@@ -319,7 +387,8 @@ class WorkerPool:
             if w.thread.is_alive():
                 try:
                     if w.release_current("shutdown grace period over"):
-                        log.warning("released a job still running at shutdown",
-                                    extra={"owner": w.owner})
+                        log.warning(
+                            "released a job still running at shutdown", extra={"owner": w.owner}
+                        )
                 except Exception:
                     log.exception("could not release job at shutdown", extra={"owner": w.owner})
