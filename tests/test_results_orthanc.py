@@ -25,8 +25,9 @@ def study_instances(peer: OrthancPeer, study_uid: str) -> list[str]:
 
 
 def test_sr_and_heatmaps_land_in_the_source_study_once(
-    tmp_path: Path, orthanc: OrthancPeer
-) -> None:  # noqa: F811
+    tmp_path: Path,
+    orthanc: OrthancPeer,  # noqa: F811
+) -> None:
     study_uid = pydicom.uid.generate_uid()
     sources = [
         make_radiograph("HIP", rows=ROWS, columns=COLUMNS, study_uid=study_uid, seed=seed)
