@@ -20,7 +20,7 @@ from triage_node.score.bundle import (
     load_scoring_model,
     write_bundle,
 )
-from triage_node.score.interface import ModelUnavailable
+from triage_node.assessment import ModelUnavailable
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, BundleManifest, OperatingPoint
 
 

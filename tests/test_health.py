@@ -29,8 +29,8 @@ import pytest
 from tests.peers import PostgresServer, run_cli
 from tests.test_metrics_http import endpoint, node_config, node_in_process, wait_for
 from triage_node.config import load_settings
-from triage_node.ops.health import readiness
-from triage_node.score.interface import describe_model
+from triage_node.node.health import readiness
+from triage_node.assessment import describe_model
 from triage_node.store import open_store
 
 

@@ -36,8 +36,8 @@ from tests.peers import (
 from tests.test_report import COLUMNS, ROWS
 from tests.test_results import storescp
 from triage_node.config import Settings, load_settings
-from triage_node.ops.serve import Node
-from triage_node.score.interface import ModelUnavailable
+from triage_node.node.node import Node
+from triage_node.assessment import ModelUnavailable
 from triage_node.store import open_store
 
 
@@ -225,7 +225,7 @@ def test_deploy_examples_load_and_alert_on_metrics_the_node_exports() -> None:
     import yaml
 
     from tests.peers import REPO
-    from triage_node.ops import metrics
+    from triage_node.telemetry import metrics
 
     settings = load_settings(REPO / "deploy" / "config.example.toml")
     assert settings.metrics.host == "127.0.0.1" and settings.retention.enabled
@@ -236,7 +236,7 @@ def test_deploy_examples_load_and_alert_on_metrics_the_node_exports() -> None:
         "TriageNodeDeliveryFailing",
         "TriageNodeNotAccepting",
     }
-    from triage_node.ops.metrics import StoreCollector
+    from triage_node.telemetry.metrics import StoreCollector
     from triage_node.store import Store
     from triage_node.store.migrate import upgrade
 

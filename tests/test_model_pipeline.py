@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from triage_node.cli import main
+from triage_node.commands.main import main
 from triage_node.score.bundle import load_bundle
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, VARIANTS
 from triage_node.score.model import BundleScoringModel

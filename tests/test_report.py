@@ -24,7 +24,7 @@ from triage_node.report.heatmap import (
     windowed_grayscale,
 )
 from triage_node.report.sr import build_study_report
-from triage_node.score.interface import ImageAssessment, SideAssessment
+from triage_node.assessment import ImageAssessment, SideAssessment
 
 # dciodvfy warnings we accept; each is explained in docs/dicom-conformance.md.
 KNOWN_WARNINGS = (

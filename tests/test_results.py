@@ -33,7 +33,7 @@ from triage_node.report.results import (
     save_cams,
 )
 from triage_node.report.uids import heatmap_uids, study_report_uids
-from triage_node.score.interface import ImageAssessment
+from triage_node.assessment import ImageAssessment
 from triage_node.store import Store, open_store
 from triage_node.store.models import (
     Delivery,

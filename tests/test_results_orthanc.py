@@ -10,7 +10,7 @@ from tests.dicom_files import make_radiograph
 from tests.test_orthanc import OrthancPeer, orthanc  # noqa: F401  (the module's Orthanc)
 from tests.test_report import COLUMNS, ROWS
 from tests.test_results import add_source, later, node_settings, opened, rows, run_jobs
-from triage_node.admin.resend import resend
+from triage_node.commands.resend import resend
 from triage_node.store.models import Delivery, Result, Study
 from triage_node.work.study import settle_studies
 

@@ -27,8 +27,8 @@ from tests.test_results import (
     storescp,
 )
 from triage_node.config import Settings
-from triage_node.ops import retention
-from triage_node.ops.retention import apply_retention
+from triage_node.work import retention
+from triage_node.work.retention import apply_retention
 from triage_node.store import Store, open_store
 from triage_node.store.models import Delivery, Event, Instance, Job, Result, Study, utcnow
 from triage_node.work.study import settle_studies
@@ -180,7 +180,7 @@ def test_low_free_disk_purges_finished_studies_early_but_never_undelivered(
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_scheduler_runs_retention_when_enabled(tmp_path: Path, database_url: str) -> None:
-    from triage_node.ops.scheduler import periodic_tasks
+    from triage_node.node.scheduler import periodic_tasks
 
     settings = node_settings(tmp_path, database_url)
     settings.retention.check_minutes = 5

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from triage_node.config import Settings
-from triage_node.ops.logs import setup_logging
+from triage_node.telemetry.logs import setup_logging
 
 
 class _Tty(io.StringIO):

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 from triage_node.config import Settings
-from triage_node.ops.scheduler import PeriodicTask, queue_stats, start_scheduler
+from triage_node.node.scheduler import PeriodicTask, queue_stats, start_scheduler
 from triage_node.store import open_store
 from triage_node.store.jobs import enqueue_job
 

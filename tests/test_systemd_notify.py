@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from triage_node.ops.systemd import Watchdog, sd_notify, watchdog_interval
+from triage_node.node.systemd import Watchdog, sd_notify, watchdog_interval
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.peers import REPO, need_tool
-from triage_node.ops.serve import SHUTDOWN_GRACE_SECONDS
+from triage_node.node.node import SHUTDOWN_GRACE_SECONDS
 
 UNIT = REPO / "systemd" / "triage-node.service"
 SYSUSERS = REPO / "systemd" / "triage-node.sysusers"

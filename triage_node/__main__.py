@@ -2,6 +2,6 @@
 
 import sys
 
-from triage_node.cli import main
+from triage_node.commands.main import main
 
 sys.exit(main())

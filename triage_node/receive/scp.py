@@ -30,7 +30,6 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node.config import Settings
-from triage_node.ops import metrics
 from triage_node.receive import status
 from triage_node.receive.contexts import add_receiver_contexts
 from triage_node.receive.eligibility import decide_eligibility
@@ -50,6 +49,7 @@ from triage_node.receive.spool import (
 from triage_node.receive.validate import InstanceRefused, read_instance
 from triage_node.store import Store, add_event
 from triage_node.store.db import StoreUnavailable
+from triage_node.telemetry import metrics
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024

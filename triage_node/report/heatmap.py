@@ -37,6 +37,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from triage_node import identity
+from triage_node.assessment import ImageAssessment
 from triage_node.report.sr import (
     check_assessment,
     check_polygon,
@@ -48,7 +49,6 @@ from triage_node.report.sr import (
     study_decision,
 )
 from triage_node.report.uids import heatmap_uids
-from triage_node.score.interface import ImageAssessment
 
 #: Series Number of our heatmap series.
 SC_SERIES_NUMBER = identity.SC_SERIES_NUMBER

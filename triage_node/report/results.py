@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from triage_node.assessment import ImageAssessment, SideAssessment
 from triage_node.report.heatmap import build_heatmap
 from triage_node.report.sr import build_study_report
-from triage_node.score.interface import ImageAssessment, SideAssessment
 
 #: Fields of ``ImageAssessment.to_json`` that are derived (properties), not constructor args.
 _DERIVED = ("probability", "not_assessable_reason")

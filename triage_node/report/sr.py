@@ -39,6 +39,7 @@ from pydicom.valuerep import DA, DT, TM
 
 import triage_node
 from triage_node import identity
+from triage_node.assessment import ImageAssessment, SideAssessment
 from triage_node.report import codes
 from triage_node.report.uids import (
     device_observer_uid,
@@ -46,7 +47,6 @@ from triage_node.report.uids import (
     study_tracking_uid,
     tracking_uid,
 )
-from triage_node.score.interface import ImageAssessment, SideAssessment
 
 #: Series Number of our SR series (high, so that it sorts after the acquired series).
 SR_SERIES_NUMBER = identity.SR_SERIES_NUMBER

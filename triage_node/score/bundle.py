@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from triage_node.score.interface import ModelUnavailable
+from triage_node.assessment import ModelUnavailable
 from triage_node.score.manifest import MANIFEST_NAME, BundleManifest
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def describe_bundle(settings: Settings) -> dict[str, Any]:
 
 
 def load_scoring_model(settings: Settings) -> Any:
-    """Load the configured bundle as a :class:`~triage_node.score.interface.ScoringModel`.
+    """Load the configured bundle as a :class:`~triage_node.assessment.ScoringModel`.
 
     Raises :class:`ModelUnavailable` naming the file when the bundle is
     missing, incomplete or tampered with, or when this build cannot run it.

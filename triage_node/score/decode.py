@@ -18,7 +18,7 @@ import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from scipy import ndimage
 
-from triage_node.score.interface import NotScorable
+from triage_node.assessment import NotScorable
 
 #: Used when the header gives no spacing: a typical CR/DX detector pitch (mm).
 FALLBACK_SPACING_MM = 0.15

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from triage_node.assessment import Side
 from triage_node.score.decode import resample_to_spacing
-from triage_node.score.interface import Side
 from triage_node.score.roi import NOT_FOUND
 
 FINDER_FILE = "femur_finder.safetensors"

@@ -38,6 +38,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from triage_node.assessment import (
+    ImageAssessment,
+    ModelUnavailable,
+    Side,
+    SideAssessment,
+)
 from triage_node.score.bundle import Bundle
 from triage_node.score.clinical import (
     CLINICAL_FEATURES,
@@ -49,12 +55,6 @@ from triage_node.score.decode import decode_radiograph
 from triage_node.score.femur_finder import FINDER_FILE, SIDES, FemurFinder
 from triage_node.score.geometry import RoiGeometry
 from triage_node.score.head import LinearHead
-from triage_node.score.interface import (
-    ImageAssessment,
-    ModelUnavailable,
-    Side,
-    SideAssessment,
-)
 from triage_node.score.manifest import VARIANTS
 from triage_node.score.roi import NotAssessable, RoiSettings, SideRoi, cut_side_roi
 from triage_node.score.siamese import (
@@ -143,7 +143,7 @@ class ImageFeatures:
 
 
 class BundleScoringModel:
-    """A loaded bundle as a :class:`~triage_node.score.interface.ScoringModel`.
+    """A loaded bundle as a :class:`~triage_node.assessment.ScoringModel`.
 
     ``threshold``: operating point override (None: the bundle's). ``variant``:
     which of the bundle's seven heads scores (None: the manifest's).

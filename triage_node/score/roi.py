@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 
+from triage_node.assessment import Side
 from triage_node.score.geometry import RoiGeometry
-from triage_node.score.interface import Side
 from triage_node.score.siamese import (
     DEFAULT_ROI_SIZE_PX,
     ROI_SIZE_PX,

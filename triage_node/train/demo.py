@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         return 0
 
-    from triage_node.cli import main as cli
+    from triage_node.commands.main import main as cli
 
     started = time.monotonic()
     stage_start = started

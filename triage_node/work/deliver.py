@@ -37,7 +37,6 @@ from triage_node.deliver.scu import (
     StoreOutcome,
     send_objects,
 )
-from triage_node.ops import metrics
 from triage_node.store.db import add_event
 from triage_node.store.jobs import ClaimedJob, finish_job, retry_delay
 from triage_node.store.models import (
@@ -50,6 +49,7 @@ from triage_node.store.models import (
     Study,
     utcnow,
 )
+from triage_node.telemetry import metrics
 from triage_node.work.base import JobContext, PermanentFailure, RetryLater
 from triage_node.work.study import rollup_delivery
 

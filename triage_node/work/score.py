@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 from sqlalchemy.orm import Session
 
-from triage_node.ops import metrics
+from triage_node.assessment import ModelUnavailable, NotScorable, ScoringModel, load_model
 from triage_node.report.results import cam_path_for, save_cams
-from triage_node.score.interface import ModelUnavailable, NotScorable, ScoringModel, load_model
 from triage_node.store.db import add_event
 from triage_node.store.jobs import ClaimedJob, finish_job, retry_delay
 from triage_node.store.models import Instance, InstanceState, JobKind, JobState, utcnow
+from triage_node.telemetry import metrics
 from triage_node.work.base import JobContext, PermanentFailure, RetryLater
 from triage_node.work.study import instance_finished
 

@@ -17,7 +17,7 @@ with that version, all in one transaction. So:
   backstop.
 
 Settling is time-based, so :func:`settle_studies` is run by the scheduler
-(:mod:`triage_node.ops.scheduler`) every :data:`SETTLE_CHECK_SECONDS`.
+(:mod:`triage_node.node.scheduler`) every :data:`SETTLE_CHECK_SECONDS`.
 """
 
 from __future__ import annotations

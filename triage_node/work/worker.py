@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-from triage_node.ops import metrics
 from triage_node.store.jobs import (
     HOLDER_DEATH_LIMIT,
     HOLDER_DEATHS,
@@ -34,6 +33,7 @@ from triage_node.store.jobs import (
     release_job,
     retry_delay,
 )
+from triage_node.telemetry import metrics
 from triage_node.work.base import JobContext, JobHandler, JobReleased, PermanentFailure, RetryLater
 
 if TYPE_CHECKING:

@@ -97,9 +97,9 @@ def format_event(ev: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from triage_node.admin.common import open_existing_store
-    from triage_node.admin.views import recent_instances
+    from triage_node.commands.views import recent_instances
     from triage_node.config import load_settings
+    from triage_node.store.existing import open_existing_store
 
     settings = load_settings(args.config)
     if args.limit < 1:
@@ -130,8 +130,8 @@ def follow(settings: Any, args: argparse.Namespace, out: TextIO) -> int:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from triage_node.admin.common import open_existing_store
-    from triage_node.admin.views import events_after, last_event_id
+    from triage_node.commands.views import events_after, last_event_id
+    from triage_node.store.existing import open_existing_store
 
     last_id: int | None = None
     store = None

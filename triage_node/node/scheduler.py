@@ -9,7 +9,7 @@ Tasks, in :func:`periodic_tasks`: queue statistics in the log; the study
 settle check (:func:`triage_node.work.study.settle_studies`: one ``report``
 job for each study quiet for ``node.settle_seconds`` with no instance still
 queued or scoring; safe with several processes); retention
-(:func:`triage_node.ops.retention.apply_retention`: spool files, then rows, then
+(:func:`triage_node.work.retention.apply_retention`: spool files, then rows, then
 audit events past their periods; safe with several processes).
 """
 
@@ -101,7 +101,7 @@ def log_queue_stats(store: Store) -> None:
 
 def periodic_tasks(settings: Settings, store: Store) -> list[PeriodicTask]:
     """The node's periodic tasks."""
-    from triage_node.ops.retention import apply_retention
+    from triage_node.work.retention import apply_retention
     from triage_node.work.study import SETTLE_CHECK_SECONDS, settle_studies
 
     tasks = [

@@ -10,7 +10,6 @@ exits 0 within :data:`SHUTDOWN_GRACE_SECONDS` plus a few seconds.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -27,21 +26,6 @@ log = logging.getLogger("triage_node.serve")
 # How long workers get to finish or give back their jobs on SIGTERM. The unit's
 # TimeoutStopSec must be longer.
 SHUTDOWN_GRACE_SECONDS = 15.0
-
-ROLES = {
-    "serve": {"receive", "work"},
-    "receive": {"receive"},
-    "work": {"work"},
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
-    """``serve``/``receive``/``work`` take only ``--config`` (added by the CLI)."""
-    parser.epilog = {
-        "serve": "Stops cleanly on SIGTERM or SIGINT (exit 0).",
-        "receive": "Scale-out: run with `work` processes on the same database and spool.",
-        "work": "Scale-out: several `work` processes may share one database and spool.",
-    }[name]
 
 
 class Node:
@@ -61,14 +45,14 @@ class Node:
 
     def start(self) -> None:
         """Start every stage of this process's roles, then tell systemd we are ready."""
-        from triage_node.ops.systemd import Watchdog, sd_notify
+        from triage_node.node.systemd import Watchdog, sd_notify
 
         # Every stage's modules are imported here, before any thread starts: two threads
         # importing pydicom at once can see it half-initialised (circular imports).
         if "receive" in self.roles:
             from triage_node.receive import start_receiver
         if "work" in self.roles:
-            from triage_node.ops.scheduler import start_scheduler
+            from triage_node.node.scheduler import start_scheduler
             from triage_node.work.worker import WorkerPool
 
         status = []
@@ -92,8 +76,8 @@ class Node:
 
     def _start_ops_endpoint(self) -> None:
         """Serve /metrics, /healthz, /readyz; a port in use costs the endpoint, not the node."""
-        from triage_node.ops.http import OpsServer
-        from triage_node.ops.metrics import REGISTRY, StoreCollector, prime_destinations
+        from triage_node.node.http import OpsServer
+        from triage_node.telemetry.metrics import REGISTRY, StoreCollector, prime_destinations
 
         m = self.settings.metrics
         prime_destinations(self.settings)
@@ -136,7 +120,7 @@ class Node:
 
     def readiness(self) -> dict[str, Any]:
         """``/readyz``: database, spool, free disk and (in a worker process) the model."""
-        from triage_node.ops.health import readiness
+        from triage_node.node.health import readiness
 
         doc = readiness(
             self.settings, self.store, self.model_check if "work" in self.roles else None
@@ -167,7 +151,7 @@ class Node:
 
     def stop(self) -> None:
         """Stop accepting, let workers finish or release their jobs, stop timers."""
-        from triage_node.ops.systemd import sd_notify
+        from triage_node.node.systemd import sd_notify
 
         sd_notify("STOPPING=1", "STATUS=stopping")
         started = time.monotonic()
@@ -188,43 +172,8 @@ class Node:
         if self.ops_server is not None:
             self.ops_server.stop()
         if self._collector is not None:
-            from triage_node.ops.metrics import REGISTRY
+            from triage_node.telemetry.metrics import REGISTRY
 
             REGISTRY.unregister(self._collector)
         self.store.dispose()
         log.info("node stopped", extra={"seconds": round(time.monotonic() - started, 3)})
-
-
-def run(args: argparse.Namespace) -> int:
-    """Load the config once, migrate the store, run this command's roles until a signal."""
-    from triage_node.config import load_settings
-    from triage_node.ops.logs import setup_logging
-    from triage_node.store import StoreUnavailable, open_store
-    from triage_node.store.db import redact_url
-
-    settings = load_settings(args.config)  # ConfigError -> exit 2 in the CLI
-    setup_logging(settings)
-    roles = ROLES[args.command]
-    try:
-        store = open_store(settings)
-    except Exception as exc:
-        log.error(
-            "cannot open the store: %s", exc, extra={"database": redact_url(settings.database_url)}
-        )
-        return 1
-    node = Node(settings, store, roles)
-    # Handlers go in before anything starts so a signal during start-up is not lost.
-    previous = {s: signal.signal(s, node.request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            node.start()
-        except (ImportError, OSError, StoreUnavailable) as exc:
-            log.error("cannot start %s: %s", args.command, exc)
-            node.stop()
-            return 1
-        node.wait()
-        node.stop()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return 0

@@ -251,7 +251,7 @@ class StoreCollector(Collector):
 
     def model_description(self) -> dict[str, Any]:
         """``describe_model`` (it verifies the bundle's hashes), cached for a few minutes."""
-        from triage_node.score.interface import describe_model
+        from triage_node.assessment import describe_model
 
         with self._lock:
             now = time.monotonic()
@@ -269,7 +269,7 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         """Yield the gauge families (called by prometheus-client on every scrape)."""
-        from triage_node.ops.scheduler import waiting_jobs
+        from triage_node.node.scheduler import waiting_jobs
 
         up = GaugeMetricFamily("triage_store_up", "1 if the database answered this scrape.")
         depth = GaugeMetricFamily(

@@ -209,8 +209,8 @@ def resend(settings: Settings, session: Session, study_uids: list[str] | None) -
 
 def run(args: argparse.Namespace) -> int:
     """Parse, resend in one transaction, print what was done."""
-    from triage_node.admin.common import open_existing_store
     from triage_node.config import load_settings
+    from triage_node.store.existing import open_existing_store
 
     settings = load_settings(args.config)
     if bool(args.study_uids) == bool(args.failed):

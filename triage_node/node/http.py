@@ -3,7 +3,7 @@
 ``/metrics`` is the Prometheus text format (OpenMetrics when asked for).
 ``/healthz`` answers 200 while the process's threads run (liveness: restart me
 when not). ``/readyz`` answers 200 when the node can take and process images
-(database, spool, disk, model; see :mod:`triage_node.ops.health`), else 503;
+(database, spool, disk, model; see :mod:`triage_node.node.health`), else 503;
 both bodies are JSON. Nothing here reads or writes patient data.
 """
 

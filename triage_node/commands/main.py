@@ -17,17 +17,21 @@ from triage_node.config import ConfigError
 
 # (command, module, one-line help). Order is the order shown in --help.
 COMMANDS: list[tuple[str, str, str]] = [
-    ("serve", "triage_node.ops.serve", "run receiver, workers and scheduler in one process"),
-    ("receive", "triage_node.ops.serve", "run the DICOM receiver only (scale-out)"),
-    ("work", "triage_node.ops.serve", "run workers and scheduler only (scale-out)"),
-    ("worklist", "triage_node.admin.worklist", "show recent instances, or --follow events"),
-    ("status", "triage_node.admin.status", "counts per state, queue depth, disk, model"),
-    ("resend", "triage_node.admin.resend", "send a study's results again, or all failed ones"),
-    ("synth", "triage_node.synth.command", "write a synthetic hip radiograph cohort"),
-    ("db", "triage_node.store.command", "database maintenance (db upgrade)"),
-    ("train", "triage_node.train.command", "train a model bundle from labelled radiographs"),
-    ("evaluate", "triage_node.train.evaluate", "seven-model evaluation report on a labelled set"),
-    ("score", "triage_node.score.command", "score DICOM files with the configured model"),
+    ("serve", "triage_node.commands.serve", "run receiver, workers and scheduler in one process"),
+    ("receive", "triage_node.commands.serve", "run the DICOM receiver only (scale-out)"),
+    ("work", "triage_node.commands.serve", "run workers and scheduler only (scale-out)"),
+    ("worklist", "triage_node.commands.worklist", "show recent instances, or --follow events"),
+    ("status", "triage_node.commands.status", "counts per state, queue depth, disk, model"),
+    ("resend", "triage_node.commands.resend", "send a study's results again, or all failed ones"),
+    ("synth", "triage_node.commands.synth", "write a synthetic hip radiograph cohort"),
+    ("db", "triage_node.commands.db", "database maintenance (db upgrade)"),
+    ("train", "triage_node.commands.train", "train a model bundle from labelled radiographs"),
+    (
+        "evaluate",
+        "triage_node.commands.evaluate",
+        "seven-model evaluation report on a labelled set",
+    ),
+    ("score", "triage_node.commands.score", "score DICOM files with the configured model"),
 ]
 
 

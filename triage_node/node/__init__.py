@@ -1,0 +1,1 @@
+"""What `serve`, `receive` and `work` start: the node process, scheduler, health, systemd."""
