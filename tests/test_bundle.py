@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from triage_node.assessment import ModelUnavailable
 from triage_node.config import ModelSection, Settings
 from triage_node.score import bundle as bundle_module
 from triage_node.score.bundle import (
@@ -20,7 +21,6 @@ from triage_node.score.bundle import (
     load_scoring_model,
     write_bundle,
 )
-from triage_node.assessment import ModelUnavailable
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, BundleManifest, OperatingPoint
 
 

@@ -29,10 +29,10 @@ from tests.peers import (
     write_config,
 )
 from tests.test_report import dciodvfy, dsrdump
+from triage_node.assessment import ImageAssessment
 from triage_node.config import load_settings
 from triage_node.report import codes
 from triage_node.report.sr import decision_code, study_decision
-from triage_node.assessment import ImageAssessment
 from triage_node.store import Store
 from triage_node.store.models import Delivery, Instance, Job, Result
 

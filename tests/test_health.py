@@ -30,7 +30,7 @@ from tests.peers import PostgresServer, run_cli
 from tests.test_metrics_http import endpoint, node_config, node_in_process, wait_for
 from triage_node.config import load_settings
 from triage_node.node.health import readiness
-from triage_node.assessment import describe_model
+from triage_node.score.loader import describe_model
 from triage_node.store import open_store
 
 

@@ -35,9 +35,9 @@ from tests.peers import (
 )
 from tests.test_report import COLUMNS, ROWS
 from tests.test_results import storescp
+from triage_node.assessment import ModelUnavailable
 from triage_node.config import Settings, load_settings
 from triage_node.node.node import Node
-from triage_node.assessment import ModelUnavailable
 from triage_node.store import open_store
 
 
@@ -236,7 +236,7 @@ def test_deploy_examples_load_and_alert_on_metrics_the_node_exports() -> None:
         "TriageNodeDeliveryFailing",
         "TriageNodeNotAccepting",
     }
-    from triage_node.telemetry.metrics import StoreCollector
+    from triage_node.node.collector import StoreCollector
     from triage_node.store import Store
     from triage_node.store.migrate import upgrade
 

@@ -7,8 +7,8 @@ import pytest
 from pydicom.dataset import Dataset
 
 from tests.dicom_files import make_radiograph
-from triage_node.score.decode import FALLBACK_SPACING_MM, decode_radiograph, resample_to_spacing
 from triage_node.assessment import NotScorable
+from triage_node.score.decode import FALLBACK_SPACING_MM, decode_radiograph, resample_to_spacing
 
 
 def _ramp(ds: Dataset) -> np.ndarray:

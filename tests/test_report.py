@@ -14,6 +14,7 @@ import pytest
 from tests.dicom_files import PHI_ID, PHI_NAME, make_radiograph
 from tests.peers import need_tool
 from triage_node import identity
+from triage_node.assessment import ImageAssessment, SideAssessment
 from triage_node.report import codes
 from triage_node.report.heatmap import (
     MAX_LONG_SIDE,
@@ -24,7 +25,6 @@ from triage_node.report.heatmap import (
     windowed_grayscale,
 )
 from triage_node.report.sr import build_study_report
-from triage_node.assessment import ImageAssessment, SideAssessment
 
 # dciodvfy warnings we accept; each is explained in docs/dicom-conformance.md.
 KNOWN_WARNINGS = (

@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from tests.dicom_files import make_radiograph
 from tests.peers import dcmtk_storescp, free_port, start_archive_scp
 from tests.test_report import COLUMNS, ROWS, assessment
+from triage_node.assessment import ImageAssessment
 from triage_node.config import Settings
 from triage_node.report.heatmap import build_heatmap
 from triage_node.report.results import (
@@ -33,7 +34,6 @@ from triage_node.report.results import (
     save_cams,
 )
 from triage_node.report.uids import heatmap_uids, study_report_uids
-from triage_node.assessment import ImageAssessment
 from triage_node.store import Store, open_store
 from triage_node.store.models import (
     Delivery,

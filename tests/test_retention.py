@@ -27,10 +27,10 @@ from tests.test_results import (
     storescp,
 )
 from triage_node.config import Settings
-from triage_node.work import retention
-from triage_node.work.retention import apply_retention
 from triage_node.store import Store, open_store
 from triage_node.store.models import Delivery, Event, Instance, Job, Result, Study, utcnow
+from triage_node.work import retention
+from triage_node.work.retention import apply_retention
 from triage_node.work.study import settle_studies
 
 

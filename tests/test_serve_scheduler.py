@@ -6,9 +6,10 @@ import threading
 from pathlib import Path
 
 from triage_node.config import Settings
-from triage_node.node.scheduler import PeriodicTask, queue_stats, start_scheduler
+from triage_node.node.scheduler import PeriodicTask, start_scheduler
 from triage_node.store import open_store
 from triage_node.store.jobs import enqueue_job
+from triage_node.store.queries import queue_stats
 
 
 def test_queue_stats_and_periodic_tasks(tmp_path: Path) -> None:

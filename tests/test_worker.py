@@ -25,8 +25,8 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
-from triage_node.config import Settings
 from triage_node.assessment import ImageAssessment, ModelUnavailable, SideAssessment
+from triage_node.config import Settings
 from triage_node.store import Event, Instance, Job, Store, Study, open_store
 from triage_node.store.jobs import claim_next_job, enqueue_job
 from triage_node.store.models import utcnow

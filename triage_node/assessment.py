@@ -1,8 +1,8 @@
 """The scoring interface between the node and a model: dataset in, per-side result out.
 
 The worker only knows this module. A model (the DTC bundle, see MODEL.md)
-implements :class:`ScoringModel`; :func:`load_model` finds the configured
-bundle, or the shipped demo bundle when none is configured.
+implements :class:`ScoringModel`; ``triage_node.score.loader.load_model``
+finds the configured bundle, or the shipped demo bundle when none is configured.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import pydicom
-
-    from triage_node.config import Settings
 
 Side = Literal["left", "right"]
 
@@ -98,38 +96,3 @@ class ScoringModel(Protocol):
     def assess(self, dataset: pydicom.Dataset) -> ImageAssessment:
         """Score one decoded-able radiograph; raise :class:`NotScorable` if it can't be read."""
         ...
-
-
-def describe_model(settings: Settings) -> dict[str, Any]:
-    """What `status` shows about the model: name, version, synthetic flag, or why it's missing.
-
-    Reads the bundle's manifest only (cheap); weights are not loaded.
-    """
-    configured = settings.model.bundle or "demo"
-    try:
-        from triage_node.score import bundle as bundle_module
-    except ImportError:
-        return {
-            "bundle": configured,
-            "available": False,
-            "error": "no model implementation is installed in this build",
-        }
-    try:
-        info = dict(bundle_module.describe_bundle(settings))
-    except ModelUnavailable as exc:
-        return {"bundle": configured, "available": False, "error": str(exc)}
-    return {"bundle": configured, "available": True, **info}
-
-
-def load_model(settings: Settings) -> ScoringModel:
-    """Load the configured bundle (``[model] bundle``), or the demo bundle when empty.
-
-    Raises :class:`ModelUnavailable` naming the file when there is no usable bundle.
-    """
-    try:
-        from triage_node.score import bundle as bundle_module  # the DTC model's loader
-    except ImportError:
-        raise ModelUnavailable(
-            "no model implementation is installed in this build (triage_node.score.bundle)"
-        ) from None
-    return bundle_module.load_scoring_model(settings)  # type: ignore[no-any-return]

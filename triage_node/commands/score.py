@@ -76,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
     """Score each file; 0 when all scored (assessable or not), 1 when any failed."""
     import pydicom
 
-    from triage_node.assessment import ModelUnavailable, NotScorable, load_model
+    from triage_node.assessment import ModelUnavailable, NotScorable
     from triage_node.config import load_settings
     from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle
+    from triage_node.score.loader import load_model
 
     settings = load_settings(args.config)
     try:

@@ -58,9 +58,9 @@ def node_endpoint(settings: Any, timeout: float = 2.0) -> dict[str, Any]:
 
 def collect_status(settings: Any) -> dict[str, Any]:
     """Everything `status` prints, as one JSON-able dict."""
-    from triage_node.assessment import describe_model
     from triage_node.commands.views import free_disk_bytes, status_facts
     from triage_node.node.health import readiness
+    from triage_node.score.loader import describe_model
     from triage_node.store.db import redact_url
     from triage_node.store.existing import open_existing_store
 

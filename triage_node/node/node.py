@@ -76,8 +76,9 @@ class Node:
 
     def _start_ops_endpoint(self) -> None:
         """Serve /metrics, /healthz, /readyz; a port in use costs the endpoint, not the node."""
+        from triage_node.node.collector import StoreCollector
         from triage_node.node.http import OpsServer
-        from triage_node.telemetry.metrics import REGISTRY, StoreCollector, prime_destinations
+        from triage_node.telemetry.metrics import REGISTRY, prime_destinations
 
         m = self.settings.metrics
         prime_destinations(self.settings)

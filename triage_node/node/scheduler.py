@@ -21,9 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-
-from triage_node.store.models import Instance, Job, JobKind, JobState, utcnow
+from triage_node.store.queries import queue_stats
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -43,54 +41,6 @@ class PeriodicTask:
     name: str
     seconds: float
     run: Callable[[], Any]
-
-
-def queue_stats(store: Store) -> dict[str, dict[str, int]]:
-    """Counts of jobs by kind and state and of instances by state."""
-    with store.read() as session:
-        jobs = session.execute(
-            select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
-        ).all()
-        instances = session.execute(
-            select(Instance.state, func.count()).group_by(Instance.state)
-        ).all()
-    return {
-        "jobs": {f"{kind}.{state}": int(n) for kind, state, n in jobs},
-        "instances": {str(state): int(n) for state, n in instances},
-    }
-
-
-def waiting_jobs(
-    store: Store, now: dt.datetime | None = None
-) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
-    """Job counts by (kind, state), and the age in seconds of the oldest waiting job by kind.
-
-    Waiting means queued (due or backing off) or running. Kinds with nothing
-    waiting have age 0, so an alert on the age sees every kind.
-    """
-    now = now or utcnow()
-    waiting = (JobState.QUEUED.value, JobState.RUNNING.value)
-    with store.read() as session:
-        counts = {
-            (str(k), str(s)): int(n)
-            for k, s, n in session.execute(
-                select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
-            )
-        }
-        oldest = dict(
-            session.execute(
-                select(Job.kind, func.min(Job.created_at))
-                .where(Job.state.in_(waiting))
-                .group_by(Job.kind)
-            ).all()
-        )
-    ages = {kind.value: 0.0 for kind in JobKind}
-    for kind, created in oldest.items():
-        if created is not None:
-            if created.tzinfo is None:  # min() on SQLite bypasses the column type
-                created = created.replace(tzinfo=dt.UTC)
-            ages[str(kind)] = max(0.0, (now - created).total_seconds())
-    return counts, ages
 
 
 def log_queue_stats(store: Store) -> None:

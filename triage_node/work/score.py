@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 import pydicom
 from sqlalchemy.orm import Session
 
-from triage_node.assessment import ModelUnavailable, NotScorable, ScoringModel, load_model
+from triage_node.assessment import ModelUnavailable, NotScorable, ScoringModel
 from triage_node.report.results import cam_path_for, save_cams
+from triage_node.score.loader import load_model
 from triage_node.store.db import add_event
 from triage_node.store.jobs import ClaimedJob, finish_job, retry_delay
 from triage_node.store.models import Instance, InstanceState, JobKind, JobState, utcnow

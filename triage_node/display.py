@@ -1,0 +1,1 @@
+"""Pixels for display: the stored values of a radiograph windowed to what a viewer shows."""

@@ -1,0 +1,1 @@
+"""Durable files: write atomically (temporary file, fsync, rename, directory fsync)."""

@@ -1,0 +1,130 @@
+"""The scrape-time gauges of the node: queue, oldest waiting job, store, disk, model.
+
+They describe the shared database, so every process of a scale-out node reports
+the same values for them. The counters and histograms are in
+:mod:`triage_node.telemetry.metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from triage_node.config import Settings
+from triage_node.score.loader import describe_model
+from triage_node.store.db import Store
+from triage_node.store.queries import WRITE_PROBE_SECONDS, store_writable, waiting_jobs
+
+log = logging.getLogger("triage_node.telemetry.metrics")
+
+
+class StoreCollector(Collector):
+    """Gauges read at scrape time: queue, oldest waiting job, store up and writable, disk, model.
+
+    The queries are grouped counts over indexed columns; a database that does not
+    answer makes ``triage_store_up`` 0 instead of failing the scrape.
+    """
+
+    MODEL_REFRESH_SECONDS = 300.0
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self._model: dict[str, Any] | None = None
+        self._model_at = 0.0
+        self._lock = threading.Lock()
+
+    def describe(self) -> Iterator[Any]:
+        """Nothing up front: the collector is only called at scrape time."""
+        return iter(())
+
+    def model_description(self) -> dict[str, Any]:
+        """``describe_model`` (it verifies the bundle's hashes), cached for a few minutes."""
+        with self._lock:
+            now = time.monotonic()
+            if self._model is None or now - self._model_at > self.MODEL_REFRESH_SECONDS:
+                try:
+                    self._model = describe_model(self.settings)
+                except Exception as exc:  # a broken bundle must not break the scrape
+                    self._model = {
+                        "bundle": self.settings.model.bundle or "demo",
+                        "available": False,
+                        "error": type(exc).__name__,
+                    }
+                self._model_at = now
+            return self._model
+
+    def collect(self) -> Iterator[Any]:
+        """Yield the gauge families (called by prometheus-client on every scrape)."""
+        up = GaugeMetricFamily("triage_store_up", "1 if the database answered this scrape.")
+        depth = GaugeMetricFamily(
+            "triage_queue_jobs", "Jobs in the database by kind and state.", labels=["kind", "state"]
+        )
+        oldest = GaugeMetricFamily(
+            "triage_queue_oldest_waiting_seconds",
+            "Age of the oldest queued or running job, by kind (0: none waiting).",
+            labels=["kind"],
+        )
+        try:
+            counts, ages = waiting_jobs(self.store)
+        except Exception as exc:
+            log.warning("metrics: database query failed: %s", type(exc).__name__)
+            up.add_metric([], 0)
+        else:
+            up.add_metric([], 1)
+            for (kind, state), n in sorted(counts.items()):
+                depth.add_metric([kind, state], n)
+            for kind in sorted(ages):
+                oldest.add_metric([kind], ages[kind])
+        yield up
+        yield depth
+        yield oldest
+
+        writable = GaugeMetricFamily(
+            "triage_store_writable",
+            f"1 if a write transaction could start within {WRITE_PROBE_SECONDS:g} s at this "
+            "scrape; 0 while another process holds the database's write lock (C-STOREs "
+            "wait, then are refused with 0xA700) or the database is read-only.",
+        )
+        try:
+            writable.add_metric([], 1 if store_writable(self.store) else 0)
+        except Exception as exc:
+            log.warning("metrics: database write probe failed: %s", type(exc).__name__)
+            writable.add_metric([], 0)
+        yield writable
+
+        disk = GaugeMetricFamily(
+            "triage_free_disk_bytes", "Free bytes on the file system of the spool."
+        )
+        watermark = GaugeMetricFamily(
+            "triage_free_disk_watermark_bytes",
+            "receive.min_free_disk_mb in bytes: below it, C-STORE is answered 0xA700.",
+        )
+        try:
+            disk.add_metric([], shutil.disk_usage(self.settings.data_dir).free)
+            yield disk
+        except OSError:
+            pass
+        watermark.add_metric([], self.settings.receive.min_free_disk_mb * 1024 * 1024)
+        yield watermark
+
+        m = self.model_description()
+        info = InfoMetricFamily(
+            "triage_model",
+            "The configured model bundle.",
+            value={
+                "bundle": str(m.get("bundle", "")),
+                "name": str(m.get("name", "")),
+                "version": str(m.get("version", "")),
+                "synthetic": str(bool(m.get("synthetic", False))).lower(),
+                "available": str(bool(m.get("available"))).lower(),
+            },
+        )
+        yield info
