@@ -103,3 +103,17 @@ def store_writable(store: Store, wait_seconds: float = WRITE_PROBE_SECONDS) -> b
     finally:
         probe.close()
     return True
+
+
+def free_disk_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding ``path`` (its nearest existing parent).
+
+    None when the file system cannot be asked (the path's parents are gone).
+    """
+    probe = path.resolve()
+    while not probe.exists() and probe != probe.parent:  # not created yet: its file system
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
