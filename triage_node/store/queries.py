@@ -7,6 +7,7 @@ checks and the scheduler's log line.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import sqlite3
 from pathlib import Path
 
