@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Literal, overload
+from typing import IO
 
 
 def fsync_path(path: Path, *, directory: bool = False) -> None:
@@ -30,33 +30,19 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-@overload
-def atomic_write(
-    path: Path, mode: Literal["wb"] = "wb", *, fsync: bool = True
-) -> contextlib.AbstractContextManager[IO[bytes]]: ...
-@overload
-def atomic_write(
-    path: Path, mode: Literal["w"], *, fsync: bool = True
-) -> contextlib.AbstractContextManager[IO[str]]: ...
-def atomic_write(
-    path: Path, mode: Literal["w", "wb"] = "wb", *, fsync: bool = True
-) -> contextlib.AbstractContextManager[IO[bytes]] | contextlib.AbstractContextManager[IO[str]]:
-    """Open a temporary sibling of ``path`` for writing; on a clean exit it replaces ``path``.
+@contextlib.contextmanager
+def atomic_write(path: Path, *, fsync: bool = True) -> Iterator[IO[bytes]]:
+    """Open a temporary sibling of ``path`` for binary writing; a clean exit replaces ``path``.
 
     ``fsync=False`` keeps the atomicity (rename) but skips the flushes, for
     tests and caches. On an exception the temporary file is removed and
     ``path`` is left as it was. Parent directories are created.
     """
-    return _atomic_write(path, mode, fsync)
-
-
-@contextlib.contextmanager
-def _atomic_write(path: Path, mode: str, fsync: bool) -> Iterator[IO[bytes] | IO[str]]:
     created = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with open(tmp, "wb") as f:
             yield f
             if fsync:
                 f.flush()
@@ -74,11 +60,10 @@ def _atomic_write(path: Path, mode: str, fsync: bool) -> Iterator[IO[bytes] | IO
 
 def write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Replace ``path`` with ``data`` atomically (and durably unless ``fsync=False``)."""
-    with atomic_write(path, "wb", fsync=fsync) as f:
+    with atomic_write(path, fsync=fsync) as f:
         f.write(data)
 
 
 def write_text(path: Path, text: str, *, fsync: bool = True) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically (and durably unless ``fsync=False``)."""
-    with atomic_write(path, "w", fsync=fsync) as f:
-        f.write(text)
+    write_bytes(path, text.encode("utf-8"), fsync=fsync)
