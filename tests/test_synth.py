@@ -12,8 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from triage_node.commands import synth as synth_command
 from triage_node.synth import VENDORS, generate_cohort, make_instance, render_instance
-from triage_node.synth import command as synth_command
 
 
 def _files(directory: Path) -> dict[str, bytes]:

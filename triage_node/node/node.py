@@ -15,11 +15,25 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from triage_node.config import Settings
-    from triage_node.store.db import Store
+from apscheduler.schedulers.background import BackgroundScheduler
+
+# Every stage the node may start is imported here, at module level, so all of them are
+# loaded by the main thread before any thread starts: two threads importing pydicom (or
+# torch) for the first time at once can see it half-initialised.
+from triage_node.config import Settings
+from triage_node.node.collector import StoreCollector
+from triage_node.node.health import readiness
+from triage_node.node.http import OpsServer
+from triage_node.node.scheduler import start_scheduler
+from triage_node.node.systemd import Watchdog, sd_notify
+from triage_node.receive import ReceiverHandle, start_receiver
+from triage_node.store.db import Store
+from triage_node.store.models import JobKind
+from triage_node.telemetry.metrics import REGISTRY, prime_destinations
+from triage_node.work.score import ScoreHandler
+from triage_node.work.worker import WorkerPool
 
 log = logging.getLogger("triage_node.serve")
 
@@ -36,25 +50,15 @@ class Node:
         self.store = store
         self.roles = roles
         self.stop_requested = threading.Event()
-        self.receiver: Any = None
-        self.pool: Any = None
-        self.scheduler: Any = None
-        self.watchdog: Any = None
-        self.ops_server: Any = None
-        self._collector: Any = None
+        self.receiver: ReceiverHandle | None = None
+        self.pool: WorkerPool | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.watchdog: Watchdog | None = None
+        self.ops_server: OpsServer | None = None
+        self._collector: StoreCollector | None = None
 
     def start(self) -> None:
         """Start every stage of this process's roles, then tell systemd we are ready."""
-        from triage_node.node.systemd import Watchdog, sd_notify
-
-        # Every stage's modules are imported here, before any thread starts: two threads
-        # importing pydicom at once can see it half-initialised (circular imports).
-        if "receive" in self.roles:
-            from triage_node.receive import start_receiver
-        if "work" in self.roles:
-            from triage_node.node.scheduler import start_scheduler
-            from triage_node.work.worker import WorkerPool
-
         status = []
         if "work" in self.roles:
             self.pool = WorkerPool(self.settings, self.store, self.settings.node.workers)
@@ -76,10 +80,6 @@ class Node:
 
     def _start_ops_endpoint(self) -> None:
         """Serve /metrics, /healthz, /readyz; a port in use costs the endpoint, not the node."""
-        from triage_node.node.collector import StoreCollector
-        from triage_node.node.http import OpsServer
-        from triage_node.telemetry.metrics import REGISTRY, prime_destinations
-
         m = self.settings.metrics
         prime_destinations(self.settings)
         self._collector = StoreCollector(self.settings, self.store)
@@ -113,16 +113,14 @@ class Node:
 
     def model_check(self) -> str:
         """Load (once) and name this process's model; raises ModelUnavailable without one."""
-        handler = self.pool.handlers.get("score") if self.pool is not None else None
-        if handler is None:
+        handler = self.pool.handlers.get(JobKind.SCORE) if self.pool is not None else None
+        if not isinstance(handler, ScoreHandler):
             return "no score handler"
         model = handler.models.get()
         return f"{model.name} {model.version}"
 
     def readiness(self) -> dict[str, Any]:
         """``/readyz``: database, spool, free disk and (in a worker process) the model."""
-        from triage_node.node.health import readiness
-
         doc = readiness(
             self.settings, self.store, self.model_check if "work" in self.roles else None
         )
@@ -152,8 +150,6 @@ class Node:
 
     def stop(self) -> None:
         """Stop accepting, let workers finish or release their jobs, stop timers."""
-        from triage_node.node.systemd import sd_notify
-
         sd_notify("STOPPING=1", "STATUS=stopping")
         started = time.monotonic()
         if self.pool is not None:
@@ -173,8 +169,6 @@ class Node:
         if self.ops_server is not None:
             self.ops_server.stop()
         if self._collector is not None:
-            from triage_node.telemetry.metrics import REGISTRY
-
             REGISTRY.unregister(self._collector)
         self.store.dispose()
         log.info("node stopped", extra={"seconds": round(time.monotonic() - started, 3)})

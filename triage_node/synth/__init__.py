@@ -1,6 +1,6 @@
 """Synthetic AP pelvis/hip radiograph generator whose bone structure follows bone density.
 
-Public API (heavy modules are imported lazily, so ``import triage_node.synth`` is cheap):
+Public API:
 
 ``make_instance(seed, *, size="small", kind="hip", vendor=None, osteoporotic=None,
 prosthesis=(False, False), laterality=None, transfer_syntax=None) -> pydicom.Dataset``
@@ -23,12 +23,9 @@ jobs=None, progress=True) -> CohortSummary``
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # pragma: no cover
-    from triage_node.synth.cohort import CohortSummary, generate_cohort
-    from triage_node.synth.instance import SyntheticImage, make_instance, render_instance
-    from triage_node.synth.vendors import VENDORS
+from triage_node.synth.cohort import CohortSummary, generate_cohort
+from triage_node.synth.instance import SyntheticImage, make_instance, render_instance
+from triage_node.synth.vendors import VENDORS
 
 __all__ = [
     "CohortSummary",
@@ -38,21 +35,3 @@ __all__ = [
     "make_instance",
     "render_instance",
 ]
-
-_LAZY = {
-    "CohortSummary": "triage_node.synth.cohort",
-    "generate_cohort": "triage_node.synth.cohort",
-    "SyntheticImage": "triage_node.synth.instance",
-    "make_instance": "triage_node.synth.instance",
-    "render_instance": "triage_node.synth.instance",
-    "VENDORS": "triage_node.synth.vendors",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'triage_node.synth' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module_name), name)

@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from tqdm import tqdm
 
+from triage_node.synth.instance import render_instance
 from triage_node.synth.vendors import VENDORS
 
 PROSTHESIS_RATE = 0.03  # per hip
@@ -83,10 +91,6 @@ def cohort_item_options(seed: int, index: int, vendors: Sequence[str]) -> dict[s
 
 
 def _write_item(task: tuple[Path, int, int, str, float, tuple[str, ...]]) -> dict[str, Any]:
-    from PIL import Image
-
-    from triage_node.synth.instance import render_instance
-
     out_dir, seed, index, size, prevalence, vendors = task
     opts = cohort_item_options(seed, index, vendors)
     image = render_instance(seed, index=index, size=size, prevalence=prevalence, **opts)
@@ -99,12 +103,6 @@ def _write_item(task: tuple[Path, int, int, str, float, tuple[str, ...]]) -> dic
 
 def oracle_auc(rows: Sequence[dict[str, Any]], folds: int = 5) -> tuple[float | None, str]:
     """Cross-validated AUC of a logistic regression on latent densities + age, sex, weight."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     y = np.array([int(r["label"]) for r in rows])
     if min(int(y.sum()), int(len(y) - y.sum())) < folds * 2:
         return None, f"(too few of one class for {folds}-fold CV)"
@@ -141,8 +139,6 @@ def generate_cohort(
     Each image depends only on ``(seed, index)``, so the output is the same for
     any ``jobs``.
     """
-    from tqdm import tqdm
-
     names = tuple(sorted(vendors or VENDORS))
     unknown = [v for v in names if v not in VENDORS]
     if unknown:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from triage_node.synth.instance import render_instance
 from triage_node.synth.vendors import VENDORS
 
 THUMB_WIDTH = 480
@@ -30,8 +31,6 @@ def write_contact_sheet(
     With ``size="full"`` a native-resolution crop of the first image's right
     femur is written beside it as ``<stem>_femur.png``.
     """
-    from triage_node.synth.instance import render_instance
-
     names = sorted(vendors or VENDORS)
     tiles = []
     font = ImageFont.load_default(size=18)

@@ -15,6 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -132,10 +133,10 @@ def build_dataset(
     h = header
     ds = Dataset()
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = profile.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = h.sop_uid
+    meta.MediaStorageSOPClassUID = UID(profile.sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(h.sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = derive_uid("implementation", __version__)
+    meta.ImplementationClassUID = UID(derive_uid("implementation", __version__))
     meta.ImplementationVersionName = "TRIAGE_SYNTH"
     ds.file_meta = meta
 
@@ -240,7 +241,7 @@ def build_dataset(
 def encode(ds: Dataset, transfer_syntax: str) -> Dataset:
     """Return ``ds`` with its pixel data in ``transfer_syntax`` (lossless syntaxes only)."""
     if transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-        ds.file_meta.TransferSyntaxUID = transfer_syntax
+        ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
         return ds
     if transfer_syntax in (RLELossless, JPEGLSLossless, JPEG2000Lossless):
         ds.compress(transfer_syntax, generate_instance_uid=False)

@@ -11,6 +11,7 @@ from pydicom.uid import RLELossless
 
 from triage_node.synth.cohort import LABEL_COLUMNS
 from triage_node.synth.contact import display_pixels
+from triage_node.synth.instance import render_instance
 
 SAMPLES: list[tuple[str, dict[str, object]]] = [
     ("osteoporotic_jpegls", {"vendor": "orion", "osteoporotic": True}),
@@ -28,8 +29,6 @@ SAMPLE_SEED = 20240601
 
 def write_samples(out_dir: str | Path) -> list[Path]:
     """Write the sample instances, their masks, ``labels.csv`` and ``preview.png``."""
-    from triage_node.synth.instance import render_instance
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows, written = [], []

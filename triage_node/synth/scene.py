@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
+from scipy.interpolate import splev, splprep
 
 from triage_node.synth.femur import FemurShape, draw_femur_shape, outline_points, render_femur
 from triage_node.synth.noise import resize, smooth_noise
@@ -206,8 +207,6 @@ class _Canvas:
 
 def _smooth_closed(points: list[tuple[float, float]], n: int = 120) -> list[tuple[float, float]]:
     """A smooth closed outline through ``points`` (periodic cubic spline)."""
-    from scipy.interpolate import splev, splprep
-
     xy = np.array(points + points[:1], dtype=float).T
     tck, _ = splprep(xy, s=0, per=True)
     xs, ys = splev(np.linspace(0, 1, n), tck)
