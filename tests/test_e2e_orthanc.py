@@ -126,11 +126,13 @@ def complete(archive: OrthancServer, ds: pydicom.Dataset, name: str) -> bool:
     return got == want
 
 
-def node_config(tmp_path: Path, archive: OrthancServer, node_port: int, **extra: Any) -> Path:
+def node_config(
+    tmp_path: Path, archive: OrthancServer, node_port: int, settle_seconds: float = 1, **extra: Any
+) -> Path:
     cfg = base_config(
         tmp_path / "data",
         node_port,
-        node={"ae_title": archive.node_aet, "settle_seconds": 1, "workers": 2},
+        node={"ae_title": archive.node_aet, "settle_seconds": settle_seconds, "workers": 2},
         peers=[
             {"ae_title": archive.aet, "host": "127.0.0.1"},
             {"ae_title": "STORESCU", "host": "127.0.0.1"},
@@ -155,10 +157,15 @@ def node_config(tmp_path: Path, archive: OrthancServer, node_port: int, **extra:
 
 
 @pytest.fixture
-def archive_and_node(tmp_path: Path) -> Iterator[tuple[OrthancServer, NodeProcess]]:
+def archive_and_node(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[OrthancServer, NodeProcess]]:
     node_port = free_port()
     archive = OrthancServer(tmp_path / "orthanc", node_port).start()
-    node = NodeProcess(node_config(tmp_path, archive, node_port), tmp_path / "node.log")
+    overrides = getattr(request, "param", {})  # e.g. {"settle_seconds": 20}
+    node = NodeProcess(
+        node_config(tmp_path, archive, node_port, **overrides), tmp_path / "node.log"
+    )
     try:
         node.start()
         yield archive, node
@@ -216,6 +223,10 @@ def test_samples_routed_scored_and_results_back_in_their_studies(
     assert node.terminate(60) == 0
 
 
+# Orthanc routes each upload on its own time: with a 1 s settle the first study could be
+# reported and delivered before the last image reaches the node and the archive is stopped.
+# A long settle keeps every result behind the archive's stop.
+@pytest.mark.parametrize("archive_and_node", [{"settle_seconds": 20}], indirect=True)
 def test_archive_down_then_sigkill_mid_delivery_every_result_arrives_once(
     archive_and_node: tuple[OrthancServer, NodeProcess],
 ) -> None:
