@@ -7,6 +7,7 @@ instances stay `queued`); tests read its database to check what it kept.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pydicom
+import pynetdicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
@@ -32,13 +34,17 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, dimse_messages
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
 from sqlalchemy import select
 
 from tests.dicom_files import PHI_BIRTH_DATE, PHI_ID, PHI_NAME, make_radiograph
-from tests.peers import NodeProcess, echoscu, need_tool, node_running, storescu
+from tests.peers import NodeProcess, echoscu, free_port, need_tool, node_running, storescu
 from triage_node import identity
-from triage_node.config import load_settings
+from triage_node.config import NodeSection, Settings, load_settings
+from triage_node.receive import pynetdicom_patches, start_receiver
 from triage_node.store import Event, Instance, Job, Store
 
 PEERS = [
@@ -498,3 +504,76 @@ def test_no_patient_data_in_logs_or_events(node: NodeProcess, tmp_path: Path) ->
     for phi in (PHI_NAME, PHI_ID, PHI_BIRTH_DATE, PHI_NAME.split("^")[0]):
         assert phi not in log
         assert phi not in recorded
+
+
+# --- 8. pynetdicom's internals, patched in one place ------------------------------------------
+
+# What apply() changes; monkeypatch puts each back after the test (the process is shared).
+_PATCHED = [
+    (_config, "STORE_RECV_CHUNKED_DATASET"),
+    (_config, "LOG_REQUEST_IDENTIFIERS"),
+    (dimse_messages, "NamedTemporaryFile"),
+    (DIMSEServiceProvider, "receive_primitive"),
+    (AssociationSocket, "recv"),
+    (DULServiceProvider, "receive_pdu"),
+]
+
+
+def test_self_check_passes_on_the_installed_pynetdicom_before_and_after_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for owner, name in _PATCHED:
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    pynetdicom_patches.self_check()
+    pynetdicom_patches.apply(tmp_path)
+    wrapped = [getattr(owner, name) for owner, name in _PATCHED[3:]]
+    pynetdicom_patches.apply(tmp_path)  # idempotent: nothing is wrapped twice
+    assert [getattr(owner, name) for owner, name in _PATCHED[3:]] == wrapped
+    assert all(not hasattr(f.__wrapped__, "__wrapped__") for f in wrapped)
+    assert _config.STORE_RECV_CHUNKED_DATASET is True
+    pynetdicom_patches.self_check()
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "qualified"),
+    [
+        (DULServiceProvider, "receive_pdu", "DULServiceProvider.receive_pdu"),
+        (_config, "STORE_RECV_CHUNKED_DATASET", "pynetdicom._config.STORE_RECV_CHUNKED_DATASET"),
+        (dimse_messages, "NamedTemporaryFile", "pynetdicom.dimse_messages.NamedTemporaryFile"),
+    ],
+)
+def test_self_check_names_what_pynetdicom_no_longer_has(
+    owner: object, name: str, qualified: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(owner, name)
+    with pytest.raises(pynetdicom_patches.PynetdicomChanged) as failed:
+        pynetdicom_patches.self_check()
+    message = str(failed.value)
+    assert f"{qualified} is missing" in message
+    assert f"pynetdicom {pynetdicom.__version__} is installed" in message
+    assert f"written for {pynetdicom_patches.TESTED_VERSION}" in message
+
+
+def test_self_check_names_a_changed_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    def recv(self: AssociationSocket, size: int) -> bytearray:
+        return bytearray()
+
+    monkeypatch.setattr(AssociationSocket, "recv", recv)
+    with pytest.raises(pynetdicom_patches.PynetdicomChanged, match=r"AssociationSocket\.recv has"):
+        pynetdicom_patches.self_check()
+
+
+def test_receiver_does_not_listen_when_the_self_check_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(AssociationSocket, "recv")
+    port = free_port()
+    settings = Settings(node=NodeSection(port=port, data_dir=tmp_path / "data"))
+    store = Store(f"sqlite:///{tmp_path / 'node.db'}")
+    try:
+        with pytest.raises(pynetdicom_patches.PynetdicomChanged, match="recv is missing"):
+            start_receiver(settings, store)
+    finally:
+        store.dispose()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port)):
+        pass

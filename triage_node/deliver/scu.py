@@ -31,7 +31,7 @@ import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import pydicom
 from pydicom.uid import (
@@ -45,8 +45,7 @@ from pynetdicom import AE, build_context
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
-if TYPE_CHECKING:
-    from triage_node.config import DestinationSection, Settings
+from triage_node.config import DestinationSection, Settings
 
 LOG = logging.getLogger(__name__)
 
@@ -125,6 +124,7 @@ def _timeouts(settings: Settings) -> _Timeouts:
 
 
 def _describe(item: pydicom.Dataset | str | Path, index: int) -> _Outgoing:
+    ds: pydicom.Dataset
     if isinstance(item, (str, Path)):
         path = Path(item)
         try:

@@ -17,6 +17,8 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts
+
+# pynetdicom.sop_class creates these names at import time; its types cannot list them.
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     ComputedRadiographyImageStorage,
     DigitalXRayImageStorageForPresentation,
@@ -62,7 +64,8 @@ def add_receiver_contexts(ae: AE) -> None:
     """
     ae.add_supported_context(Verification)
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
+        if cx.abstract_syntax is not None:  # always set in pynetdicom's list
+            ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES)
     # AllStoragePresentationContexts has them already; make sure regardless.
     for uid in RADIOGRAPH_SOP_CLASSES:
         ae.add_supported_context(uid, TRANSFER_SYNTAXES)

@@ -7,33 +7,25 @@ workers reading the store.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import logging
-import os
-import socket
 import ssl
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pydicom.config
-import pynetdicom.dimse_messages
 from pydicom.dataset import Dataset
-from pynetdicom import AE, _config, evt
-from pynetdicom.events import Event
+from pynetdicom import AE, evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node.config import Settings
-from triage_node.receive import status
+from triage_node.receive import pynetdicom_patches, status
 from triage_node.receive.contexts import add_receiver_contexts
 from triage_node.receive.eligibility import decide_eligibility
-from triage_node.receive.network_guards import install_network_guards
 from triage_node.receive.policy import (
     REJECT_PERMANENT,
     SOURCE_SERVICE_USER,
@@ -47,7 +39,7 @@ from triage_node.receive.spool import (
     spool_instance,
 )
 from triage_node.receive.validate import InstanceRefused, read_instance
-from triage_node.store import Store, add_event
+from triage_node.store import InstanceState, Store, add_event
 from triage_node.store.db import StoreUnavailable
 from triage_node.telemetry import metrics
 
@@ -76,60 +68,6 @@ class ReceiverHandle:
         self.ae.shutdown()
 
 
-class _HandshakeBeforeFirstRead(ssl.SSLSocket):
-    """An accepted TLS socket that completes its handshake on the first read.
-
-    A failed handshake (a plain-TCP client, an untrusted or missing client
-    certificate) is logged as one warning naming the peer and reads as a closed
-    connection, so the association ends quietly instead of with a traceback.
-    """
-
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        if not getattr(self, "_triage_handshake_done", False):
-            self._triage_handshake_done = True
-            try:
-                self.do_handshake()
-            except (ssl.SSLError, OSError) as exc:
-                try:
-                    host, port = self.getpeername()[:2]
-                    peer = f"{host}:{port}"
-                except OSError:
-                    peer = "unknown peer"
-                reason = getattr(exc, "reason", None) or exc.__class__.__name__
-                log.warning("TLS handshake with %s failed (%s); connection closed", peer, reason)
-                return b""
-        return super().recv(buflen, flags)
-
-
-class _AssociationThreadHandshake(ssl.SSLContext):
-    """A server context whose TLS handshake runs in the association's own thread.
-
-    pynetdicom wraps each accepted socket in the thread that accepts connections; with
-    the handshake done there, one client that connects and never completes it (a port
-    scanner, a plain-TCP health check that holds the connection) would stop every
-    other association. Deferred, the handshake happens on the association's first
-    read, and a failed one ends that association only.
-    """
-
-    def wrap_socket(
-        self,
-        sock: socket.socket,
-        server_side: bool = False,
-        do_handshake_on_connect: bool = True,
-        suppress_ragged_eofs: bool = True,
-        server_hostname: str | bytes | None = None,
-        session: ssl.SSLSession | None = None,
-    ) -> ssl.SSLSocket:
-        return super().wrap_socket(
-            sock,
-            server_side=server_side,
-            do_handshake_on_connect=False,
-            suppress_ragged_eofs=suppress_ragged_eofs,
-            server_hostname=server_hostname,
-            session=session,
-        )
-
-
 def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
     """The server TLS context from ``[tls]``, or None when TLS is off.
 
@@ -142,8 +80,7 @@ def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
         return None
     if tls.certificate is None or tls.private_key is None:
         raise ValueError("[tls] enabled needs certificate and private_key")
-    context = _AssociationThreadHandshake(ssl.PROTOCOL_TLS_SERVER)
-    context.sslsocket_class = _HandshakeBeforeFirstRead
+    context = pynetdicom_patches.deferred_handshake_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
     if tls.client_certificates_required:
@@ -157,81 +94,18 @@ def _receive_into(directory: Path) -> None:
 
     With STORE_RECV_CHUNKED_DATASET pynetdicom streams each dataset to a temporary
     Part-10 file as its PDUs arrive instead of collecting it in memory; putting
-    that file on the spool's file system lets us keep it by renaming, without
-    re-encoding or copying. Both settings are per process: one receiver a process.
+    that file on the spool's file system lets us keep it by linking, without
+    re-encoding or copying (:mod:`triage_node.receive.pynetdicom_patches`). The
+    settings are per process: one receiver a process.
     """
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.dcm"):  # left by a crash mid-transfer: never acknowledged
         stale.unlink(missing_ok=True)
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    _config.LOG_REQUEST_IDENTIFIERS = False
     # The receiver converts every value of a dataset to check it; pydicom's warnings
     # about values that convert but break VR rules quote them (patient data) and
     # change nothing we do.
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    pynetdicom.dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[attr-defined]
-        _IncomingFile, dir=str(directory), prefix="rx-"
-    )
-    install_network_guards()
-
-
-_WRITEBACK_CHUNK = 2 * 1024 * 1024
-
-
-def _writeback_starter() -> Callable[[int, int, int], None]:
-    """A function that asks the kernel to start writing a file range to disk now.
-
-    Linux's sync_file_range(SYNC_FILE_RANGE_WRITE) starts write-back without waiting;
-    elsewhere, posix_fadvise(DONTNEED) has the same side effect on Linux and is harmless
-    on other systems. Either way the final fsync only waits for the last chunk.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        sync_file_range = libc.sync_file_range
-        sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-
-        def start(fd: int, offset: int, length: int) -> None:
-            sync_file_range(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE
-
-        return start
-    except (OSError, AttributeError):
-
-        def fadvise(fd: int, offset: int, length: int) -> None:
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-
-        return fadvise
-
-
-_start_writeback = _writeback_starter()
-
-
-class _IncomingFile:
-    """pynetdicom's temporary dataset file, starting disk write-back as data arrives.
-
-    Success may only be sent after fsync; writing the file out while the rest of the
-    dataset is still on the wire keeps that fsync short (the receive benchmark's
-    node/storescp ratio depends on it).
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        self._tmp = tempfile.NamedTemporaryFile(**kwargs)
-        self.name = self._tmp.name
-        self.file = self._tmp.file
-        self._written = 0
-        self._synced = 0
-
-    def write(self, data: bytes) -> int:
-        n = self._tmp.write(data)
-        self._written += n
-        if self._written - self._synced >= _WRITEBACK_CHUNK:
-            self._tmp.file.flush()
-            _start_writeback(self._tmp.file.fileno(), self._synced, self._written - self._synced)
-            self._synced = self._written
-        return n
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tmp, name)
+    pynetdicom_patches.apply(directory)
 
 
 class StorageSCP:
@@ -254,9 +128,9 @@ class StorageSCP:
     def on_requested(self, event: Event) -> None:
         """Apply the association policy; refuse with A-ASSOCIATE-RJ when it says no."""
         assoc = event.assoc
-        request = assoc.requestor.primitive
-        calling = str(request.calling_ae_title).strip()
-        called = str(request.called_ae_title).strip()
+        request = assoc.requestor.primitive  # the A-ASSOCIATE-RQ, set before EVT_REQUESTED
+        calling = str(request.calling_ae_title).strip() if request else ""
+        called = str(request.called_ae_title).strip() if request else ""
         host = str(assoc.requestor.address)
         decision = self.policy.decide(calling, called, host)
         if decision.accepted:
@@ -320,7 +194,9 @@ class StorageSCP:
         """Handle one C-STORE request: check, make durable, answer."""
         assoc = event.assoc
         sender = Sender(str(assoc.requestor.ae_title).strip(), str(assoc.requestor.address))
-        affected = str(event.request.AffectedSOPInstanceUID or "").strip() or None
+        request = event.request
+        uid = request.AffectedSOPInstanceUID if isinstance(request, C_STORE) else None
+        affected = str(uid or "").strip() or None
         path = Path(event.dataset_path)
         started = time.monotonic()
         try:
@@ -407,7 +283,7 @@ class StorageSCP:
             metrics.record_instance("duplicate")
         else:
             metrics.record_instance("received")
-            if outcome.state == "skipped":
+            if outcome.state == InstanceState.SKIPPED:
                 metrics.record_instance("skipped")
             log.info(
                 "instance %s (instance id %d, study %s) from %s@%s stored: %s%s",
@@ -467,11 +343,16 @@ def build_ae(settings: Settings) -> AE:
 
 
 def start_receiver(settings: Settings, store: Store) -> ReceiverHandle:
-    """Start the receiver on ``[node] host:port`` in background threads; returns at once."""
+    """Start the receiver on ``[node] host:port`` in background threads; returns at once.
+
+    Raises :class:`~triage_node.receive.pynetdicom_patches.PynetdicomChanged` before
+    anything listens when the installed pynetdicom lacks what our patches rely on.
+    """
+    pynetdicom_patches.self_check()
     _receive_into(incoming_dir(settings))
     scp = StorageSCP(settings, store)
     ae = build_ae(settings)
-    handlers = [
+    handlers: list[EventHandlerType] = [
         (evt.EVT_REQUESTED, scp.on_requested),
         (evt.EVT_ACCEPTED, scp.on_accepted),
         (evt.EVT_REJECTED, scp.on_rejected),
@@ -481,7 +362,7 @@ def start_receiver(settings: Settings, store: Store) -> ReceiverHandle:
         (settings.node.host, settings.node.port),
         block=False,
         ssl_context=tls_server_context(settings),
-        evt_handlers=handlers,  # type: ignore[arg-type]
+        evt_handlers=handlers,
     )
     assert server is not None
     handle = ReceiverHandle(ae, server)

@@ -1,9 +1,20 @@
 """Make a received instance durable: spool file (fsynced) and its rows in one transaction.
 
-The order is what makes Success mean "kept": the file is written and fsynced
-under its final name first, then one transaction records the study, the
-instance, its eligibility and (when eligible) its score job. If that transaction
-fails the file is removed again, so nothing half-written is left behind.
+The order is what makes Success mean "kept". Invariants (with ``receive.fsync``,
+the default; tests may turn the flushes off):
+
+* the received file is fsynced before it gets its spool name;
+* it gets that name by a hard link, which never replaces an existing file: a name
+  that is taken (the same instance arriving on two associations at once, a file a
+  crash left without its row) makes the file keep a unique sibling name instead;
+* the spool directory entry is fsynced (and the spool directory's, when the study
+  directory was created) before the transaction;
+* then one transaction records the study, the instance, its eligibility and (when
+  eligible) its score job; only after its commit is Success sent. If the
+  transaction fails the file is removed again, so nothing is left behind.
+
+The fsyncs and temporary names are :mod:`triage_node.durable`'s; free disk is
+:func:`triage_node.store.queries.free_disk_bytes`.
 """
 
 from __future__ import annotations
@@ -15,16 +26,19 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from triage_node.config import Settings
+from triage_node.durable import fsync_path, temporary_name
 from triage_node.receive.eligibility import EligibilityDecision
 from triage_node.receive.validate import InstanceHeader
 from triage_node.store import Instance, InstanceState, JobKind, Store, Study, add_event, utcnow
 from triage_node.store.db import StoreUnavailable
 from triage_node.store.jobs import enqueue_job
+from triage_node.store.queries import free_disk_bytes
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +63,7 @@ class SpoolOutcome:
     """Result of :func:`spool_instance`."""
 
     instance_id: int
-    state: str
+    state: InstanceState | Literal["duplicate"]
     duplicate: bool
     path: str | None  # relative to the spool directory; None for a duplicate
 
@@ -62,7 +76,9 @@ def incoming_dir(settings: Settings) -> Path:
 def disk_below_watermark(settings: Settings, needed_bytes: int = 0) -> bool:
     """True if storing ``needed_bytes`` more would leave less than ``min_free_disk_mb``."""
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(settings.spool_dir).free
+    free = free_disk_bytes(settings.spool_dir)
+    if free is None:  # the file system cannot be asked: refused as out of resources
+        raise OSError(errno.EIO, "cannot read free disk space", str(settings.spool_dir))
     return free - needed_bytes < settings.receive.min_free_disk_mb * _MB
 
 
@@ -77,14 +93,6 @@ def find_instance_id(store: Store, sop_instance_uid: str) -> int | None:
         return session.scalars(
             select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
         ).first()
-
-
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _place_file(settings: Settings, source: Path, relative: str) -> Path:
@@ -102,15 +110,16 @@ def _place_file(settings: Settings, source: Path, relative: str) -> Path:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+        # Not on the spool's file system after all: copy, fsync, rename.
+        tmp = temporary_name(final)
         shutil.copyfile(source, tmp)
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.rename(tmp, final)
     os.unlink(source)
     if settings.receive.fsync:
-        _fsync_path(final.parent, directory=True)
+        fsync_path(final.parent, directory=True)
         if created_dir:
-            _fsync_path(settings.spool_dir, directory=True)
+            fsync_path(settings.spool_dir, directory=True)
     return final
 
 
@@ -160,7 +169,7 @@ def _commit(
             own_result=decision.own_result,
             received_at=now,
             updated_at=now,
-            state=state.value,
+            state=state,
             reason=decision.reason,
         )
         session.add(instance)
@@ -168,7 +177,7 @@ def _commit(
         if decision.eligible:
             enqueue_job(
                 session,
-                JobKind.SCORE.value,
+                JobKind.SCORE,
                 instance_id=instance.id,
                 max_attempts=settings.worker.max_attempts,
             )
@@ -178,7 +187,7 @@ def _commit(
             instance_id=instance.id,
             sop_instance_uid=header.sop_instance_uid,
             study_instance_uid=header.study_instance_uid,
-            state=state.value,
+            state=state,
             message=decision.reason or "eligible, score job queued",
             data={
                 "calling_ae": sender.calling_ae,
@@ -187,7 +196,7 @@ def _commit(
                 "size_bytes": size,
             },
         )
-        return SpoolOutcome(instance.id, state.value, False, relative)
+        return SpoolOutcome(instance.id, state, False, relative)
 
 
 def record_duplicate(
@@ -243,7 +252,7 @@ def spool_instance(
     try:
         size = received.stat().st_size
         if settings.receive.fsync:
-            _fsync_path(received)
+            fsync_path(received)
         final = _place_file(settings, received, relative)
         relative = final.relative_to(settings.spool_dir).as_posix()
     except OSError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.multival import MultiValue
@@ -263,18 +264,20 @@ def _check_pixel_data(
         raise refuse("Pixel Representation is missing or neither 0 nor 1")
     if ds.SamplesPerPixel not in (1, 3):
         raise refuse(f"Samples per Pixel {ds.SamplesPerPixel} is neither 1 nor 3")
-    raw = ds.get_item(_PIXEL_DATA, keep_deferred=True)
-    deferred = raw is not None and raw.value is None
+    # Not read yet, Pixel Data is a RawDataElement (pydicom's overloads say DataElement)
+    # whose value is None when deferred: then only its declared length is known.
+    item: DataElement | RawDataElement | None = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    deferred = item if isinstance(item, RawDataElement) and item.value is None else None
     # Large encapsulated Pixel Data is deferred with its undefined length (0xFFFFFFFF):
     # there is no declared length to check; the fragments below are parsed instead.
-    undefined = deferred and raw.length == _UNDEFINED_LENGTH
+    undefined = deferred is not None and deferred.length == _UNDEFINED_LENGTH
     if undefined and not UID(transfer_syntax).is_compressed:
         raise refuse("native Pixel Data with undefined length")
-    length = raw.length if deferred else len(ds.PixelData or b"")
-    if deferred and not undefined and raw.value_tell + raw.length > file_size:
+    length = deferred.length if deferred is not None else len(ds.PixelData or b"")
+    if deferred is not None and not undefined and deferred.value_tell + deferred.length > file_size:
         raise refuse(
-            f"Pixel Data truncated: {raw.length} bytes declared, "
-            f"{max(0, file_size - raw.value_tell)} received"
+            f"Pixel Data truncated: {deferred.length} bytes declared, "
+            f"{max(0, file_size - deferred.value_tell)} received"
         )
     if not length:
         raise refuse("Pixel Data is empty")
