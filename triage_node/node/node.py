@@ -28,7 +28,7 @@ from triage_node.node.health import readiness
 from triage_node.node.http import OpsServer
 from triage_node.node.scheduler import start_scheduler
 from triage_node.node.systemd import Watchdog, sd_notify
-from triage_node.receive import ReceiverHandle, start_receiver
+from triage_node.receive import ReceiverHandle, pynetdicom_patches, start_receiver
 from triage_node.store.db import Store
 from triage_node.store.models import JobKind
 from triage_node.telemetry.metrics import REGISTRY, prime_destinations
@@ -58,7 +58,13 @@ class Node:
         self._collector: StoreCollector | None = None
 
     def start(self) -> None:
-        """Start every stage of this process's roles, then tell systemd we are ready."""
+        """Start every stage of this process's roles, then tell systemd we are ready.
+
+        Raises :class:`PynetdicomChanged` before anything starts when the installed
+        pynetdicom no longer has what the receiver's patches rely on.
+        """
+        if "receive" in self.roles:
+            pynetdicom_patches.self_check()
         status = []
         if "work" in self.roles:
             self.pool = WorkerPool(self.settings, self.store, self.settings.node.workers)
