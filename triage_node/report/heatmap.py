@@ -182,10 +182,10 @@ def render_heatmap(
     label_font = _font(max(14, round(width / 40)), bold=True)
     for scaled, colour, label in outlines:
         draw.line(scaled, fill=colour, width=line_width, joint="curve")
-        x0 = min(x for x, _ in scaled)
-        y0 = min(y for _, y in scaled)
+        left = min(x for x, _ in scaled)
+        top = min(y for _, y in scaled)
         draw.text(
-            (x0 + line_width, max(0, y0 - label_font.size - line_width)),
+            (left + line_width, max(0, top - label_font.size - line_width)),
             label,
             fill=colour,
             font=label_font,
@@ -210,11 +210,13 @@ def _caption_lines(assessment: ImageAssessment) -> list[tuple[str, tuple[int, in
             decision = decision_text(side_is_positive(side, assessment.threshold))
             per_side.append(f"{side.side}: p={side.probability:.2f} {decision}")
     lines.extend((text, (255, 255, 255)) for text in per_side)
-    decision = study_decision([assessment])
-    colour = UNKNOWN_RGB if decision is None else POSITIVE_RGB if decision else NEGATIVE_RGB
+    image_decision = study_decision([assessment])
+    colour = (
+        UNKNOWN_RGB if image_decision is None else POSITIVE_RGB if image_decision else NEGATIVE_RGB
+    )
     lines.append(
         (
-            f"Image decision: {decision_text(decision)} "
+            f"Image decision: {decision_text(image_decision)} "
             f"(operating point {assessment.threshold:.2f})",
             colour,
         )
