@@ -27,15 +27,15 @@ orders them:
 Why the VOI step is pydicom's and not highdicom's ``Image.get_frame`` (0.28):
 the model's inputs must stay bit-identical. ``get_frame`` computes the same
 ramp in another order (window folded into stored values, ``(x - min) * scale``)
-and so differs from pydicom by ~1e-12 of the range, and the shipped demo head
-has a zero-variance feature (the z-scored ROI's ``firstorder_Mean``, scaler
-scale ~1e-15) that turns such float noise into probability changes of up to
-4e-3 on ``samples/``. ``get_frame`` also deviates from PS3.3 where pydicom does
-not: with Rescale Slope != 1 it subtracts LINEAR's 1 from the width after
-dividing by the slope (a steeper ramp), and it accepts 8- or 16-bit VOI LUT
-entries only (DX/CR use 12) and stretches the entries' minimum..maximum over
-the output range instead of 0..2^n-1. The last step, a plain linear map with
-clipping, is highdicom's.
+and so differs from pydicom by float rounding (up to 7e-12 on ``samples/``);
+the shipped demo head has a zero-variance feature (the z-scored ROI's
+``firstorder_Mean``, scaler scale ~1e-15) that turns such noise into
+probability changes of up to 4e-3 on ``samples/``. ``get_frame`` also deviates
+from PS3.3 where pydicom does not: with Rescale Slope != 1 it subtracts
+LINEAR's 1 from the width after dividing by the slope (a steeper ramp), and it
+accepts 8- or 16-bit VOI LUT entries only (DX/CR use 12) and stretches the
+entries' minimum..maximum over the output range instead of 0..2^n-1. The last
+step, a plain linear map with clipping, is highdicom's.
 """
 
 from __future__ import annotations
