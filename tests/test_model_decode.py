@@ -8,6 +8,7 @@ from pydicom.dataset import Dataset
 
 from tests.dicom_files import make_radiograph
 from triage_node.assessment import NotScorable
+from triage_node.report.heatmap import windowed_grayscale
 from triage_node.score.decode import FALLBACK_SPACING_MM, decode_radiograph, resample_to_spacing
 
 
@@ -79,3 +80,22 @@ def test_resample_to_spacing() -> None:
     checker = ((rows // 1 + cols // 1) % 2).astype(float)
     # Anti-aliasing: a 1-pixel checkerboard becomes flat grey, not a moire pattern.
     assert resample_to_spacing(checker, (0.1, 0.1), 0.5)[5:-5, 5:-5].std() < 0.05
+
+
+def test_the_heatmap_shows_the_pixels_the_model_reads() -> None:
+    """One windowing for both: the heatmap is the model's input mapped onto [0, 1]."""
+    windowed = make_radiograph(rows=32, columns=24)
+    _ramp(windowed)
+    windowed.RescaleSlope, windowed.RescaleIntercept = 2, -100
+    windowed.WindowCenter, windowed.WindowWidth = 700, 300
+    with_lut = make_radiograph(rows=32, columns=24)
+    raw = _ramp(with_lut)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]  # 12-bit entries, as DX and CR VOI LUTs often are
+    item.LUTData = [min(4095, 3 * i) for i in range(4096)]
+    with_lut.VOILUTSequence = [item]
+    for ds, (low, high) in ((windowed, (-100.0, 8090.0)), (with_lut, (0.0, 4095.0))):
+        model_input = decode_radiograph(ds).pixels
+        picture = windowed_grayscale(ds)
+        np.testing.assert_allclose(picture, (model_input - low) / (high - low), atol=1e-6)
+    np.testing.assert_array_equal(decode_radiograph(with_lut).pixels, np.minimum(3.0 * raw, 4095))

@@ -14,6 +14,7 @@ new meanings get new values.
 from __future__ import annotations
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr import CodedConcept
 from pydicom.sr.coding import Code
 
 from triage_node import identity
@@ -45,7 +46,7 @@ IMAGING_MEASUREMENT_REPORT = Code("126000", "DCM", "Imaging Measurement Report")
 #: TID 1500 "Procedure reported" value; CID 10005 / SNOMED CT 168537006.
 PLAIN_RADIOGRAPHY = Code("168537006", "SCT", "Plain radiography")
 #: TID 1002 observer type (CID 270 "Observer Type"): our device made the observations.
-OBSERVER_TYPE_DEVICE = Code("121007", "DCM", "Device")
+OBSERVER_TYPE_DEVICE = CodedConcept("121007", "DCM", "Device")
 
 # --- anatomy (TID 1410/1501 "Finding Site", SCT 363698007, with laterality) -------------
 

@@ -28,16 +28,18 @@ import datetime
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import numpy as np
+import numpy.typing as npt
 import pydicom
 from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from triage_node import identity
 from triage_node.assessment import ImageAssessment
+from triage_node.display import display_pixels
 from triage_node.report.sr import (
     check_assessment,
     check_polygon,
@@ -61,49 +63,21 @@ POSITIVE_RGB = (255, 64, 64)
 NEGATIVE_RGB = (64, 220, 96)
 UNKNOWN_RGB = (200, 200, 200)
 _MAX_ALPHA = 0.55
+#: Without a VOI LUT or window in the file, the picture spans these percentiles.
+WINDOW_PERCENTILES = (0.5, 99.5)
 
 
-def windowed_grayscale(source: pydicom.Dataset) -> np.ndarray:
+def windowed_grayscale(source: pydicom.Dataset) -> npt.NDArray[np.floating[Any]]:
     """The source's pixels as a viewer shows them: float32 array in [0, 1], white = dense bone.
 
-    Modality LUT (rescale) first, then the first VOI LUT Sequence item or
-    Window Center/Width (pydicom's implementation of PS3.3 C.11.2);
-    MONOCHROME1 is inverted. Without any VOI, the 0.5-99.5 percentile range.
+    :func:`triage_node.display.display_pixels` onto [0, 1]: Modality LUT, the first
+    VOI LUT Sequence item or Window Center/Width, MONOCHROME1 inverted; without any
+    VOI, the 0.5-99.5 percentile range. Raises ``ValueError`` for a colour or
+    multi-frame source.
     """
-    photometric = str(source.get("PhotometricInterpretation", ""))
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"source: PhotometricInterpretation {photometric!r} is not grayscale")
-    if int(source.get("NumberOfFrames", 1) or 1) != 1:
-        raise ValueError("source: multi-frame images are not supported")
-    values = np.asarray(apply_modality_lut(source.pixel_array, source), dtype=np.float64)
-    if "VOILUTSequence" in source:
-        out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=True), dtype=np.float64)
-        bits = int(source.VOILUTSequence[0].LUTDescriptor[2])
-        low, high = 0.0, float(2**bits - 1)
-    elif "WindowCenter" in source and "WindowWidth" in source:
-        out = np.asarray(apply_voi_lut(values, source, index=0, prefer_lut=False), dtype=np.float64)
-        # pydicom maps the window onto the range of the stored values (after rescale)
-        bits = int(source.BitsStored)
-        if int(source.get("PixelRepresentation", 0)) == 0:
-            low, high = 0.0, float(2**bits - 1)
-        else:
-            low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-        if "RescaleSlope" in source and "RescaleIntercept" in source:
-            slope, intercept = float(source.RescaleSlope), float(source.RescaleIntercept)
-            low, high = sorted((low * slope + intercept, high * slope + intercept))
-    else:
-        out = values
-        low, high = (float(v) for v in np.percentile(values, [0.5, 99.5]))
-    if high <= low:
-        high = low + 1.0
-    del values  # a full-size image is tens of MB per float64 copy: work in place
-    gray = np.subtract(out, low, dtype=np.float32)
-    del out
-    gray *= np.float32(1.0 / (high - low))
-    np.clip(gray, 0.0, 1.0, out=gray)
-    if photometric == "MONOCHROME1":
-        np.subtract(np.float32(1.0), gray, out=gray)
-    return gray
+    return display_pixels(
+        source, output_range=(0.0, 1.0), dtype=np.float32, fallback_percentiles=WINDOW_PERCENTILES
+    )
 
 
 def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
@@ -208,10 +182,10 @@ def render_heatmap(
     label_font = _font(max(14, round(width / 40)), bold=True)
     for scaled, colour, label in outlines:
         draw.line(scaled, fill=colour, width=line_width, joint="curve")
-        x0 = min(x for x, _ in scaled)
-        y0 = min(y for _, y in scaled)
+        left = min(x for x, _ in scaled)
+        top = min(y for _, y in scaled)
         draw.text(
-            (x0 + line_width, max(0, y0 - label_font.size - line_width)),
+            (left + line_width, max(0, top - label_font.size - line_width)),
             label,
             fill=colour,
             font=label_font,
@@ -236,11 +210,13 @@ def _caption_lines(assessment: ImageAssessment) -> list[tuple[str, tuple[int, in
             decision = decision_text(side_is_positive(side, assessment.threshold))
             per_side.append(f"{side.side}: p={side.probability:.2f} {decision}")
     lines.extend((text, (255, 255, 255)) for text in per_side)
-    decision = study_decision([assessment])
-    colour = UNKNOWN_RGB if decision is None else POSITIVE_RGB if decision else NEGATIVE_RGB
+    image_decision = study_decision([assessment])
+    colour = (
+        UNKNOWN_RGB if image_decision is None else POSITIVE_RGB if image_decision else NEGATIVE_RGB
+    )
     lines.append(
         (
-            f"Image decision: {decision_text(decision)} "
+            f"Image decision: {decision_text(image_decision)} "
             f"(operating point {assessment.threshold:.2f})",
             colour,
         )

@@ -11,17 +11,17 @@ here reads the clock: the same inputs give byte-identical objects.
 from __future__ import annotations
 
 import datetime
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pydicom
 
 from triage_node.assessment import ImageAssessment, SideAssessment
+from triage_node.durable import atomic_write
 from triage_node.report.heatmap import build_heatmap
 from triage_node.report.sr import build_study_report
 
@@ -62,20 +62,15 @@ def cam_path_for(spool_path: Path) -> Path:
     return spool_path.with_name(spool_path.name.removesuffix(".dcm") + ".cam.npz")
 
 
-def save_cams(path: Path, cams: Mapping[str, Any], *, fsync: bool = True) -> None:
-    """Write per-side CAM arrays as an ``.npz`` (no pickle), atomically (temp file, rename)."""
-    arrays = {}
+def save_cams(path: Path, cams: Mapping[str, npt.ArrayLike], *, fsync: bool = True) -> None:
+    """Write per-side CAM arrays as an ``.npz`` (no pickle), atomically and durably."""
+    arrays: dict[str, npt.NDArray[np.float32]] = {}
     for side, cam in cams.items():
         if side not in ("left", "right"):
             raise ValueError(f"cams: unknown side {side!r} (expected 'left'/'right')")
         arrays[side] = np.asarray(cam, dtype=np.float32)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=fsync) as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy stub: **kwds vs allow_pickle
 
 
 def load_cams(path: Path) -> dict[str, np.ndarray] | None:
@@ -154,22 +149,8 @@ def write_result_file(ds: pydicom.Dataset, path: Path, *, fsync: bool = True) ->
     """Write ``ds`` as a DICOM file at ``path`` atomically and durably; returns its size.
 
     A crash leaves either no file or the whole file; a re-run overwrites it with
-    identical bytes.
+    identical bytes (:func:`triage_node.durable.atomic_write`).
     """
-    created = not path.parent.exists()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path, fsync=fsync) as f:
         ds.save_as(f, enforce_file_format=True)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if fsync:
-        for directory in (path.parent, *((path.parent.parent,) if created else ())):
-            fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
     return path.stat().st_size

@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from copy import deepcopy
+from typing import TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -259,6 +260,17 @@ def _text(name: Code, value: str, relationship: str = "CONTAINS") -> hd.sr.TextC
     )
 
 
+class _GroupArgs(TypedDict):
+    """The arguments both highdicom measurement-group classes take for one hip."""
+
+    tracking_identifier: hd.sr.TrackingIdentifier
+    finding_type: Code
+    algorithm_id: hd.sr.AlgorithmIdentification
+    finding_sites: list[hd.sr.FindingSite]
+    measurements: list[hd.sr.Measurement] | None
+    qualitative_evaluations: list[hd.sr.QualitativeEvaluation]
+
+
 def _side_group(
     source: pydicom.Dataset,
     image_number: int,
@@ -289,7 +301,7 @@ def _side_group(
     evaluation = hd.sr.QualitativeEvaluation(
         name=codes.TRIAGE_RESULT, value=decision_code(positive)
     )
-    common = dict(
+    common = _GroupArgs(
         tracking_identifier=tracking,
         finding_type=codes.OSTEOPOROSIS,
         algorithm_id=algorithm,
@@ -312,13 +324,13 @@ def _side_group(
         )
         group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             referenced_region=region, **common
-        )  # type: ignore[arg-type]
+        )
     else:
         group = hd.sr.MeasurementsAndQualitativeEvaluations(
             source_images=[
                 hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)
             ],
-            **common,  # type: ignore[arg-type]
+            **common,
         )
     if side.not_assessable_reason is not None:
         # TID 1501/1410 allow TEXT qualitative evaluations; highdicom has no argument
@@ -484,7 +496,7 @@ def build_study_report(
         is_verified=False,
         series_description=identity.SR_SERIES_DESCRIPTION,
         manufacturer_model_name=identity.MANUFACTURER_MODEL_NAME,
-        software_versions=software_versions(first),  # type: ignore[arg-type]
+        software_versions=software_versions(first),
         content_date=content_datetime.date(),
         content_time=content_datetime.time(),
         series_date=content_datetime.date(),

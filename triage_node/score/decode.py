@@ -1,9 +1,10 @@
 """Decoding a radiograph for the model: pixels as a viewer shows them, plus pixel spacing.
 
 Steps, in the order a viewer applies them: decode Pixel Data (any transfer
-syntax pydicom's installed plugins handle), Modality LUT / rescale
-(``apply_modality_lut``), VOI LUT or window (``apply_voi_lut``), then invert
-MONOCHROME1 so that bone is always bright. Spacing comes from Pixel Spacing
+syntax pydicom's installed plugins handle), then the model's variant of
+:func:`triage_node.display.display_pixels`: Modality LUT, VOI LUT or window
+onto the VOI's own output range, MONOCHROME1 mirrored about the image's own
+range so that bone is always bright. Spacing comes from Pixel Spacing
 (calibrated), else Imager Pixel Spacing divided by the Estimated Radiographic
 Magnification Factor, else Nominal Scanned Pixel Spacing, else
 :data:`FALLBACK_SPACING_MM` with a recorded warning.
@@ -15,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from scipy import ndimage
 
 from triage_node.assessment import NotScorable
+from triage_node.display import display_pixels
 
 #: Used when the header gives no spacing: a typical CR/DX detector pitch (mm).
 FALLBACK_SPACING_MM = 0.15
@@ -91,9 +92,7 @@ def decode_radiograph(ds: pydicom.Dataset) -> DecodedImage:
         raise NotScorable(f"instance {uid}: pixel data do not decode: {exc}") from None
     if raw.ndim != 2:
         raise NotScorable(f"instance {uid}: pixel array has shape {raw.shape}, expected 2-D")
-    pixels = np.asarray(apply_voi_lut(apply_modality_lut(raw, ds), ds), dtype=np.float64)
-    if photometric == "MONOCHROME1":
-        pixels = pixels.max() + pixels.min() - pixels
+    pixels = display_pixels(ds, output_range=None, dtype=np.float64, invert="pixel_range")
     spacing, source = _spacing(ds)
     warnings: list[str] = []
     if spacing is None:
