@@ -35,7 +35,7 @@ def bundle(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "train", "--data", str(cohort), "--labels", str(cohort / "labels.csv"),
         "--out", str(work / "bundle"), "--cache", str(work / "cache"), "--seed", "3",
         "--epochs", "2", "--finder-epochs", "20", "--finder-negatives", "6",
-        "--jobs", "2", "--threads", "1", "--quiet",
+        "--jobs", "2", "--threads", "1", "--no-progress",
     ]  # fmt: skip
     assert main(args) == 0
     assert list((work / "cache").glob("*.npz")), "feature cache is written"
@@ -64,7 +64,7 @@ def test_score_command(
     assert (
         main(["score", "--bundle", str(bundle), "--json", "--out", str(out), *map(str, files)]) == 0
     )
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = json.loads(capsys.readouterr().out)  # one JSON document: an object per file
     assert len(lines) == 4
     probabilities = [s["probability"] for r in lines for s in r["sides"] if s["probability"]]
     assert probabilities, "at least one hip of four is found and scored"
@@ -93,7 +93,7 @@ def test_evaluate_command(
                 str(report),
                 "--jobs",
                 "2",
-                "--quiet",
+                "--no-progress",
             ]
         )
         == 0

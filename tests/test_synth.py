@@ -139,15 +139,16 @@ def test_command_writes_cohort_and_rejects_bad_usage(tmp_path: Path) -> None:
             "3",
         ]
     )
-    assert synth_command.run(args) == 0
+    assert synth_command.main(args) == 0
     with open(tmp_path / "labels.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["file"] for r in rows] == ["synth_00000.dcm", "synth_00001.dcm"]
     for r in rows:
         ds = pydicom.dcmread(tmp_path / r["file"])
         assert ds.SOPInstanceUID == r["sop_instance_uid"] and ds.PatientID == r["patient_id"]
-    bad = parser.parse_args(["--out", str(tmp_path), "--vendor", "nope"])
-    assert synth_command.run(bad) == 2
+    with pytest.raises(SystemExit) as bad:  # argparse: usage line, exit 2
+        parser.parse_args(["--out", str(tmp_path), "--vendor", "nope"])
+    assert bad.value.code == 2
 
 
 def test_patient_orientation_matches_the_masks_and_marker() -> None:

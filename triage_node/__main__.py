@@ -1,7 +1,8 @@
-"""`python -m triage_node` is the `triage-node` command."""
+"""``python -m triage_node`` is the ``triage-node`` command (``triage_node.commands.main``)."""
 
 import sys
 
 from triage_node.commands.main import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

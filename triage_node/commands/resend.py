@@ -13,26 +13,43 @@ changing anything.
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-    from triage_node.config import Settings
-    from triage_node.store.models import Job, Study
+from triage_node.commands.common import EXIT_OK, EXIT_USAGE, error
+from triage_node.config import Settings, load_settings
+from triage_node.store.db import add_event
+from triage_node.store.existing import open_existing_store
+from triage_node.store.jobs import requeue_jobs
+from triage_node.store.models import (
+    Delivery,
+    DeliveryState,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    Study,
+    utcnow,
+)
+from triage_node.work.report import deliver_dedup_key
+from triage_node.work.study import enqueue_once, rollup_delivery
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    """``resend (STUDY_UID... | --failed)``: exactly one of the two."""
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "study_uids",
         nargs="*",
+        default=(),  # not None: argparse then counts an empty STUDY_UID list as not given
         metavar="STUDY_UID",
         help="Study Instance UID(s) whose results are sent again",
     )
-    parser.add_argument(
+    which.add_argument(
         "--failed", action="store_true", help="requeue every failed delivery instead"
     )
+    parser.usage = "%(prog)s [-h] [--config PATH] (STUDY_UID [STUDY_UID ...] | --failed)"
     parser.epilog = "Exit 2 for an unknown Study Instance UID (nothing is changed then)."
 
 
@@ -45,10 +62,6 @@ class UnknownStudies(Exception):
 
 
 def _reset_deliveries(session: Session, job: Job, *, all_objects: bool) -> int:
-    from sqlalchemy import select
-
-    from triage_node.store.models import Delivery, DeliveryState, Result, utcnow
-
     query = (
         select(Delivery)
         .join(Result, Result.id == Delivery.result_id)
@@ -70,10 +83,6 @@ def _reset_deliveries(session: Session, job: Job, *, all_objects: bool) -> int:
 
 def _requeue(session: Session, job: Job) -> None:
     """Put a failed or done job back in the queue with a fresh attempt budget."""
-    from triage_node.store.db import add_event
-    from triage_node.store.jobs import requeue_jobs
-    from triage_node.store.models import JobState, utcnow
-
     if job.state == JobState.FAILED.value:
         requeue_jobs(session, [job.id])
         return
@@ -93,12 +102,6 @@ def _requeue(session: Session, job: Job) -> None:
 
 def resend_study(session: Session, settings: Settings, study: Study) -> list[str]:
     """Requeue delivery of the study's newest results to every configured destination."""
-    from sqlalchemy import select
-
-    from triage_node.store.models import Delivery, DeliveryState, Job, JobKind, JobState, Result
-    from triage_node.work.report import deliver_dedup_key
-    from triage_node.work.study import enqueue_once, rollup_delivery
-
     uid, version = study.study_instance_uid, study.report_version
     results = session.scalars(
         select(Result).where(Result.study_id == study.id, Result.report_version == version)
@@ -156,11 +159,6 @@ def resend_study(session: Session, settings: Settings, study: Study) -> list[str
 
 def resend_failed(session: Session) -> list[str]:
     """Requeue every failed deliver job; only its undelivered objects are sent again."""
-    from sqlalchemy import select
-
-    from triage_node.store.models import Job, JobKind, JobState, Study
-    from triage_node.work.study import rollup_delivery
-
     lines = []
     jobs = session.scalars(
         select(Job)
@@ -186,10 +184,6 @@ def resend_failed(session: Session) -> list[str]:
 
 def resend(settings: Settings, session: Session, study_uids: list[str] | None) -> list[str]:
     """Do the resend in the caller's transaction; raises :class:`UnknownStudies` first."""
-    from sqlalchemy import select
-
-    from triage_node.store.models import Study
-
     if study_uids is None:
         return resend_failed(session)
     studies = {
@@ -207,33 +201,23 @@ def resend(settings: Settings, session: Session, study_uids: list[str] | None) -
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    """Parse, resend in one transaction, print what was done."""
-    from triage_node.config import load_settings
-    from triage_node.store.existing import open_existing_store
-
+def main(args: argparse.Namespace) -> int:
+    """Resend in one transaction, print what was done."""
     settings = load_settings(args.config)
-    if bool(args.study_uids) == bool(args.failed):
-        print("resend: give Study Instance UID(s) or --failed (not both)", file=sys.stderr)
-        return 2
     store = open_existing_store(settings)
     if store is None:
         if args.failed:
             print("no failed deliveries (the node has no database yet)")
-            return 0
-        print(
-            f"resend: unknown study: {', '.join(args.study_uids)} (no database yet)",
-            file=sys.stderr,
-        )
-        return 2
+            return EXIT_OK
+        message = f"unknown study: {', '.join(args.study_uids)} (no database yet)"
+        return error(args.command, message, EXIT_USAGE)
     try:
         with store.write() as session:
             lines = resend(settings, session, None if args.failed else list(args.study_uids))
     except UnknownStudies as exc:
-        print(f"resend: unknown study: {exc} (nothing changed)", file=sys.stderr)
-        return 2
+        return error(args.command, f"unknown study: {exc} (nothing changed)", EXIT_USAGE)
     finally:
         store.dispose()
     for line in lines:
         print(line)
-    return 0
+    return EXIT_OK

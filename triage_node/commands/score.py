@@ -1,37 +1,60 @@
-"""``triage-node score``: score DICOM files one-off with the configured (or given) model bundle."""
+"""``triage-node score``: score DICOM files one-off with the configured (or given) model bundle.
+
+Text or, with ``--json``, one JSON array with an object per file (in the order
+given); a file that cannot be scored has ``error`` in its object, and the
+error goes to stderr as well. Exit 0 when every file was scored (assessable or
+not), 1 when any was not or its report objects could not be written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from triage_node.assessment import ImageAssessment, ModelUnavailable, NotScorable
+from triage_node.commands.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_bundle_argument,
+    error,
+    existing_file,
+    resolve_bundle,
+)
+from triage_node.config import load_settings
+from triage_node.report.heatmap import build_heatmap
+from triage_node.report.sr import build_study_report
+from triage_node.score.loader import load_model
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``triage-node score`` (cheap: no heavy imports)."""
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM files")
+    """``score FILE... [--bundle B] [--json] [--out DIR]``."""
+    parser.add_argument("files", nargs="+", type=existing_file, metavar="FILE", help="DICOM files")
+    add_bundle_argument(parser, default="[model] bundle of the config")
     parser.add_argument(
-        "--bundle",
-        default=None,
-        help="bundle directory or 'demo' (default: [model] bundle of the config)",
+        "--json", action="store_true", help="print one JSON array, an object per file"
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object per file")
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
+        metavar="DIR",
         help="write <name>.json (and the SR and heatmap objects) here",
     )
 
 
-def _printable(assessment: Any) -> dict[str, Any]:
+def _printable(assessment: ImageAssessment) -> dict[str, Any]:
     data = assessment.to_json()
     data["extra"] = {k: v for k, v in data.get("extra", {}).items() if k != "cam"}
     return data
 
 
-def _describe(name: str, assessment: Any) -> str:
+def _describe(name: str, assessment: ImageAssessment) -> str:
     lines = [
         f"{name}: model {assessment.model_name} {assessment.model_version}, "
         f"threshold {assessment.threshold:.3f}"
@@ -44,8 +67,8 @@ def _describe(name: str, assessment: Any) -> str:
         else:
             decision = "POSITIVE" if side.positive else "negative"
             lines.append(f"  {side.side:>5}: p={side.probability:.3f} {decision}")
-    if assessment.assessable:
-        p = assessment.probability
+    p = assessment.probability
+    if p is not None:
         decision = "POSITIVE" if p >= assessment.threshold else "negative"
         lines.append(f"  image: p={p:.3f} {decision}")
     else:
@@ -54,71 +77,60 @@ def _describe(name: str, assessment: Any) -> str:
     return "\n".join(lines)
 
 
-def _write_objects(out: Path, stem: str, ds: Any, assessment: Any) -> list[str]:
-    """Write the SR and heatmap SC when the report builders are installed; return notes."""
-    notes = []
-    try:
-        from triage_node.report.heatmap import build_heatmap
-        from triage_node.report.sr import build_study_report
-    except ImportError:
-        return ["report builders not installed; wrote JSON only"]
+def _write_objects(
+    out: Path, stem: str, ds: pydicom.Dataset, assessment: ImageAssessment
+) -> list[Path]:
+    """Write the SR and the heatmap secondary capture of one scored file; their paths."""
+    sr_path, heatmap_path = out / f"{stem}_sr.dcm", out / f"{stem}_heatmap.dcm"
     sr = build_study_report([ds], [assessment], report_version=1)
-    sr.save_as(out / f"{stem}_sr.dcm", enforce_file_format=True)
-    notes.append(f"wrote {out / f'{stem}_sr.dcm'}")
+    sr.save_as(sr_path, enforce_file_format=True)
     cams = assessment.extra.get("cam") or None
     heatmap = build_heatmap(ds, assessment, cams, report_version=1)
-    heatmap.save_as(out / f"{stem}_heatmap.dcm", enforce_file_format=True)
-    notes.append(f"wrote {out / f'{stem}_heatmap.dcm'}")
-    return notes
+    heatmap.save_as(heatmap_path, enforce_file_format=True)
+    return [sr_path, heatmap_path]
 
 
-def run(args: argparse.Namespace) -> int:
-    """Score each file; 0 when all scored (assessable or not), 1 when any failed."""
-    import pydicom
-
-    from triage_node.assessment import ModelUnavailable, NotScorable
-    from triage_node.config import load_settings
-    from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle
-    from triage_node.score.loader import load_model
-
+def main(args: argparse.Namespace) -> int:
+    """Score each file; print text or one JSON array."""
     settings = load_settings(args.config)
+    if args.bundle is not None:
+        settings.model.bundle = str(resolve_bundle(args.bundle, settings))
     try:
-        if args.bundle:
-            from triage_node.score.model import BundleScoringModel
-
-            path = DEMO_BUNDLE_DIR if args.bundle == "demo" else Path(args.bundle)
-            threshold = settings.model.threshold
-            model: Any = BundleScoringModel(
-                load_bundle(path), threshold=None if threshold == "" else float(threshold)
-            )
-        else:
-            model = load_model(settings)
+        model = load_model(settings)
     except ModelUnavailable as exc:
-        print(f"score: {exc}")
-        return 1
+        return error(args.command, str(exc))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     failed = 0
+    results: list[dict[str, Any]] = []
     for file in args.files:
         try:
             ds = pydicom.dcmread(file)
             assessment = model.assess(ds)
-        except (OSError, pydicom.errors.InvalidDicomError, NotScorable) as exc:
-            print(f"{file}: cannot score: {exc}")
+        except (OSError, InvalidDicomError, NotScorable) as exc:
             failed += 1
+            message = f"cannot score: {exc}"
+            error(args.command, f"{file}: {message}")
+            results.append({"file": str(file), "error": message})
             continue
         data = _printable(assessment)
-        if args.json:
-            print(json.dumps({"file": str(file), **data}))
-        else:
+        result = {"file": str(file), **data}
+        results.append(result)
+        if not args.json:
             print(_describe(str(file), assessment))
         if args.out:
             (args.out / f"{file.stem}.json").write_text(json.dumps(data, indent=2) + "\n")
             try:
-                notes = _write_objects(args.out, file.stem, ds, assessment)
-            except (ValueError, TypeError) as exc:
-                notes = [f"report objects not written: {exc}"]
+                written = _write_objects(args.out, file.stem, ds, assessment)
+            except (OSError, ValueError, TypeError) as exc:
                 failed += 1
+                message = f"report objects not written: {exc}"
+                error(args.command, f"{file}: {message}")
+                result["error"] = message
+                continue
             if not args.json:
-                print("\n".join(f"  {n}" for n in notes))
-    return 1 if failed else 0
+                print("\n".join(f"  wrote {path}" for path in written))
+    if args.json:
+        json.dump(results, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    return EXIT_FAILURE if failed else EXIT_OK

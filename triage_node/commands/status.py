@@ -11,28 +11,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
+
+from triage_node.commands.common import EXIT_OK
+from triage_node.commands.views import free_disk_bytes, status_facts
+from triage_node.config import Settings, load_settings
+from triage_node.node.health import readiness
+from triage_node.score.loader import describe_model
+from triage_node.store.db import redact_url
+from triage_node.store.existing import open_existing_store
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``status [--json]``."""
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _size(n: int | None) -> str:
     if n is None:
         return "unknown"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        size /= 1024
+        if size < 1024 or unit == "TiB":
+            break
+    return f"{size:.1f} {unit}"
 
 
-def node_endpoint(settings: Any, timeout: float = 2.0) -> dict[str, Any]:
+def node_endpoint(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
     """The running node's ``/readyz`` answer, or why it could not be had."""
-    import urllib.error
-    import urllib.request
-
     m = settings.metrics
     base = f"http://{m.host}:{m.port}"
     doc: dict[str, Any] = {
@@ -56,14 +67,8 @@ def node_endpoint(settings: Any, timeout: float = 2.0) -> dict[str, Any]:
     return doc
 
 
-def collect_status(settings: Any) -> dict[str, Any]:
+def collect_status(settings: Settings) -> dict[str, Any]:
     """Everything `status` prints, as one JSON-able dict."""
-    from triage_node.commands.views import free_disk_bytes, status_facts
-    from triage_node.node.health import readiness
-    from triage_node.score.loader import describe_model
-    from triage_node.store.db import redact_url
-    from triage_node.store.existing import open_existing_store
-
     store = open_existing_store(settings)
     ready = readiness(settings, store)
     facts: dict[str, Any]
@@ -112,6 +117,7 @@ def collect_status(settings: Any) -> dict[str, Any]:
 
 
 def format_status(s: dict[str, Any]) -> str:
+    """The status as lines for the terminal."""
     n = s["node"]
     lines = [
         f"node       {n['ae_title']} on {n['host']}:{n['port']}  data {n['data_dir']}",
@@ -170,9 +176,8 @@ def format_status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    from triage_node.config import load_settings
-
+def main(args: argparse.Namespace) -> int:
+    """Print the status as text or one JSON object."""
     settings = load_settings(args.config)
     status = collect_status(settings)
     if args.json:
@@ -180,4 +185,4 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(format_status(status))
-    return 0
+    return EXIT_OK

@@ -1,16 +1,59 @@
-"""The ``triage-node synth`` subcommand: write a synthetic hip radiograph cohort."""
+"""``triage-node synth``: write a synthetic hip radiograph cohort (or the samples, a contact sheet).
+
+The cohort is DICOM files, per-side femur masks, ``labels.csv`` and
+``oracle.json`` (see docs/synth.md). Exit 0 ok, 1 when writing failed, 2 bad
+usage (checked by argparse).
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from triage_node.commands.common import (
+    EXIT_OK,
+    add_progress_argument,
+    error,
+    positive_int,
+)
+from triage_node.synth.cohort import generate_cohort
+from triage_node.synth.contact import write_contact_sheet
+from triage_node.synth.samples import write_samples
+from triage_node.synth.vendors import VENDORS
+
+
+def fraction(value: str) -> float:
+    """argparse ``type=``: a number strictly between 0 and 1."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {number}")
+    return number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``synth`` options to ``parser`` (no heavy imports here)."""
-    parser.add_argument("--out", type=Path, help="output directory for the cohort")
-    parser.add_argument("--n", type=int, default=100, help="number of images (default 100)")
+    """``synth (--out DIR | --samples DIR | --contact-sheet PNG) [--n N] [--seed S] ...``."""
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--out", type=Path, metavar="DIR", help="output directory for the cohort")
+    what.add_argument(
+        "--samples",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="instead of a cohort, regenerate the committed sample set into DIR",
+    )
+    what.add_argument(
+        "--contact-sheet",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="instead of a cohort, write a 4 x 4 contact sheet of 16 images to PNG",
+    )
+    parser.add_argument(
+        "--n", type=positive_int, default=100, help="number of images (default 100)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
     parser.add_argument(
         "--size",
@@ -20,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--prevalence",
-        type=float,
+        type=fraction,
         default=0.38,
         help="expected fraction with osteoporosis, T <= -2.5 (default 0.38)",
     )
@@ -28,69 +71,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--vendor",
         action="extend",
         nargs="+",
+        choices=sorted(VENDORS),
         default=None,
         metavar="NAME",
-        help="restrict to these vendor profiles (kestrel nordlys orion tamarind halvard "
-        "vireo; default: all)",
+        help=f"restrict to these vendor profiles ({' '.join(VENDORS)}; default: all)",
     )
     parser.add_argument(
-        "--jobs", type=int, default=None, help="worker processes (default: os.cpu_count())"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--samples",
-        type=Path,
+        "--jobs",
+        type=positive_int,
         default=None,
-        metavar="DIR",
-        help="instead of a cohort, regenerate the committed sample set into DIR",
+        help="worker processes (default: os.cpu_count())",
     )
-    parser.add_argument(
-        "--contact-sheet",
-        type=Path,
-        default=None,
-        metavar="PNG",
-        help="instead of a cohort, write a 4 x 4 contact sheet of 16 images to PNG",
-    )
+    add_progress_argument(parser)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the subcommand; 0 ok, 1 failure, 2 bad usage."""
-    from triage_node.synth.vendors import VENDORS
-
-    if args.vendor:
-        unknown = [v for v in args.vendor if v not in VENDORS]
-        if unknown:
-            print(f"synth: unknown vendor {unknown}; known: {sorted(VENDORS)}", file=sys.stderr)
-            return 2
-    if not 0.0 < args.prevalence < 1.0:
-        print(f"synth: --prevalence must be in (0, 1), got {args.prevalence}", file=sys.stderr)
-        return 2
-    if args.jobs is not None and args.jobs < 1:
-        print(f"synth: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
-        return 2
+def main(args: argparse.Namespace) -> int:
+    """Write what was asked for and say what was written."""
     try:
         if args.samples is not None:
-            from triage_node.synth.samples import write_samples
-
             write_samples(args.samples)
             print(f"synth: samples written to {args.samples}")
-            return 0
+            return EXIT_OK
         if args.contact_sheet is not None:
-            from triage_node.synth.contact import write_contact_sheet
-
             write_contact_sheet(
                 args.contact_sheet, seed=args.seed, size=args.size, vendors=args.vendor
             )
             print(f"synth: contact sheet written to {args.contact_sheet}")
-            return 0
-        if args.out is None:
-            print("synth: --out DIR is required", file=sys.stderr)
-            return 2
-        if args.n < 1:
-            print(f"synth: --n must be >= 1, got {args.n}", file=sys.stderr)
-            return 2
-        from triage_node.synth.cohort import generate_cohort
-
+            return EXIT_OK
         summary = generate_cohort(
             args.out,
             args.n,
@@ -99,10 +106,9 @@ def run(args: argparse.Namespace) -> int:
             prevalence=args.prevalence,
             vendors=args.vendor,
             jobs=args.jobs,
-            progress=not args.no_progress,
+            progress=args.progress,
         )
     except (OSError, RuntimeError, ValueError) as exc:
-        print(f"synth: {exc}", file=sys.stderr)
-        return 1
+        return error(args.command, str(exc))
     print(summary.describe())
-    return 0
+    return EXIT_OK

@@ -1,4 +1,8 @@
-"""``triage-node train``: train a model bundle from labelled radiographs (``train/pipeline.py``)."""
+"""``triage-node train``: train a model bundle from labelled radiographs (``train/pipeline.py``).
+
+Presets and the options built from them are in ``train/presets.py`` (the demo
+bundle build uses the same). Exit 0 ok, 1 on bad data, 2 on bad usage.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,42 @@ import argparse
 import os
 from pathlib import Path
 
+from triage_node.commands.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_bundle_argument,
+    add_progress_argument,
+    error,
+    existing_directory,
+    existing_file,
+    positive_int,
+    resolve_bundle,
+)
+from triage_node.train.pipeline import train_bundle
+from triage_node.train.presets import PRESET_FIELDS, PRESETS, training_options
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``triage-node train`` (cheap: no heavy imports)."""
-    parser.add_argument("--data", type=Path, required=True, help="directory of DICOM files")
+    """``train --data DIR --labels CSV --out BUNDLE [--model V] [--seed S] [--preset P] ...``."""
+    parser.add_argument(
+        "--data",
+        type=existing_directory,
+        required=True,
+        metavar="DIR",
+        help="directory of DICOM files",
+    )
     parser.add_argument(
         "--labels",
-        type=Path,
+        type=existing_file,
         required=True,
+        metavar="CSV",
         help="labels CSV: synth labels.csv, or a site CSV with file or "
         "sop_instance_uid, label or t_score, optional mask_left/mask_right",
     )
-    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write")
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="BUNDLE", help="bundle directory to write"
+    )
     parser.add_argument(
         "--model",
         default="DTC",
@@ -29,16 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cache",
         type=Path,
         default=None,
+        metavar="DIR",
         help="feature cache directory (resumable; keyed by file sha256)",
     )
     parser.add_argument(
         "--jobs",
-        type=int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="processes for feature extraction (default: all cores)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads for the CNNs (default: --jobs)"
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads for the CNNs (default: --jobs)",
     )
     parser.add_argument(
         "--preset",
@@ -89,12 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="synthetic chest/blank images that teach the finder 'not found'",
     )
-    parser.add_argument(
-        "--finder-bundle",
-        type=Path,
-        default=None,
-        help="reuse this bundle's femur finder when no masks are given (default: the demo bundle)",
-    )
+    add_bundle_argument(parser, default="the demo bundle", flag="--finder-bundle")
     parser.add_argument("--validation-fraction", type=float, default=0.25)
     parser.add_argument(
         "--target-sensitivity",
@@ -107,88 +134,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep only texture/deep features LASSO selects on both sides",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_progress_argument(parser)
 
 
-#: Named configurations (see docs/model.md "Training cost on 2 CPUs").
-PRESETS: dict[str, dict[str, float | int | None]] = {
-    "cpu": {
-        "epochs": 30,
-        "roi_spacing": 0.5,
-        "roi_size": 256,
-        "deep_factor": 2,
-        "siamese_width": 32,
-        "siamese_first_width": 16,
-        "patience": 5,
-    },
-    "paper": {
-        "epochs": 30,
-        "roi_spacing": 0.5,
-        "roi_size": 256,
-        "deep_factor": 1,
-        "siamese_width": 32,
-        "siamese_first_width": 32,
-        "patience": 0,
-    },
-}
-
-
-def resolved(args: argparse.Namespace) -> dict[str, float | int | None]:
-    """The preset's settings with every explicitly given flag on top."""
-    settings = dict(PRESETS[getattr(args, "preset", "cpu")])
-    for name in settings:
-        value = getattr(args, name, None)
-        if value is not None:
-            settings[name] = value
-    return settings
-
-
-def run(args: argparse.Namespace) -> int:
-    """Train and write the bundle; 0 ok, 1 on bad data, 2 on bad flags."""
-    from triage_node.score.roi import RoiSettings
-    from triage_node.score.siamese import SiameseConfig
-    from triage_node.train.pipeline import TrainingOptions, train_bundle
-
-    if not args.data.is_dir():
-        print(f"train: --data {args.data} is not a directory")
-        return 2
-    if not args.labels.is_file():
-        print(f"train: --labels {args.labels} is not a file")
-        return 2
-    chosen = resolved(args)
+def main(args: argparse.Namespace) -> int:
+    """Train and write the bundle."""
     try:
-        options = TrainingOptions(
+        options = training_options(
+            args.preset,
+            {name: getattr(args, name) for name in PRESET_FIELDS},
             variant=args.model,
             seed=args.seed,
-            epochs=int(chosen["epochs"]),  # type: ignore[arg-type]
-            roi=RoiSettings(
-                float(chosen["roi_spacing"]),  # type: ignore[arg-type]
-                int(chosen["roi_size"]),  # type: ignore[arg-type]
-                int(chosen["deep_factor"]),  # type: ignore[arg-type]
-            ),
-            siamese=SiameseConfig(
-                width=int(chosen["siamese_width"]),  # type: ignore[arg-type]
-                first_width=int(chosen["siamese_first_width"]),  # type: ignore[arg-type]
-            ),
-            patience=int(chosen["patience"]) or None,  # type: ignore[arg-type]
             finder_epochs=args.finder_epochs,
             finder_negatives=args.finder_negatives,
             finder_images=args.finder_images or None,
-            jobs=max(1, args.jobs),
-            torch_threads=max(1, args.threads or args.jobs),
+            jobs=args.jobs,
+            torch_threads=args.threads or args.jobs,
             cache_dir=args.cache,
             validation_fraction=args.validation_fraction,
             target_sensitivity=args.target_sensitivity,
             bilateral=args.bilateral_selection,
-            finder_bundle=args.finder_bundle,
-            progress=not args.quiet,
+            # None: the pipeline's default, the demo bundle (named so in the manifest)
+            finder_bundle=None
+            if args.finder_bundle is None
+            else resolve_bundle(args.finder_bundle, None),
+            progress=args.progress,
         )
     except ValueError as exc:
-        print(f"train: {exc}")
-        return 2
+        return error(args.command, str(exc), EXIT_USAGE)
     try:
         train_bundle(args.data, args.labels, args.out, options)
     except ValueError as exc:
-        print(f"train: {exc}")
-        return 1
-    return 0
+        return error(args.command, str(exc), EXIT_FAILURE)
+    return EXIT_OK

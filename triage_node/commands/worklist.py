@@ -8,8 +8,17 @@ import sys
 import time
 from typing import Any, TextIO
 
+from sqlalchemy.exc import SQLAlchemyError
+
+from triage_node.commands.common import EXIT_OK, error, positive_int
+from triage_node.commands.views import events_after, last_event_id, recent_instances
+from triage_node.config import Settings, load_settings
+from triage_node.store.db import Store
+from triage_node.store.existing import open_existing_store
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``worklist [--follow] [--json] [--state S] [--limit N]``."""
     parser.add_argument(
         "--json",
         action="store_true",
@@ -29,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         default=50,
         help="how many recent rows (with --follow: recent events first shown; default 50)",
     )
@@ -63,6 +72,7 @@ COLUMNS: list[tuple[str, str, int]] = [
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a fixed-width table with a header line."""
     lines = ["  ".join(f"{title:<{w}}" for title, _, w in COLUMNS).rstrip()]
     for row in rows:
         cells = []
@@ -82,6 +92,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def format_event(ev: dict[str, Any]) -> str:
+    """One event as one line."""
     at = (ev["at"] or "").replace("T", " ")[:23]
     what = " ".join(x for x in (ev["kind"], ev["state"] and f"[{ev['state']}]") if x)
     uid = short_uid(ev.get("sop_instance_uid"), 20)
@@ -96,15 +107,9 @@ def format_event(ev: dict[str, Any]) -> str:
     return f"{at}  {what:<32} {uid:<20} {ids}  {ev.get('message') or ''}".rstrip()
 
 
-def run(args: argparse.Namespace) -> int:
-    from triage_node.commands.views import recent_instances
-    from triage_node.config import load_settings
-    from triage_node.store.existing import open_existing_store
-
+def main(args: argparse.Namespace) -> int:
+    """Print the recent instances, or follow the event stream until interrupted."""
     settings = load_settings(args.config)
-    if args.limit < 1:
-        print("--limit must be at least 1", file=sys.stderr)
-        return 2
     if args.follow:
         return follow(settings, args, sys.stdout)
     store = open_existing_store(settings)
@@ -119,22 +124,17 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(rows))
         if not rows:
             print("(no instances yet)")
-    return 0
+    return EXIT_OK
 
 
-def follow(settings: Any, args: argparse.Namespace, out: TextIO) -> int:
+def follow(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     """Print the last events, then every new one, until interrupted.
 
     Database errors (node restarting, database not yet created, PostgreSQL
     restarting) are waited out; the stream resumes after the last event shown.
     """
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from triage_node.commands.views import events_after, last_event_id
-    from triage_node.store.existing import open_existing_store
-
     last_id: int | None = None
-    store = None
+    store: Store | None = None
     warned = False
     while True:
         try:
@@ -154,7 +154,7 @@ def follow(settings: Any, args: argparse.Namespace, out: TextIO) -> int:
                     continue
         except SQLAlchemyError as exc:
             if not warned:
-                print(f"waiting for the database: {type(exc).__name__}", file=sys.stderr)
+                error(args.command, f"waiting for the database: {type(exc).__name__}")
                 warned = True
             if store is not None:
                 store.dispose()

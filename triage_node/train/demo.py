@@ -17,10 +17,11 @@ Steps, each one skipping what an earlier (interrupted) run already did:
 
    ``WORK/dev/labels.csv`` joins the development cohorts (paths relative to
    ``WORK``).
-2. ``triage-node train`` (cpu preset unless flags say otherwise) with the
-   feature cache ``WORK/cache`` (per-image features and the finder weights).
-3. ``triage-node evaluate`` on each test cohort: ``WORK/report-test/`` (and
-   ``WORK/report-test-full/``).
+2. Training as ``triage-node train`` does it (:func:`~triage_node.train.pipeline.train_bundle`,
+   cpu preset unless flags say otherwise) with the feature cache ``WORK/cache``
+   (per-image features and the finder weights).
+3. Evaluation as ``triage-node evaluate`` does it on each test cohort:
+   ``WORK/report-test/`` (and ``WORK/report-test-full/``).
 
 It prints an estimate of the whole run before starting (from the per-image
 costs measured on 2 cores, docs/model.md "Training cost on 2 CPUs"), then
@@ -33,11 +34,23 @@ import argparse
 import csv
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
+
+from triage_node.assessment import ModelUnavailable
+from triage_node.durable import write_text
+from triage_node.synth.cohort import LABEL_COLUMNS, _write_item, oracle_auc
+from triage_node.synth.vendors import VENDORS
+from triage_node.train.evaluate import evaluate_bundle
+from triage_node.train.pipeline import train_bundle
+from triage_node.train.presets import PRESETS, training_options
+from triage_node.train.report import render_markdown, write_report
 
 #: Seconds per image on ONE core of the 2-core reference machine (docs/model.md).
 COST_S = {
@@ -72,15 +85,10 @@ class CohortSpec:
 
 
 def _item(task: tuple[Path, Path, int, int, str]) -> dict[str, Any]:
-    from triage_node.synth.cohort import _write_item
-    from triage_node.synth.vendors import VENDORS
-
     out, rows_dir, seed, index, size = task
     row = _write_item((out, seed, index, size, 0.38, tuple(sorted(VENDORS))))
-    target = rows_dir / f"{index:05d}.json"
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(row))
-    os.replace(tmp, target)  # the row marks the image as finished
+    # the row marks the image as finished
+    write_text(rows_dir / f"{index:05d}.json", json.dumps(row), fsync=False)
     return row
 
 
@@ -91,10 +99,6 @@ def resumable_cohort(
 
     Returns (cohort directory, images rendered now).
     """
-    from tqdm import tqdm
-
-    from triage_node.synth.cohort import LABEL_COLUMNS, oracle_auc
-
     out = work / spec.name
     rows_dir = work / ".rows" / spec.name
     out.mkdir(parents=True, exist_ok=True)
@@ -202,12 +206,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-full", type=int, default=0, help="full-size held-out test images")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default jobs)")
-    parser.add_argument("--preset", default="cpu", help="train preset (cpu or paper)")
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="cpu", help="train preset (default cpu)"
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--finder-images", type=int, default=400)
     parser.add_argument("--finder-epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--estimate", action="store_true", help="print the estimate and stop")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bars on stderr (default: on)",
+    )
     args = parser.parse_args(argv)
 
     work: Path = args.work.resolve()
@@ -234,8 +246,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.estimate:
         return 0
 
-    from triage_node.commands.main import main as cli
-
     started = time.monotonic()
     stage_start = started
 
@@ -251,20 +261,27 @@ def main(argv: list[str] | None = None) -> int:
 
     dirs = {}
     for spec in specs:
-        dirs[spec.name], rendered = resumable_cohort(work, spec, jobs)
+        dirs[spec.name], rendered = resumable_cohort(work, spec, jobs, args.progress)
         print(f"cohort {spec.name}: {rendered} rendered, {spec.n - rendered} already there")
     done("cohorts")
     dev_parts = [dirs[n] for n in ("dev-small", "dev-full") if n in dirs]
     labels = join_labels(work, dev_parts, work / "dev")
-    train = [
-        "train", "--data", str(work), "--labels", str(labels), "--out", str(args.out),
-        "--cache", str(work / "cache"), "--model", "DTC", "--seed", str(args.seed),
-        "--preset", args.preset, "--jobs", str(jobs), "--threads", str(threads),
-        "--finder-images", str(args.finder_images), "--finder-epochs", str(args.finder_epochs),
-    ]  # fmt: skip
-    if args.epochs:
-        train += ["--epochs", str(args.epochs)]
-    if cli(train) != 0:
+    try:
+        options = training_options(
+            args.preset,
+            {"epochs": args.epochs or None},
+            variant="DTC",
+            seed=args.seed,
+            jobs=jobs,
+            torch_threads=threads,
+            cache_dir=work / "cache",
+            finder_images=args.finder_images or None,
+            finder_epochs=args.finder_epochs,
+            progress=args.progress,
+        )
+        train_bundle(work, labels, args.out, options)
+    except ValueError as exc:
+        print(f"demo bundle: training failed: {exc}", file=sys.stderr)
         return 1
     done("training")
     size_mb = sum(p.stat().st_size for p in args.out.iterdir()) / 1e6
@@ -272,15 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("test", "test-full"):
         if name not in dirs:
             continue
-        report = work / f"report-{name}"
-        evaluate = [
-            "evaluate", "--bundle", str(args.out), "--data", str(dirs[name]),
-            "--labels", str(dirs[name] / "labels.csv"), "--report", str(report),
-            "--jobs", str(jobs),
-        ]  # fmt: skip
-        if cli(evaluate) != 0:
+        report_dir = work / f"report-{name}"
+        try:
+            model, predictions, dataset = evaluate_bundle(
+                args.out, dirs[name], dirs[name] / "labels.csv", jobs, args.progress
+            )
+            report = write_report(predictions, report_dir, dataset, model.synthetic)
+        except (ModelUnavailable, ValueError) as exc:
+            print(f"demo bundle: evaluating {name} failed: {exc}", file=sys.stderr)
             return 1
-        done(f"evaluate {name} ({report})")
+        print(render_markdown(report))
+        done(f"evaluate {name} ({report_dir})")
     print(f"demo bundle built in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 
