@@ -14,6 +14,7 @@ import signal
 from triage_node.commands.common import EXIT_FAILURE, EXIT_OK
 from triage_node.config import load_settings
 from triage_node.node.node import Node
+from triage_node.receive.pynetdicom_patches import PynetdicomChanged
 from triage_node.store import StoreUnavailable, open_store
 from triage_node.store.db import redact_url
 from triage_node.telemetry.logs import setup_logging
@@ -48,7 +49,7 @@ def run_roles(args: argparse.Namespace, roles: set[str]) -> int:
     try:
         try:
             node.start()
-        except (ImportError, OSError, StoreUnavailable) as exc:
+        except (ImportError, OSError, StoreUnavailable, PynetdicomChanged) as exc:
             log.error("cannot start %s: %s", args.command, exc)
             node.stop()
             return EXIT_FAILURE
