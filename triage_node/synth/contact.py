@@ -7,20 +7,19 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
 
+from triage_node.display import display_pixels
 from triage_node.synth.instance import render_instance
 from triage_node.synth.vendors import VENDORS
 
 THUMB_WIDTH = 480
 
 
-def display_pixels(ds) -> np.ndarray:
-    """8-bit display image: MONOCHROME1 inverted, 0.5-99.5 percentile window."""
-    px = ds.pixel_array.astype(np.float32)
-    if ds.PhotometricInterpretation == "MONOCHROME1":
-        px = px.max() - px
-    lo, hi = np.percentile(px[::4, ::4], [0.5, 99.5])
-    return (np.clip((px - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+def display_8bit(ds: Dataset) -> np.ndarray:
+    """8-bit display image, as a viewer shows it (:func:`triage_node.display.display_pixels`)."""
+    shown = display_pixels(ds, dtype=np.float32, fallback_percentiles=(0.5, 99.5))
+    return (shown * 255).astype(np.uint8)
 
 
 def write_contact_sheet(
@@ -38,7 +37,7 @@ def write_contact_sheet(
         img = render_instance(
             seed * 1000 + i, size=size, vendor=names[i % len(names)], osteoporotic=(i % 2 == 0)
         )
-        disp = display_pixels(img.dataset)
+        disp = display_8bit(img.dataset)
         if i == 0 and size == "full" and "R" in img.masks:
             rows, cols = np.nonzero(img.masks["R"])
             crop = disp[

@@ -10,7 +10,7 @@ from PIL import Image
 from pydicom.uid import RLELossless
 
 from triage_node.synth.cohort import LABEL_COLUMNS
-from triage_node.synth.contact import display_pixels
+from triage_node.synth.contact import display_8bit
 from triage_node.synth.instance import render_instance
 
 SAMPLES: list[tuple[str, dict[str, object]]] = [
@@ -42,7 +42,7 @@ def write_samples(out_dir: str | Path) -> list[Path]:
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{stem}_femur_{side}.png")
         rows.append({"file": path.name, **image.row})
         if i == 0:
-            Image.fromarray(display_pixels(image.dataset)).save(out / "preview.png", optimize=True)
+            Image.fromarray(display_8bit(image.dataset)).save(out / "preview.png", optimize=True)
     with open(out / "labels.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS, lineterminator="\n")
         writer.writeheader()
