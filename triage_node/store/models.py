@@ -113,7 +113,7 @@ class ResultKind(enum.StrEnum):
     SC = "SC"
 
 
-E = TypeVar("E", bound=enum.StrEnum)
+_Member = TypeVar("_Member", bound=enum.StrEnum)
 
 
 def _values(members: type[enum.StrEnum]) -> list[str]:
@@ -138,7 +138,7 @@ def state_column(members: type[enum.StrEnum], length: int) -> Enum:
     )
 
 
-def as_member(members: type[E], value: E | str | None, column: str) -> E | None:
+def as_member(members: type[_Member], value: _Member | str | None, column: str) -> _Member | None:
     """``value`` as a member of ``members``; ValueError naming the column for anything else."""
     if value is None or isinstance(value, members):
         return value
