@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 from sqlalchemy import func, select
 
+from tests.clock import MovableClock
 from tests.dicom_files import make_radiograph
 from tests.peers import dcmtk_storescp, free_port, start_archive_scp
 from tests.test_report import COLUMNS, ROWS, assessment
@@ -34,7 +34,7 @@ from triage_node.report.results import (
     save_cams,
 )
 from triage_node.report.uids import heatmap_uids, study_report_uids
-from triage_node.store import Store, open_store
+from triage_node.store import Clock, Store, open_store
 from triage_node.store.models import (
     Delivery,
     Event,
@@ -147,9 +147,11 @@ def later(settings: Settings, seconds: float = 1.0) -> dt.datetime:
     return utcnow() + dt.timedelta(seconds=settings.node.settle_seconds + seconds)
 
 
-def run_jobs(settings: Settings, store: Store, limit: int = 50) -> int:
-    """Run due jobs in this process until none is due; returns how many ran."""
-    worker = Worker(settings, store, default_handlers(settings), "worker-t", threading.Event())
+def run_jobs(settings: Settings, store: Store, limit: int = 50, clock: Clock = utcnow) -> int:
+    """Run jobs due by ``clock`` in this process until none is due; returns how many ran."""
+    worker = Worker(
+        settings, store, default_handlers(settings), "worker-t", threading.Event(), clock
+    )
     ran = 0
     while ran < limit and worker.run_one():
         ran += 1
@@ -432,33 +434,35 @@ def test_archive_down_retries_with_backoff_and_each_object_arrives_once(
     tmp_path: Path, database_url: str, study_uid: str
 ) -> None:
     port = free_port()  # nobody listens yet
-    # Backoff 1-2 s for the first retry, 1-3 s for the second: long enough that a loaded
-    # machine does not reach the next attempt while the test looks at this one.
+    # Backoff 30-60 s for the first retry, 30-90 s for the second, on a clock the test
+    # moves: far beyond anything a loaded machine takes while the test looks at one.
+    base, cap = 60.0, 90.0
+    clock = MovableClock()
     settings = node_settings(
-        tmp_path, database_url, [archive(port)], retry_base_seconds=2.0, retry_max_seconds=3.0
+        tmp_path, database_url, [archive(port)], retry_base_seconds=base, retry_max_seconds=cap
     )
     with opened(settings) as store:
         add_source(store, settings, study_uid, 1)
         add_source(store, settings, study_uid, 2)
         settle_studies(settings, store, now=later(settings))
         # report, then the first delivery attempt fails
-        assert run_jobs(settings, store, limit=2) == 2
+        assert run_jobs(settings, store, limit=2, clock=clock) == 2
         job = rows(store, Job, Job.kind == "deliver")[0]
         assert (job.state, job.attempts) == ("queued", 1)
         assert "'archive'" in job.last_error and f"127.0.0.1:{port}" in job.last_error
-        assert 1.0 <= (job.next_attempt_at - job.updated_at).total_seconds() <= 2.0
+        assert base / 2 <= (job.next_attempt_at - job.updated_at).total_seconds() <= base
         study = study_row(store, study_uid)
         assert study.delivery_state == "retrying" and "archive" in study.last_error
         assert {i.delivery_state for i in rows(store, Instance)} == {"retrying"}
-        assert run_jobs(settings, store) == 0  # not due yet: backoff
+        assert run_jobs(settings, store, clock=clock) == 0  # not due yet: backoff
 
-        time.sleep(2.1)
-        assert run_jobs(settings, store, limit=1) == 1  # second attempt, still down
+        clock.advance(base)
+        assert run_jobs(settings, store, limit=1, clock=clock) == 1  # second attempt, still down
         assert rows(store, Job, Job.kind == "deliver")[0].attempts == 2
 
         with storescp(tmp_path / "archive", port):
-            time.sleep(3.1)
-            assert run_jobs(settings, store) == 1
+            clock.advance(cap)
+            assert run_jobs(settings, store, clock=clock) == 1
         results = rows(store, Result)
         assert received_uids(tmp_path / "archive") == sorted(r.sop_instance_uid for r in results)
         assert study_row(store, study_uid).delivery_state == "delivered"
@@ -477,12 +481,13 @@ def test_attempts_exhausted_marks_delivery_failed_in_the_worklist(
         retry_base_seconds=0.05,
         retry_max_seconds=0.05,
     )
+    clock = MovableClock()
     with opened(settings) as store:
         inst_id, _ = add_source(store, settings, study_uid, 1)
         settle_studies(settings, store, now=later(settings))
-        run_jobs(settings, store)
-        time.sleep(0.1)
-        run_jobs(settings, store)
+        run_jobs(settings, store, clock=clock)
+        clock.advance(0.1)  # past the 0.05 s backoff
+        run_jobs(settings, store, clock=clock)
         job = rows(store, Job, Job.kind == "deliver")[0]
         assert (job.state, job.attempts) == ("failed", 2)
         assert {d.state for d in rows(store, Delivery)} == {"failed"}
@@ -507,12 +512,13 @@ def test_an_object_refused_by_the_archive_is_recorded_and_retried_alone(
         return 0x0000
 
     server, port = start_archive_scp(on_store)
+    clock = MovableClock()
     try:
         settings = node_settings(tmp_path, database_url, [archive(port)])
         with opened(settings) as store:
             add_source(store, settings, study_uid, 1)
             settle_studies(settings, store, now=later(settings))
-            run_jobs(settings, store)
+            run_jobs(settings, store, clock=clock)
             sr, sc = rows(store, Result)
             by_result = {d.result_id: d for d in rows(store, Delivery)}
             assert (by_result[sr.id].state, by_result[sr.id].status) == ("delivered", 0)
@@ -521,8 +527,8 @@ def test_an_object_refused_by_the_archive_is_recorded_and_retried_alone(
             job = rows(store, Job, Job.kind == "deliver")[0]
             assert job.state == "queued" and sc.sop_instance_uid in job.last_error
             refuse["on"] = False
-            time.sleep(0.5)
-            run_jobs(settings, store)
+            clock.advance(0.5)  # past the 0.2-0.4 s deliver backoff
+            run_jobs(settings, store, clock=clock)
             assert got == [sr.sop_instance_uid, sc.sop_instance_uid]  # the SR is not re-sent
             assert study_row(store, study_uid).delivery_state == "delivered"
     finally:

@@ -75,7 +75,12 @@ def test_two_work_processes_run_each_job_exactly_once(
     nodes = [NodeProcess(cfg, tmp_path / f"work{i}.log", command="work").start() for i in range(2)]
     try:
         _wait_for(lambda: _count(store, "job_retry") >= n_jobs, 300, "all jobs to run", *nodes)
-        time.sleep(1.0)  # anything run twice would show up now
+        # Every job waits an hour now: once none is running, no worker can start one
+        # again, and the clean stop below leaves every run that happened in the database.
+        _wait_for(lambda: _running_jobs(store) == 0, 60, "no job left running", *nodes)
+        with store.read() as session:
+            next_due = session.scalar(select(func.min(Job.next_attempt_at)))
+        assert next_due is not None and next_due > utcnow() + dt.timedelta(minutes=10)
         assert [n.terminate(60) for n in nodes] == [0, 0]
     finally:
         for n in nodes:

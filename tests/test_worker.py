@@ -25,9 +25,11 @@ from pydicom.uid import (
 )
 from sqlalchemy import select
 
+from tests.clock import MovableClock
 from triage_node.assessment import ImageAssessment, ModelUnavailable, SideAssessment
 from triage_node.config import Settings
 from triage_node.store import Event, Instance, Job, Store, Study, open_store
+from triage_node.store.clock import Clock
 from triage_node.store.jobs import claim_next_job, enqueue_job
 from triage_node.store.models import utcnow
 from triage_node.work import score as score_module
@@ -200,8 +202,8 @@ def store(settings: Settings) -> Store:
     s.dispose()
 
 
-def make_worker(settings: Settings, store: Store) -> Worker:
-    return Worker(settings, store, default_handlers(settings), "worker-t", threading.Event())
+def make_worker(settings: Settings, store: Store, clock: Clock = utcnow) -> Worker:
+    return Worker(settings, store, default_handlers(settings), "worker-t", threading.Event(), clock)
 
 
 def use_model(monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
@@ -384,14 +386,12 @@ def test_stopping_worker_releases_job(
 
 
 def test_job_reclaimed_past_its_budget_is_failed(settings: Settings, store: Store) -> None:
-    from triage_node.store.jobs import claim_next_job
-
     inst_id, job_id, _ = add_instance(store, settings.spool_dir, max_attempts=1)
-    assert claim_next_job(store, "dying-worker", ["score"], lease_seconds=0.01) is not None
-    import time
-
-    time.sleep(0.05)  # its worker "died": the lease expires with the only attempt used
-    make_worker(settings, store).run_one()
+    clock = MovableClock()
+    claimed = claim_next_job(store, "dying-worker", ["score"], lease_seconds=60, clock=clock)
+    assert claimed is not None
+    clock.advance(61)  # its worker "died": the lease expires with the only attempt used
+    make_worker(settings, store, clock).run_one()
     assert snapshot(store, Job, job_id).state == "failed"
     inst = snapshot(store, Instance, inst_id)
     assert inst.state == "failed" and "died" in inst.reason

@@ -7,14 +7,16 @@ database holds no patient name, ID or birth date, so neither does any output.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from triage_node.store.models import Event, Instance, Job, JobState, utcnow
+from triage_node.store.models import Event, Instance, Job, utcnow
+
+# free_disk_bytes: the store's one implementation, also what `status` imports from here.
+from triage_node.store.queries import free_disk_bytes, queue_counts
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -89,31 +91,14 @@ def last_event_id(session: Session) -> int:
     return int(session.scalar(select(func.max(Event.id))) or 0)
 
 
-def free_disk_bytes(path: Path) -> int | None:
-    """Free bytes on the file system holding ``path`` (its nearest existing parent)."""
-    probe = path.resolve()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    try:
-        return shutil.disk_usage(probe).free
-    except OSError:
-        return None
-
-
 def status_facts(session: Session, data_dir: Path) -> dict[str, Any]:
     """Counts per state, queue depth, oldest waiting age, free disk, last error."""
     now = utcnow()
-    instances = dict(
-        session.execute(select(Instance.state, func.count()).group_by(Instance.state)).all()
-    )
+    counts = queue_counts(session)
     jobs: dict[str, dict[str, int]] = {}
-    for kind, state, count in session.execute(
-        select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
-    ):
-        jobs.setdefault(kind, {})[state] = count
-    waiting = (Job.state == JobState.QUEUED.value) | (Job.state == JobState.RUNNING.value)
-    depth = int(session.scalar(select(func.count()).select_from(Job).where(waiting)) or 0)
-    oldest = session.scalar(select(func.min(Job.created_at)).where(waiting))
+    for (kind, state), count in counts.jobs.items():
+        jobs.setdefault(str(kind), {})[str(state)] = count
+    age = counts.oldest_waiting_seconds(now)
     last_failed = session.execute(
         select(Job.last_error, Job.updated_at, Job.kind, Job.id)
         .where(Job.last_error.is_not(None))
@@ -121,16 +106,16 @@ def status_facts(session: Session, data_dir: Path) -> dict[str, Any]:
         .limit(1)
     ).first()
     return {
-        "instances": {k: int(v) for k, v in sorted(instances.items())},
-        "instances_total": int(sum(instances.values())),
+        "instances": {str(k): v for k, v in sorted(counts.instances.items())},
+        "instances_total": sum(counts.instances.values()),
         "jobs": jobs,
-        "queue_depth": depth,
-        "oldest_waiting_seconds": round((now - oldest).total_seconds(), 1) if oldest else None,
+        "queue_depth": counts.waiting,
+        "oldest_waiting_seconds": round(age, 1) if age is not None else None,
         "free_disk_bytes": free_disk_bytes(data_dir),
         "last_error": (
             {
                 "job_id": last_failed[3],
-                "kind": last_failed[2],
+                "kind": str(last_failed[2]),
                 "message": last_failed[0],
                 "at": _iso(last_failed[1]),
             }

@@ -8,7 +8,6 @@ the same values for them. The counters and histograms are in
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +18,14 @@ from prometheus_client.registry import Collector
 
 from triage_node.config import Settings
 from triage_node.score.loader import describe_model
+from triage_node.store.clock import Clock, utcnow
 from triage_node.store.db import Store
-from triage_node.store.queries import WRITE_PROBE_SECONDS, store_writable, waiting_jobs
+from triage_node.store.queries import (
+    WRITE_PROBE_SECONDS,
+    free_disk_bytes,
+    read_queue_counts,
+    store_writable,
+)
 
 log = logging.getLogger("triage_node.telemetry.metrics")
 
@@ -34,9 +39,10 @@ class StoreCollector(Collector):
 
     MODEL_REFRESH_SECONDS = 300.0
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: Clock = utcnow) -> None:
         self.settings = settings
         self.store = store
+        self.clock = clock
         self._model: dict[str, Any] | None = None
         self._model_at = 0.0
         self._lock = threading.Lock()
@@ -73,14 +79,15 @@ class StoreCollector(Collector):
             labels=["kind"],
         )
         try:
-            counts, ages = waiting_jobs(self.store)
+            counts = read_queue_counts(self.store)
         except Exception as exc:
             log.warning("metrics: database query failed: %s", type(exc).__name__)
             up.add_metric([], 0)
         else:
             up.add_metric([], 1)
-            for (kind, state), n in sorted(counts.items()):
+            for (kind, state), n in sorted(counts.jobs.items()):
                 depth.add_metric([kind, state], n)
+            ages = counts.waiting_ages(self.clock())
             for kind in sorted(ages):
                 oldest.add_metric([kind], ages[kind])
         yield up
@@ -107,11 +114,10 @@ class StoreCollector(Collector):
             "triage_free_disk_watermark_bytes",
             "receive.min_free_disk_mb in bytes: below it, C-STORE is answered 0xA700.",
         )
-        try:
-            disk.add_metric([], shutil.disk_usage(self.settings.data_dir).free)
+        free = free_disk_bytes(self.settings.data_dir)
+        if free is not None:
+            disk.add_metric([], free)
             yield disk
-        except OSError:
-            pass
         watermark.add_metric([], self.settings.receive.min_free_disk_mb * 1024 * 1024)
         yield watermark
 

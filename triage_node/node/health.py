@@ -7,16 +7,15 @@ The same checks answer ``/readyz`` in a running node and the ``ready`` part of
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from triage_node.config import Settings
-    from triage_node.store.db import Store
+from triage_node.config import Settings
+from triage_node.store.db import Store, redact_url
+from triage_node.store.queries import free_disk_bytes
 
 _MB = 1024 * 1024
 PROBE_PREFIX = ".ready-probe-"
@@ -33,8 +32,6 @@ class CheckResult:
 
 def check_database(store: Store | None, settings: Settings) -> CheckResult:
     """The database answers a query (and, for SQLite, its file is still where it was)."""
-    from triage_node.store.db import redact_url
-
     url = redact_url(settings.database_url)
     if store is None:
         return CheckResult("database", False, f"{url}: not created yet")
@@ -79,14 +76,13 @@ def check_spool_writable(settings: Settings) -> CheckResult:
 
 
 def check_free_disk(
-    settings: Settings, free_bytes: Callable[[Path], int] | None = None
+    settings: Settings, free_bytes: Callable[[Path], int | None] = free_disk_bytes
 ) -> CheckResult:
     """Free space in the data directory is above ``receive.min_free_disk_mb``."""
     watermark = settings.receive.min_free_disk_mb * _MB
-    try:
-        free = (free_bytes or (lambda p: shutil.disk_usage(p).free))(settings.data_dir)
-    except OSError as exc:
-        return CheckResult("disk", False, f"{settings.data_dir}: {exc.strerror}")
+    free = free_bytes(settings.data_dir)
+    if free is None:
+        return CheckResult("disk", False, f"{settings.data_dir}: free space cannot be read")
     ok = free >= watermark
     return CheckResult(
         "disk",
@@ -111,7 +107,7 @@ def readiness(
     settings: Settings,
     store: Store | None,
     model_check: Callable[[], str] | None = None,
-    free_bytes: Callable[[Path], int] | None = None,
+    free_bytes: Callable[[Path], int | None] = free_disk_bytes,
 ) -> dict[str, Any]:
     """All checks: ``{"ready": bool, "checks": {name: {"ok": ..., "detail": ...}}}``.
 

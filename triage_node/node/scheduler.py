@@ -19,15 +19,15 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from triage_node.config import Settings
+from triage_node.store.db import Store
 from triage_node.store.queries import queue_stats
-
-if TYPE_CHECKING:
-    from apscheduler.schedulers.background import BackgroundScheduler
-
-    from triage_node.config import Settings
-    from triage_node.store.db import Store
+from triage_node.work.retention import apply_retention
+from triage_node.work.study import SETTLE_CHECK_SECONDS, settle_studies
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ def log_queue_stats(store: Store) -> None:
 
 def periodic_tasks(settings: Settings, store: Store) -> list[PeriodicTask]:
     """The node's periodic tasks."""
-    from triage_node.work.retention import apply_retention
-    from triage_node.work.study import SETTLE_CHECK_SECONDS, settle_studies
-
     tasks = [
         PeriodicTask("queue-stats", QUEUE_STATS_SECONDS, lambda: log_queue_stats(store)),
         PeriodicTask(
@@ -89,8 +86,6 @@ def start_scheduler(
     Each task also runs once right after start, so a fresh node logs its state.
     Stop it with ``scheduler.shutdown(wait=False)``.
     """
-    from apscheduler.schedulers.background import BackgroundScheduler
-
     scheduler = BackgroundScheduler(
         timezone=dt.UTC,
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},

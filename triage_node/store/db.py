@@ -10,14 +10,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import CursorResult, Executable, create_engine, event, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from triage_node.store.models import Event, utcnow
+from triage_node.store.clock import utcnow
+from triage_node.store.models import Event
 
 _IMMEDIATE = "triage_immediate"
 
@@ -39,7 +40,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
+    def _on_begin(conn: Connection) -> None:
         if conn.get_execution_options().get(_IMMEDIATE):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         else:
@@ -58,7 +59,7 @@ class Store:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine = create_engine(url, connect_args={"timeout": 30})
             _sqlite_setup(self.engine)
-            writer = self.engine.execution_options(**{_IMMEDIATE: True})
+            writer: Engine = self.engine.execution_options(**{_IMMEDIATE: True})
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
             writer = self.engine
@@ -95,11 +96,20 @@ class Store:
         self.engine.dispose()
 
 
-def add_event(session: Session, kind: str, **fields: Any) -> Event:
-    """Record an event row in the caller's transaction (the audit trail)."""
-    ev = Event(kind=kind, at=utcnow(), **fields)
+def add_event(session: Session, kind: str, *, state: str | None = None, **fields: Any) -> Event:
+    """Record an event row in the caller's transaction (the audit trail).
+
+    ``state`` is any of the state enums (stored as its value) or None.
+    """
+    ev = Event(kind=kind, at=utcnow(), state=None if state is None else str(state), **fields)
     session.add(ev)
     return ev
+
+
+def rows_changed(session: Session, statement: Executable) -> int:
+    """Run an UPDATE or DELETE in the caller's transaction; how many rows it matched."""
+    result = cast("CursorResult[Any]", session.execute(statement))
+    return int(result.rowcount or 0)
 
 
 def redact_url(url: str) -> str:

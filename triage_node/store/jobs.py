@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, case, or_, select
 from sqlalchemy.orm import Session
 
+from triage_node.store.clock import Clock, utcnow
 from triage_node.store.db import Store, add_event
-from triage_node.store.models import Job, JobKind, JobState, utcnow
+from triage_node.store.models import Job, JobKind, JobState
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class ClaimedJob:
     """A job this worker holds the lease on."""
 
     id: int
-    kind: str
+    kind: JobKind
     instance_id: int | None
     study_id: int | None
     payload: dict[str, Any]
@@ -40,10 +41,10 @@ class ClaimedJob:
 
 
 # Claim order across kinds: a smaller number first. Unknown kinds go last.
-KIND_PRIORITY: dict[str, int] = {
-    JobKind.DELIVER.value: 0,
-    JobKind.REPORT.value: 1,
-    JobKind.SCORE.value: 2,
+KIND_PRIORITY: dict[JobKind, int] = {
+    JobKind.DELIVER: 0,
+    JobKind.REPORT: 1,
+    JobKind.SCORE: 2,
 }
 
 
@@ -53,19 +54,20 @@ class LeaseLost(Exception):
 
 def enqueue_job(
     session: Session,
-    kind: str,
+    kind: JobKind,
     *,
     instance_id: int | None = None,
     study_id: int | None = None,
     payload: dict[str, Any] | None = None,
     max_attempts: int = 5,
     not_before: dt.datetime | None = None,
+    clock: Clock = utcnow,
 ) -> Job:
-    """Add a job in the caller's transaction."""
-    now = utcnow()
+    """Add a job in the caller's transaction, due at ``not_before`` (default: now)."""
+    now = clock()
     job = Job(
         kind=kind,
-        state=JobState.QUEUED.value,
+        state=JobState.QUEUED,
         instance_id=instance_id,
         study_id=study_id,
         payload=payload or {},
@@ -86,24 +88,27 @@ def enqueue_job(
 def claim_next_job(
     store: Store,
     owner: str,
-    kinds: list[str] | None = None,
+    kinds: Iterable[JobKind] | None = None,
     lease_seconds: float = 300.0,
     *,
     stopping: Callable[[], bool] | None = None,
+    clock: Clock = utcnow,
 ) -> ClaimedJob | None:
     """Take the next due job (or one whose lease expired) and lease it to ``owner``.
 
     ``kinds`` limits the claim to job kinds this worker can run (None: any).
     ``stopping`` is asked once the transaction holds its lock: a worker told to
-    stop while it waited for the lock (another writer) claims nothing.
+    stop while it waited for the lock (another writer) claims nothing. ``clock``
+    says what is due and when the lease ends.
     """
+    kinds = list(kinds) if kinds is not None else None
     with store.write() as session:
         # The clock is read inside the transaction: on SQLite, BEGIN IMMEDIATE may
         # have waited for another writer, and the lease must start from now.
-        now = utcnow()
+        now = clock()
         due = or_(
-            and_(Job.state == JobState.QUEUED.value, Job.next_attempt_at <= now),
-            and_(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now),
+            and_(Job.state == JobState.QUEUED, Job.next_attempt_at <= now),
+            and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
         )
         query = select(Job).where(due)
         if kinds:
@@ -117,9 +122,9 @@ def claim_next_job(
         job = session.scalars(query).first()
         if job is None or (stopping is not None and stopping()):
             return None
-        reclaimed = job.state == JobState.RUNNING.value
+        reclaimed = job.state == JobState.RUNNING
         previous_owner = job.lease_owner
-        job.state = JobState.RUNNING.value
+        job.state = JobState.RUNNING
         job.attempts += 1
         job.lease_owner = owner
         job.lease_expires_at = now + dt.timedelta(seconds=lease_seconds)
@@ -156,25 +161,29 @@ def claim_next_job(
 
 def _owned(session: Session, job: ClaimedJob) -> Job:
     row = session.get(Job, job.id, with_for_update=True)
-    if row is None or row.lease_owner != job.owner or row.state != JobState.RUNNING.value:
+    if row is None or row.lease_owner != job.owner or row.state != JobState.RUNNING:
         raise LeaseLost(f"job {job.id}: lease no longer held by {job.owner}")
     return row
 
 
-def extend_lease(store: Store, job: ClaimedJob, lease_seconds: float) -> None:
-    """Keep a long job's lease alive."""
+def extend_lease(
+    store: Store, job: ClaimedJob, lease_seconds: float, *, clock: Clock = utcnow
+) -> None:
+    """Keep a long job's lease alive: it now ends ``lease_seconds`` from ``clock()``."""
     with store.write() as session:
         row = _owned(session, job)
-        row.lease_expires_at = utcnow() + dt.timedelta(seconds=lease_seconds)
+        row.lease_expires_at = clock() + dt.timedelta(seconds=lease_seconds)
 
 
-def finish_job(session: Session, job: ClaimedJob, message: str | None = None) -> None:
+def finish_job(
+    session: Session, job: ClaimedJob, message: str | None = None, *, clock: Clock = utcnow
+) -> None:
     """Mark the job done in the caller's transaction (with the job's own results)."""
     row = _owned(session, job)
-    row.state = JobState.DONE.value
+    row.state = JobState.DONE
     row.lease_owner = None
     row.lease_expires_at = None
-    row.updated_at = utcnow()
+    row.updated_at = clock()
     add_event(
         session,
         "job_done",
@@ -191,8 +200,8 @@ def retry_delay(attempts: int, base: float, cap: float, rng: random.Random | Non
     ``attempts`` is the number of attempts made so far (1 after the first failure).
     """
     # Clamp the exponent: 2**attempts overflows a float long before it matters.
-    upper = min(cap, base * (2 ** min(max(0, attempts - 1), 60)))
-    r = (rng or random).random()
+    upper = min(cap, base * 2.0 ** min(max(0, attempts - 1), 60))
+    r = rng.random() if rng is not None else random.random()
     return min(cap, max(base / 2, upper * r))
 
 
@@ -204,9 +213,10 @@ def fail_job(
     retry_after: float | None = None,
     permanent: bool = False,
     count_attempt: bool = True,
-    on_change: Callable[[Session, str], None] | None = None,
-) -> str:
-    """Record a failed attempt; requeue after ``retry_after`` seconds or mark failed.
+    on_change: Callable[[Session, JobState], None] | None = None,
+    clock: Clock = utcnow,
+) -> JobState:
+    """Record a failed attempt; requeue ``retry_after`` seconds from ``clock()`` or mark failed.
 
     ``count_attempt=False`` is for waits that are not the job's fault (no model
     yet): the attempt is given back and the job is requeued even past
@@ -215,7 +225,7 @@ def fail_job(
     instance or study row with the job. Raises :class:`LeaseLost` if the lease
     is no longer ours. Returns the job's new state.
     """
-    now = utcnow()
+    now = clock()
     with store.write() as session:
         row = _owned(session, job)
         row.last_error = error[:2000]
@@ -226,10 +236,10 @@ def fail_job(
             row.attempts = max(0, row.attempts - 1)
         exhausted = count_attempt and row.attempts >= row.max_attempts
         if permanent or retry_after is None or exhausted:
-            row.state = JobState.FAILED.value
+            row.state = JobState.FAILED
             kind = "job_failed"
         else:
-            row.state = JobState.QUEUED.value
+            row.state = JobState.QUEUED
             row.next_attempt_at = now + dt.timedelta(seconds=retry_after)
             kind = "job_retry"
         add_event(
@@ -254,19 +264,20 @@ def release_job(
     why: str = "worker stopping",
     *,
     on_release: Callable[[Session], None] | None = None,
+    clock: Clock = utcnow,
 ) -> bool:
     """Give a job back unfinished (shutdown): queued again at once, attempt not counted.
 
     ``on_release(session)`` runs in the same transaction. Returns False (and
     changes nothing) when the lease was no longer ours.
     """
-    now = utcnow()
+    now = clock()
     with store.write() as session:
         try:
             row = _owned(session, job)
         except LeaseLost:
             return False
-        row.state = JobState.QUEUED.value
+        row.state = JobState.QUEUED
         row.attempts = max(0, row.attempts - 1)
         row.lease_owner = None
         row.lease_expires_at = None
@@ -304,7 +315,9 @@ def holder_death_delay(deaths: int) -> float:
     return float(min(600, 5 * 2 ** min(deaths - 2, 10)))
 
 
-def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) -> list[int]:
+def expire_dead_leases(
+    store: Store, host: str, is_dead: Callable[[int], bool], *, clock: Clock = utcnow
+) -> list[int]:
     """End the leases of jobs held by processes on ``host`` that no longer run.
 
     Lease owners are ``host:pid:thread``. A process that was killed (SIGKILL,
@@ -315,16 +328,15 @@ def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) 
     counted in the job's ``payload["holder_deaths"]`` instead: a job whose holder
     died :data:`HOLDER_DEATH_LIMIT` times is failed by the worker as the likely
     cause, and from the second death on it waits :func:`holder_death_delay` first.
-    ``is_dead(pid)`` decides. Returns the job ids whose leases were ended.
+    ``is_dead(pid)`` decides; ``clock`` is when the leases end and the waits start.
+    Returns the job ids whose leases were ended.
     """
-    now = utcnow()
+    now = clock()
     with store.write() as session:
-        query = select(Job).where(
-            Job.state == JobState.RUNNING.value, Job.lease_owner.like(f"{host}:%")
-        )
+        query = select(Job).where(Job.state == JobState.RUNNING, Job.lease_owner.like(f"{host}:%"))
         if not store.is_sqlite:
             query = query.with_for_update(skip_locked=True)
-        ended = []
+        ended: list[int] = []
         for row in session.scalars(query).all():
             parts = (row.lease_owner or "").split(":")
             if len(parts) < 3 or not parts[1].isdigit() or not is_dead(int(parts[1])):
@@ -337,7 +349,7 @@ def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) 
             # No wait once the limit is reached: the next claim fails the job.
             wait = holder_death_delay(deaths) if deaths < HOLDER_DEATH_LIMIT else 0.0
             if wait:  # back in the queue, due after the wait
-                row.state = JobState.QUEUED.value
+                row.state = JobState.QUEUED
                 row.lease_expires_at = None
                 row.next_attempt_at = now + dt.timedelta(seconds=wait)
             else:  # claimable at once, as a reclaim
@@ -358,20 +370,20 @@ def expire_dead_leases(store: Store, host: str, is_dead: Callable[[int], bool]) 
         return ended
 
 
-def requeue_jobs(session: Session, job_ids: list[int]) -> int:
+def requeue_jobs(session: Session, job_ids: list[int], *, clock: Clock = utcnow) -> int:
     """Put failed jobs back in the queue with a fresh attempt budget (``resend``).
 
     Each requeued job gets a ``job_requeued`` event. Returns how many were requeued.
     """
     if not job_ids:
         return 0
-    now = utcnow()
-    query = select(Job).where(Job.id.in_(job_ids), Job.state == JobState.FAILED.value)
+    now = clock()
+    query = select(Job).where(Job.id.in_(job_ids), Job.state == JobState.FAILED)
     if session.get_bind().dialect.name != "sqlite":
         query = query.with_for_update()
     rows = session.scalars(query).all()
     for row in rows:
-        row.state = JobState.QUEUED.value
+        row.state = JobState.QUEUED
         row.attempts = 0
         row.next_attempt_at = now
         row.updated_at = now

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -25,7 +26,9 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
+
+from triage_node.store.clock import utcnow as utcnow
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -34,11 +37,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def utcnow() -> dt.datetime:
-    """Now, as an aware UTC datetime (the only clock the store uses)."""
-    return dt.datetime.now(dt.UTC)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -108,6 +106,50 @@ class DeliveryState(enum.StrEnum):
     NO_DESTINATION = "no_destination"  # no [[destinations]] configured: kept in the spool
 
 
+class ResultKind(enum.StrEnum):
+    """What a result object is: the Structured Report or a heatmap Secondary Capture."""
+
+    SR = "SR"
+    SC = "SC"
+
+
+_Member = TypeVar("_Member", bound=enum.StrEnum)
+
+
+def _values(members: type[enum.StrEnum]) -> list[str]:
+    return [m.value for m in members]
+
+
+def state_column(members: type[enum.StrEnum], length: int) -> Enum:
+    """A state or kind column: the enum in Python, the plain VARCHAR(``length``) it always was.
+
+    ``native_enum=False`` and no CHECK constraint: the schema the migrations made is
+    unchanged, and rows are stored by value ("queued", not "QUEUED"). Unknown strings in
+    a query stay queries (``worklist --state done`` finds no instance instead of
+    failing); written values are checked by :func:`as_member` on the models.
+    """
+    return Enum(
+        members,
+        native_enum=False,
+        create_constraint=False,
+        length=length,
+        values_callable=_values,
+        validate_strings=False,
+    )
+
+
+def as_member(members: type[_Member], value: _Member | str | None, column: str) -> _Member | None:
+    """``value`` as a member of ``members``; ValueError naming the column for anything else."""
+    if value is None or isinstance(value, members):
+        return value
+    try:
+        return members(value)
+    except ValueError:
+        raise ValueError(
+            f"{column}: {value!r} is not one of {', '.join(_values(members))}"
+        ) from None
+
+
 class Study(Base):
     __tablename__ = "studies"
 
@@ -116,14 +158,24 @@ class Study(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_instance_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    state: Mapped[str] = mapped_column(String(32), default="open")
+    state: Mapped[StudyState] = mapped_column(state_column(StudyState, 32), default=StudyState.OPEN)
     report_version: Mapped[int] = mapped_column(Integer, default=0)
-    delivery_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    delivery_state: Mapped[DeliveryState | None] = mapped_column(
+        state_column(DeliveryState, 32), nullable=True
+    )
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # When the newest report version was asked for (settle time); its Content Date/Time.
     settled_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # When retention removed the study's spool files (its rows are removed later).
     spool_purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @validates("state")
+    def _state(self, key: str, value: StudyState | str) -> StudyState | None:
+        return as_member(StudyState, value, f"studies.{key}")
+
+    @validates("delivery_state")
+    def _delivery_state(self, key: str, value: DeliveryState | str | None) -> DeliveryState | None:
+        return as_member(DeliveryState, value, f"studies.{key}")
 
 
 class Instance(Base):
@@ -152,15 +204,26 @@ class Instance(Base):
     own_result: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    state: Mapped[str] = mapped_column(String(32))
+    state: Mapped[InstanceState] = mapped_column(state_column(InstanceState, 32))
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The score job's record (triage_node.work.records.ScoreRecord.to_json).
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
-    delivery_state: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    delivery_state: Mapped[DeliveryState | None] = mapped_column(
+        state_column(DeliveryState, 32), nullable=True
+    )
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The study report version that first covered this instance; None: not reported yet
     # (skipped instances, our own results among them, are never reported).
     report_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    @validates("state")
+    def _state(self, key: str, value: InstanceState | str) -> InstanceState | None:
+        return as_member(InstanceState, value, f"instances.{key}")
+
+    @validates("delivery_state")
+    def _delivery_state(self, key: str, value: DeliveryState | str | None) -> DeliveryState | None:
+        return as_member(DeliveryState, value, f"instances.{key}")
 
 
 class Job(Base):
@@ -168,8 +231,8 @@ class Job(Base):
     __table_args__ = (Index("ix_jobs_claim", "state", "next_attempt_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(32), default=JobState.QUEUED.value)
+    kind: Mapped[JobKind] = mapped_column(state_column(JobKind, 32))
+    state: Mapped[JobState] = mapped_column(state_column(JobState, 32), default=JobState.QUEUED)
     instance_id: Mapped[int | None] = mapped_column(
         ForeignKey("instances.id"), nullable=True, index=True
     )
@@ -189,10 +252,13 @@ class Job(Base):
     # version, the same delivery) fails on the constraint instead of doubling it.
     dedup_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
 
+    @validates("kind")
+    def _kind(self, key: str, value: JobKind | str) -> JobKind | None:
+        return as_member(JobKind, value, f"jobs.{key}")
 
-class ResultKind(enum.StrEnum):
-    SR = "SR"
-    SC = "SC"
+    @validates("state")
+    def _state(self, key: str, value: JobState | str) -> JobState | None:
+        return as_member(JobState, value, f"jobs.{key}")
 
 
 class Result(Base):
@@ -203,7 +269,7 @@ class Result(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     report_version: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[ResultKind] = mapped_column(state_column(ResultKind, 8))
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     series_instance_uid: Mapped[str] = mapped_column(String(64))
@@ -215,6 +281,10 @@ class Result(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
+    @validates("kind")
+    def _kind(self, key: str, value: ResultKind | str) -> ResultKind | None:
+        return as_member(ResultKind, value, f"results.{key}")
+
 
 class Delivery(Base):
     """One result object to one destination: state, last C-STORE status, last error."""
@@ -225,12 +295,18 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(32), default=DeliveryState.PENDING.value)
+    state: Mapped[DeliveryState] = mapped_column(
+        state_column(DeliveryState, 32), default=DeliveryState.PENDING
+    )
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)  # C-STORE status
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    @validates("state")
+    def _state(self, key: str, value: DeliveryState | str) -> DeliveryState | None:
+        return as_member(DeliveryState, value, f"deliveries.{key}")
 
 
 class Event(Base):

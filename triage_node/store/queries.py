@@ -1,7 +1,7 @@
 """Read-only questions the node asks its store: job counts, queue ages, write lock, free disk.
 
 One implementation each, shared by ``status``, the metrics collector, the health
-checks and the scheduler's log line.
+checks, retention and the scheduler's log line.
 """
 
 from __future__ import annotations
@@ -9,60 +9,98 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from triage_node.store.db import Store
-from triage_node.store.models import Instance, Job, JobKind, JobState, utcnow
+from triage_node.store.models import Instance, InstanceState, Job, JobKind, JobState
+
+#: Job states that count as waiting: queued (due or backing off) or running.
+WAITING_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # min() on SQLite may bypass the column type and give a naive UTC datetime.
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """One snapshot of the queue: jobs by kind and state, instances by state, oldest waiting.
+
+    ``oldest_waiting`` holds, per job kind with anything waiting, when its oldest
+    waiting job was created.
+    """
+
+    jobs: Mapping[tuple[JobKind, JobState], int]
+    instances: Mapping[InstanceState, int]
+    oldest_waiting: Mapping[JobKind, dt.datetime]
+
+    @property
+    def waiting(self) -> int:
+        """How many jobs are queued or running (the queue depth)."""
+        return sum(n for (_, state), n in self.jobs.items() if state in WAITING_STATES)
+
+    def oldest_waiting_seconds(self, now: dt.datetime) -> float | None:
+        """Age of the oldest waiting job of any kind; None when nothing waits."""
+        if not self.oldest_waiting:
+            return None
+        return (now - min(self.oldest_waiting.values())).total_seconds()
+
+    def waiting_ages(self, now: dt.datetime) -> dict[JobKind, float]:
+        """Age in seconds of the oldest waiting job by kind; 0 for every kind with none.
+
+        Every kind is present, so an alert on the age sees every kind.
+        """
+        ages = dict.fromkeys(JobKind, 0.0)
+        for kind, created in self.oldest_waiting.items():
+            ages[kind] = max(0.0, (now - created).total_seconds())
+        return ages
+
+
+def queue_counts(session: Session) -> QueueCounts:
+    """Count the queue in the caller's read transaction (one consistent snapshot)."""
+    jobs = {
+        (kind, state): int(n)
+        for kind, state, n in session.execute(
+            select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
+        )
+    }
+    instances = {
+        state: int(n)
+        for state, n in session.execute(
+            select(Instance.state, func.count()).group_by(Instance.state)
+        )
+    }
+    oldest = {
+        kind: _aware(created)
+        for kind, created in session.execute(
+            select(Job.kind, func.min(Job.created_at))
+            .where(Job.state.in_(WAITING_STATES))
+            .group_by(Job.kind)
+        )
+        if created is not None
+    }
+    return QueueCounts(jobs, instances, oldest)
+
+
+def read_queue_counts(store: Store) -> QueueCounts:
+    """:func:`queue_counts` in a read transaction of its own."""
+    with store.read() as session:
+        return queue_counts(session)
 
 
 def queue_stats(store: Store) -> dict[str, dict[str, int]]:
-    """Counts of jobs by kind and state and of instances by state."""
-    with store.read() as session:
-        jobs = session.execute(
-            select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
-        ).all()
-        instances = session.execute(
-            select(Instance.state, func.count()).group_by(Instance.state)
-        ).all()
+    """The queue for the scheduler's log line: ``{"jobs": {"kind.state": n}, "instances": ...}``."""
+    counts = read_queue_counts(store)
     return {
-        "jobs": {f"{kind}.{state}": int(n) for kind, state, n in jobs},
-        "instances": {str(state): int(n) for state, n in instances},
+        "jobs": {f"{kind}.{state}": n for (kind, state), n in counts.jobs.items()},
+        "instances": {str(state): n for state, n in counts.instances.items()},
     }
-
-
-def waiting_jobs(
-    store: Store, now: dt.datetime | None = None
-) -> tuple[dict[tuple[str, str], int], dict[str, float]]:
-    """Job counts by (kind, state), and the age in seconds of the oldest waiting job by kind.
-
-    Waiting means queued (due or backing off) or running. Kinds with nothing
-    waiting have age 0, so an alert on the age sees every kind.
-    """
-    now = now or utcnow()
-    waiting = (JobState.QUEUED.value, JobState.RUNNING.value)
-    with store.read() as session:
-        counts = {
-            (str(k), str(s)): int(n)
-            for k, s, n in session.execute(
-                select(Job.kind, Job.state, func.count()).group_by(Job.kind, Job.state)
-            )
-        }
-        oldest = dict(
-            session.execute(
-                select(Job.kind, func.min(Job.created_at))
-                .where(Job.state.in_(waiting))
-                .group_by(Job.kind)
-            ).all()
-        )
-    ages = {kind.value: 0.0 for kind in JobKind}
-    for kind, created in oldest.items():
-        if created is not None:
-            if created.tzinfo is None:  # min() on SQLite bypasses the column type
-                created = created.replace(tzinfo=dt.UTC)
-            ages[str(kind)] = max(0.0, (now - created).total_seconds())
-    return counts, ages
 
 
 #: How long a scrape waits for the database's write lock before reporting it not writable.

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session
 
-    from triage_node.config import Settings
-    from triage_node.store.db import Store
-    from triage_node.store.jobs import ClaimedJob
+from triage_node.config import Settings
+from triage_node.store.clock import Clock, utcnow
+from triage_node.store.db import Store
+from triage_node.store.jobs import ClaimedJob
+from triage_node.store.models import JobKind, JobState
 
 
 class PermanentFailure(Exception):
@@ -47,13 +48,15 @@ class JobReleased(Exception):
 
 @dataclass
 class JobContext:
-    """Everything a handler needs for one job: settings, store, the lease, and stop requests."""
+    """Everything a handler needs for one job: settings, store, the lease, stop requests, and
+    the clock its timestamps and retries are taken from (the worker's)."""
 
     settings: Settings
     store: Store
     job: ClaimedJob
     stopping: threading.Event
     lease_lost: threading.Event = field(default_factory=threading.Event)
+    clock: Clock = utcnow
 
     def checkpoint(self) -> None:
         """Give the job back (raise :class:`JobReleased`) if the worker is stopping.
@@ -68,13 +71,15 @@ class JobContext:
 class JobHandler(Protocol):
     """One job kind: how to run it and how its rows change when it fails or is released."""
 
-    kind: str
+    kind: JobKind
 
     def run(self, ctx: JobContext) -> str | None:
         """Do the job and commit its results with ``finish_job``; return a short outcome."""
         ...
 
-    def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
+    def on_failure(
+        self, session: Session, job: ClaimedJob, new_state: JobState, error: str
+    ) -> None:
         """Update the job's rows (in the failing transaction); new_state is queued or failed."""
         ...
 

@@ -26,17 +26,18 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from triage_node.config import DestinationSection, Settings
 from triage_node.deliver.scu import (
     DeliveryError,
     DestinationUnavailable,
     StoreOutcome,
     send_objects,
 )
+from triage_node.store.clock import utcnow
 from triage_node.store.db import add_event
 from triage_node.store.jobs import ClaimedJob, finish_job, retry_delay
 from triage_node.store.models import (
@@ -47,14 +48,11 @@ from triage_node.store.models import (
     JobState,
     Result,
     Study,
-    utcnow,
 )
 from triage_node.telemetry import metrics
 from triage_node.work.base import JobContext, PermanentFailure, RetryLater
+from triage_node.work.records import DeliverPayload
 from triage_node.work.study import rollup_delivery
-
-if TYPE_CHECKING:
-    from triage_node.config import DestinationSection, Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,29 +67,31 @@ class _Pending:
 class DeliverHandler:
     """Runs ``deliver`` jobs (see the module docstring)."""
 
-    kind = JobKind.DELIVER.value
+    kind = JobKind.DELIVER
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def _destination(self, job: ClaimedJob) -> DestinationSection:
-        name = job.payload.get("destination")
+    def _destination(self, job: ClaimedJob, payload: DeliverPayload) -> DestinationSection:
         for d in self.settings.destinations:
-            if d.name == name:
+            if d.name == payload.destination:
                 return d
         raise PermanentFailure(
-            f"job {job.id}: destination {name!r} is not configured ([[destinations]] name)"
+            f"job {job.id}: destination {payload.destination!r} is not configured "
+            "([[destinations]] name)"
         )
 
-    def _pending(self, session: Session, job: ClaimedJob, destination: str) -> list[_Pending]:
+    def _pending(
+        self, session: Session, job: ClaimedJob, payload: DeliverPayload
+    ) -> list[_Pending]:
         rows = session.execute(
             select(Delivery.id, Result.sop_instance_uid, Result.path)
             .join(Result, Result.id == Delivery.result_id)
             .where(
                 Result.study_id == job.study_id,
-                Result.report_version == int(job.payload.get("report_version", 0)),
-                Delivery.destination == destination,
-                Delivery.state != DeliveryState.DELIVERED.value,
+                Result.report_version == payload.report_version,
+                Delivery.destination == payload.destination,
+                Delivery.state != DeliveryState.DELIVERED,
             )
             .order_by(Result.id)
         ).all()
@@ -104,9 +104,10 @@ class DeliverHandler:
     def run(self, ctx: JobContext) -> str | None:
         """Send the pending objects; finish, or raise RetryLater with the deliver backoff."""
         job = ctx.job
-        destination = self._destination(job)
+        payload = DeliverPayload.from_json(job.payload)
+        destination = self._destination(job, payload)
         with ctx.store.read() as session:
-            pending = self._pending(session, job, destination.name)
+            pending = self._pending(session, job, payload)
         if not pending:
             return self._finish(ctx, "nothing left to send")
         for p in pending:
@@ -152,31 +153,31 @@ class DeliverHandler:
     ) -> None:
         """Each object's C-STORE outcome on its delivery row (objects without one: error)."""
         by_uid = {o.sop_instance_uid: o for o in outcomes}
-        now = utcnow()
+        now = ctx.clock()
         delivered = 0
-        destination = str(ctx.job.payload.get("destination"))
+        destination = DeliverPayload.from_json(ctx.job.payload).destination
         with ctx.store.write() as session:
             study = session.get(Study, ctx.job.study_id) if ctx.job.study_id else None
             study_uid = study.study_instance_uid if study is not None else None
             for p in batch:
                 row = session.get(Delivery, p.delivery_id)
-                if row is None or row.state == DeliveryState.DELIVERED.value:
+                if row is None or row.state == DeliveryState.DELIVERED:
                     continue
                 outcome = by_uid.get(p.sop_instance_uid)
                 row.updated_at = now
                 if outcome is None:
-                    row.state = DeliveryState.RETRYING.value
+                    row.state = DeliveryState.RETRYING
                     row.last_error = (error or "not sent")[:2000]
                     continue
                 row.attempts += 1
                 row.status = outcome.status
                 if outcome.stored:
-                    row.state = DeliveryState.DELIVERED.value
+                    row.state = DeliveryState.DELIVERED
                     row.delivered_at = now
                     row.last_error = None
                     delivered += 1
                 else:
-                    row.state = DeliveryState.RETRYING.value
+                    row.state = DeliveryState.RETRYING
                     row.last_error = f"C-STORE status 0x{outcome.status:04X} ({outcome.category})"
                 # The audit trail: every object sent, where, and what the peer answered.
                 add_event(
@@ -192,11 +193,12 @@ class DeliverHandler:
         metrics.record_results(destination, "delivered", delivered)
 
     def _finish(self, ctx: JobContext, outcome: str) -> str:
+        payload = DeliverPayload.from_json(ctx.job.payload)
         first_received: dt.datetime | None = None
         with ctx.store.write() as session:
             study = session.get(Study, ctx.job.study_id)
             if study is not None:
-                state = rollup_delivery(session, study)
+                state = rollup_delivery(session, study, clock=ctx.clock)
                 add_event(
                     session,
                     "study_delivered",
@@ -204,36 +206,38 @@ class DeliverHandler:
                     study_instance_uid=study.study_instance_uid,
                     state=state,
                     message=outcome,
-                    data={**ctx.job.payload},
+                    data=dict(ctx.job.payload),
                 )
-                first_received = _first_received(
-                    session, study, int(ctx.job.payload.get("report_version", 0))
-                )
-            finish_job(session, ctx.job, outcome)
+                first_received = _first_received(session, study, payload.report_version)
+            finish_job(session, ctx.job, outcome, clock=ctx.clock)
         if first_received is not None:
             metrics.observe_end_to_end(
-                str(ctx.job.payload.get("destination")), (utcnow() - first_received).total_seconds()
+                payload.destination, (utcnow() - first_received).total_seconds()
             )
         return outcome
 
-    def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
+    def on_failure(
+        self, session: Session, job: ClaimedJob, new_state: JobState, error: str
+    ) -> None:
         """Undelivered rows of this job ``retrying`` or ``failed``; roll up onto study/instances."""
-        final = new_state == JobState.FAILED.value
-        name = str(job.payload.get("destination"))
+        final = new_state == JobState.FAILED
+        payload = DeliverPayload.from_json(job.payload)
+        name = payload.destination
+        now = utcnow()
         left = 0
         for row in session.scalars(
             select(Delivery)
             .join(Result, Result.id == Delivery.result_id)
             .where(
                 Result.study_id == job.study_id,
-                Result.report_version == int(job.payload.get("report_version", 0)),
+                Result.report_version == payload.report_version,
                 Delivery.destination == name,
-                Delivery.state != DeliveryState.DELIVERED.value,
+                Delivery.state != DeliveryState.DELIVERED,
             )
         ).all():
-            row.state = (DeliveryState.FAILED if final else DeliveryState.RETRYING).value
+            row.state = DeliveryState.FAILED if final else DeliveryState.RETRYING
             row.last_error = row.last_error or error[:2000]
-            row.updated_at = utcnow()
+            row.updated_at = now
             left += 1
         # Counted in the failing transaction: the worker commits it right after.
         metrics.record_results(name, "failed" if final else "retried", left)
@@ -248,7 +252,7 @@ class DeliverHandler:
             study_instance_uid=study.study_instance_uid,
             state=state,
             message=f"{name}: {error[:500]}",
-            data={**job.payload},
+            data=dict(job.payload),
         )
 
     def on_release(self, session: Session, job: ClaimedJob) -> None:

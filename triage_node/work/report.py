@@ -21,15 +21,16 @@ overwrites with identical bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from triage_node.config import Settings
 from triage_node.report.results import (
     SourceImage,
     assessment_from_json,
@@ -38,6 +39,7 @@ from triage_node.report.results import (
     load_cams,
     write_result_file,
 )
+from triage_node.store.clock import utcnow
 from triage_node.store.db import add_event
 from triage_node.store.jobs import ClaimedJob, finish_job
 from triage_node.store.models import (
@@ -48,19 +50,17 @@ from triage_node.store.models import (
     JobKind,
     JobState,
     Result,
+    ResultKind,
     Study,
     StudyState,
-    utcnow,
 )
 from triage_node.work.base import JobContext, PermanentFailure
+from triage_node.work.records import DeliverPayload, ReportPayload, ScoreRecord, WrittenResult
 from triage_node.work.study import enqueue_once, rollup_delivery
-
-if TYPE_CHECKING:
-    from triage_node.config import Settings
 
 log = logging.getLogger(__name__)
 
-REPORTED_STATES = (InstanceState.SCORED.value, InstanceState.NOT_ASSESSABLE.value)
+REPORTED_STATES = (InstanceState.SCORED, InstanceState.NOT_ASSESSABLE)
 
 
 def result_path(study_instance_uid: str, report_version: int, sop_instance_uid: str) -> str:
@@ -108,15 +108,15 @@ def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceIm
     sources: list[SourceImage] = []
     for inst in instances:
         where = f"instance {inst.id} (SOP Instance UID {inst.sop_instance_uid})"
-        stored = (inst.result or {}).get("assessment")
-        if stored is None:
+        record = ScoreRecord.from_json(inst.result)
+        if record.assessment is None:
             raise PermanentFailure(f"{where}: no stored assessment")
         try:
-            assessment = assessment_from_json(stored)
+            assessment = assessment_from_json(record.assessment)
         except ValueError as exc:
             raise PermanentFailure(f"{where}: {exc}") from None
         path = settings.spool_dir / inst.path
-        scored = inst.state == InstanceState.SCORED.value
+        scored = inst.state == InstanceState.SCORED
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=not scored)
         except FileNotFoundError:
@@ -125,11 +125,7 @@ def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceIm
             raise PermanentFailure(
                 f"{where}: spool file {inst.path} is not readable: {type(exc).__name__}: {exc}"
             ) from None
-        cam_file = (
-            settings.spool_dir / inst.result["cam_path"]
-            if inst.result and inst.result.get("cam_path")
-            else cam_path_for(path)
-        )
+        cam_file = settings.spool_dir / record.cam_path if record.cam_path else cam_path_for(path)
         try:
             cams = load_cams(cam_file) if scored else None
         except (OSError, ValueError) as exc:
@@ -141,7 +137,7 @@ def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceIm
 class ReportHandler:
     """Runs ``report`` jobs (see the module docstring)."""
 
-    kind = JobKind.REPORT.value
+    kind = JobKind.REPORT
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -149,7 +145,7 @@ class ReportHandler:
     def run(self, ctx: JobContext) -> str | None:
         """Build, write and record one report version of the job's study."""
         job = ctx.job
-        version = int(job.payload.get("report_version", 0))
+        version = ReportPayload.from_json(job.payload).report_version
         with ctx.store.read() as session:
             study = self._study(session, job)
             study_uid, study_id = study.study_instance_uid, study.id
@@ -175,7 +171,7 @@ class ReportHandler:
         except (TypeError, ValueError) as exc:
             raise PermanentFailure(f"study {study_uid} report v{version}: {exc}") from exc
         ctx.checkpoint()
-        written: list[dict[str, Any]] = []
+        written: list[WrittenResult] = []
         for item in built:
             ds = item.dataset
             rel = result_path(study_uid, version, ds.SOPInstanceUID)
@@ -183,17 +179,17 @@ class ReportHandler:
                 ds, self.settings.spool_dir / rel, fsync=self.settings.receive.fsync
             )
             written.append(
-                {
-                    "kind": item.kind,
-                    "sop_instance_uid": str(ds.SOPInstanceUID),
-                    "sop_class_uid": str(ds.SOPClassUID),
-                    "series_instance_uid": str(ds.SeriesInstanceUID),
-                    "source_instance_id": item.source_instance_id,
-                    "path": rel,
-                    "size_bytes": size,
-                }
+                WrittenResult(
+                    kind=ResultKind(item.kind),
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    sop_class_uid=str(ds.SOPClassUID),
+                    series_instance_uid=str(ds.SeriesInstanceUID),
+                    source_instance_id=item.source_instance_id,
+                    path=rel,
+                    size_bytes=size,
+                )
             )
-        n_sc = sum(1 for w in written if w["kind"] == "SC")
+        n_sc = sum(1 for w in written if w.kind == ResultKind.SC)
         return self._finish(
             ctx, study_id, version, written, f"report v{version}: SR + {n_sc} heatmap(s)"
         )
@@ -203,19 +199,24 @@ class ReportHandler:
         ctx: JobContext,
         study_id: int,
         version: int,
-        written: list[dict[str, Any]],
+        written: list[WrittenResult],
         outcome: str,
     ) -> str:
         destinations = [d.name for d in self.settings.destinations]
-        now = utcnow()
+        now = ctx.clock()
         with ctx.store.write() as session:
             study = self._study(session, ctx.job)
             for w in written:
                 result = session.scalars(
-                    select(Result).where(Result.sop_instance_uid == w["sop_instance_uid"])
+                    select(Result).where(Result.sop_instance_uid == w.sop_instance_uid)
                 ).first()
                 if result is None:
-                    result = Result(study_id=study_id, report_version=version, created_at=now, **w)
+                    result = Result(
+                        study_id=study_id,
+                        report_version=version,
+                        created_at=now,
+                        **dataclasses.asdict(w),
+                    )
                     session.add(result)
                     session.flush()
                 for name in destinations:
@@ -231,7 +232,7 @@ class ReportHandler:
                             Delivery(
                                 result_id=result.id,
                                 destination=name,
-                                state=DeliveryState.PENDING.value,
+                                state=DeliveryState.PENDING,
                                 attempts=0,
                                 updated_at=now,
                             )
@@ -241,17 +242,18 @@ class ReportHandler:
                 for name in destinations:
                     enqueue_once(
                         session,
-                        JobKind.DELIVER.value,
+                        JobKind.DELIVER,
                         deliver_dedup_key(study_id, version, name),
                         study_id=study_id,
-                        payload={"destination": name, "report_version": version},
+                        payload=DeliverPayload(name, version).to_json(),
                         max_attempts=self.settings.deliver.max_attempts,
+                        clock=ctx.clock,
                     )
             if study.report_version == version:
-                study.state = StudyState.REPORTED.value
+                study.state = StudyState.REPORTED
                 study.last_error = None
                 if written:
-                    rollup_delivery(session, study)
+                    rollup_delivery(session, study, clock=ctx.clock)
             study.updated_at = now
             add_event(
                 session,
@@ -268,12 +270,12 @@ class ReportHandler:
                 data={
                     "report_version": version,
                     "objects": [
-                        {"kind": w["kind"], "sop_instance_uid": w["sop_instance_uid"]}
+                        {"kind": str(w.kind), "sop_instance_uid": w.sop_instance_uid}
                         for w in written
                     ],
                 },
             )
-            finish_job(session, ctx.job, outcome)
+            finish_job(session, ctx.job, outcome, clock=ctx.clock)
         return outcome
 
     @staticmethod
@@ -283,18 +285,21 @@ class ReportHandler:
             raise PermanentFailure(f"job {job.id}: study row {job.study_id} does not exist")
         return study
 
-    def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
+    def on_failure(
+        self, session: Session, job: ClaimedJob, new_state: JobState, error: str
+    ) -> None:
         """Record the error on the study; a failed report leaves the study ``report_failed``."""
         study = session.get(Study, job.study_id) if job.study_id is not None else None
         if study is None:
             return
+        failed = new_state == JobState.FAILED
         study.last_error = error[:2000]
         study.updated_at = utcnow()
-        if new_state == JobState.FAILED.value:
-            study.state = StudyState.REPORT_FAILED.value
+        if failed:
+            study.state = StudyState.REPORT_FAILED
         add_event(
             session,
-            "study_report_failed" if new_state == JobState.FAILED.value else "study_report_retry",
+            "study_report_failed" if failed else "study_report_retry",
             job_id=job.id,
             study_instance_uid=study.study_instance_uid,
             state=study.state,

@@ -26,16 +26,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, exists, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, delete, exists, or_, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from triage_node.store.db import add_event
+from triage_node.config import Settings
+from triage_node.store.clock import Clock, utcnow
+from triage_node.store.db import Store, add_event, rows_changed
 from triage_node.store.models import (
     Delivery,
     DeliveryState,
@@ -47,23 +47,19 @@ from triage_node.store.models import (
     Result,
     Study,
     StudyState,
-    utcnow,
 )
-
-if TYPE_CHECKING:
-    from triage_node.config import Settings
-    from triage_node.store.db import Store
+from triage_node.store.queries import free_disk_bytes
+from triage_node.work.records import ScoreRecord
 
 log = logging.getLogger(__name__)
 
 _MB = 1024 * 1024
 _DAY = dt.timedelta(days=1)
-_ACTIVE_JOB = (JobState.QUEUED.value, JobState.RUNNING.value)
-_ACTIVE_INSTANCE = (
-    InstanceState.RECEIVED.value,
-    InstanceState.QUEUED.value,
-    InstanceState.SCORING.value,
-)
+_ACTIVE_JOB = (JobState.QUEUED, JobState.RUNNING)
+_ACTIVE_INSTANCE = (InstanceState.RECEIVED, InstanceState.QUEUED, InstanceState.SCORING)
+
+#: Free bytes on the file system holding a path; None when it cannot be told.
+FreeBytes = Callable[[Path], int | None]
 
 
 @dataclass
@@ -78,7 +74,7 @@ class RetentionReport:
     events_deleted: int = 0
 
 
-def _not_busy(study_id_col: object) -> object:
+def _not_busy(study_id_col: InstrumentedAttribute[int]) -> ColumnElement[bool]:
     """SQL condition: nothing of the study is queued, running or waiting to be scored."""
     busy_job = exists().where(
         Job.state.in_(_ACTIVE_JOB),
@@ -110,10 +106,10 @@ def finished_studies(session: Session, changed_before: dt.datetime) -> list[Fini
     was skipped. Nothing of the study may be queued or running.
     """
     all_skipped = (Study.report_version == 0) & ~exists().where(
-        Instance.study_id == Study.id, Instance.state != InstanceState.SKIPPED.value
+        Instance.study_id == Study.id, Instance.state != InstanceState.SKIPPED
     )
-    delivered = (Study.state == StudyState.REPORTED.value) & (
-        Study.delivery_state == DeliveryState.DELIVERED.value
+    delivered = (Study.state == StudyState.REPORTED) & (
+        Study.delivery_state == DeliveryState.DELIVERED
     )
     query = (
         select(Study.id, Study.study_instance_uid, Study.updated_at)
@@ -135,9 +131,9 @@ def study_files(session: Session, study_id: int) -> list[str]:
         select(Instance.path, Instance.result).where(Instance.study_id == study_id)
     ):
         paths.append(path)
-        cam = (result or {}).get("cam_path") if isinstance(result, dict) else None
+        cam = ScoreRecord.from_json(result).cam_path
         if cam:
-            paths.append(str(cam))
+            paths.append(cam)
     paths += list(session.scalars(select(Result.path).where(Result.study_id == study_id)))
     return paths
 
@@ -176,7 +172,8 @@ def _purge_study(
 ) -> tuple[int, int] | None:
     """Mark one study purged (if unchanged) and remove its files; None if it changed."""
     with store.write() as session:
-        marked = session.execute(
+        marked = rows_changed(
+            session,
             update(Study)
             .where(
                 Study.id == study.id,
@@ -187,9 +184,9 @@ def _purge_study(
                 _not_busy(Study.id),
             )
             .values(spool_purged_at=at)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-        if marked.rowcount != 1:
+        if marked != 1:
             return None
         paths = study_files(session, study.id)
         add_event(
@@ -202,21 +199,17 @@ def _purge_study(
     return _remove_files(settings.spool_dir, paths)
 
 
-def _free_bytes(path: Path) -> int:
-    probe = path.resolve()
-    while not probe.exists() and probe != probe.parent:  # not created yet: its file system
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
 def purge_spool(
     settings: Settings,
     store: Store,
     at: dt.datetime,
     report: RetentionReport,
-    free_bytes: Callable[[Path], int] = _free_bytes,
+    free_bytes: FreeBytes = free_disk_bytes,
 ) -> None:
-    """Remove the spool files of finished studies past ``spool_days``, then for free disk."""
+    """Remove the spool files of finished studies past ``spool_days``, then for free disk.
+
+    When the free space cannot be read, nothing is removed early (it is logged).
+    """
     cutoff = at - settings.retention.spool_days * _DAY
     with store.read() as session:
         due = finished_studies(session, cutoff)
@@ -228,12 +221,25 @@ def purge_spool(
             report.bytes_freed += done[1]
 
     watermark = settings.receive.min_free_disk_mb * _MB
-    if watermark <= 0 or free_bytes(settings.data_dir) >= watermark:
+    if watermark <= 0:
+        return
+
+    def enough() -> bool:
+        free = free_bytes(settings.data_dir)
+        if free is None:
+            log.error(
+                "retention: free space of the data directory cannot be read; "
+                "no study is removed early"
+            )
+            return True
+        return free >= watermark
+
+    if enough():
         return
     with store.read() as session:
         early = finished_studies(session, at)
     for study in early:
-        if free_bytes(settings.data_dir) >= watermark:
+        if enough():
             break
         done = _purge_study(settings, store, study, at, "free disk below watermark")
         if done is not None:
@@ -241,7 +247,7 @@ def purge_spool(
             report.purged_for_disk += 1
             report.files_removed += done[0]
             report.bytes_freed += done[1]
-    if free_bytes(settings.data_dir) < watermark:
+    if not enough():
         log.error(
             "free disk below receive.min_free_disk_mb and no finished study left to "
             "remove: new instances are refused until results are delivered or space "
@@ -305,17 +311,17 @@ def delete_old_events(
     """Delete audit events older than ``events_days``."""
     cutoff = at - settings.retention.events_days * _DAY
     with store.write() as session:
-        result = session.execute(
-            delete(Event).where(Event.at < cutoff).execution_options(synchronize_session=False)
+        report.events_deleted += rows_changed(
+            session,
+            delete(Event).where(Event.at < cutoff).execution_options(synchronize_session=False),
         )
-        report.events_deleted += int(result.rowcount or 0)
 
 
 def apply_retention(
     settings: Settings,
     store: Store,
-    now: Callable[[], dt.datetime] = utcnow,
-    free_bytes: Callable[[Path], int] = _free_bytes,
+    now: Clock = utcnow,
+    free_bytes: FreeBytes = free_disk_bytes,
 ) -> RetentionReport:
     """One retention run at ``now()`` (a parameter so tests can move the clock)."""
     at = now()

@@ -25,23 +25,23 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pydicom
 from sqlalchemy.orm import Session
 
 from triage_node.assessment import ModelUnavailable, NotScorable, ScoringModel
+from triage_node.config import Settings
 from triage_node.report.results import cam_path_for, save_cams
 from triage_node.score.loader import load_model
+from triage_node.store.clock import utcnow
 from triage_node.store.db import add_event
 from triage_node.store.jobs import ClaimedJob, finish_job, retry_delay
-from triage_node.store.models import Instance, InstanceState, JobKind, JobState, utcnow
+from triage_node.store.models import Instance, InstanceState, JobKind, JobState
 from triage_node.telemetry import metrics
 from triage_node.work.base import JobContext, PermanentFailure, RetryLater
+from triage_node.work.records import DecodeFacts, ScoreRecord
 from triage_node.work.study import instance_finished
-
-if TYPE_CHECKING:
-    from triage_node.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class _InstanceRef:
     path: str
 
 
-def decode_facts(ds: pydicom.Dataset) -> dict[str, Any]:
+def decode_facts(ds: pydicom.Dataset) -> DecodeFacts:
     """Decode the pixel data of ``ds`` and describe it; raises :class:`NotScorable`."""
     if "PixelData" not in ds:
         raise NotScorable("no pixel data")
@@ -111,19 +111,19 @@ def decode_facts(ds: pydicom.Dataset) -> dict[str, Any]:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for undecodable data
         raise NotScorable(f"pixel data does not decode: {type(exc).__name__}: {exc}") from exc
-    return {
-        "rows": int(pixels.shape[0]),
-        "columns": int(pixels.shape[1]) if pixels.ndim > 1 else 1,
-        "dtype": str(pixels.dtype),
-        "photometric": str(ds.get("PhotometricInterpretation", "")),
-        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
-    }
+    return DecodeFacts(
+        rows=int(pixels.shape[0]),
+        columns=int(pixels.shape[1]) if pixels.ndim > 1 else 1,
+        dtype=str(pixels.dtype),
+        photometric=str(ds.get("PhotometricInterpretation", "")),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+    )
 
 
 class ScoreHandler:
     """Runs ``score`` jobs; one instance per process, shared by its worker threads."""
 
-    kind = JobKind.SCORE.value
+    kind = JobKind.SCORE
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -150,8 +150,8 @@ class ScoreHandler:
             decoded = decode_facts(ds)
         except NotScorable as exc:
             raise PermanentFailure(str(exc)) from exc
-        self._record_decoded(ctx, ref, decoded)
-        log.debug("decoded", extra={**fields, **decoded})
+        self._record_decoded(ctx, decoded)
+        log.debug("decoded", extra={**fields, **decoded.to_json()})
 
         ctx.checkpoint()
         try:
@@ -179,23 +179,19 @@ class ScoreHandler:
 
         with ctx.store.write() as session:
             inst = self._instance(session, job)
-            result = dict(inst.result or {})
-            result["decoded"] = decoded
-            result["assessment"] = assessment.to_json()
-            if cam_path is not None:
-                result["cam_path"] = cam_path
-            inst.result = result
+            record = ScoreRecord.from_json(inst.result).with_decoded(decoded)
+            inst.result = record.with_assessment(assessment, cam_path).to_json()
             inst.probability = assessment.probability
             inst.last_error = None
             if assessment.assessable:
-                inst.state = InstanceState.SCORED.value
+                inst.state = InstanceState.SCORED
                 inst.reason = None
                 outcome = f"scored p={assessment.probability:.3f}"
             else:
-                inst.state = InstanceState.NOT_ASSESSABLE.value
+                inst.state = InstanceState.NOT_ASSESSABLE
                 inst.reason = assessment.not_assessable_reason
                 outcome = f"not assessable: {inst.reason}"
-            inst.updated_at = utcnow()
+            inst.updated_at = ctx.clock()
             _instance_event(
                 session,
                 inst,
@@ -207,8 +203,8 @@ class ScoreHandler:
                     "model_version": assessment.model_version,
                 },
             )
-            instance_finished(session, inst)
-            finish_job(session, job, outcome)
+            instance_finished(session, inst, clock=ctx.clock)
+            finish_job(session, job, outcome, clock=ctx.clock)
             final_state = inst.state
         metrics.record_instance(final_state)
         return outcome
@@ -217,31 +213,23 @@ class ScoreHandler:
         with ctx.store.write() as session:
             inst = self._instance(session, ctx.job)
             ref = _InstanceRef(inst.id, inst.sop_instance_uid, inst.study_instance_uid, inst.path)
-            if inst.state != InstanceState.SCORING.value:
-                inst.state = InstanceState.SCORING.value
-                inst.updated_at = utcnow()
+            if inst.state != InstanceState.SCORING:
+                inst.state = InstanceState.SCORING
+                inst.updated_at = ctx.clock()
                 _instance_event(
                     session, inst, "instance_scoring", ctx.job, f"attempt {ctx.job.attempts}"
                 )
         return ref
 
-    def _record_decoded(self, ctx: JobContext, ref: _InstanceRef, decoded: dict[str, Any]) -> None:
+    def _record_decoded(self, ctx: JobContext, decoded: DecodeFacts) -> None:
         with ctx.store.write() as session:
             inst = self._instance(session, ctx.job)
-            result = dict(inst.result or {})
-            result["decoded"] = decoded
-            inst.result = result
-            inst.rows = decoded["rows"]
-            inst.columns = decoded["columns"]
-            inst.updated_at = utcnow()
+            inst.result = ScoreRecord.from_json(inst.result).with_decoded(decoded).to_json()
+            inst.rows = decoded.rows
+            inst.columns = decoded.columns
+            inst.updated_at = ctx.clock()
             _instance_event(
-                session,
-                inst,
-                "instance_decoded",
-                ctx.job,
-                f"{decoded['rows']}x{decoded['columns']} {decoded['dtype']} "
-                f"{decoded['photometric']}",
-                data=decoded,
+                session, inst, "instance_decoded", ctx.job, decoded.describe(), decoded.to_json()
             )
 
     @staticmethod
@@ -253,28 +241,30 @@ class ScoreHandler:
 
     # -- failure and release -------------------------------------------------------------
 
-    def on_failure(self, session: Session, job: ClaimedJob, new_state: str, error: str) -> None:
+    def on_failure(
+        self, session: Session, job: ClaimedJob, new_state: JobState, error: str
+    ) -> None:
         """Instance back to ``queued`` (retry or model wait) or ``failed`` with the reason."""
         inst = session.get(Instance, job.instance_id) if job.instance_id is not None else None
         if inst is None:
             return
         inst.updated_at = utcnow()
         inst.last_error = error[:2000]
-        if new_state == JobState.FAILED.value:
-            inst.state = InstanceState.FAILED.value
+        if new_state == JobState.FAILED:
+            inst.state = InstanceState.FAILED
             inst.reason = error[:2000]
             _instance_event(session, inst, "instance_failed", job, error[:500])
             instance_finished(session, inst)
         else:
-            inst.state = InstanceState.QUEUED.value
+            inst.state = InstanceState.QUEUED
             _instance_event(session, inst, "instance_queued", job, f"retry: {error[:500]}")
 
     def on_release(self, session: Session, job: ClaimedJob) -> None:
         """Instance back to ``queued``: another worker (or this node after restart) takes it."""
         inst = session.get(Instance, job.instance_id) if job.instance_id is not None else None
-        if inst is None or inst.state != InstanceState.SCORING.value:
+        if inst is None or inst.state != InstanceState.SCORING:
             return
-        inst.state = InstanceState.QUEUED.value
+        inst.state = InstanceState.QUEUED
         inst.updated_at = utcnow()
         _instance_event(session, inst, "instance_queued", job, "released: worker stopping")
 

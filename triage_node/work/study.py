@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import and_, exists, select, update
+from sqlalchemy import ColumnElement, and_, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from triage_node.store.db import add_event
+from triage_node.config import Settings
+from triage_node.store.clock import Clock, utcnow
+from triage_node.store.db import Store, add_event, rows_changed
 from triage_node.store.jobs import enqueue_job
 from triage_node.store.models import (
     Delivery,
@@ -43,38 +45,30 @@ from triage_node.store.models import (
     Result,
     Study,
     StudyState,
-    utcnow,
 )
-
-if TYPE_CHECKING:
-    from triage_node.config import Settings
-    from triage_node.store.db import Store
+from triage_node.work.records import ReportPayload
 
 log = logging.getLogger(__name__)
 
 #: How often the scheduler looks for settled studies.
 SETTLE_CHECK_SECONDS = 1.0
 #: Instance states that are not final yet: the study waits for them.
-UNFINISHED_STATES = (
-    InstanceState.RECEIVED.value,
-    InstanceState.QUEUED.value,
-    InstanceState.SCORING.value,
-)
+UNFINISHED_STATES = (InstanceState.RECEIVED, InstanceState.QUEUED, InstanceState.SCORING)
 #: Report jobs per settle pass (the rest wait for the next pass, a second later).
 SETTLE_BATCH = 100
 
 
-def instance_finished(session: Session, instance: Instance) -> None:
+def instance_finished(session: Session, instance: Instance, *, clock: Clock = utcnow) -> None:
     """Record on the study that one of its instances is final (scored, not assessable, failed).
 
     The report itself waits for the settle time (:func:`settle_studies`).
     """
     study = session.get(Study, instance.study_id)
     if study is not None:
-        study.updated_at = utcnow()
+        study.updated_at = clock()
 
 
-def enqueue_once(session: Session, kind: str, dedup_key: str, **fields: Any) -> Job | None:
+def enqueue_once(session: Session, kind: JobKind, dedup_key: str, **fields: Any) -> Job | None:
     """Enqueue a job unless one with ``dedup_key`` exists (in this or another process).
 
     Runs in a savepoint: a concurrent insert of the same key makes this call
@@ -97,11 +91,11 @@ def report_dedup_key(study_id: int, report_version: int) -> str:
     return f"report:{study_id}:{report_version}"
 
 
-def _settled_condition(now: dt.datetime, settle_seconds: float) -> Any:
+def _settled_condition(now: dt.datetime, settle_seconds: float) -> ColumnElement[bool]:
     quiet_since = now - dt.timedelta(seconds=settle_seconds)
     unreported = exists().where(
         Instance.study_id == Study.id,
-        Instance.state != InstanceState.SKIPPED.value,
+        Instance.state != InstanceState.SKIPPED,
         Instance.report_version.is_(None),
     )
     unfinished = exists().where(
@@ -109,8 +103,8 @@ def _settled_condition(now: dt.datetime, settle_seconds: float) -> Any:
     )
     report_pending = exists().where(
         Job.study_id == Study.id,
-        Job.kind == JobKind.REPORT.value,
-        Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)),
+        Job.kind == JobKind.REPORT,
+        Job.state.in_((JobState.QUEUED, JobState.RUNNING)),
     )
     return and_(Study.last_instance_at <= quiet_since, unreported, ~unfinished, ~report_pending)
 
@@ -142,27 +136,28 @@ def settle_studies(
             version = study.report_version + 1
             job = enqueue_once(
                 session,
-                JobKind.REPORT.value,
+                JobKind.REPORT,
                 report_dedup_key(study.id, version),
                 study_id=study.id,
-                payload={"report_version": version},
+                payload=ReportPayload(version).to_json(),
                 max_attempts=settings.worker.max_attempts,
             )
             if job is None:
                 continue
-            covered = session.execute(
+            covered = rows_changed(
+                session,
                 update(Instance)
                 .where(
                     Instance.study_id == study.id,
-                    Instance.state != InstanceState.SKIPPED.value,
+                    Instance.state != InstanceState.SKIPPED,
                     Instance.report_version.is_(None),
                 )
                 .values(report_version=version, updated_at=at)
-                .execution_options(synchronize_session=False)
-            ).rowcount
+                .execution_options(synchronize_session=False),
+            )
             study.report_version = version
             study.settled_at = at
-            study.state = StudyState.REPORTING.value
+            study.state = StudyState.REPORTING
             study.updated_at = at
             add_event(
                 session,
@@ -190,7 +185,9 @@ _ROLLUP_ORDER = (
 )
 
 
-def rollup_delivery(session: Session, study: Study, last_error: str | None = None) -> str | None:
+def rollup_delivery(
+    session: Session, study: Study, last_error: str | None = None, *, clock: Clock = utcnow
+) -> DeliveryState | None:
     """Set the delivery state of the study and of its reported instances from its deliveries.
 
     Only the newest report version counts (older versions are superseded).
@@ -213,13 +210,13 @@ def rollup_delivery(session: Session, study: Study, last_error: str | None = Non
             ).first()
             is not None
         )
-        state = DeliveryState.NO_DESTINATION.value if has_results else None
+        state: DeliveryState | None = DeliveryState.NO_DESTINATION if has_results else None
     else:
-        state = next(s.value for s in _ROLLUP_ORDER if s.value in states)
-    now = utcnow()
+        state = next(s for s in _ROLLUP_ORDER if s in states)
+    now = clock()
     study.delivery_state = state
     study.updated_at = now
-    if state == DeliveryState.DELIVERED.value:
+    if state == DeliveryState.DELIVERED:
         study.last_error = None
     elif last_error is not None:
         study.last_error = last_error[:2000]
@@ -227,12 +224,12 @@ def rollup_delivery(session: Session, study: Study, last_error: str | None = Non
         select(Instance).where(
             Instance.study_id == study.id,
             Instance.report_version.is_not(None),
-            Instance.state.in_((InstanceState.SCORED.value, InstanceState.NOT_ASSESSABLE.value)),
+            Instance.state.in_((InstanceState.SCORED, InstanceState.NOT_ASSESSABLE)),
         )
     ).all()
     for inst in instances:
         inst.delivery_state = state
-        if state == DeliveryState.DELIVERED.value:
+        if state == DeliveryState.DELIVERED:
             if inst.last_error and inst.last_error.startswith("delivery"):
                 inst.last_error = None
         elif last_error is not None:

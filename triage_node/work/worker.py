@@ -19,8 +19,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 
+from triage_node.config import Settings
+from triage_node.store.clock import Clock, utcnow
+from triage_node.store.db import Store
 from triage_node.store.jobs import (
     HOLDER_DEATH_LIMIT,
     HOLDER_DEATHS,
@@ -33,12 +35,12 @@ from triage_node.store.jobs import (
     release_job,
     retry_delay,
 )
+from triage_node.store.models import InstanceState, JobKind, JobState
 from triage_node.telemetry import metrics
 from triage_node.work.base import JobContext, JobHandler, JobReleased, PermanentFailure, RetryLater
-
-if TYPE_CHECKING:
-    from triage_node.config import Settings
-    from triage_node.store.db import Store
+from triage_node.work.deliver import DeliverHandler
+from triage_node.work.report import ReportHandler
+from triage_node.work.score import ScoreHandler
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +51,11 @@ def owner_id(thread_name: str | None = None) -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{name}"
 
 
-def default_handlers(settings: Settings) -> dict[str, JobHandler]:
+def default_handlers(settings: Settings) -> dict[JobKind, JobHandler]:
     """The job kinds this build runs, by kind: ``score``, ``report`` and ``deliver``.
 
     Workers only claim kinds they have a handler for.
     """
-    from triage_node.work.deliver import DeliverHandler
-    from triage_node.work.report import ReportHandler
-    from triage_node.work.score import ScoreHandler
-
     handlers: list[JobHandler] = [
         ScoreHandler(settings),
         ReportHandler(settings),
@@ -70,12 +68,18 @@ class LeaseKeeper:
     """Extends a job's lease every third of its length while the handler runs."""
 
     def __init__(
-        self, store: Store, job: ClaimedJob, lease_seconds: float, lost: threading.Event
+        self,
+        store: Store,
+        job: ClaimedJob,
+        lease_seconds: float,
+        lost: threading.Event,
+        clock: Clock = utcnow,
     ) -> None:
         self._store = store
         self._job = job
         self._lease = lease_seconds
         self._lost = lost
+        self._clock = clock
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{job.id}", daemon=True)
 
@@ -90,7 +94,7 @@ class LeaseKeeper:
     def _run(self) -> None:
         while not self._done.wait(self._lease / 3):
             try:
-                extend_lease(self._store, self._job, self._lease)
+                extend_lease(self._store, self._job, self._lease, clock=self._clock)
             except LeaseLost:
                 log.error("lease lost while running", extra={"job_id": self._job.id})
                 self._lost.set()
@@ -122,21 +126,27 @@ def _return_freed_memory() -> None:
 
 
 class Worker:
-    """One worker thread: claims jobs of the kinds it has handlers for and runs them."""
+    """One worker thread: claims jobs of the kinds it has handlers for and runs them.
+
+    ``clock`` is what the worker's leases, backoff and retries are timed by (tests
+    move it instead of waiting for a real timer).
+    """
 
     def __init__(
         self,
         settings: Settings,
         store: Store,
-        handlers: Mapping[str, JobHandler],
+        handlers: Mapping[JobKind, JobHandler],
         name: str,
         stopping: threading.Event,
+        clock: Clock = utcnow,
     ) -> None:
         self.settings = settings
         self.store = store
         self.handlers = dict(handlers)
         self.name = name
         self.stopping = stopping
+        self.clock = clock
         self.owner = owner_id(name)
         self.current: ClaimedJob | None = None
         self._current_lock = threading.Lock()
@@ -173,6 +183,7 @@ class Worker:
             sorted(self.handlers),
             w.lease_seconds,
             stopping=self.stopping.is_set,
+            clock=self.clock,
         )
         if job is None:
             return False
@@ -217,10 +228,11 @@ class Worker:
                 permanent=True,
             )
             return
-        ctx = JobContext(self.settings, self.store, job, self.stopping)
+        ctx = JobContext(self.settings, self.store, job, self.stopping, clock=self.clock)
         started = time.monotonic()
+        lease = self.settings.worker.lease_seconds
         try:
-            with LeaseKeeper(self.store, job, self.settings.worker.lease_seconds, ctx.lease_lost):
+            with LeaseKeeper(self.store, job, lease, ctx.lease_lost, self.clock):
                 outcome = handler.run(ctx)
         except JobReleased:
             released = release_job(
@@ -228,6 +240,7 @@ class Worker:
                 job,
                 f"{self.owner}: worker stopping",
                 on_release=lambda s: handler.on_release(s, job),
+                clock=self.clock,
             )
             log.info("job released" if released else "job no longer ours", extra=fields)
         except LeaseLost:
@@ -280,22 +293,23 @@ class Worker:
                 permanent=permanent,
                 count_attempt=count_attempt,
                 on_change=lambda s, new: handler.on_failure(s, job, new, error),
+                clock=self.clock,
             )
         except LeaseLost:
             log.error("lease lost before the failure was recorded", extra={"job_id": job.id})
             return
-        if state == "failed" and job.kind == "score":
-            metrics.record_instance("failed")
-        level = logging.ERROR if state == "failed" else logging.WARNING
+        failed = state == JobState.FAILED
+        if failed and job.kind == JobKind.SCORE:
+            metrics.record_instance(InstanceState.FAILED)
         log.log(
-            level,
+            logging.ERROR if failed else logging.WARNING,
             "job %s",
-            "failed" if state == "failed" else "will retry",
+            "failed" if failed else "will retry",
             extra={
                 "job_id": job.id,
                 "job_kind": job.kind,
                 "error": error,
-                "retry_after": retry_after if state != "failed" else None,
+                "retry_after": None if failed else retry_after,
             },
         )
 
@@ -307,7 +321,11 @@ class Worker:
             return False
         handler = self.handlers[job.kind]
         return release_job(
-            self.store, job, f"{self.owner}: {why}", on_release=lambda s: handler.on_release(s, job)
+            self.store,
+            job,
+            f"{self.owner}: {why}",
+            on_release=lambda s: handler.on_release(s, job),
+            clock=self.clock,
         )
 
 
@@ -327,28 +345,35 @@ def _process_gone(pid: int) -> bool:
 
 
 class WorkerPool:
-    """``count`` worker threads sharing one set of handlers (and so one model per process)."""
+    """``count`` worker threads sharing one set of handlers (and so one model per process).
+
+    ``clock`` (default: the real one) times their leases, backoff and retries.
+    """
 
     def __init__(
         self,
         settings: Settings,
         store: Store,
         count: int,
-        handlers: Mapping[str, JobHandler] | None = None,
+        handlers: Mapping[JobKind, JobHandler] | None = None,
+        clock: Clock = utcnow,
     ) -> None:
         self.store = store
+        self.clock = clock
         self.stopping = threading.Event()
         handlers = handlers if handlers is not None else default_handlers(settings)
         self.handlers = dict(handlers)
         self.workers = [
-            Worker(settings, store, handlers, f"worker-{i + 1}", self.stopping)
+            Worker(settings, store, handlers, f"worker-{i + 1}", self.stopping, clock)
             for i in range(count)
         ]
 
     def start(self) -> None:
         """End the leases of this host's dead processes, then start every worker thread."""
         try:
-            ended = expire_dead_leases(self.store, socket.gethostname(), _process_gone)
+            ended = expire_dead_leases(
+                self.store, socket.gethostname(), _process_gone, clock=self.clock
+            )
         except Exception:
             log.exception("could not check for jobs held by dead processes")
         else:
