@@ -64,13 +64,13 @@ def test_enqueue_claim_finish(store: Store) -> None:
     assert job is not None and job.id == job_id
     assert job.attempts == 1 and job.payload == {"x": 1} and not job.reclaimed
     row = _job(store, job_id)
-    assert row.state == JobState.RUNNING.value and row.lease_owner == "w1"
+    assert row.state == JobState.RUNNING and row.lease_owner == "w1"
     assert row.lease_expires_at is not None and row.lease_expires_at > utcnow()
     assert claim_next_job(store, "w2", ["score"], 60) is None  # leased, not due
     with store.write() as session:
         finish_job(session, job, "ok")
     row = _job(store, job_id)
-    assert row.state == JobState.DONE.value and row.lease_owner is None
+    assert row.state == JobState.DONE and row.lease_owner is None
     assert _events(store, job_id) == ["job_queued", "job_started", "job_done"]
     assert claim_next_job(store, "w2", None, 60) is None
 
@@ -103,7 +103,7 @@ def test_fail_retries_with_backoff_then_fails(store: Store) -> None:
     job = claim_next_job(store, "w", None, 60)
     assert job is not None
     before = utcnow()
-    assert fail_job(store, job, "boom 1", retry_after=30) == JobState.QUEUED.value
+    assert fail_job(store, job, "boom 1", retry_after=30) == JobState.QUEUED
     row = _job(store, job_id)
     assert row.last_error == "boom 1" and row.lease_owner is None
     assert row.next_attempt_at >= before + dt.timedelta(seconds=29)
@@ -112,14 +112,14 @@ def test_fail_retries_with_backoff_then_fails(store: Store) -> None:
         session.get(Job, job_id).next_attempt_at = utcnow()  # type: ignore[union-attr]
     job = claim_next_job(store, "w", None, 60)
     assert job is not None and job.attempts == 2
-    assert fail_job(store, job, "boom 2", retry_after=30) == JobState.FAILED.value
-    assert _job(store, job_id).state == JobState.FAILED.value
+    assert fail_job(store, job, "boom 2", retry_after=30) == JobState.FAILED
+    assert _job(store, job_id).state == JobState.FAILED
     assert _events(store, job_id)[-1] == "job_failed"
     # resend puts it back with a fresh budget, with an event.
     with store.write() as session:
         assert requeue_jobs(session, [job_id]) == 1
     row = _job(store, job_id)
-    assert row.state == JobState.QUEUED.value and row.attempts == 0
+    assert row.state == JobState.QUEUED and row.attempts == 0
     assert _events(store, job_id)[-1] == "job_requeued"
 
 
@@ -150,7 +150,7 @@ def test_release_gives_job_back_without_an_attempt(store: Store) -> None:
     assert job is not None
     assert release_job(store, job, "stopping") is True
     row = _job(store, job_id)
-    assert row.state == JobState.QUEUED.value and row.attempts == 0 and row.lease_owner is None
+    assert row.state == JobState.QUEUED and row.attempts == 0 and row.lease_owner is None
     assert release_job(store, job) is False  # no longer ours: no change
     again = claim_next_job(store, "w2", None, 60)
     assert again is not None and again.id == job_id and again.attempts == 1
@@ -176,7 +176,7 @@ def test_expired_lease_returns_job_and_old_owner_loses_it(store: Store) -> None:
     assert release_job(store, job) is False
     with store.write() as session:
         finish_job(session, taken)
-    assert _job(store, job_id).state == JobState.DONE.value
+    assert _job(store, job_id).state == JobState.DONE
     assert "job_reclaimed" in _events(store, job_id)
 
 
@@ -267,7 +267,7 @@ def test_a_job_whose_holder_died_again_waits_behind_the_queue(store: Store) -> N
     assert taken is not None and taken.id == second
     assert claim_next_job(store, "host-a:103:worker-2", None, 3600) is None
     row = _job(store, first)
-    assert row.state == JobState.QUEUED.value and row.lease_owner is None
+    assert row.state == JobState.QUEUED and row.lease_owner is None
     assert row.next_attempt_at > utcnow() + dt.timedelta(seconds=3)
     assert row.attempts == 0 and row.payload == {"holder_deaths": 2}
     assert "next try in 5 s" in _last_message(store, first)
@@ -289,7 +289,7 @@ def _last_message(store: Store, job_id: int) -> str:
 def test_a_stopping_worker_claims_nothing(store: Store) -> None:
     (job_id,) = _enqueue(store)
     assert claim_next_job(store, "w", ["score"], 60, stopping=lambda: True) is None
-    assert _job(store, job_id).state == JobState.QUEUED.value
+    assert _job(store, job_id).state == JobState.QUEUED
     assert claim_next_job(store, "w", ["score"], 60, stopping=lambda: False) is not None
 
 

@@ -72,10 +72,10 @@ def _reset_deliveries(session: Session, job: Job, *, all_objects: bool) -> int:
         )
     )
     if not all_objects:
-        query = query.where(Delivery.state != DeliveryState.DELIVERED.value)
+        query = query.where(Delivery.state != DeliveryState.DELIVERED)
     rows = session.scalars(query).all()
     for row in rows:
-        row.state = DeliveryState.PENDING.value
+        row.state = DeliveryState.PENDING
         row.last_error = None
         row.updated_at = utcnow()
     return len(rows)
@@ -83,11 +83,11 @@ def _reset_deliveries(session: Session, job: Job, *, all_objects: bool) -> int:
 
 def _requeue(session: Session, job: Job) -> None:
     """Put a failed or done job back in the queue with a fresh attempt budget."""
-    if job.state == JobState.FAILED.value:
+    if job.state == JobState.FAILED:
         requeue_jobs(session, [job.id])
         return
     now = utcnow()
-    job.state = JobState.QUEUED.value
+    job.state = JobState.QUEUED
     job.attempts = 0
     job.next_attempt_at = now
     job.updated_at = now
@@ -130,14 +130,14 @@ def resend_study(session: Session, settings: Settings, study: Study) -> list[str
                         Delivery(
                             result_id=r.id,
                             destination=dest.name,
-                            state=DeliveryState.PENDING.value,
+                            state=DeliveryState.PENDING,
                             attempts=0,
                         )
                     )
             session.flush()
             new = enqueue_once(
                 session,
-                JobKind.DELIVER.value,
+                JobKind.DELIVER,
                 key,
                 study_id=study.id,
                 payload={"destination": dest.name, "report_version": version},
@@ -146,7 +146,7 @@ def resend_study(session: Session, settings: Settings, study: Study) -> list[str
             lines.append(
                 f"{where}: delivery queued ({len(results)} object(s), job {new.id if new else '?'})"
             )
-        elif job.state in (JobState.QUEUED.value, JobState.RUNNING.value):
+        elif job.state in (JobState.QUEUED, JobState.RUNNING):
             lines.append(f"{where}: already {job.state} (job {job.id}), left as it is")
         else:
             n = _reset_deliveries(session, job, all_objects=True)
@@ -162,7 +162,7 @@ def resend_failed(session: Session) -> list[str]:
     lines = []
     jobs = session.scalars(
         select(Job)
-        .where(Job.kind == JobKind.DELIVER.value, Job.state == JobState.FAILED.value)
+        .where(Job.kind == JobKind.DELIVER, Job.state == JobState.FAILED)
         .order_by(Job.id)
     ).all()
     for job in jobs:
