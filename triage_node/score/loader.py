@@ -31,7 +31,7 @@ def implementation() -> type[BundleScoringModel]:
     load (torch, SimpleITK) is reported as either, depending on the library.
     """
     try:
-        # lazy: torch, SimpleITK and pyradiomics stay out of light commands (status, worklist)
+        # lazy: torch, SimpleITK, pyradiomics load when a model is used, not with this module
         from triage_node.score.model import BundleScoringModel
     except (ImportError, OSError) as exc:
         raise ModelUnavailable(
