@@ -15,12 +15,8 @@ from safetensors.torch import save
 from triage_node.assessment import ModelUnavailable
 from triage_node.config import ModelSection, Settings
 from triage_node.score import bundle as bundle_module
-from triage_node.score.bundle import (
-    describe_bundle,
-    load_bundle,
-    load_scoring_model,
-    write_bundle,
-)
+from triage_node.score.bundle import describe_bundle, load_bundle, write_bundle
+from triage_node.score.loader import load_model
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, BundleManifest, OperatingPoint
 
 
@@ -176,4 +172,4 @@ def test_demo_bundle_not_built_yet(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setattr(bundle_module, "DEMO_BUNDLE_DIR", tmp_path / "demo_bundle")
     for configured in ("", "demo"):
         with pytest.raises(ModelUnavailable, match="demo bundle not built yet: .*demo_bundle"):
-            load_scoring_model(Settings(model=ModelSection(bundle=configured)))
+            load_model(Settings(model=ModelSection(bundle=configured)))

@@ -1,19 +1,45 @@
-"""The scoring interface between the node and a model: dataset in, per-side result out.
+"""The model contract: dataset in, per-side result out, and the one decision rule.
 
-The worker only knows this module. A model (the DTC bundle, see MODEL.md)
-implements :class:`ScoringModel`; ``triage_node.score.loader.load_model``
+The worker and the report only know this module. A model (the DTC bundle, see
+MODEL.md) implements :class:`ScoringModel`; ``triage_node.score.loader.load_model``
 finds the configured bundle, or the shipped demo bundle when none is configured.
+Nothing here imports a stage: the contract is below every one of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
 if TYPE_CHECKING:
+    import numpy as np
     import pydicom
+    from numpy.typing import NDArray
 
 Side = Literal["left", "right"]
+
+#: Fields of :meth:`ImageAssessment.to_json` that are derived (properties), not constructor args.
+_DERIVED = ("probability", "not_assessable_reason")
+
+
+@overload
+def is_positive(probability: float, threshold: float) -> bool: ...
+@overload
+def is_positive(probability: NDArray[np.floating[Any]], threshold: float) -> NDArray[np.bool_]: ...
+def is_positive(
+    probability: float | NDArray[np.floating[Any]], threshold: float
+) -> bool | NDArray[np.bool_]:
+    """THE decision rule: positive (DXA recommended) when ``probability >= threshold``.
+
+    ``probability`` is the calibrated probability of osteoporosis (a number, or
+    an array of them: one decision each); ``threshold`` is the operating point
+    chosen on validation data. A probability exactly at the threshold is
+    positive. Every place that decides -- the model's per-side flag, the SR,
+    the heatmap caption, the training metrics and the operating point -- uses
+    this function.
+    """
+    return probability >= threshold
 
 
 class ModelUnavailable(Exception):
@@ -33,7 +59,7 @@ class SideAssessment:
     not_assessable_reason: str | None = None  # e.g. "femur not found", "prosthesis", "cut off"
     # ROI on the source image as a closed polygon, (column, row) pixel coordinates.
     roi_polygon: list[tuple[float, float]] | None = None
-    positive: bool | None = None  # probability >= the operating point
+    positive: bool | None = None  # is_positive(probability, the operating point)
 
     def __post_init__(self) -> None:
         if (self.probability is None) == (self.not_assessable_reason is None):
@@ -83,6 +109,34 @@ class ImageAssessment:
         data["probability"] = self.probability
         data["not_assessable_reason"] = self.not_assessable_reason
         return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ImageAssessment:
+        """The assessment stored by :meth:`to_json` (round trip).
+
+        Raises ``ValueError`` naming the field when the JSON does not describe one.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError("assessment: expected a JSON object")
+        try:
+            sides = tuple(
+                SideAssessment(
+                    side=s["side"],
+                    probability=s.get("probability"),
+                    not_assessable_reason=s.get("not_assessable_reason"),
+                    roi_polygon=[(float(p[0]), float(p[1])) for p in s["roi_polygon"]]
+                    if s.get("roi_polygon") is not None
+                    else None,
+                    positive=s.get("positive"),
+                )
+                for s in data["sides"]
+            )
+            fields = {k: v for k, v in data.items() if k not in _DERIVED and k != "sides"}
+            fields["warnings"] = tuple(fields.get("warnings") or ())
+            fields["extra"] = dict(fields.get("extra") or {})
+            return cls(sides=sides, **fields)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"assessment: stored JSON is not an ImageAssessment ({exc})") from None
 
 
 class ScoringModel(Protocol):

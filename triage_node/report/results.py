@@ -20,41 +20,15 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 
-from triage_node.assessment import ImageAssessment, SideAssessment
+from triage_node.assessment import ImageAssessment
 from triage_node.durable import atomic_write
 from triage_node.report.heatmap import build_heatmap
 from triage_node.report.sr import build_study_report
 
-#: Fields of ``ImageAssessment.to_json`` that are derived (properties), not constructor args.
-_DERIVED = ("probability", "not_assessable_reason")
-
 
 def assessment_from_json(data: Mapping[str, Any]) -> ImageAssessment:
-    """The :class:`ImageAssessment` stored by ``ImageAssessment.to_json`` (round trip).
-
-    Raises ``ValueError`` naming the field when the JSON does not describe one.
-    """
-    if not isinstance(data, Mapping):
-        raise ValueError("assessment: expected a JSON object")
-    try:
-        sides = tuple(
-            SideAssessment(
-                side=s["side"],
-                probability=s.get("probability"),
-                not_assessable_reason=s.get("not_assessable_reason"),
-                roi_polygon=[(float(p[0]), float(p[1])) for p in s["roi_polygon"]]
-                if s.get("roi_polygon") is not None
-                else None,
-                positive=s.get("positive"),
-            )
-            for s in data["sides"]
-        )
-        fields = {k: v for k, v in data.items() if k not in _DERIVED and k != "sides"}
-        fields["warnings"] = tuple(fields.get("warnings") or ())
-        fields["extra"] = dict(fields.get("extra") or {})
-        return ImageAssessment(sides=sides, **fields)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"assessment: stored JSON is not an ImageAssessment ({exc})") from None
+    """The :class:`ImageAssessment` stored by ``ImageAssessment.to_json`` (round trip)."""
+    return ImageAssessment.from_json(data)
 
 
 def cam_path_for(spool_path: Path) -> Path:

@@ -40,7 +40,7 @@ from pydicom.valuerep import DA, DT, TM
 
 import triage_node
 from triage_node import identity
-from triage_node.assessment import ImageAssessment, SideAssessment
+from triage_node.assessment import ImageAssessment, SideAssessment, is_positive
 from triage_node.report import codes
 from triage_node.report.uids import (
     device_observer_uid,
@@ -205,7 +205,7 @@ def side_is_positive(side: SideAssessment, threshold: float) -> bool | None:
         return None
     if side.positive is not None:
         return side.positive
-    return side.probability >= threshold
+    return is_positive(side.probability, threshold)
 
 
 def study_decision(assessments: Sequence[ImageAssessment]) -> bool | None:
@@ -218,7 +218,7 @@ def study_decision(assessments: Sequence[ImageAssessment]) -> bool | None:
     decisions: list[bool | None] = []
     for a in assessments:
         if a.combined_probability is not None and a.assessable:
-            decisions.append(a.combined_probability >= a.threshold)
+            decisions.append(is_positive(a.combined_probability, a.threshold))
         else:
             decisions.extend(side_is_positive(s, a.threshold) for s in a.sides)
     known = [d for d in decisions if d is not None]

@@ -1,4 +1,9 @@
-"""Writing, verifying and loading model bundles (manifest + hashed weight files, no pickles).
+"""The model bundle's file format: writing, verifying and reading bundles (no pickles).
+
+A bundle is a directory of weight files and the ``manifest.json`` that lists
+their sha256 (:mod:`triage_node.score.manifest`). This module knows files and
+hashes only; building a model from a bundle is :mod:`triage_node.score.loader`'s
+job, so reading a manifest (``status``) needs neither torch nor pyradiomics.
 
 Loading reads each listed file's bytes once, checks their sha256 against the
 manifest and parses *those same bytes* (JSON, safetensors, or NPZ with
@@ -13,22 +18,21 @@ import hashlib
 import io
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from safetensors import SafetensorError
 
+from triage_node import durable
 from triage_node.assessment import ModelUnavailable
+from triage_node.config import Settings
 from triage_node.score.manifest import MANIFEST_NAME, BundleManifest
 
 if TYPE_CHECKING:
     import torch
-
-    from triage_node.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class Bundle:
 
     def read_tensors(self, file_name: str) -> dict[str, torch.Tensor]:
         """Load a listed ``.safetensors`` file into CPU tensors."""
-        from safetensors import SafetensorError
+        # lazy: safetensors.torch imports torch; `status` reads bundles through this module
         from safetensors.torch import load
 
         try:
@@ -93,21 +97,18 @@ class Bundle:
 def write_bundle(directory: Path, manifest: BundleManifest, files: Mapping[str, bytes]) -> Path:
     """Write ``files`` and a manifest listing their sha256 into ``directory`` (created).
 
-    ``manifest.files`` is replaced by the hashes of ``files``; the manifest is
-    written last, so a crashed write leaves a bundle that does not load.
-    Returns the directory.
+    ``manifest.files`` is replaced by the hashes of ``files``. Every file is
+    written with :mod:`triage_node.durable` (atomic and fsynced) and the
+    manifest last, after removing an old one, so a crashed write leaves a
+    bundle that does not load. Returns the directory.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    if (directory / MANIFEST_NAME).exists():
-        (directory / MANIFEST_NAME).unlink()
+    (directory / MANIFEST_NAME).unlink(missing_ok=True)
     hashes = {name: sha256_hex(data) for name, data in files.items()}
     final = BundleManifest.from_json({**manifest.to_json(), "files": hashes})
     for name, data in files.items():
-        (directory / name).write_bytes(data)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".manifest-", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(final.dumps())
-    os.replace(tmp, directory / MANIFEST_NAME)
+        durable.write_bytes(directory / name, data)
+    durable.write_text(directory / MANIFEST_NAME, final.dumps())
     return directory
 
 
@@ -174,7 +175,8 @@ def bundle_path(settings: Settings) -> Path:
     return Path(configured).expanduser()
 
 
-def _open_configured(settings: Settings) -> Bundle:
+def open_configured(settings: Settings) -> Bundle:
+    """The configured bundle, verified by :func:`load_bundle` (``ModelUnavailable`` if not)."""
     path = bundle_path(settings)
     if path == DEMO_BUNDLE_DIR and not (path / MANIFEST_NAME).exists():
         raise ModelUnavailable(f"demo bundle not built yet: {path}")
@@ -186,7 +188,7 @@ def describe_bundle(settings: Settings) -> dict[str, Any]:
 
     Verifies the hashes but builds no model. Raises :class:`ModelUnavailable`.
     """
-    bundle = _open_configured(settings)
+    bundle = open_configured(settings)
     m = bundle.manifest
     threshold = settings.model.threshold
     return {
@@ -200,21 +202,3 @@ def describe_bundle(settings: Settings) -> dict[str, Any]:
         "threshold": float(threshold) if threshold != "" else m.operating_point.threshold,
         "selected_features": len(m.selected_features),
     }
-
-
-def load_scoring_model(settings: Settings) -> Any:
-    """Load the configured bundle as a :class:`~triage_node.assessment.ScoringModel`.
-
-    Raises :class:`ModelUnavailable` naming the file when the bundle is
-    missing, incomplete or tampered with, or when this build cannot run it.
-    """
-    bundle = _open_configured(settings)
-    try:
-        from triage_node.score.model import BundleScoringModel
-    except ImportError:
-        raise ModelUnavailable(
-            f"bundle {bundle.path} verified, but this build has no inference pipeline "
-            "(triage_node.score.model)"
-        ) from None
-    threshold = settings.model.threshold
-    return BundleScoringModel(bundle, threshold=None if threshold == "" else float(threshold))

@@ -106,7 +106,7 @@ class ClinicalImputation:
         """Medians of the non-missing training values (a column with none falls back to 0)."""
         medians = {}
         for name in CLINICAL_FEATURES:
-            values = [float(r[name]) for r in rows if r.get(name) is not None]
+            values = [float(v) for r in rows if (v := r.get(name)) is not None]
             medians[name] = float(np.median(values)) if values else 0.0
         return cls(medians)
 

@@ -34,12 +34,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load, save
 from scipy import ndimage
 from torch import nn
 
 from triage_node.assessment import Side
 from triage_node.score.decode import resample_to_spacing
 from triage_node.score.roi import NOT_FOUND
+from triage_node.score.siamese import safetensors_metadata
 
 FINDER_FILE = "femur_finder.safetensors"
 NOT_IN_IMAGE = "side not in the image (unilateral view)"
@@ -274,18 +276,12 @@ class FemurFinder:
 
     def to_safetensors(self) -> bytes:
         """Weights plus configuration as safetensors bytes (no pickle)."""
-        from safetensors.torch import save
-
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
         return save(state, metadata={"finder_config": self.config.to_json()})
 
     @classmethod
     def from_safetensors(cls, data: bytes, name: str = FINDER_FILE) -> FemurFinder:
         """Rebuild a finder from :meth:`to_safetensors` bytes; ``ValueError`` naming ``name``."""
-        from safetensors.torch import load
-
-        from triage_node.score.siamese import safetensors_metadata
-
         metadata = safetensors_metadata(data)
         if "finder_config" not in metadata:
             raise ValueError(f"{name}: no finder_config in the safetensors metadata")

@@ -1,29 +1,57 @@
-"""Finding and loading the configured model bundle (or the shipped demo bundle)."""
+"""Finding and loading the configured model bundle (or the shipped demo bundle).
+
+The bundle's files are read and verified by :mod:`triage_node.score.bundle`
+(light: numpy and JSON). The implementation that runs it,
+:mod:`triage_node.score.model`, needs torch, SimpleITK and pyradiomics and is
+imported only when a model is described or loaded. When that import fails (a
+broken or missing library), the result is :class:`ModelUnavailable` whose
+message carries the real cause, e.g. ``libSimpleITK...so: cannot open shared
+object file``, so ``status`` and the score job's ``last_error`` say what to fix.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from triage_node.assessment import ModelUnavailable, ScoringModel
 from triage_node.config import Settings
+from triage_node.score.bundle import describe_bundle, open_configured
+
+if TYPE_CHECKING:
+    from triage_node.score.model import BundleScoringModel
+
+#: The module that builds a scoring model from a verified bundle.
+IMPLEMENTATION = "triage_node.score.model"
+
+
+def implementation() -> type[BundleScoringModel]:
+    """The model implementation; :class:`ModelUnavailable` naming the cause if it won't import.
+
+    ``OSError`` is caught with ``ImportError``: a shared library that does not
+    load (torch, SimpleITK) is reported as either, depending on the library.
+    """
+    try:
+        # lazy: torch, SimpleITK, pyradiomics load when a model is used, not with this module
+        from triage_node.score.model import BundleScoringModel
+    except (ImportError, OSError) as exc:
+        raise ModelUnavailable(
+            f"the model implementation {IMPLEMENTATION} cannot be imported: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return BundleScoringModel
 
 
 def describe_model(settings: Settings) -> dict[str, Any]:
     """What `status` shows about the model: name, version, synthetic flag, or why it's missing.
 
-    Reads the bundle's manifest only (cheap); weights are not loaded.
+    Reads the bundle's manifest and verifies its hashes (weights are not
+    loaded), then checks that the implementation imports: a bundle this
+    installation cannot run is not available, and ``error`` says why.
     """
     configured = settings.model.bundle or "demo"
     try:
-        from triage_node.score import bundle as bundle_module
-    except ImportError:
-        return {
-            "bundle": configured,
-            "available": False,
-            "error": "no model implementation is installed in this build",
-        }
-    try:
-        info = dict(bundle_module.describe_bundle(settings))
+        info = describe_bundle(settings)
+        implementation()
     except ModelUnavailable as exc:
         return {"bundle": configured, "available": False, "error": str(exc)}
     return {"bundle": configured, "available": True, **info}
@@ -32,12 +60,9 @@ def describe_model(settings: Settings) -> dict[str, Any]:
 def load_model(settings: Settings) -> ScoringModel:
     """Load the configured bundle (``[model] bundle``), or the demo bundle when empty.
 
-    Raises :class:`ModelUnavailable` naming the file when there is no usable bundle.
+    Raises :class:`ModelUnavailable` naming the file when there is no usable
+    bundle, or naming the cause when the implementation cannot be imported.
     """
-    try:
-        from triage_node.score import bundle as bundle_module  # the DTC model's loader
-    except ImportError:
-        raise ModelUnavailable(
-            "no model implementation is installed in this build (triage_node.score.bundle)"
-        ) from None
-    return bundle_module.load_scoring_model(settings)  # type: ignore[no-any-return]
+    bundle = open_configured(settings)
+    threshold = settings.model.threshold
+    return implementation()(bundle, threshold=None if threshold == "" else float(threshold))

@@ -4,15 +4,19 @@ Path of one image (every step is the trained bundle's, nothing is guessed):
 
 1. :func:`~triage_node.score.decode.decode_radiograph` (viewer-like pixels, spacing);
 2. the bundle's :class:`~triage_node.score.femur_finder.FemurFinder` finds each
-   femur; :func:`~triage_node.score.roi.cut_side_roi` checks it (not found,
-   cut off, prosthesis) and cuts the oriented ROI on the bundle's grid
-   (``model.json`` ``roi``: 128 px at 1.0 mm, or 256 px at 0.5 mm);
-3. only the texture features the head uses
-   (:func:`~triage_node.score.texture.extract_selected_texture`), the Siamese
-   branch's 128 pooled features per side, and age/sex/weight from the header
-   (missing values imputed with the training medians, named in ``warnings``);
-4. the named variant's :class:`~triage_node.score.head.LinearHead` gives a
-   calibrated probability.
+   femur (:func:`~triage_node.score.features.find_femurs`);
+3. :func:`~triage_node.score.features.measure_hips` -- the same code training
+   uses -- checks each hip (not found, cut off, prosthesis), cuts its oriented
+   ROI on the bundle's grid (``model.json`` ``roi``: 128 px at 1.0 mm, or 256 px
+   at 0.5 mm), computes only the texture features the head uses and the
+   Siamese branch's input (a hip whose texture cannot be measured stays
+   assessable with its texture imputed; see that module);
+4. the Siamese branch's 128 pooled features per side, and age/sex/weight from
+   the header (missing values imputed with the training medians, named in
+   ``warnings``);
+5. the named variant's :class:`~triage_node.score.head.LinearHead` gives a
+   calibrated probability; a side is positive by
+   :func:`~triage_node.assessment.is_positive` at the operating point.
 
 The head is bilateral (the paper's: left and right hip features side by side).
 Per-side probability = the bilateral head applied to that hip duplicated into
@@ -33,40 +37,42 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import pydicom
 import torch
+from scipy import ndimage
 
 from triage_node.assessment import (
     ImageAssessment,
     ModelUnavailable,
     Side,
     SideAssessment,
+    is_positive,
 )
 from triage_node.score.bundle import Bundle
-from triage_node.score.clinical import (
-    CLINICAL_FEATURES,
-    CLINICAL_PREFIX,
-    ClinicalImputation,
-    read_clinical,
-)
+from triage_node.score.clinical import ClinicalImputation, read_clinical
 from triage_node.score.decode import decode_radiograph
+from triage_node.score.features import (
+    HipFeatures,
+    find_femurs,
+    measure_hips,
+    patient_row,
+    texture_bases,
+)
 from triage_node.score.femur_finder import FINDER_FILE, SIDES, FemurFinder
 from triage_node.score.geometry import RoiGeometry
 from triage_node.score.head import LinearHead
 from triage_node.score.manifest import VARIANTS
-from triage_node.score.roi import NotAssessable, RoiSettings, SideRoi, cut_side_roi
+from triage_node.score.roi import RoiSettings, SideRoi
 from triage_node.score.siamese import (
     SiameseNet,
+    branch_features,
     grad_cam,
-    rois_to_tensor,
     siamese_from_safetensors,
 )
-from triage_node.score.texture import TextureSettings, extract_selected_texture
-
-if TYPE_CHECKING:
-    import pydicom
+from triage_node.score.texture import TextureSettings
 
 SIAMESE_FILE = "siamese.safetensors"
 CLINICAL_FILE = "clinical.json"
@@ -83,53 +89,6 @@ def head_file(variant: str) -> str:
     return f"head_{variant}.json"
 
 
-def split_name(name: str) -> tuple[str, str]:
-    """``"right:original_glcm_Contrast"`` -> ``("right", "original_glcm_Contrast")``."""
-    prefix, _, base = name.partition(":")
-    return prefix, base
-
-
-@dataclass(frozen=True)
-class HipFeatures:
-    """Everything the heads need from one assessable hip (oriented ROI)."""
-
-    texture: Mapping[str, float]  # base pyradiomics name -> value
-    deep: np.ndarray  # (128,) pooled Siamese features
-
-
-def patient_row(
-    names: Sequence[str],
-    clinical: np.ndarray,
-    hips: Mapping[Side, HipFeatures],
-) -> np.ndarray:
-    """One head input row in ``names`` order from clinical values and per-side hip features.
-
-    ``hips`` must hold the side(s) to use in each slot: pass the same
-    :class:`HipFeatures` for both sides to duplicate one hip. A texture name the
-    hip lacks is NaN (the head imputes it).
-    """
-    row = np.full(len(names), np.nan)
-    for i, name in enumerate(names):
-        prefix, base = split_name(name)
-        if name.startswith(CLINICAL_PREFIX):
-            row[i] = clinical[CLINICAL_FEATURES.index(base)]
-        elif base.startswith("deep_"):
-            row[i] = hips[prefix].deep[int(base[5:])]  # type: ignore[index]
-        else:
-            row[i] = hips[prefix].texture.get(base, np.nan)  # type: ignore[index]
-    return row
-
-
-def texture_bases(names: Sequence[str]) -> list[str]:
-    """The distinct pyradiomics base names among head feature names (both sides)."""
-    bases = []
-    for name in names:
-        prefix, base = split_name(name)
-        if prefix in SIDES and not base.startswith("deep_") and base not in bases:
-            bases.append(base)
-    return bases
-
-
 @dataclass
 class ImageFeatures:
     """Intermediate results of one image (used by ``assess``, ``explain`` and evaluation)."""
@@ -140,6 +99,7 @@ class ImageFeatures:
     clinical: np.ndarray
     warnings: list[str]
     hips: dict[Side, HipFeatures] = field(default_factory=dict)
+    deep_input: dict[Side, np.ndarray] = field(default_factory=dict)  # the CNN's (H, W) input
 
 
 class BundleScoringModel:
@@ -196,53 +156,26 @@ class BundleScoringModel:
     ) -> ImageFeatures:
         """Decode, find, cut and describe both hips; ``texture_names`` default: the head's."""
         decoded = decode_radiograph(dataset)
-        laterality = str(dataset.get("ImageLaterality", "") or "").strip().upper() or None
-        found = self.finder.find(decoded.pixels, decoded.spacing_mm, laterality)
-        rois: dict[Side, SideRoi] = {}
-        reasons: dict[Side, str] = {}
-        for side in SIDES:
-            mask = found.masks[side]
-            if mask is None:
-                reasons[side] = found.reasons[side] or "femur not found"
-                continue
-            cut = cut_side_roi(
-                decoded.pixels,
-                decoded.spacing_mm,
-                mask,
-                side,
-                size=self.roi.size_px,
-                roi_spacing_mm=self.roi.spacing_mm,
-            )
-            if isinstance(cut, NotAssessable):
-                reasons[side] = cut.reason
-            else:
-                rois[side] = cut
+        masks, reasons = find_femurs(dataset, decoded, self.finder)
+        names = self._texture_needed if texture_names is None else list(texture_names)
+        hips = measure_hips(decoded, masks, reasons, self.roi, self.texture_settings, names)
         clinical, clinical_warnings = self.clinical_imputation.apply(read_clinical(dataset))
         features = ImageFeatures(
             shape=decoded.pixels.shape,  # type: ignore[arg-type]
-            rois=rois,
-            not_assessable=reasons,
+            rois=hips.rois,
+            not_assessable=hips.not_assessable,
             clinical=clinical,
-            warnings=list(decoded.warnings) + clinical_warnings,
+            warnings=[*decoded.warnings, *clinical_warnings, *hips.warnings],
+            deep_input=hips.deep_input,
         )
-        if not rois:
-            return features
-        names = self._texture_needed if texture_names is None else list(texture_names)
-        with torch.no_grad():
-            order = list(rois)
-            deep = self.siamese.branch(
-                rois_to_tensor([self.roi.deep_input(rois[s].image) for s in order])
+        if hips.rois:
+            order = list(hips.rois)
+            deep = branch_features(
+                self.siamese.branch,
+                torch.from_numpy(np.stack([hips.deep_input[s] for s in order])[:, None]),
             )
-        for i, side in enumerate(order):
-            roi = rois[side]
-            try:
-                texture = extract_selected_texture(
-                    roi.image, roi.mask, names, self.texture_settings
-                )
-            except ValueError as exc:  # e.g. a flat ROI: nothing to measure
-                features.warnings.append(f"{side} hip texture not computed: {exc}")
-                texture = {}
-            features.hips[side] = HipFeatures(texture, deep[i].double().numpy())
+            for i, side in enumerate(order):
+                features.hips[side] = HipFeatures(hips.texture[side], deep[i])
         return features
 
     def probabilities(
@@ -265,17 +198,15 @@ class BundleScoringModel:
 
     def cams(self, features: ImageFeatures) -> dict[Side, np.ndarray]:
         """Grad-CAM per assessable hip on the source grid, scaled together to [0, 1]."""
-        rois = features.rois
+        rois, inputs = features.rois, features.deep_input
         if not rois:
             return {}
-        stand_in = next(iter(rois.values()))
-        left = rois_to_tensor([self.roi.deep_input((rois.get("left") or stand_in).image)])
-        right = rois_to_tensor([self.roi.deep_input((rois.get("right") or stand_in).image)])
+        stand_in = next(iter(inputs.values()))
+        left = torch.from_numpy(inputs.get("left", stand_in)[None, None])
+        right = torch.from_numpy(inputs.get("right", stand_in)[None, None])
         cam_left, cam_right = grad_cam(self.siamese, left, right)
         maps = {"left": cam_left[0], "right": cam_right[0]}
         if self.roi.deep_factor > 1:  # CNN grid -> ROI grid
-            from scipy import ndimage
-
             maps = {
                 s: ndimage.zoom(m, self.roi.deep_factor, order=1, grid_mode=True, mode="nearest")
                 for s, m in maps.items()
@@ -307,7 +238,8 @@ class BundleScoringModel:
             polygon = _clipped_polygon(roi.geometry, features.shape) if roi else None
             if side in per_side:
                 p = per_side[side]
-                sides.append(SideAssessment(side, p, None, polygon, p >= self.threshold))
+                positive = is_positive(p, self.threshold)
+                sides.append(SideAssessment(side, p, None, polygon, positive))
             else:
                 reason = features.not_assessable.get(side, "femur not found")
                 sides.append(SideAssessment(side, None, reason, polygon, None))

@@ -191,8 +191,8 @@ def cut_side_roi(
     row_hi = min(int(np.ceil(max(r0))) + margin + 1, pixels.shape[0])
     col_lo = max(int(np.floor(min(c0))) - margin, 0)
     col_hi = min(int(np.ceil(max(c0))) + margin + 1, pixels.shape[1])
-    box = np.asarray(pixels[row_lo:row_hi, col_lo:col_hi], np.float64)
-    smooth = ndimage.gaussian_filter(box, sigma) if any(sigma) else box
+    region = np.asarray(pixels[row_lo:row_hi, col_lo:col_hi], np.float64)
+    smooth = ndimage.gaussian_filter(region, sigma) if any(sigma) else region
     in_box = replace(
         geometry, origin_row=geometry.origin_row - row_lo, origin_col=geometry.origin_col - col_lo
     )

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load, save
 from torch import nn
 
 #: The ROI grid (256 px at 0.5 mm = 128 mm): texture always, the CNN with ``--deep-factor 1``.
@@ -145,6 +146,23 @@ def rois_to_tensor(rois: list[np.ndarray] | np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack([normalise_roi(np.asarray(r)) for r in rois])[:, None])
 
 
+@torch.no_grad()
+def branch_features(
+    branch: SiameseBranch, inputs: torch.Tensor, batch_size: int = 32
+) -> np.ndarray:
+    """Pooled features (B, 4 * width), float64, of inputs (B, 1, H, W), ``batch_size`` at a time.
+
+    The branch must be in eval mode (batch norm then uses its running statistics,
+    so a hip's features do not depend on the batch it is in).
+    """
+    return np.vstack(
+        [
+            branch(inputs[k : k + batch_size]).double().numpy()
+            for k in range(0, len(inputs), batch_size)
+        ]
+    )
+
+
 def deep_feature_names(config: SiameseConfig | None = None) -> list[str]:
     """Names of one side's pooled features: ``deep_000`` ... ``deep_127``."""
     n = (config or SiameseConfig()).features_per_side
@@ -194,8 +212,6 @@ def grad_cam(
 
 def siamese_to_safetensors(model: SiameseNet) -> bytes:
     """Serialise weights and config to safetensors bytes (no pickle)."""
-    from safetensors.torch import save
-
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     config = {"width": model.config.width, "dropout": model.config.dropout}
     if model.config.first_width is not None:
@@ -216,8 +232,6 @@ def siamese_from_safetensors(data: bytes, name: str = "siamese.safetensors") -> 
     ``name`` is used in error messages. Raises ``ValueError`` on a missing
     config or mismatched tensors.
     """
-    from safetensors.torch import load
-
     tensors = load(data)
     metadata = safetensors_metadata(data)
     if "siamese_config" not in metadata:

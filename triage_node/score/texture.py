@@ -40,6 +40,7 @@ from functools import cache
 import numpy as np
 import pywt
 import SimpleITK as sitk
+from radiomics import featureextractor, getFeatureClasses, setVerbosity
 from scipy import ndimage
 
 ORIGINAL = "original"
@@ -73,8 +74,6 @@ class TextureSettings:
 
 @cache
 def _class_feature_names(feature_class: str) -> tuple[str, ...]:
-    from radiomics import getFeatureClasses
-
     names = getFeatureClasses()[feature_class].getFeatureNames()
     return tuple(sorted(name for name, deprecated in names.items() if not deprecated))
 
@@ -146,8 +145,6 @@ def _extract(
     enabled: dict[str, list[str]],
     settings: TextureSettings,
 ) -> dict[str, float]:
-    from radiomics import featureextractor, setVerbosity
-
     setVerbosity(logging.ERROR)  # its own stderr handler
     # Importing radiomics sets its logger to INFO, and those records (several per ROI)
     # would also reach the node's log handler: keep its warnings and errors only.

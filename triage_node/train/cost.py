@@ -26,6 +26,19 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+import torch
+
+from triage_node.score.decode import decode_radiograph
+from triage_node.score.femur_finder import FemurFinder, FinderConfig, TinyUNet
+from triage_node.score.roi import NotAssessable, cut_side_roi
+from triage_node.score.siamese import SiameseConfig, SiameseNet, normalise_roi
+from triage_node.score.texture import TextureSettings, extract_texture
+from triage_node.train.finder import FinderTrainingSettings, finder_sample, train_femur_finder
+from triage_node.train.pipeline import load_mask, read_cases
+
 
 def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
@@ -43,19 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--finder-epochs", type=int, default=40, help="finder epochs to project")
     parser.add_argument("--no-texture", action="store_true")
     args = parser.parse_args(argv)
-
-    import numpy as np
-    import pydicom
-    import SimpleITK as sitk
-    import torch
-
-    from triage_node.score.decode import decode_radiograph
-    from triage_node.score.femur_finder import FemurFinder, FinderConfig, TinyUNet
-    from triage_node.score.roi import NotAssessable, cut_side_roi
-    from triage_node.score.siamese import SiameseConfig, SiameseNet, normalise_roi
-    from triage_node.score.texture import TextureSettings, extract_texture
-    from triage_node.train.finder import finder_sample
-    from triage_node.train.pipeline import _load_mask, read_cases
 
     torch.set_num_threads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = pydicom.dcmread(case.path)
         decoded = decode_radiograph(ds)
         t = clock("decode", t)
-        masks = {s: _load_mask(p, decoded.pixels.shape) for s, p in case.masks.items() if p}
+        masks = {s: load_mask(p, decoded.pixels.shape) for s, p in case.masks.items() if p}
         samples.append(
             finder_sample(decoded.pixels, decoded.spacing_mm, list(masks.values()), finder.config)
         )
@@ -122,8 +122,6 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             runs.append((time.perf_counter() - t0) / len(x))
         return min(runs[1:])
-
-    from triage_node.train.finder import FinderTrainingSettings, train_femur_finder
 
     t0 = time.perf_counter()
     train_femur_finder(samples, config, FinderTrainingSettings(epochs=2, threads=args.jobs))

@@ -13,13 +13,16 @@ runs all ``epochs`` and keeps the last weights (the paper's schedule).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
+from tqdm import tqdm
 
-from triage_node.score.siamese import SiameseConfig, SiameseNet
+from triage_node.score.siamese import POSITIVE_CLASS, SiameseConfig, SiameseNet
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,6 @@ def oversample_minority(labels: np.ndarray, rng: np.random.Generator) -> np.ndar
 def _validation_auc(
     model: SiameseNet, validation: tuple[torch.Tensor, torch.Tensor, np.ndarray]
 ) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    from triage_node.score.siamese import POSITIVE_CLASS
-
     left, right, labels = validation
     model.eval()
     with torch.no_grad():
@@ -102,10 +101,6 @@ def train_siamese(
     epoch). Deterministic for a given ``settings.seed``. ``progress`` shows a
     tqdm bar over epochs with the mean training loss (and validation AUC).
     """
-    import copy
-
-    from tqdm import tqdm
-
     settings = settings or DeepTrainingSettings()
     labels = np.asarray(labels).astype(np.int64)
     if not (len(left) == len(right) == len(labels)):

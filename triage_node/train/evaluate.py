@@ -18,8 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+import torch
+from tqdm import tqdm
 
-_WORKER_MODEL: Any = None
+from triage_node.score.bundle import load_bundle
+from triage_node.score.features import texture_bases
+from triage_node.score.model import BundleScoringModel
+from triage_node.train.pipeline import read_cases, single_thread_worker
+from triage_node.train.report import VariantPredictions
+
+_WORKER_MODEL: BundleScoringModel | None = None
 
 
 @dataclass(frozen=True)
@@ -31,43 +40,37 @@ class CaseScores:
 
 
 def _init(bundle_path: str) -> None:
-    import torch
-
-    from triage_node.score.bundle import load_bundle
-    from triage_node.score.model import BundleScoringModel
-    from triage_node.train.pipeline import single_thread_worker
-
     global _WORKER_MODEL
     torch.set_num_threads(1)
     single_thread_worker()
     _WORKER_MODEL = BundleScoringModel(load_bundle(bundle_path))
 
 
+def _loaded() -> BundleScoringModel:
+    if _WORKER_MODEL is None:
+        raise RuntimeError("evaluate: no model loaded in this process (_init not run)")
+    return _WORKER_MODEL
+
+
 def _score_case(path: Path) -> CaseScores:
-    import pydicom
-
-    from triage_node.score.model import texture_bases
-
-    model = _WORKER_MODEL
+    model = _loaded()
     names = texture_bases([n for h in model.heads.values() for n in h.feature_names])
     features = model.image_features(pydicom.dcmread(path), texture_names=names)
     if not features.hips:
         reasons = sorted({f"{s}: {r}" for s, r in features.not_assessable.items()})
         return CaseScores(None, "; ".join(reasons))
-    return CaseScores(
-        {v: model.probabilities(features, head)[1] for v, head in model.heads.items()}, None
-    )
+    combined: dict[str, float] = {}
+    for variant, head in model.heads.items():
+        probability = model.probabilities(features, head)[1]
+        if probability is not None:  # never None: the image has an assessable hip
+            combined[variant] = probability
+    return CaseScores(combined, None)
 
 
 def evaluate_bundle(
     bundle_path: Path, data_dir: Path, labels_csv: Path, jobs: int = 1, progress: bool = False
 ) -> tuple[Any, list[Any], dict[str, Any]]:
     """Score every listed image with all heads: (model, VariantPredictions list, dataset info)."""
-    from tqdm import tqdm
-
-    from triage_node.train.pipeline import read_cases
-    from triage_node.train.report import VariantPredictions
-
     cases = read_cases(labels_csv, data_dir).cases
     paths = [c.path for c in cases]
     bar = tqdm(total=len(paths), desc="evaluate", unit="img", disable=not progress)
@@ -84,7 +87,7 @@ def evaluate_bundle(
                 bar.update()
         _init(str(bundle_path))
     bar.close()
-    model = _WORKER_MODEL
+    model = _loaded()
     scored = [i for i, s in enumerate(scores) if s.probabilities is not None]
     labels = np.array([cases[i].label for i in scored])
     reasons: dict[str, int] = {}

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from triage_node.score.femur_finder import (
     FemurFinder,
@@ -128,8 +129,6 @@ def train_femur_finder(
     Deterministic for a given ``settings.seed`` (and thread count). With
     ``progress`` a tqdm bar shows epochs and the running loss.
     """
-    from tqdm import tqdm
-
     config = config or FinderConfig()
     settings = settings or FinderTrainingSettings()
     if not samples:

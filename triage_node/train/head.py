@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_expit
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
 from sklearn.preprocessing import StandardScaler
 
+from triage_node.assessment import is_positive
 from triage_node.score.head import Calibration, LinearHead
 from triage_node.score.manifest import OperatingPoint
 from triage_node.train.deep import oversample_minority
@@ -106,8 +109,6 @@ def calibrate(
 
 def _fit_offset(logit: np.ndarray, y: np.ndarray) -> float:
     """The b minimising the log-loss of sigmoid(logit + b) on labels y."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_expit
 
     def loss(b: float) -> float:
         z = logit + b
@@ -121,8 +122,9 @@ def choose_operating_point(
 ) -> OperatingPoint:
     """The highest threshold on ``p_val`` whose validation sensitivity is >= the target.
 
-    A case is positive when ``p >= threshold``. Returns the threshold with the
-    sensitivity and specificity it achieves on the validation data.
+    A case is positive when ``is_positive(p, threshold)`` (``p >= threshold``).
+    Returns the threshold with the sensitivity and specificity it achieves on
+    the validation data.
     """
     if not 0.0 < target_sensitivity <= 1.0:
         raise ValueError(f"target_sensitivity: {target_sensitivity} not in (0, 1]")
@@ -134,7 +136,7 @@ def choose_operating_point(
     # roc_curve's thresholds decrease; the first reaching the target is the highest.
     i = int(np.argmax(tpr >= target_sensitivity - 1e-12))
     threshold = float(min(thresholds[i], 1.0))
-    predicted = p_val >= threshold
+    predicted = is_positive(p_val, threshold)
     sensitivity = float(predicted[y_val == 1].mean())
     specificity = float((~predicted[y_val == 0]).mean())
     return OperatingPoint(

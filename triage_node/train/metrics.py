@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from triage_node.assessment import is_positive
+
 Z_95 = float(stats.norm.ppf(0.975))
 
 
@@ -123,7 +125,7 @@ def wilson(successes: int, total: int) -> Proportion:
 
 @dataclass(frozen=True)
 class ThresholdMetrics:
-    """Sensitivity, specificity and accuracy at ``threshold`` (positive when p >= threshold)."""
+    """Sensitivity, specificity and accuracy at ``threshold`` (decisions by ``is_positive``)."""
 
     threshold: float
     sensitivity: Proportion
@@ -137,9 +139,9 @@ class ThresholdMetrics:
 def metrics_at_threshold(
     y: np.ndarray, probability: np.ndarray, threshold: float
 ) -> ThresholdMetrics:
-    """Counts and Wilson CIs of the decisions ``probability >= threshold``."""
+    """Counts and Wilson CIs of the decisions ``is_positive(probability, threshold)``."""
     y = _check(y, np.asarray(probability, dtype=np.float64))
-    called = np.asarray(probability) >= threshold
+    called = is_positive(np.asarray(probability), threshold)
     tp = int((called & (y == 1)).sum())
     tn = int((~called & (y == 0)).sum())
     return ThresholdMetrics(

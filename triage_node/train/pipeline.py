@@ -12,11 +12,14 @@ Steps (``triage-node train``):
    Without any masks, the finder of ``finder_bundle`` (default: the demo
    bundle) is reused.
 3. Per image (in ``jobs`` processes, cached under ``cache_dir`` by the file's
-   sha256 and the settings): decode, cut both hips from the given masks (or
-   the finder's), all 325 texture features per hip, the normalised ROIs for
-   the CNN, clinical values from the header. A hip that is not assessable is
-   replaced by the other hip, as at inference; images with no assessable hip
-   are left out and counted.
+   sha256, the masks' and the settings): decode, then the inference code,
+   :func:`~triage_node.score.features.measure_hips`, on the given masks (or
+   the finder's, :func:`~triage_node.score.features.find_femurs`): both hips
+   checked and cut, all 325 texture features per hip (a texture error leaves
+   the hip assessable with its texture missing, as at inference), the CNN
+   inputs (float32, as the network sees them); clinical values from the
+   header. A hip that is not assessable is replaced by the other hip, as at
+   inference; images with no assessable hip are left out and counted.
 4. Stratified (by label; grouped by ``patient_id`` when present), seeded split
    into training and validation.
 5. Siamese branch on the training split; its pooled features for every image.
@@ -31,22 +34,33 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
-import io
 import json
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
+import SimpleITK as sitk
+import torch
+from PIL import Image
+from sklearn.model_selection import StratifiedGroupKFold
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
 
+from triage_node import durable
+from triage_node.assessment import Side
+from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle, write_bundle
 from triage_node.score.clinical import (
     CLINICAL_FEATURES,
     ClinicalImputation,
     clinical_feature_names,
+    read_clinical,
 )
+from triage_node.score.decode import decode_radiograph
+from triage_node.score.features import HipFeatures, find_femurs, measure_hips, patient_row
 from triage_node.score.femur_finder import FINDER_FILE, SIDES, FemurFinder, FinderConfig
 from triage_node.score.manifest import (
     NOT_FOR_CLINICAL_USE,
@@ -58,19 +72,29 @@ from triage_node.score.model import (
     CLINICAL_FILE,
     MODEL_FILE,
     SIAMESE_FILE,
-    HipFeatures,
     head_file,
     model_info_json,
-    patient_row,
 )
 from triage_node.score.roi import RoiSettings
-from triage_node.score.siamese import SiameseConfig
+from triage_node.score.siamese import SiameseConfig, branch_features, siamese_to_safetensors
 from triage_node.score.texture import TextureSettings, side_feature_names, texture_feature_names
+from triage_node.synth import render_instance
+from triage_node.train.deep import DeepTrainingSettings, train_siamese
+from triage_node.train.finder import (
+    FinderSample,
+    FinderTrainingSettings,
+    finder_sample,
+    train_femur_finder,
+)
+from triage_node.train.head import HeadSettings, calibrate, choose_operating_point, fit_head
+from triage_node.train.metrics import auc_with_ci
+from triage_node.train.selection import SelectionSettings, feature_group, select_features
 
 OSTEOPOROSIS_T_SCORE = -2.5
 #: Columns only the synth cohort's labels.csv has: their presence marks synthetic data.
 SYNTH_COLUMNS = ("density_left", "density_right", "vendor", "oracle")
-CACHE_VERSION = 2
+#: Version of the per-image cache entries (3: measure_hips, float32 CNN inputs).
+CACHE_VERSION = 3
 SITE_INTENDED_USE = (
     "Triage aid for opportunistic osteoporosis screening on hip radiographs; "
     "not a diagnosis. Confirm with DXA."
@@ -84,7 +108,7 @@ class Case:
 
     path: Path
     label: int
-    masks: dict[str, Path | None]
+    masks: dict[Side, Path | None]
     patient: str
 
 
@@ -110,8 +134,6 @@ def _label(row: dict[str, str], where: str) -> int:
 
 
 def _index_by_uid(data_dir: Path) -> dict[str, Path]:
-    import pydicom
-
     index = {}
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file()):
         try:
@@ -162,7 +184,7 @@ def read_cases(labels_csv: Path, data_dir: Path) -> CaseSet:
             path = uid_index[uid]
         if not path.exists():
             raise ValueError(f"{where}: file {path} does not exist")
-        masks = {}
+        masks: dict[Side, Path | None] = {}
         for side in SIDES:
             column = f"mask_{side}"
             value = row.get(column, "1" if column not in columns else "")
@@ -188,17 +210,9 @@ def single_thread_worker() -> None:
     """One thread per process for torch, SimpleITK (pyradiomics) and BLAS: processes
     give the parallelism, and two processes with two threads each on two cores
     only fight over them."""
-    import SimpleITK as sitk
-    import torch
-
     torch.set_num_threads(1)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:  # numpy/scipy then use their own defaults
-        pass
+    threadpool_limits(1)
 
 
 def _init_worker(finder_bytes: bytes | None) -> None:
@@ -211,9 +225,8 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    from PIL import Image
-
+def load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A femur mask PNG (non-zero inside) as a bool array; ``ValueError`` unless it is ``shape``."""
     mask = np.asarray(Image.open(path)) != 0
     if mask.ndim == 3:
         mask = mask.any(axis=2)
@@ -222,107 +235,89 @@ def _load_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return mask
 
 
-def _cached(cache_dir: Path | None, key: str, compute: Any) -> dict[str, np.ndarray]:
+def _cached(
+    cache_dir: Path | None, key: str, compute: Callable[[], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """``compute()``, or its result stored as ``<cache_dir>/<key>.npz`` (no pickle)."""
     if cache_dir is not None:
         path = cache_dir / f"{key}.npz"
         if path.exists():
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
-    result: dict[str, np.ndarray] = compute()
+    result = compute()
     if cache_dir is not None:
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **result)
-        tmp = cache_dir / f".{key}.{os.getpid()}.tmp"
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, path)  # atomic: an interrupted run leaves no half file
+        with durable.atomic_write(path, fsync=False) as f:  # a cache: atomic, not durable
+            np.savez_compressed(f, **result)  # type: ignore[arg-type]
     return result
 
 
-def _finder_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
-    import pydicom
-
-    from triage_node.score.decode import decode_radiograph
-    from triage_node.train.finder import finder_sample
-
-    case, settings_key, cache_dir = task
-    mask_hash = hashlib.sha256(
+def _masks_hash(case: Case) -> str:
+    return hashlib.sha256(
         b"".join(p.read_bytes() for p in case.masks.values() if p is not None)
     ).hexdigest()
-    key = hashlib.sha256(f"finder|{_sha256(case.path)}|{mask_hash}|{settings_key}".encode())
+
+
+def _finder_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
+    case, settings_key, cache_dir = task
+    key = f"finder|{_sha256(case.path)}|{_masks_hash(case)}|{settings_key}"
 
     def compute() -> dict[str, np.ndarray]:
         decoded = decode_radiograph(pydicom.dcmread(case.path))
-        masks = [_load_mask(p, decoded.pixels.shape) for p in case.masks.values() if p]
+        masks = [load_mask(p, decoded.pixels.shape) for p in case.masks.values() if p]
         config = FinderConfig.from_json(settings_key)
         sample = finder_sample(decoded.pixels, decoded.spacing_mm, masks, config)
         return {"image": sample.image, "target": sample.target}
 
-    return _cached(cache_dir, key.hexdigest()[:40], compute)
+    return _cached(cache_dir, hashlib.sha256(key.encode()).hexdigest()[:40], compute)
 
 
 def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
-    import pydicom
+    """One image's measurements by the inference code (see module doc), as cacheable arrays.
 
-    from triage_node.score.clinical import read_clinical
-    from triage_node.score.decode import decode_radiograph
-    from triage_node.score.roi import NotAssessable, RoiSettings, cut_side_roi
-    from triage_node.score.siamese import normalise_roi
-    from triage_node.score.texture import extract_texture
-
+    ``ok_<side>``: the hip is assessable; ``texture_<side>``: its 325 texture
+    values (NaN: not measured); ``deep_input_<side>``: the CNN's float32 input
+    (a 1 x 1 zero when not assessable); ``clinical``: raw header values (NaN: missing).
+    """
     case, settings_key, cache_dir = task
-    mask_hash = hashlib.sha256(
-        b"".join(p.read_bytes() for p in case.masks.values() if p is not None)
-    ).hexdigest()
-    key = hashlib.sha256(f"features|{_sha256(case.path)}|{mask_hash}|{settings_key}".encode())
+    key = f"features|{_sha256(case.path)}|{_masks_hash(case)}|{settings_key}"
 
     def compute() -> dict[str, np.ndarray]:
         ds = pydicom.dcmread(case.path)
         decoded = decode_radiograph(ds)
         settings = json.loads(settings_key)
-        texture_settings = TextureSettings(**settings["texture"])
-        roi_settings = RoiSettings.from_json(settings["roi"])
-        masks: dict[str, np.ndarray | None] = {}
+        texture = settings["texture"]
+        texture_settings = TextureSettings(
+            original_bin_width=texture["original_bin_width"],
+            wavelet_bin_width=texture["wavelet_bin_width"],
+            spacing_mm=tuple(texture["spacing_mm"]),
+        )
+        masks: dict[Side, np.ndarray | None]
+        reasons: dict[Side, str | None] = {}
         if any(case.masks.values()):
             masks = {
-                s: (_load_mask(p, decoded.pixels.shape) if p else None)
+                s: (load_mask(p, decoded.pixels.shape) if p else None)
                 for s, p in case.masks.items()
             }
+        elif _WORKER_FINDER is None:
+            raise ValueError(f"{case.path}: no masks and no femur finder")
         else:
-            if _WORKER_FINDER is None:
-                raise ValueError(f"{case.path}: no masks and no femur finder")
-            laterality = str(ds.get("ImageLaterality", "") or "").strip().upper() or None
-            found = _WORKER_FINDER.find(decoded.pixels, decoded.spacing_mm, laterality)
-            masks = dict(found.masks)
+            masks, reasons = find_femurs(ds, decoded, _WORKER_FINDER)
+        names = texture_feature_names()
+        hips = measure_hips(
+            decoded,
+            masks,
+            reasons,
+            RoiSettings.from_json(settings["roi"]),
+            texture_settings,
+            names,
+        )
         out: dict[str, np.ndarray] = {}
-        n = len(texture_feature_names())
         for side in SIDES:
-            mask = masks.get(side)
-            roi = (
-                cut_side_roi(
-                    decoded.pixels,
-                    decoded.spacing_mm,
-                    mask,
-                    side,  # type: ignore[arg-type]
-                    size=roi_settings.size_px,
-                    roi_spacing_mm=roi_settings.spacing_mm,
-                )
-                if mask is not None
-                else None
-            )
-            texture = np.full(n, np.nan)
-            if roi is not None and not isinstance(roi, NotAssessable):
-                try:
-                    values = extract_texture(roi.image, roi.mask, texture_settings)
-                    texture = np.array(list(values.values()), dtype=np.float64)
-                except ValueError:
-                    roi = None
-            ok = roi is not None and not isinstance(roi, NotAssessable)
+            ok = side in hips.rois
             out[f"ok_{side}"] = np.array(ok)
-            out[f"texture_{side}"] = texture
-            out[f"roi_{side}"] = (
-                normalise_roi(roi_settings.deep_input(roi.image)).astype(np.float16)  # type: ignore[union-attr]
-                if ok
-                else np.zeros((1, 1), np.float16)
+            out[f"texture_{side}"] = hips.texture_vector(side, names)
+            out[f"deep_input_{side}"] = (
+                hips.deep_input[side] if ok else np.zeros((1, 1), np.float32)
             )
         clinical = read_clinical(ds)
         out["clinical"] = np.array(
@@ -330,7 +325,7 @@ def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
         )
         return out
 
-    return _cached(cache_dir, key.hexdigest()[:40], compute)
+    return _cached(cache_dir, hashlib.sha256(key.encode()).hexdigest()[:40], compute)
 
 
 def _map(
@@ -341,8 +336,6 @@ def _map(
     progress: bool,
     finder_bytes: bytes | None = None,
 ) -> list[Any]:
-    from tqdm import tqdm
-
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=not progress)
     results = []
     if jobs <= 1:
@@ -401,8 +394,6 @@ class TrainingOptions:
     @property
     def texture_on_roi(self) -> TextureSettings:
         """The texture settings with the ROI grid's spacing (shape features in mm)."""
-        from dataclasses import replace
-
         spacing = (self.roi.spacing_mm, self.roi.spacing_mm)
         return replace(self.texture, spacing_mm=spacing)
 
@@ -417,10 +408,6 @@ class TrainingResult:
 
 def synthetic_negatives(count: int, seed: int, config: FinderConfig) -> list[Any]:
     """Finder samples of synthetic chest and blank images (no femur): "not found" examples."""
-    from triage_node.score.decode import decode_radiograph
-    from triage_node.synth import render_instance
-    from triage_node.train.finder import finder_sample
-
     samples = []
     for i in range(count):
         image = render_instance(
@@ -432,8 +419,6 @@ def synthetic_negatives(count: int, seed: int, config: FinderConfig) -> list[Any
 
 
 def _reused_finder(options: TrainingOptions) -> bytes:
-    from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle
-
     path = options.finder_bundle or DEMO_BUNDLE_DIR
     bundle = load_bundle(path)
     return bundle.raw(FINDER_FILE)
@@ -443,8 +428,6 @@ def split_development(
     labels: np.ndarray, groups: Sequence[str], fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified, patient-grouped, seeded split: (train indices, validation indices)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
     folds = max(2, int(round(1.0 / fraction)))
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     train, validation = next(splitter.split(np.zeros(len(labels)), labels, groups))
@@ -468,16 +451,6 @@ def train_bundle(
     data_dir: Path, labels_csv: Path, out: Path, options: TrainingOptions | None = None
 ) -> TrainingResult:
     """Train everything a bundle needs and write it to ``out`` (see module doc)."""
-    import torch
-
-    from triage_node.score.bundle import write_bundle
-    from triage_node.score.siamese import siamese_to_safetensors
-    from triage_node.train.deep import DeepTrainingSettings, train_siamese
-    from triage_node.train.finder import FinderSample, FinderTrainingSettings, train_femur_finder
-    from triage_node.train.head import HeadSettings, calibrate, choose_operating_point, fit_head
-    from triage_node.train.metrics import auc_with_ci
-    from triage_node.train.selection import SelectionSettings, select_features
-
     options = options or TrainingOptions()
     say = print if options.progress else (lambda *a, **k: None)
     case_set = read_cases(labels_csv, data_dir)
@@ -529,10 +502,8 @@ def train_bundle(
                 samples, options.finder, finder_settings, progress=options.progress
             )
             finder_bytes = finder.to_safetensors()
-            if cached is not None:
-                tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-                tmp.write_bytes(finder_bytes)
-                os.replace(tmp, cached)
+            if cached is not None:  # a cache: atomic, not durable
+                durable.write_bytes(cached, finder_bytes, fsync=False)
         finder_note = f"trained on {len(finder_cases)} masked images + "
         finder_note += f"{options.finder_negatives} synthetic negatives"
     else:
@@ -564,13 +535,13 @@ def train_bundle(
     y = np.array([cases[i].label for i in usable])
     if y.min() == y.max() or min(int(y.sum()), int(len(y) - y.sum())) < 4:
         raise ValueError("training data: need at least 4 images of each class")
-    rois: dict[str, list[np.ndarray]] = {s: [] for s in SIDES}
-    textures: dict[str, list[np.ndarray]] = {s: [] for s in SIDES}
+    inputs: dict[Side, list[np.ndarray]] = {s: [] for s in SIDES}
+    textures: dict[Side, list[np.ndarray]] = {s: [] for s in SIDES}
     for i in usable:
         it = items[i]
         for side in SIDES:
             use = side if it[f"ok_{side}"] else ("left" if side == "right" else "right")
-            rois[side].append(it[f"roi_{use}"].astype(np.float32))
+            inputs[side].append(it[f"deep_input_{use}"])
             textures[side].append(it[f"texture_{use}"])
     clinical_raw = np.vstack([items[i]["clinical"] for i in usable])
 
@@ -581,7 +552,7 @@ def train_bundle(
 
     # 4. Siamese branch
     config = options.siamese
-    tensors = {s: torch.from_numpy(np.stack(rois[s])[:, None]) for s in SIDES}
+    tensors = {s: torch.from_numpy(np.stack(inputs[s])[:, None]) for s in SIDES}
     say(
         f"train: Siamese on {len(train_idx)} pairs, validation {len(val_idx)}, "
         f"CNN input {options.roi.deep_size_px} px at {options.roi.deep_spacing_mm} mm, widths "
@@ -610,16 +581,7 @@ def train_bundle(
             f"train: Siamese stopped after {history['epochs_run']} epoch(s), best epoch "
             f"{history['best_epoch']}"
         )
-    with torch.no_grad():
-        deep = {
-            s: np.vstack(
-                [
-                    siamese.branch(tensors[s][k : k + 32]).double().numpy()
-                    for k in range(0, len(y), 32)
-                ]
-            )
-            for s in SIDES
-        }
+    deep = {s: branch_features(siamese.branch, tensors[s]) for s in SIDES}
 
     # 5. feature matrix
     imputation = ClinicalImputation.fit(
@@ -685,7 +647,9 @@ def train_bundle(
             "threshold": op.threshold,
             "validation_sensitivity": op.validation_sensitivity,
             "validation_specificity": op.validation_specificity,
-            "selected": {g: sum(1 for n in selected if _group(n) == g) for g in VARIANTS[variant]},
+            "selected": {
+                g: sum(1 for n in selected if feature_group(n) == g) for g in VARIANTS[variant]
+            },
         }
         say(
             f"train: {variant:>3} validation AUC {auc.auc:.3f} "
@@ -712,7 +676,7 @@ def train_bundle(
         },
     )
     created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()[:8]
+    files_digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()[:8]
     summary = {
         "source": case_set.source,
         "labels_csv": labels_csv.name,
@@ -732,7 +696,7 @@ def train_bundle(
     }
     manifest = BundleManifest(
         name=options.variant,
-        version=f"{created[:10]}.s{options.seed}.{digest}",
+        version=f"{created[:10]}.s{options.seed}.{files_digest}",
         created=created,
         variant=options.variant,
         synthetic=case_set.synthetic,
@@ -747,9 +711,3 @@ def train_bundle(
     write_bundle(out, manifest, files)
     say(f"train: wrote bundle {out} ({options.variant}, version {manifest.version})")
     return TrainingResult(out, manifest)
-
-
-def _group(name: str) -> str:
-    from triage_node.train.selection import feature_group
-
-    return feature_group(name)

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 
+from triage_node.assessment import is_positive
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, VARIANTS
 from triage_node.train.metrics import (
     AucResult,
@@ -162,18 +166,13 @@ def render_markdown(report: EvaluationReport, title: str = "Model evaluation") -
 
 def plot_roc(predictions: Sequence[VariantPredictions], path: Path) -> Path:
     """ROC curves of all variants with their operating points, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=120)
+    fig = Figure(figsize=(5.5, 5.5), dpi=120)  # no pyplot: no global state, no GUI backend
+    ax = fig.subplots()
     for p in predictions:
         fpr, tpr, _ = roc_curve(p.labels, p.probability)
         auc = roc_auc_score(p.labels, p.probability)
         line = ax.plot(fpr, tpr, label=f"{p.variant} (AUC {auc:.3f})")[0]
-        called = np.asarray(p.probability) >= p.threshold
+        called = is_positive(np.asarray(p.probability), p.threshold)
         labels = np.asarray(p.labels).astype(bool)
         ax.plot(called[~labels].mean(), called[labels].mean(), "o", color=line.get_color())
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
@@ -187,19 +186,13 @@ def plot_roc(predictions: Sequence[VariantPredictions], path: Path) -> Path:
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
 def plot_calibration(predictions: Sequence[VariantPredictions], path: Path) -> Path:
     """Reliability diagram (observed vs predicted, quantile bins) of all variants, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.calibration import calibration_curve
-
-    fig, ax = plt.subplots(figsize=(5.5, 5.5), dpi=120)
+    fig = Figure(figsize=(5.5, 5.5), dpi=120)
+    ax = fig.subplots()
     for p in predictions:
         observed, predicted = calibration_curve(
             p.labels, p.probability, n_bins=CALIBRATION_BINS, strategy="quantile"
@@ -216,7 +209,6 @@ def plot_calibration(predictions: Sequence[VariantPredictions], path: Path) -> P
     ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
 
 
