@@ -158,7 +158,13 @@ class DeliverSection(_Section):
 
 class ModelSection(_Section):
     bundle: str = ""
-    threshold: float | Literal[""] = ""
+    # The operating point; None (written "" in TOML, which has no null) means the bundle's own.
+    threshold: float | None = None
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _empty_is_the_bundles(cls, value: object) -> object:
+        return None if value == "" else value
 
 
 class LoggingSection(_Section):

@@ -17,7 +17,7 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from triage_node.assessment import ImageAssessment, ModelUnavailable, NotScorable
+from triage_node.assessment import ImageAssessment, ModelUnavailable, NotScorable, is_positive
 from triage_node.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -69,7 +69,7 @@ def _describe(name: str, assessment: ImageAssessment) -> str:
             lines.append(f"  {side.side:>5}: p={side.probability:.3f} {decision}")
     p = assessment.probability
     if p is not None:
-        decision = "POSITIVE" if p >= assessment.threshold else "negative"
+        decision = "POSITIVE" if is_positive(p, assessment.threshold) else "negative"
         lines.append(f"  image: p={p:.3f} {decision}")
     else:
         lines.append(f"  image: not assessable ({assessment.not_assessable_reason})")

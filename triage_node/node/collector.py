@@ -39,10 +39,15 @@ class StoreCollector(Collector):
 
     MODEL_REFRESH_SECONDS = 300.0
 
-    def __init__(self, settings: Settings, store: Store, clock: Clock = utcnow) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, clock: Clock = utcnow, *, scores: bool = True
+    ) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
+        # A receive-only process never loads the model: it describes the bundle without
+        # importing torch (workers report a broken model dependency in their jobs).
+        self.scores = scores
         self._model: dict[str, Any] | None = None
         self._model_at = 0.0
         self._lock = threading.Lock()
@@ -57,7 +62,7 @@ class StoreCollector(Collector):
             now = time.monotonic()
             if self._model is None or now - self._model_at > self.MODEL_REFRESH_SECONDS:
                 try:
-                    self._model = describe_model(self.settings)
+                    self._model = describe_model(self.settings, check_implementation=self.scores)
                 except Exception as exc:  # a broken bundle must not break the scrape
                     self._model = {
                         "bundle": self.settings.model.bundle or "demo",

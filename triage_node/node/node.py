@@ -88,7 +88,7 @@ class Node:
         """Serve /metrics, /healthz, /readyz; a port in use costs the endpoint, not the node."""
         m = self.settings.metrics
         prime_destinations(self.settings)
-        self._collector = StoreCollector(self.settings, self.store)
+        self._collector = StoreCollector(self.settings, self.store, scores="work" in self.roles)
         REGISTRY.register(self._collector)
         try:
             self.ops_server = OpsServer(

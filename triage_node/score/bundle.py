@@ -199,6 +199,6 @@ def describe_bundle(settings: Settings) -> dict[str, Any]:
         "variant": m.variant,
         "synthetic": m.synthetic,
         "intended_use": m.intended_use,
-        "threshold": float(threshold) if threshold != "" else m.operating_point.threshold,
+        "threshold": threshold if threshold is not None else m.operating_point.threshold,
         "selected_features": len(m.selected_features),
     }

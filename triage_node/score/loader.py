@@ -41,17 +41,19 @@ def implementation() -> type[BundleScoringModel]:
     return BundleScoringModel
 
 
-def describe_model(settings: Settings) -> dict[str, Any]:
+def describe_model(settings: Settings, *, check_implementation: bool = True) -> dict[str, Any]:
     """What `status` shows about the model: name, version, synthetic flag, or why it's missing.
 
     Reads the bundle's manifest and verifies its hashes (weights are not
-    loaded), then checks that the implementation imports: a bundle this
-    installation cannot run is not available, and ``error`` says why.
+    loaded), then (unless ``check_implementation`` is False: a process that
+    never scores need not load torch) checks that the implementation imports:
+    a bundle this installation cannot run is not available, and ``error`` says why.
     """
     configured = settings.model.bundle or "demo"
     try:
         info = describe_bundle(settings)
-        implementation()
+        if check_implementation:
+            implementation()
     except ModelUnavailable as exc:
         return {"bundle": configured, "available": False, "error": str(exc)}
     return {"bundle": configured, "available": True, **info}
@@ -64,5 +66,4 @@ def load_model(settings: Settings) -> ScoringModel:
     bundle, or naming the cause when the implementation cannot be imported.
     """
     bundle = open_configured(settings)
-    threshold = settings.model.threshold
-    return implementation()(bundle, threshold=None if threshold == "" else float(threshold))
+    return implementation()(bundle, threshold=settings.model.threshold)
