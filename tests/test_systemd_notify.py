@@ -59,19 +59,22 @@ def test_watchdog_pings_only_while_healthy(notify_socket: tuple[socket.socket, s
     env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"}  # ping every 0.1 s
     dog = Watchdog(lambda: healthy[0], environ=env)
     dog.start()
-    try:
+    try:  # the thread pings on its own, period after period
         assert sock.recv(4096) == b"WATCHDOG=1"
         assert sock.recv(4096) == b"WATCHDOG=1"
-        healthy[0] = False
-        time.sleep(0.3)
-        sock.setblocking(False)
-        try:  # drain pings sent before the flip
-            while sock.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-        time.sleep(0.35)
-        with pytest.raises(BlockingIOError):
-            sock.recv(4096)
     finally:
         dog.stop()
+    sock.setblocking(False)
+    try:  # drain pings sent before the stop
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
+    # Each period decides afresh: an unhealthy node withholds the ping, a healthy one sends it.
+    healthy[0] = False
+    assert dog.tick() is False
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+    healthy[0] = True
+    assert dog.tick() is True
+    assert sock.recv(4096) == b"WATCHDOG=1"

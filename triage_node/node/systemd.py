@@ -96,15 +96,20 @@ class Watchdog:
     def _run(self) -> None:
         assert self.interval is not None
         while not self._stop.wait(self.interval):
-            try:
-                ok = self._healthy()
-            except Exception:  # a failing health check is an unhealthy node
-                log.exception("health check raised")
-                ok = False
-            if ok:
-                sd_notify("WATCHDOG=1", environ=self._environ)
-            else:
-                log.error("node unhealthy: withholding the systemd watchdog ping")
+            self.tick()
+
+    def tick(self) -> bool:
+        """One watchdog period: ping if ``healthy()`` holds; returns whether it pinged."""
+        try:
+            ok = self._healthy()
+        except Exception:  # a failing health check is an unhealthy node
+            log.exception("health check raised")
+            ok = False
+        if ok:
+            sd_notify("WATCHDOG=1", environ=self._environ)
+        else:
+            log.error("node unhealthy: withholding the systemd watchdog ping")
+        return ok
 
     def stop(self) -> None:
         """Stop pinging and wait for the thread."""
