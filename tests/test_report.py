@@ -360,18 +360,21 @@ def test_heatmap_refuses_bad_cams() -> None:
         build_heatmap("not a dataset", assessment(), None, report_version=1)  # type: ignore[arg-type]
 
 
-def test_bilateral_probability_decides_when_the_model_gives_one(tmp_path: Path) -> None:
-    result = assessment(0.55, 0.52)
+def test_the_study_decision_never_contradicts_a_side(tmp_path: Path) -> None:
+    # Sample 03's case: the left hip is positive, the bilateral head's value is not.
+    result = assessment(0.38, 0.33, threshold=0.37)
     bilateral = ImageAssessment(
         sides=result.sides,
         model_name=result.model_name,
         model_version=result.model_version,
-        threshold=0.6,
+        threshold=0.37,
         synthetic_model=True,
-        combined_probability=0.4,
+        combined_probability=0.20,
     )
     path = save(build_study_report([source()], [bilateral], report_version=1), tmp_path / "sr.dcm")
     text = dsrdump(path)
-    # the sides' own calls say positive; the bilateral probability decides the image
-    assert 'Probability of osteoporosis")="0.4"' in text
-    assert "low likelihood, DXA not recommended (decision at operating point 0.60)" in text
+    # The study value is the highest side's, and the decision follows the positive side.
+    assert 'Probability of osteoporosis")="0.38"' in text
+    assert 'Probability of osteoporosis")="0.2"' not in text
+    assert "DXA recommended (decision at operating point 0.37)" in text
+    assert "DXA not recommended (decision at operating point" not in text

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 Side = Literal["left", "right"]
 
 #: Fields of :meth:`ImageAssessment.to_json` that are derived (properties), not constructor args.
-_DERIVED = ("probability", "not_assessable_reason")
+_DERIVED = ("probability", "positive", "not_assessable_reason")
 
 
 @overload
@@ -81,8 +81,8 @@ class ImageAssessment:
     synthetic_model: bool  # trained on synthetic data: not for clinical use
     warnings: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
-    # The model's patient-level probability from both hips together (the paper's DTC
-    # model is bilateral); None: fall back to the higher of the sides.
+    # The bilateral head's value for both hips together (the paper's DTC model). Kept for
+    # evaluation only: it is NOT the image's probability and decides nothing.
     combined_probability: float | None = None
 
     @property
@@ -91,11 +91,25 @@ class ImageAssessment:
 
     @property
     def probability(self) -> float | None:
-        """Image-level probability: the bilateral model's, else the higher of the sides."""
-        if self.combined_probability is not None and self.assessable:
-            return self.combined_probability
+        """THE image (and study) value: the highest probability of the assessed sides.
+
+        Osteoporosis is diagnosed on the lowest site, so the patient is as likely
+        to have it as the more likely hip. With :attr:`positive` this makes the
+        image's decision agree with its sides' by construction. None when no side
+        is assessable. See ``docs/model.md`` ("The decision rule").
+        """
         probs = [s.probability for s in self.sides if s.probability is not None]
         return max(probs) if probs else None
+
+    @property
+    def positive(self) -> bool | None:
+        """THE image decision: DXA recommended iff at least one assessed side is positive.
+
+        Equals ``is_positive(self.probability, self.threshold)``. None when no side
+        is assessable.
+        """
+        p = self.probability
+        return None if p is None else is_positive(p, self.threshold)
 
     @property
     def not_assessable_reason(self) -> str | None:
@@ -107,6 +121,7 @@ class ImageAssessment:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["probability"] = self.probability
+        data["positive"] = self.positive
         data["not_assessable_reason"] = self.not_assessable_reason
         return data
 

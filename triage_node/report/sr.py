@@ -211,17 +211,11 @@ def side_is_positive(side: SideAssessment, threshold: float) -> bool | None:
 def study_decision(assessments: Sequence[ImageAssessment]) -> bool | None:
     """True: DXA recommended; False: not; None: nothing assessable.
 
-    Per image: the bilateral model's ``combined_probability`` against the
-    threshold when the model gives one, else any assessable side positive.
-    The study is positive when any image is.
+    The study is positive when any image is, and an image when any of its
+    assessed sides is (:attr:`ImageAssessment.positive`): the study decision
+    never contradicts a side.
     """
-    decisions: list[bool | None] = []
-    for a in assessments:
-        if a.combined_probability is not None and a.assessable:
-            decisions.append(is_positive(a.combined_probability, a.threshold))
-        else:
-            decisions.extend(side_is_positive(s, a.threshold) for s in a.sides)
-    known = [d for d in decisions if d is not None]
+    known = [a.positive for a in assessments if a.positive is not None]
     if not known:
         return None
     return any(known)
