@@ -7,11 +7,18 @@ Environment variables ``TRIAGE_NODE__SECTION__KEY`` override the file.
 
 from __future__ import annotations
 
+import difflib
+import errno
 import ipaddress
 import os
+import re
+import socket
+import ssl
 import tomllib
+import types
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -21,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 ENV_CONFIG = "TRIAGE_NODE_CONFIG"
 ENV_PREFIX = "TRIAGE_NODE__"
@@ -32,7 +40,21 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: a TOML string is not a number or a boolean (``workers = "2"`` is an error,
+    # not 2); TOML integers are still taken where a float is expected.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+
+
+#: A file or directory: a TOML string (relative to the current directory) or a Path.
+ConfigPath = Annotated[Path, Field(strict=False)]
+
+#: The pydantic error type of :func:`_error_at`: its ``key`` extends the error's location.
+_KEYED_ERROR = "config_key"
+
+
+def _error_at(key: str, message: str) -> PydanticCustomError:
+    """A validation error about ``key`` inside the model that raises it (e.g. ``0.name``)."""
+    return PydanticCustomError(_KEYED_ERROR, "{message}", {"message": message, "key": key})
 
 
 def _check_ae_title(value: str) -> str:
@@ -47,7 +69,7 @@ class NodeSection(_Section):
     ae_title: str = "TRIAGE"
     host: str = "127.0.0.1"
     port: int = Field(11112, ge=1, le=65535)
-    data_dir: Path = Path("./triage-data")
+    data_dir: ConfigPath = Path("./triage-data")
     database_url: str = ""
     settle_seconds: float = Field(10.0, ge=0)
     workers: int = Field(1, ge=1, le=64)
@@ -68,29 +90,93 @@ class ReceiveSection(_Section):
     fsync: bool = True
 
 
+#: A tag in a ``require`` key: ``00180015`` or ``(0018,0015)``.
+_HEX_TAG = re.compile(r"\(?[0-9A-Fa-f]{4},?[0-9A-Fa-f]{4}\)?")
+
+
 class EligibilitySection(_Section):
     """Which instances are scored; everything else is stored and skipped with a reason."""
 
     modalities: list[str] = ["CR", "DX"]
     body_parts: list[str] = ["HIP", "PELVIS"]
     view_positions: list[str] = ["AP", "PA", ""]
-    # Extra rule: "TAG=VALUE" pairs; an instance is eligible when all of them match.
+    # Extra rule: { Keyword = "VALUE" } pairs; an instance is eligible when all of them
+    # match. A key is a DICOM keyword of pydicom's dictionary, or a tag as 8 hex digits.
     require: dict[str, str] = {}
+
+    @field_validator("require")
+    @classmethod
+    def _keywords(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            return value
+        # lazy: pydicom's data dictionary takes 0.2 s to import; only a rule needs it.
+        from pydicom.datadict import keyword_dict, tag_for_keyword
+
+        for key in value:
+            text = key.strip()
+            if tag_for_keyword(text) is not None or _HEX_TAG.fullmatch(text):
+                continue
+            close = difflib.get_close_matches(text, keyword_dict, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise _error_at(
+                key,
+                f"{key!r} is not a DICOM keyword (as in the standard's data dictionary, "
+                f"e.g. 'BodyPartExamined') nor a tag written as 8 hex digits{hint}",
+            )
+        return value
+
+
+def _no_password() -> str:
+    """The password callback of TLS key loading: an encrypted key fails instead of prompting."""
+    return ""
+
+
+def _check_file(key: str, path: Path) -> None:
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        where = "" if path.is_absolute() else f" (relative to the current directory {Path.cwd()})"
+        raise _error_at(key, f"{path} {what}{where}")
+
+
+def _load_chain(
+    context: ssl.SSLContext, keys: tuple[str, str], cert: Path, key: Path | None
+) -> None:
+    """Load a certificate and its key as the node will, or raise naming the keys."""
+    _check_file(keys[0], cert)
+    if key is not None:
+        _check_file(keys[1], key)
+    try:
+        context.load_cert_chain(str(cert), str(key) if key else None, password=_no_password)
+    except ssl.SSLError as exc:
+        with_key = f" with key {key}" if key is not None else " (key in the same file)"
+        raise _error_at(
+            keys[0],
+            f"cannot load certificate {cert}{with_key} ({exc.reason or exc.strerror}): "
+            "check that both are PEM files, that the key belongs to the certificate "
+            "and that the key is not encrypted",
+        ) from None
 
 
 class TlsSection(_Section):
+    """TLS for the receiver (``enabled``) and for destinations with ``tls = true``.
+
+    Every file configured is loaded at start, as the node will load it, so a
+    missing, unreadable or mismatched file is a config error, not a failure on
+    the first association.
+    """
+
     enabled: bool = False
-    certificate: Path | None = None
-    private_key: Path | None = None
+    certificate: ConfigPath | None = None
+    private_key: ConfigPath | None = None
     # CAs trusted both ways: client certificates of the receiver's peers, and the
     # certificates of destinations with tls = true.
-    ca_certificates: Path | None = None
+    ca_certificates: ConfigPath | None = None
     # Receiver: ask peers for a certificate signed by ca_certificates. Unset: yes when
     # ca_certificates is set. false: check destinations only.
     require_client_certificate: bool | None = None
     # For outgoing associations to destinations with tls = true.
-    client_certificate: Path | None = None
-    client_private_key: Path | None = None
+    client_certificate: ConfigPath | None = None
+    client_private_key: ConfigPath | None = None
 
     @field_validator("require_client_certificate")
     @classmethod
@@ -98,6 +184,44 @@ class TlsSection(_Section):
         if value and info.data.get("ca_certificates") is None:
             raise ValueError("true needs tls.ca_certificates (the CAs to check them against)")
         return value
+
+    @model_validator(mode="after")
+    def _files_load(self) -> TlsSection:
+        if self.enabled:
+            for key in ("certificate", "private_key"):
+                if getattr(self, key) is None:
+                    raise _error_at(
+                        key,
+                        "enabled = true needs certificate and private_key "
+                        "(the receiver's PEM certificate and its key)",
+                    )
+            assert self.certificate is not None  # for mypy: checked just above
+            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            _load_chain(server, ("certificate", "private_key"), self.certificate, self.private_key)
+        if self.ca_certificates is not None:
+            _check_file("ca_certificates", self.ca_certificates)
+            try:
+                ssl.create_default_context(cafile=str(self.ca_certificates))
+            except ssl.SSLError as exc:
+                raise _error_at(
+                    "ca_certificates",
+                    f"cannot load CA certificates from {self.ca_certificates} "
+                    f"({exc.reason or exc.strerror}): check that it holds PEM certificates",
+                ) from None
+        if self.client_private_key is not None and self.client_certificate is None:
+            raise _error_at(
+                "client_private_key",
+                "is set without client_certificate (the certificate it is for)",
+            )
+        if self.client_certificate is not None:
+            client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            _load_chain(
+                client,
+                ("client_certificate", "client_private_key"),
+                self.client_certificate,
+                self.client_private_key,
+            )
+        return self
 
     @property
     def client_certificates_required(self) -> bool:
@@ -158,13 +282,24 @@ class DeliverSection(_Section):
 
 class ModelSection(_Section):
     bundle: str = ""
-    # The operating point; None (written "" in TOML, which has no null) means the bundle's own.
+    # The operating point, strictly between 0 and 1; None (written "" in TOML, which has
+    # no null) means the bundle's own.
     threshold: float | None = None
 
     @field_validator("threshold", mode="before")
     @classmethod
     def _empty_is_the_bundles(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("threshold")
+    @classmethod
+    def _probability(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value < 1:
+            raise ValueError(
+                f"{value} is not strictly between 0 and 1; write a probability such as "
+                '0.35, or "" for the operating point of the bundle'
+            )
+        return value
 
 
 class LoggingSection(_Section):
@@ -218,9 +353,53 @@ class Settings(_Section):
 
     source: str = Field("built-in defaults", exclude=True)
 
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[DestinationSection]) -> list[DestinationSection]:
+        first: dict[str, int] = {}
+        for i, d in enumerate(value):
+            if d.name in first:
+                raise _error_at(
+                    f"{i}.name",
+                    f"{d.name!r} is already the name of destinations.{first[d.name]}: "
+                    "each destination needs its own name (deliveries are recorded by name)",
+                )
+            first[d.name] = i
+        return value
+
     @property
     def data_dir(self) -> Path:
         return self.node.data_dir
+
+    def listen_failure(self, section: str, exc: OSError) -> str:
+        """Why ``[section] host:port`` (``node`` or ``metrics``) cannot be listened on,
+        naming the key, the file and what to do, from the bind's error."""
+        sect = getattr(self, section)
+        host, port = sect.host, sect.port
+        head = f"cannot listen on {host}:{port}"
+        if isinstance(exc, socket.gaierror):
+            return (
+                f"{head} ({section}.host in {self.source}): {host!r} does not resolve; "
+                f"set {section}.host to an address of this machine"
+            )
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return (
+                f"{head} ({section}.host in {self.source}): {host} is not an address of "
+                f"this machine; set {section}.host to one of its addresses, or 0.0.0.0 for all"
+            )
+        where = f"{head} ({section}.port in {self.source})"
+        if exc.errno == errno.EADDRINUSE:
+            return (
+                f"{where}: address already in use; another process listens there (another "
+                f"triage-node, or another service): stop it or choose another {section}.port"
+            )
+        if exc.errno == errno.EACCES:
+            return (
+                f"{where}: permission denied; a port below 1024 needs the "
+                f"CAP_NET_BIND_SERVICE capability (the systemd unit grants it), or choose a "
+                f"{section}.port from 1024 up"
+            )
+        return f"{where}: {exc.strerror or exc}"
 
     @property
     def spool_dir(self) -> Path:
@@ -243,11 +422,32 @@ def default_config_path(environ: dict[str, str] | None = None) -> Path | None:
     return None
 
 
-def _env_value(raw: str) -> Any:
+def _env_value(raw: str, text: bool) -> Any:
+    """An override's value: TOML (``11113``, ``false``, ``["CR"]``), or the raw text for a
+    text key (``ae_title = 1234`` from the environment is the AE title "1234")."""
+    if text:
+        return raw
     try:
         return tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         return raw
+
+
+def _is_text_key(section: str, key: str) -> bool:
+    """True when ``[section] key`` takes text (a string or a path)."""
+    field = Settings.model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return False
+    inner = model.model_fields.get(key)
+    if inner is None:
+        return False
+    annotation = inner.annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    else:
+        options = [annotation]
+    return all(a in (str, Path) for a in options)
 
 
 def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> list[str]:
@@ -262,20 +462,48 @@ def _apply_env(data: dict[str, Any], environ: dict[str, str]) -> list[str]:
         target = data.setdefault(section, {})
         if not isinstance(target, dict):
             raise ConfigError(f"environment variable {name}: [{section}] is not a table")
-        target[key] = _env_value(raw)
+        target[key] = _env_value(raw, _is_text_key(section, key))
         applied.append(name)
     return applied
+
+
+_TYPE_ERRORS = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "text in quotes",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+
+
+def _described(value: Any) -> str:
+    kind = {str: "text", bool: "a boolean", int: "an integer", float: "a number"}.get(
+        type(value), f"a {type(value).__name__}"
+    )
+    shown = repr(value)
+    return f"{kind} ({shown[:40]}{'...' if len(shown) > 40 else ''})"
 
 
 def _format_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        loc = [str(p) for p in e["loc"]]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == _KEYED_ERROR:
+            loc.append(str(e.get("ctx", {})["key"]))
+            msg = e["msg"]
+        elif e["type"] == "value_error" and "error" in e.get("ctx", {}):
+            msg = str(e["ctx"]["error"])  # our own words, without pydantic's "Value error, "
+        elif e["type"] in _TYPE_ERRORS:
+            msg = f"expected {_TYPE_ERRORS[e['type']]}, got {_described(e['input'])}"
+            if e["type"] in ("int_type", "float_type") and isinstance(e["input"], str):
+                msg += ": write numbers without quotes"
         else:
             msg = e["msg"]
-        lines.append(f"config error in {source}: key '{key}': {msg}")
+        lines.append(f"config error in {source}: key '{'.'.join(loc)}': {msg}")
     return "\n".join(lines)
 
 

@@ -97,11 +97,9 @@ class Node:
         except OSError as exc:
             # Receiving images matters more than being scraped: log loudly and go on.
             log.error(
-                "metrics endpoint not started: cannot listen on %s:%d: %s "
-                "(set metrics.port; each process on a host needs its own)",
-                m.host,
-                m.port,
-                exc.strerror,
+                "metrics endpoint not started (the node runs without it): %s; "
+                "each node process on a host needs its own metrics.port",
+                self.settings.listen_failure("metrics", exc),
             )
             return
         log.info("metrics endpoint listening", extra={"host": m.host, "port": self.ops_server.port})

@@ -342,11 +342,16 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
+class ListenFailed(OSError):
+    """The receiver cannot listen on ``[node] host:port``; the message names key and file."""
+
+
 def start_receiver(settings: Settings, store: Store) -> ReceiverHandle:
     """Start the receiver on ``[node] host:port`` in background threads; returns at once.
 
     Raises :class:`~triage_node.receive.pynetdicom_patches.PynetdicomChanged` before
-    anything listens when the installed pynetdicom lacks what our patches rely on.
+    anything listens when the installed pynetdicom lacks what our patches rely on, and
+    :class:`ListenFailed` when the address is in use or not this machine's.
     """
     pynetdicom_patches.self_check()
     _receive_into(incoming_dir(settings))
@@ -358,12 +363,16 @@ def start_receiver(settings: Settings, store: Store) -> ReceiverHandle:
         (evt.EVT_REJECTED, scp.on_rejected),
         (evt.EVT_C_STORE, scp.on_store),
     ]
-    server = ae.start_server(
-        (settings.node.host, settings.node.port),
-        block=False,
-        ssl_context=tls_server_context(settings),
-        evt_handlers=handlers,
-    )
+    ssl_context = tls_server_context(settings)
+    try:
+        server = ae.start_server(
+            (settings.node.host, settings.node.port),
+            block=False,
+            ssl_context=ssl_context,
+            evt_handlers=handlers,
+        )
+    except OSError as exc:
+        raise ListenFailed(settings.listen_failure("node", exc)) from exc
     assert server is not None
     handle = ReceiverHandle(ae, server)
     log.info(
