@@ -9,6 +9,9 @@ duplicate would show) and to a pynetdicom SCP that refuses one SOP class.
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -44,6 +47,7 @@ from triage_node.store.models import (
     Study,
     utcnow,
 )
+from triage_node.telemetry.logs import setup_logging
 from triage_node.work.report import content_datetime_for, load_sources
 from triage_node.work.study import settle_studies
 from triage_node.work.worker import Worker, default_handlers
@@ -468,6 +472,72 @@ def test_archive_down_retries_with_backoff_and_each_object_arrives_once(
         assert study_row(store, study_uid).delivery_state == "delivered"
         kinds = [e.kind for e in rows(store, Event, Event.study_instance_uid == study_uid)]
         assert kinds.count("delivery_retry") == 2 and kinds[-1] == "study_delivered"
+
+
+@contextmanager
+def node_log_at_info(settings: Settings) -> Iterator[io.StringIO]:
+    """The node's log handler at INFO (JSON lines) into a buffer, as ``serve`` sets it up."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    setup_logging(
+        settings.model_copy(
+            update={"logging": settings.logging.model_copy(update={"level": "INFO"})}
+        ),
+        stream=out,
+    )
+    try:
+        yield out
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("host", "words"),
+    [
+        ("no-such-host.invalid", "'no-such-host.invalid' does not resolve"),
+        ("127.0.0.1", "cannot connect to 127.0.0.1:"),  # nobody listens on the port
+    ],
+)
+def test_an_unreachable_destination_is_named_in_one_warning_per_retry_with_deliver_backoff(
+    tmp_path: Path, database_url: str, study_uid: str, host: str, words: str
+) -> None:
+    """The destination's name and host:port are in the job's error and its log line; each
+    attempt is one WARNING line without a traceback (pynetdicom's lines are DEBUG), and
+    the next attempt waits as [deliver] says, not as [worker] says (0.01 to 0.05 s here)."""
+    base, cap = 40.0, 100.0
+    destination = {"name": "pacs-main", "ae_title": "ARCHIVE", "host": host, "port": free_port()}
+    settings = node_settings(
+        tmp_path, database_url, [destination], retry_base_seconds=base, retry_max_seconds=cap
+    )
+    where = f"{host}:{destination['port']}"
+    clock = MovableClock()
+    with opened(settings) as store, node_log_at_info(settings) as log:
+        add_source(store, settings, study_uid, 1)
+        settle_studies(settings, store, now=later(settings))
+        assert run_jobs(settings, store, limit=1, clock=clock) == 1  # the report job
+        for attempt in (1, 2, 3):
+            start = len(log.getvalue())
+            assert run_jobs(settings, store, limit=1, clock=clock) == 1
+            job = rows(store, Job, Job.kind == "deliver")[0]
+            assert (job.state, job.attempts) == ("queued", attempt)
+            assert "'pacs-main'" in job.last_error and where in job.last_error
+            assert words in job.last_error and "check" in job.last_error
+            # Exponential backoff with jitter on the deliver.* keys.
+            delay = (job.next_attempt_at - job.updated_at).total_seconds()
+            assert min(cap, base / 2) <= delay <= min(cap, base * 2 ** (attempt - 1)), delay
+            lines = [json.loads(line) for line in log.getvalue()[start:].splitlines()]
+            loud = [doc for doc in lines if doc["level"] not in ("DEBUG", "INFO")]
+            assert len(loud) == 1, loud
+            assert loud[0]["level"] == "WARNING"
+            assert "'pacs-main'" in loud[0]["error"] and where in loud[0]["error"]
+            assert not any("exception" in doc for doc in lines)
+            assert "Traceback" not in log.getvalue()
+            assert run_jobs(settings, store, clock=clock) == 0  # not due before its delay
+            clock.advance(delay)
+        study = study_row(store, study_uid)
+        assert study.delivery_state == "retrying" and where in study.last_error
 
 
 def test_attempts_exhausted_marks_delivery_failed_in_the_worklist(

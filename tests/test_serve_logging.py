@@ -6,10 +6,14 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.peers import REPO, NodeProcess, node_running, storescu, wait_for
+from tests.test_report import assessment, source
 from triage_node.config import Settings
+from triage_node.report.sr import build_study_report
 from triage_node.telemetry.logs import setup_logging
 
 
@@ -100,3 +104,44 @@ def test_radiomics_steps_stay_out_of_the_node_log_at_info() -> None:
     logging.getLogger("radiomics.featureextractor").warning("kept")
     loggers = [json.loads(line)["logger"] for line in out.getvalue().splitlines()]
     assert loggers == ["radiomics.featureextractor"], out.getvalue()[-2000:]
+
+
+def _lines(node: NodeProcess) -> list[dict[str, object]]:
+    docs = []
+    for line in node.log_text().splitlines():
+        if line.startswith("{"):
+            docs.append(json.loads(line))
+    return docs
+
+
+def test_highdicom_and_pydicom_info_stay_out_of_the_node_log_at_info(tmp_path: Path) -> None:
+    """A quickstart node at INFO: a hip image scored and reported (SR and heatmap built
+    with highdicom) leaves no INFO line of highdicom or pydicom in the node's log."""
+    sample = REPO / "samples" / "02_normal_mono1.dcm"
+    with node_running(tmp_path, logging={"format": "json", "level": "INFO"}) as node:
+        proc = storescu(node.port, sample)
+        assert proc.returncode == 0, proc.stderr
+
+        def reported() -> bool:
+            return any(
+                d.get("message") == "job done" and d.get("job_kind") == "report"
+                for d in _lines(node)
+            )
+
+        wait_for(reported, "the report job", 600, node)
+        libraries = [
+            d
+            for d in _lines(node)
+            if str(d["logger"]).split(".")[0] in ("highdicom", "pydicom")
+            and d["level"] in ("DEBUG", "INFO")
+        ]
+        assert libraries == [], libraries[:5]
+
+
+def test_highdicom_info_is_kept_at_debug() -> None:
+    """At DEBUG the node's log has what highdicom says while it builds a report."""
+    out = io.StringIO()
+    setup_logging(_settings(level="DEBUG", format="json"), stream=out)
+    build_study_report([source()], [assessment()], report_version=1)
+    loggers = {json.loads(line)["logger"] for line in out.getvalue().splitlines()}
+    assert any(name.startswith("highdicom") for name in loggers), loggers

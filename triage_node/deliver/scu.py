@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,11 +42,13 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, build_context
+from pynetdicom import AE, build_context, evt
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
 from triage_node.config import DestinationSection, Settings
+from triage_node.telemetry.logs import library_errors_reported_by_caller
 
 LOG = logging.getLogger(__name__)
 
@@ -129,8 +132,14 @@ def _describe(item: pydicom.Dataset | str | Path, index: int) -> _Outgoing:
         path = Path(item)
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (OSError, pydicom.errors.InvalidDicomError) as exc:
-            raise ValueError(f"datasets_or_paths[{index}]: cannot read {path}: {exc}") from None
+        except pydicom.errors.InvalidDicomError:
+            raise ValueError(
+                f"datasets_or_paths[{index}]: {path} is not a DICOM file (no DICM preamble)"
+            ) from None
+        except OSError as exc:
+            raise ValueError(
+                f"datasets_or_paths[{index}]: cannot read {path}: {exc.strerror or exc}"
+            ) from None
         source: pydicom.Dataset | Path = path
     elif isinstance(item, pydicom.Dataset):
         ds = item
@@ -279,6 +288,68 @@ def _where(destination: DestinationSection) -> str:
     )
 
 
+@dataclass
+class _Handshake:
+    """What happened while the association was requested (pynetdicom's events)."""
+
+    connected: bool = False
+    answers: list[Any] = field(default_factory=list)  # ACSE primitives from the peer
+
+    def handlers(self) -> list[Any]:
+        return [
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_ACSE_RECV, self._on_acse),
+        ]
+
+    def _on_open(self, event: Any) -> None:
+        self.connected = True
+
+    def _on_acse(self, event: Any) -> None:
+        self.answers.append(event.primitive)
+
+
+def _no_association(
+    destination: DestinationSection,
+    settings: Settings,
+    handshake: _Handshake,
+    tls_error: ssl.SSLError | None,
+) -> str:
+    """Why no association came about, and what to check, for the delivery's last error."""
+    calling, called = settings.node.ae_title, destination.ae_title
+    if tls_error is not None:
+        return _tls_failure(tls_error, settings)
+    if not handshake.connected:
+        return (
+            f"no association: cannot connect to {destination.host}:{destination.port} "
+            "(connection refused, or no answer within deliver.connection_timeout = "
+            f"{settings.deliver.connection_timeout:g} s); check that the archive is running "
+            f"and listens on port {destination.port}, and that no firewall blocks it"
+        )
+    for answer in handshake.answers:
+        if isinstance(answer, A_ASSOCIATE) and answer.result in (0x01, 0x02):
+            return (
+                f"association rejected by the peer ({answer.result_str}, "
+                f"{answer.source_str}: {answer.reason_str}); check that {called} accepts "
+                f"our AE title {calling} from this host and that its own AE title is {called}"
+            )
+        if isinstance(answer, A_ASSOCIATE) and answer.result == 0x00:
+            return (
+                "no association: the peer accepted none of our presentation contexts; "
+                f"check that {called} accepts storage of the SOP classes we send "
+                "(Comprehensive 3D SR, Secondary Capture)"
+            )
+        if isinstance(answer, (A_ABORT, A_P_ABORT)):
+            return (
+                "no association: the peer aborted the association request; check its log "
+                f"(is our AE title {calling} configured there?)"
+            )
+    return (
+        "no association: no answer to the association request within "
+        f"deliver.acse_timeout = {settings.deliver.acse_timeout:g} s; check that "
+        f"{destination.host}:{destination.port} is a DICOM service"
+    )
+
+
 def send_objects(
     destination: DestinationSection,
     datasets_or_paths: Sequence[pydicom.Dataset | str | Path],
@@ -297,12 +368,21 @@ def send_objects(
     Returns one :class:`StoreOutcome` per object, in order. Raises
     :class:`DestinationUnavailable` (retryable) when the association cannot be
     established or breaks, ``ValueError``/``TypeError`` for unusable input.
+    Every error message names the destination, its AE title, host and port, and
+    what to check; pynetdicom's own error lines about it go to the DEBUG log.
     """
     if isinstance(datasets_or_paths, (str, bytes, Path, pydicom.Dataset)):
         raise TypeError("datasets_or_paths: expected a list of Datasets or paths")
     outgoing = [_describe(item, i) for i, item in enumerate(datasets_or_paths)]
     if not outgoing:
         return []
+    with library_errors_reported_by_caller():
+        return _send(destination, outgoing, settings)
+
+
+def _send(
+    destination: DestinationSection, outgoing: list[_Outgoing], settings: Settings
+) -> list[StoreOutcome]:
     timeouts = _timeouts(settings)
     ae = AE(ae_title=settings.node.ae_title)
     ae.connection_timeout = timeouts.connection
@@ -316,48 +396,65 @@ def send_objects(
     try:
         tls_args = _tls_args(destination, settings)
     except (OSError, ssl.SSLError) as exc:
-        raise DeliveryError(f"{where}: TLS client set-up failed: {exc}") from None
+        raise DeliveryError(
+            f"{where}: TLS client set-up failed ({exc.strerror or exc}); check the [tls] "
+            "client_certificate, client_private_key and ca_certificates files"
+        ) from None
 
-    assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
-    )
+    handshake = _Handshake()
+    try:
+        assoc = ae.associate(
+            destination.host,
+            destination.port,
+            ae_title=destination.ae_title,
+            tls_args=tls_args,
+            evt_handlers=handshake.handlers(),
+        )
+    except socket.gaierror as exc:
+        # pynetdicom resolves the host name before it connects, and lets this through.
+        raise DestinationUnavailable(
+            f"{where}: host name {destination.host!r} does not resolve ({exc.strerror}); "
+            "check the destination's host in the config (a name this machine's DNS knows, "
+            "or an IP address); nothing sent"
+        ) from None
+    except OSError as exc:
+        raise DestinationUnavailable(
+            f"{where}: cannot connect ({exc.strerror or exc}); check the destination's "
+            "host and port in the config; nothing sent"
+        ) from None
     if not assoc.is_established:
-        # pynetdicom marks a refused TCP connection as "aborted" too, so only a real
-        # A-ASSOCIATE-RJ is told apart.
         handshake_error = tls_args[0].handshake_error if tls_args is not None else None
-        if assoc.is_rejected:
-            reason = "association rejected by the peer"
-        elif handshake_error is not None:
-            reason = _tls_failure(handshake_error, settings)
-        else:
-            reason = "no association (connection refused or aborted, timeout, or TLS failure)"
+        reason = _no_association(destination, settings, handshake, handshake_error)
         raise DestinationUnavailable(f"{where}: {reason}; nothing sent")
     results: list[StoreOutcome] = []
     try:
         for obj in outgoing:
             if not assoc.is_established:
                 raise DestinationUnavailable(
-                    f"{where}: association lost after {len(results)} of {len(outgoing)} objects",
+                    f"{where}: association lost after {len(results)} of {len(outgoing)} "
+                    "objects; check the destination's log",
                     results,
                 )
             try:
                 status = assoc.send_c_store(obj.source)
             except ValueError as exc:
-                # pynetdicom: no accepted context for this SOP class / transfer syntax
-                LOG.warning("%s: %s not sent: %s", where, obj.sop_instance_uid, exc)
+                # pynetdicom: no accepted context for this SOP class / transfer syntax. The
+                # status is in the outcome; the caller reports it (one line per attempt).
+                LOG.debug("%s: %s not sent: %s", where, obj.sop_instance_uid, exc)
                 results.append(StoreOutcome(obj.sop_instance_uid, STATUS_SOP_CLASS_NOT_SUPPORTED))
                 continue
             if "Status" not in status:
                 # empty status: DIMSE timeout, abort or invalid response
                 raise DestinationUnavailable(
                     f"{where}: no C-STORE response for SOP Instance UID {obj.sop_instance_uid} "
-                    f"(timeout or association aborted) after {len(results)} of "
-                    f"{len(outgoing)} objects",
+                    f"(no answer within deliver.dimse_timeout = {timeouts.dimse:g} s, or the "
+                    f"association was aborted) after {len(results)} of {len(outgoing)} "
+                    "objects; check the destination's log",
                     results,
                 )
             outcome = StoreOutcome(obj.sop_instance_uid, int(status.Status))
             if not outcome.stored:
-                LOG.warning(
+                LOG.debug(
                     "%s: SOP Instance UID %s refused with status 0x%04X",
                     where,
                     obj.sop_instance_uid,

@@ -13,6 +13,9 @@ import datetime as dt
 import json
 import logging
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -77,6 +80,52 @@ class PhiScrubFilter(logging.Filter):
         return True
 
 
+_caller_reports = threading.local()
+
+
+@contextmanager
+def library_errors_reported_by_caller() -> Iterator[None]:
+    """pynetdicom's warnings and errors about the association this thread requests in the
+    block go to DEBUG: the caller reports the failure itself, in one line that names the
+    peer and what to check (pynetdicom's lines name neither, and come several per attempt).
+    """
+    depth = getattr(_caller_reports, "depth", 0)
+    _caller_reports.depth = depth + 1
+    try:
+        yield
+    finally:
+        _caller_reports.depth = depth
+
+
+def _in_requested_association() -> bool:
+    """True in a thread that requests an association under
+    :func:`library_errors_reported_by_caller`, and in pynetdicom's threads of any
+    association we requested (the association's own thread and its DUL thread)."""
+    if getattr(_caller_reports, "depth", 0):
+        return True
+    thread = threading.current_thread()
+    # Duck-typed, so logging does not import pynetdicom: an Association thread has
+    # is_requestor, a DULServiceProvider thread has the association as ``assoc``.
+    assoc = thread if hasattr(thread, "is_requestor") else getattr(thread, "assoc", None)
+    return bool(getattr(assoc, "is_requestor", False))
+
+
+class RequestorChatterFilter(logging.Filter):
+    """pynetdicom's lines about associations the node requests are DEBUG lines.
+
+    The delivery reports each failed attempt in one WARNING line of its own; the
+    receiver's pynetdicom lines (associations peers request) are left as they are.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG or not record.name.startswith("pynetdicom"):
+            return True
+        if not _in_requested_association():
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def record_extras(record: logging.LogRecord) -> dict[str, Any]:
     """The fields passed with ``extra=`` on a record."""
     return {
@@ -133,6 +182,7 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> logging.
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(PhiScrubFilter())
+    handler.addFilter(RequestorChatterFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         if getattr(old, "_triage_node", False):
@@ -142,8 +192,15 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> logging.
     root.setLevel(settings.logging.level)
     # Library chatter (every PDU, every SQL statement, every timer run) drowns the
     # node's own lines, and pynetdicom's dataset dumps could carry patient data.
-    for noisy in ("pynetdicom", "sqlalchemy", "alembic", "apscheduler"):
+    # matplotlib (the heatmap's text) scores every font it knows at DEBUG.
+    for noisy in ("pynetdicom", "sqlalchemy", "alembic", "apscheduler", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # highdicom says INFO for every module it copies into every SR and heatmap; pydicom
+    # has INFO lines of its own: at the node's INFO they would be half of its log.
+    # At DEBUG, the node's log has them.
+    verbose = logging.getLevelName(settings.logging.level) <= logging.DEBUG
+    for library in ("highdicom", "pydicom"):
+        logging.getLogger(library).setLevel(logging.NOTSET if verbose else logging.WARNING)
     logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)  # "Running upgrade"
     logging.captureWarnings(True)
     return handler

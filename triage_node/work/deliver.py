@@ -7,14 +7,20 @@ object of that version whose ``deliveries`` row for the destination is not
 C-STORE status after each batch (on its row, and as an ``object_sent`` event:
 the audit trail of what was sent where).
 
-* Destination unavailable (refused, aborted, timeout): the objects stored
-  before the break are recorded, the job is requeued after
+* Destination unavailable (host name does not resolve, refused, rejected,
+  aborted, timeout, TLS): the objects stored before the break are recorded, the
+  job is requeued after
   ``retry_delay(attempts, deliver.retry_base_seconds, deliver.retry_max_seconds)``
-  (exponential backoff, full jitter), up to ``deliver.max_attempts``.
+  (exponential backoff, full jitter), up to ``deliver.max_attempts``. The
+  error names the destination, its AE title, host and port and what to check;
+  the worker logs it in one WARNING line per attempt (``worker.retry_*`` is for
+  other job kinds, never for a delivery).
 * An object refused with a failure status: recorded on its row; the others
   are still sent; the job is retried for the refused ones like above.
 * Attempts exhausted: rows, study and instances ``failed`` with the last
   error (visible in the worklist); ``triage-node resend`` puts them back.
+* A spool file that is not a DICOM object any more: failed at once (resending
+  it cannot help).
 
 Re-sending never makes new objects: the files in the spool are sent as they
 are, so a retry after a crash (lease expired mid-batch) re-sends the same SOP
@@ -133,6 +139,9 @@ class DeliverHandler:
                 raise RetryLater(str(exc), delay=self._backoff(job)) from exc
             except DeliveryError as exc:
                 raise RetryLater(str(exc), delay=self._backoff(job)) from exc
+            except ValueError as exc:
+                # send_objects' check of its input: a spool file it cannot send as it is.
+                raise PermanentFailure(f"destination {destination.name!r}: {exc}") from exc
             self._record(ctx, batch, outcomes)
             sent += sum(1 for o in outcomes if o.stored)
             refused += [o for o in outcomes if not o.stored]
