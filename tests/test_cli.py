@@ -102,6 +102,9 @@ def test_score_json_is_one_document_with_unscorable_files_in_it(
     assert (scored["probability"] is None) != (scored["not_assessable_reason"] is None)
     assert failed["error"].startswith("cannot score")
     assert f"triage-node score: {notes}: cannot score" in proc.stderr
+    # In our words, not pydicom's advice to its callers ("Use force=True ...").
+    assert failed["error"] == "cannot score: not a DICOM file (no DICM preamble)"
+    assert "force" not in proc.stderr
 
 
 def test_no_progress_is_accepted_by_every_command_with_a_progress_bar(tmp_path: Path) -> None:

@@ -90,6 +90,20 @@ def _write_objects(
     return [sr_path, heatmap_path]
 
 
+class _Unreadable(Exception):
+    """A file that is not a DICOM file, or cannot be read; the message says which."""
+
+
+def _read(file: Path) -> pydicom.Dataset:
+    """The dataset in ``file``, or :class:`_Unreadable` in our words (not pydicom's hints)."""
+    try:
+        return pydicom.dcmread(file)
+    except InvalidDicomError:
+        raise _Unreadable("not a DICOM file (no DICM preamble)") from None
+    except OSError as exc:
+        raise _Unreadable(f"cannot read the file: {exc.strerror or exc}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     """Score each file; print text or one JSON array."""
     settings = load_settings(args.config)
@@ -105,9 +119,9 @@ def main(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     for file in args.files:
         try:
-            ds = pydicom.dcmread(file)
+            ds = _read(file)
             assessment = model.assess(ds)
-        except (OSError, InvalidDicomError, NotScorable) as exc:
+        except (_Unreadable, NotScorable) as exc:
             failed += 1
             message = f"cannot score: {exc}"
             error(args.command, f"{file}: {message}")
