@@ -8,8 +8,8 @@ its own and sends it again until storescu reports success. At the end, when the
 queue has drained:
 
 - every instance some storescu saw acknowledged is in the node's store (lost: 0);
-- every eligible study has exactly one SR and one heatmap per scored image in
-  Orthanc, and Orthanc stored no object twice (duplicates: 0).
+- every eligible study has exactly one SR, and one heatmap and one attention map per
+  scored image in Orthanc, and Orthanc stored no object twice (duplicates: 0).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from tests.peers import (
 )
 
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+MAP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"  # the attention map, a Segmentation
 
 
 @dataclass
@@ -50,7 +51,7 @@ class CrashReport:
     acknowledged: set[str] = field(default_factory=set)
     lost: list[str] = field(default_factory=list)
     missing_results: list[str] = field(default_factory=list)
-    duplicates: int = 0  # extra SR/heatmap versions in a study, or an object stored twice
+    duplicates: int = 0  # extra SR/heatmap/map versions in a study, or an object stored twice
     archive_results: int = 0
     jobs_killed_under: int = 0  # jobs whose holder process was killed while running them
     most_kills_under_one_job: int = 0
@@ -269,13 +270,15 @@ def _check(
         classes = sorted(
             archive.get(f"/instances/{i['ID']}/tags?simplify")["SOPClassUID"] for i in objects
         )
-        n_sc = classes.count(SC_CLASS)
-        n_sr = len(classes) - n_sc
-        want_sc = 1 if st == "scored" else 0
-        # A second SR or heatmap (another version of a result) is a duplicate.
-        report.duplicates += max(0, n_sr - 1) + max(0, n_sc - want_sc)
-        if (n_sr, n_sc) != (1, want_sc):
-            report.missing_results.append(f"{study_uid}: {n_sr} SR, {n_sc} SC (want 1, {want_sc})")
+        n_sc, n_map = classes.count(SC_CLASS), classes.count(MAP_CLASS)
+        n_sr = len(classes) - n_sc - n_map
+        want = 1 if st == "scored" else 0  # a heatmap and an attention map per scored image
+        # A second SR, heatmap or map (another version of a result) is a duplicate.
+        report.duplicates += max(0, n_sr - 1) + max(0, n_sc - want) + max(0, n_map - want)
+        if (n_sr, n_sc, n_map) != (1, want, want):
+            report.missing_results.append(
+                f"{study_uid}: {n_sr} SR, {n_sc} SC, {n_map} map (want 1, {want}, {want})"
+            )
         report.archive_results += len(objects)
     changes = archive.get("/changes?limit=100000")["Changes"]
     new = [c["ID"] for c in changes if c["ChangeType"] == "NewInstance"]

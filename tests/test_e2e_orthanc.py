@@ -1,7 +1,8 @@
 """End to end with the real Orthanc, deploy/orthanc's router and the shipped demo model.
 
 Samples uploaded to Orthanc are routed to a real ``triage-node serve``, scored by the
-demo bundle, and the SR and heatmaps come back into the same studies in Orthanc, with
+demo bundle, and the SR, heatmaps and attention maps come back into the same studies in
+Orthanc, with
 the probabilities and decision the model gives for those images. With the archive
 down and the node SIGKILLed in the middle of delivery, every result still arrives,
 once, under the SOP Instance UIDs it was first sent with.
@@ -110,8 +111,8 @@ def upload(archive: OrthancServer, name: str) -> pydicom.Dataset:
 
 
 def results_in(archive: OrthancServer, study_uid: str, source_uid: str) -> dict[str, str]:
-    """Orthanc id -> "SR" or "SC" for every object in the study other than the source."""
-    kinds = {"1.2.840.10008.5.1.4.1.1.7": "SC"}
+    """Orthanc id -> "SR", "SC" or "MAP" for every object in the study but the source."""
+    kinds = {"1.2.840.10008.5.1.4.1.1.7": "SC", "1.2.840.10008.5.1.4.1.1.66.4": "MAP"}
     return {
         i["ID"]: kinds.get(archive.get(f"/instances/{i['ID']}/tags?simplify")["SOPClassUID"], "SR")
         for i in archive.study_instances(study_uid)
@@ -120,9 +121,9 @@ def results_in(archive: OrthancServer, study_uid: str, source_uid: str) -> dict[
 
 
 def complete(archive: OrthancServer, ds: pydicom.Dataset, name: str) -> bool:
-    """The study holds its SR and one heatmap (SC) per assessable image."""
+    """The study holds its SR, and a heatmap (SC) and an attention map per assessable image."""
     got = sorted(results_in(archive, ds.StudyInstanceUID, ds.SOPInstanceUID).values())
-    want = sorted(["SR"] + ["SC"] * expected(name).assessable)
+    want = sorted(["SR"] + ["SC", "MAP"] * expected(name).assessable)
     return got == want
 
 
@@ -202,6 +203,14 @@ def test_samples_routed_scored_and_results_back_in_their_studies(
             sc = archive.get(f"/instances/{sc_id}/tags?simplify")
             assert sc["BurnedInAnnotation"] == "YES"
             assert sc["SeriesDescription"].startswith("AI triage")
+        for map_id in (i for i, m in objects.items() if m == "MAP"):
+            seg = pydicom.dcmread(DicomBytesIO(archive.get_bytes(f"/instances/{map_id}/file")))
+            assert seg.SeriesDescription.startswith("AI triage")
+            assert (seg.Rows, seg.Columns) == (ds.Rows, ds.Columns)
+            frame = seg.PerFrameFunctionalGroupsSequence[0]
+            source_ref = frame.DerivationImageSequence[0].SourceImageSequence[0]
+            assert source_ref.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+            assert seg.pixel_array.max() > 0  # the model's attention is in it
         # What the archive holds is valid DICOM, and a reader sees the result in the SR.
         for object_id in objects:
             path = tmp_path / f"{name}-{object_id}.dcm"
@@ -300,7 +309,7 @@ def test_archive_down_then_sigkill_mid_delivery_every_result_arrives_once(
         } - set(uids)
         # The same objects, under the UIDs they were first sent with: no second version.
         assert in_archive == made and before <= made
-        assert len(made) == sum(1 + expected(n).assessable for n in names)
+        assert len(made) == sum(1 + 2 * expected(n).assessable for n in names)  # SR, SC, map
         # Orthanc records one NewInstance change per instance it stored: none twice.
         changes = archive.get("/changes?limit=10000")["Changes"]
         new = [c["ID"] for c in changes if c["ChangeType"] == "NewInstance"]

@@ -116,7 +116,8 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path) -> None:
         retention={"enabled": False},
     )
     studies = len(SCORED) + len(NOT_ASSESSABLE)  # one study per sample
-    objects = studies + len(SCORED)  # an SR per study, a heatmap per scored image
+    # an SR per study, a heatmap and an attention map per scored image
+    objects = studies + 2 * len(SCORED)
     with storescp(tmp_path / "archive", archive_port), node_in_process(config) as node:
         code, text = endpoint(node, "/metrics")
         assert code == 200
@@ -150,7 +151,7 @@ def test_counters_and_histograms_move_with_real_traffic(tmp_path: Path) -> None:
                 >= objects
             )
 
-        wait_for(delivered, "every SR and heatmap delivered", 300)
+        wait_for(delivered, "every SR, heatmap and map delivered", 300)
         code, text = endpoint(node, "/metrics")
         after = samples(text)
 

@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.filebase import DicomBytesIO
+from pydicom.uid import SegmentationStorage
 from sqlalchemy import func, select
 
 from tests.clock import MovableClock
@@ -36,7 +37,7 @@ from triage_node.report.results import (
     build_study_results,
     save_cams,
 )
-from triage_node.report.uids import heatmap_uids, study_report_uids
+from triage_node.report.uids import attention_map_uids, heatmap_uids, study_report_uids
 from triage_node.store import Clock, Store, open_store
 from triage_node.store.models import (
     Delivery,
@@ -275,7 +276,7 @@ def test_concurrent_settle_checks_enqueue_one_report(tmp_path: Path, database_ur
 # --- report -------------------------------------------------------------------------------
 
 
-def test_report_writes_sr_and_heatmaps_and_queues_one_delivery_per_destination(
+def test_report_writes_sr_heatmaps_and_map_and_queues_one_delivery_per_destination(
     tmp_path: Path, database_url: str, study_uid: str
 ) -> None:
     settings = node_settings(
@@ -295,17 +296,23 @@ def test_report_writes_sr_and_heatmaps_and_queues_one_delivery_per_destination(
         assert run_jobs(settings, store, limit=1) == 1  # the report job only
 
         results = rows(store, Result)
-        assert [r.kind for r in results] == ["SR", "SC", "SC"]
+        # one heatmap per scored image; an attention map for the one with CAMs
+        assert [r.kind for r in results] == ["SR", "SC", "SC", "MAP"]
         reported = [first.SOPInstanceUID, second.SOPInstanceUID, unassessable.SOPInstanceUID]
         assert (
             results[0].sop_instance_uid
             == study_report_uids(study_uid, reported, "0.1.0", 1).sop_instance_uid
         )
-        assert [r.sop_instance_uid for r in results[1:]] == [
+        assert [r.sop_instance_uid for r in results[1:3]] == [
             heatmap_uids(study_uid, s.SOPInstanceUID, "0.1.0", 1).sop_instance_uid
             for s in (first, second)
         ]
         assert results[1].source_instance_id == first_id
+        assert (results[3].sop_instance_uid, results[3].source_instance_id) == (
+            attention_map_uids(study_uid, first.SOPInstanceUID, "0.1.0", 1).sop_instance_uid,
+            first_id,
+        )
+        assert results[3].sop_class_uid == SegmentationStorage
         for r in results:
             assert r.path == f"{study_uid}/results/v1/{r.sop_instance_uid}.dcm"
             ds = pydicom.dcmread(settings.spool_dir / r.path)
@@ -335,7 +342,7 @@ def test_report_writes_sr_and_heatmaps_and_queues_one_delivery_per_destination(
         deliver = rows(store, Job, Job.kind == "deliver")
         assert sorted(j.payload["destination"] for j in deliver) == ["backup", "pacs"]
         assert {j.max_attempts for j in deliver} == {5}
-        assert len(rows(store, Delivery, Delivery.state == "pending")) == 6
+        assert len(rows(store, Delivery, Delivery.state == "pending")) == 8
         study = study_row(store, study_uid)
         assert (study.state, study.delivery_state) == ("reported", "pending")
         assert {i.delivery_state for i in rows(store, Instance, Instance.state == "scored")} == {

@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.uid import SegmentationStorage
 
 from tests.peers import NodeProcess, free_port, start_archive_scp, wait_for, write_config
+from tests.test_attention_map import cams
 from tests.test_results import add_source, opened, rows, study_row
 from triage_node.config import load_settings
+from triage_node.report.results import cam_path_for, save_cams
 from triage_node.store.models import Delivery, Event, Instance, Job, Result, utcnow
 from triage_node.work.study import settle_studies
 
@@ -125,14 +128,17 @@ def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(tmp_pa
         settings = load_settings(node.config_path)
         study_uid = pydicom.uid.generate_uid()
         with opened(settings) as store:
-            add_source(store, settings, study_uid, 1)  # as the score job leaves it
+            _, ds = add_source(store, settings, study_uid, 1)  # as the score job leaves it
+            spooled = settings.spool_dir / study_uid / f"{ds.SOPInstanceUID}.dcm"
+            save_cams(cam_path_for(spooled), cams(), fsync=False)  # so a map is made too
             wait_for(
                 lambda: study_row(store, study_uid).state == "reported", "the report", 90, node
             )
             study = study_row(store, study_uid)
             assert (study.report_version, study.delivery_state) == (1, "no_destination")
             results = rows(store, Result)
-            # a misconfigured router sends our SR and heatmap back to us
+            assert [r.kind for r in results] == ["SR", "SC", "MAP"]
+            # a misconfigured router sends our SR, heatmap and attention map back to us
             sent = storescu(
                 node.port, *(settings.spool_dir / r.path for r in results), extra=("-R",)
             )  # propose the files' own SOP classes
@@ -143,7 +149,8 @@ def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(tmp_pa
                 90,
                 node,
             )
-            assert len(returned) == 2 and {i.state for i in returned} == {"skipped"}
+            assert len(returned) == 3 and {i.state for i in returned} == {"skipped"}
+            assert SegmentationStorage in {i.sop_class_uid for i in returned}
             # The settle check the node runs every second, asked directly with a clock a
             # minute past the returned objects' settle time: nothing to report, ever.
             quiet = utcnow() + dt.timedelta(seconds=settings.node.settle_seconds + 60)

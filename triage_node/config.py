@@ -302,6 +302,31 @@ class ModelSection(_Section):
         return value
 
 
+#: The result objects the report job can make; see README "Configuration".
+ResultObject = Literal["sr", "sc", "map"]
+
+
+class ReportSection(_Section):
+    """Which result objects the report job builds and sends for each study."""
+
+    # "sr": the study's Structured Report (always: it carries the decision and the
+    # disclaimers); "sc": a heatmap Secondary Capture per scored image; "map": the
+    # machine-readable attention map (fractional Segmentation) per scored image.
+    objects: list[ResultObject] = ["sr", "sc", "map"]
+
+    @field_validator("objects")
+    @classmethod
+    def _objects(cls, value: list[ResultObject]) -> list[ResultObject]:
+        if len(set(value)) != len(value):
+            raise ValueError("each object may be named once")
+        if "sr" not in value:
+            raise ValueError(
+                'must include "sr": the report carries the decision; "sc" and "map" only '
+                "illustrate it"
+            )
+        return value
+
+
 class LoggingSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "text"] = "auto"
@@ -347,6 +372,7 @@ class Settings(_Section):
     worker: WorkerSection = WorkerSection()
     deliver: DeliverSection = DeliverSection()
     model: ModelSection = ModelSection()
+    report: ReportSection = ReportSection()
     logging: LoggingSection = LoggingSection()
     metrics: MetricsSection = MetricsSection()
     retention: RetentionSection = RetentionSection()

@@ -115,3 +115,13 @@ PRIVATE_CODES: tuple[Code, ...] = (
     NOT_ASSESSABLE_REASON,
     USAGE_DISCLAIMER,
 )
+
+# --- the attention map (fractional Segmentation, report/attention_map.py) ---------------
+
+#: Segmented Property Category (CID 7150 "Segmentation Property Categories"): the segment
+#: is a region of the image (where the model looked), not an anatomical structure.
+SPATIAL_AND_RELATIONAL_CONCEPT = Code("309825002", "SCT", "Spatial and Relational Concept")
+#: Segmented Property Type: CID 217 "Visual Explanation" (CID 7151 is extensible).
+GRADIENT_WEIGHTED_CLASS_ACTIVATION = Code("130403", "DCM", "Gradient-weighted class activation")
+#: Algorithm Family (CID 7162 "Surface Processing Algorithm Families").
+ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")

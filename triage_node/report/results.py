@@ -1,17 +1,18 @@
-"""A study's result objects from stored inputs: assessments from JSON, the SR and the heatmaps.
+"""A study's result objects from stored inputs: assessments from JSON, the SR, heatmaps, maps.
 
 The score job stores each image's :class:`ImageAssessment` as JSON on its
 instance row (``to_json``) and the class-activation maps beside the spool file
 (:func:`cam_path_for`, an ``.npz`` of one float array per side, no pickle).
 :func:`build_study_results` turns those back into objects with the builders of
-:mod:`triage_node.report.sr` and :mod:`triage_node.report.heatmap`. Nothing
-here reads the clock: the same inputs give byte-identical objects.
+:mod:`triage_node.report.sr`, :mod:`triage_node.report.heatmap` and
+:mod:`triage_node.report.attention_map`. Nothing here reads the clock: the same
+inputs give byte-identical objects.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,10 @@ import pydicom
 
 from triage_node.assessment import ImageAssessment
 from triage_node.durable import atomic_write
+from triage_node.report.attention_map import build_attention_map, has_attention
 from triage_node.report.heatmap import build_heatmap
 from triage_node.report.sr import build_study_report
+from triage_node.store.models import ResultKind
 
 
 def assessment_from_json(data: Mapping[str, Any]) -> ImageAssessment:
@@ -68,11 +71,15 @@ class SourceImage:
 
 @dataclass(frozen=True)
 class BuiltResult:
-    """One object to store and send: ``kind`` "SR" or "SC", and the source it was made from."""
+    """One object to store and send: what it is, and the source image it was made from."""
 
-    kind: str
+    kind: ResultKind
     dataset: pydicom.Dataset
     source_instance_id: int | None
+
+
+#: Every kind of result object, in the order a study's objects are built and sent.
+ALL_OBJECTS: tuple[ResultKind, ...] = (ResultKind.SR, ResultKind.SC, ResultKind.MAP)
 
 
 def build_study_results(
@@ -80,8 +87,15 @@ def build_study_results(
     *,
     report_version: int,
     content_datetime: datetime.datetime | None,
+    objects: Collection[ResultKind] = ALL_OBJECTS,
 ) -> list[BuiltResult]:
-    """The SR of the study (scored and not-assessable images) and one heatmap per scored image.
+    """The study's result objects, those of the kinds in ``objects`` only.
+
+    In this order: the SR of the study (scored and not-assessable images); one
+    heatmap SC per scored image; one attention map per scored image that has a
+    class-activation map of an assessed side (a model that gives none gets no
+    map). ``objects`` must include the SR (``[report] objects`` is checked at
+    start for the same).
 
     ``sources`` are in a fixed order (the caller's, e.g. by instance id) so the
     SR content is the same on every build. Raises ``ValueError``/``TypeError``
@@ -89,9 +103,14 @@ def build_study_results(
     """
     if not sources:
         raise ValueError("sources: nothing to report")
+    unknown = [k for k in objects if k not in ALL_OBJECTS]
+    if unknown or ResultKind.SR not in objects:
+        raise ValueError(
+            f"objects: expected the SR and any of SC, MAP; got {[str(k) for k in objects]}"
+        )
     built = [
         BuiltResult(
-            "SR",
+            ResultKind.SR,
             build_study_report(
                 [s.dataset for s in sources],
                 [s.assessment for s in sources],
@@ -101,21 +120,38 @@ def build_study_results(
             None,
         )
     ]
-    for s in sources:
-        if s.scored:
-            built.append(
-                BuiltResult(
-                    "SC",
-                    build_heatmap(
-                        s.dataset,
-                        s.assessment,
-                        s.cams,
-                        report_version=report_version,
-                        content_datetime=content_datetime,
-                    ),
-                    s.instance_id,
-                )
+    scored = [s for s in sources if s.scored]
+    if ResultKind.SC in objects:
+        built.extend(
+            BuiltResult(
+                ResultKind.SC,
+                build_heatmap(
+                    s.dataset,
+                    s.assessment,
+                    s.cams,
+                    report_version=report_version,
+                    content_datetime=content_datetime,
+                ),
+                s.instance_id,
             )
+            for s in scored
+        )
+    if ResultKind.MAP in objects:
+        built.extend(
+            BuiltResult(
+                ResultKind.MAP,
+                build_attention_map(
+                    s.dataset,
+                    s.assessment,
+                    s.cams,
+                    report_version=report_version,
+                    content_datetime=content_datetime,
+                ),
+                s.instance_id,
+            )
+            for s in scored
+            if has_attention(s.assessment, s.cams)
+        )
     return built
 
 

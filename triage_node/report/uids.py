@@ -65,6 +65,17 @@ class HeatmapUIDs:
     sop_instance_uid: str
 
 
+@dataclass(frozen=True)
+class AttentionMapUIDs:
+    """UIDs of one version of the machine-readable attention map of one source image."""
+
+    series_instance_uid: str
+    sop_instance_uid: str
+    #: Dimension Organization UID of the map's multi-frame dimension index (highdicom
+    #: would make a random one; a re-run must give the same bytes).
+    dimension_organization_uid: str
+
+
 def study_report_uids(
     study_instance_uid: str,
     source_sop_instance_uids: Iterable[str],
@@ -99,6 +110,21 @@ def heatmap_uids(
     return HeatmapUIDs(
         series_instance_uid=_uid("sc-series", study, model),
         sop_instance_uid=_uid("sc-instance", study, model, version, source),
+    )
+
+
+def attention_map_uids(
+    study_instance_uid: str, source_sop_instance_uid: str, model_version: str, report_version: int
+) -> AttentionMapUIDs:
+    """UIDs of the attention map (fractional Segmentation) made from one source image."""
+    study = _check_uid(study_instance_uid, "study_instance_uid")
+    source = _check_uid(source_sop_instance_uid, "source_sop_instance_uid")
+    model = _check_uid(model_version, "model_version")
+    version = str(_check_version(report_version))
+    return AttentionMapUIDs(
+        series_instance_uid=_uid("map-series", study, model),
+        sop_instance_uid=_uid("map-instance", study, model, version, source),
+        dimension_organization_uid=_uid("map-dimensions", study, model, version, source),
     )
 
 

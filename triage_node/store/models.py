@@ -107,10 +107,12 @@ class DeliveryState(enum.StrEnum):
 
 
 class ResultKind(enum.StrEnum):
-    """What a result object is: the Structured Report or a heatmap Secondary Capture."""
+    """What a result object is: the Structured Report, a heatmap Secondary Capture, or an
+    attention map (a fractional Segmentation a viewer can overlay)."""
 
     SR = "SR"
     SC = "SC"
+    MAP = "MAP"
 
 
 _Member = TypeVar("_Member", bound=enum.StrEnum)
@@ -262,7 +264,7 @@ class Job(Base):
 
 
 class Result(Base):
-    """One object we produced (an SR or a heatmap SC), kept in the spool until retention."""
+    """One object we produced (SR, heatmap SC, attention map), kept in the spool until retention."""
 
     __tablename__ = "results"
 
@@ -273,7 +275,7 @@ class Result(Base):
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     series_instance_uid: Mapped[str] = mapped_column(String(64))
-    # The radiograph a heatmap was made from; None for the SR.
+    # The radiograph a heatmap or attention map was made from; None for the SR.
     source_instance_id: Mapped[int | None] = mapped_column(
         ForeignKey("instances.id"), nullable=True
     )

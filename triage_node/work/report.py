@@ -1,4 +1,4 @@
-"""The ``report`` job: build a study's SR and heatmaps, keep them in the spool, queue delivery.
+"""The ``report`` job: build a study's result objects, keep them in the spool, queue delivery.
 
 Enqueued by :func:`triage_node.work.study.settle_studies` with the report
 version in its payload. Steps:
@@ -6,9 +6,10 @@ version in its payload. Steps:
 1. Load the study's scored and not-assessable instances covered by this
    version (``Instance.report_version <= version``): the spool files, the
    stored assessments (``Instance.result["assessment"]``) and the CAM files.
-2. Build the SR (if at least one such instance) and one heatmap SC per scored
-   image (:func:`triage_node.report.results.build_study_results`), with the
-   study's settle time as Content Date/Time. Same inputs, same bytes and UIDs.
+2. Build the objects ``[report] objects`` names: the SR (if at least one such
+   instance), one heatmap SC and one attention map per scored image
+   (:func:`triage_node.report.results.build_study_results`), with the study's
+   settle time as Content Date/Time. Same inputs, same bytes and UIDs.
 3. Write them to ``<spool>/<study uid>/results/v<version>/<sop uid>.dcm``
    (temp file, fsync, rename), then in one transaction: a ``results`` row per
    object, a ``deliveries`` row per object and destination, one ``deliver``
@@ -61,6 +62,18 @@ from triage_node.work.study import enqueue_once, rollup_delivery
 log = logging.getLogger(__name__)
 
 REPORTED_STATES = (InstanceState.SCORED, InstanceState.NOT_ASSESSABLE)
+
+#: The words of ``[report] objects`` and the result kinds they name.
+OBJECT_KINDS: dict[str, ResultKind] = {
+    "sr": ResultKind.SR,
+    "sc": ResultKind.SC,
+    "map": ResultKind.MAP,
+}
+
+
+def configured_objects(settings: Settings) -> tuple[ResultKind, ...]:
+    """The result kinds ``[report] objects`` asks for."""
+    return tuple(OBJECT_KINDS[word] for word in settings.report.objects)
 
 
 def result_path(study_instance_uid: str, report_version: int, sop_instance_uid: str) -> str:
@@ -167,7 +180,12 @@ class ReportHandler:
         sources = load_sources(self.settings, instances)
         ctx.checkpoint()
         try:
-            built = build_study_results(sources, report_version=version, content_datetime=when)
+            built = build_study_results(
+                sources,
+                report_version=version,
+                content_datetime=when,
+                objects=configured_objects(self.settings),
+            )
         except (TypeError, ValueError) as exc:
             raise PermanentFailure(f"study {study_uid} report v{version}: {exc}") from exc
         ctx.checkpoint()
@@ -180,7 +198,7 @@ class ReportHandler:
             )
             written.append(
                 WrittenResult(
-                    kind=ResultKind(item.kind),
+                    kind=item.kind,
                     sop_instance_uid=str(ds.SOPInstanceUID),
                     sop_class_uid=str(ds.SOPClassUID),
                     series_instance_uid=str(ds.SeriesInstanceUID),
@@ -190,8 +208,13 @@ class ReportHandler:
                 )
             )
         n_sc = sum(1 for w in written if w.kind == ResultKind.SC)
+        n_map = sum(1 for w in written if w.kind == ResultKind.MAP)
         return self._finish(
-            ctx, study_id, version, written, f"report v{version}: SR + {n_sc} heatmap(s)"
+            ctx,
+            study_id,
+            version,
+            written,
+            f"report v{version}: SR + {n_sc} heatmap(s) + {n_map} attention map(s)",
         )
 
     def _finish(
