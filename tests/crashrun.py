@@ -222,7 +222,7 @@ def _store(config: Path) -> Any:
 
 
 def _wait_drained(config: Path, archive: OrthancServer, node: NodeProcess, timeout: float) -> None:
-    from triage_node.store.models import Job
+    from triage_node.store.models import Instance, InstanceState, Job, JobState
 
     store = _store(config)
     deadline = time.monotonic() + timeout
@@ -230,9 +230,16 @@ def _wait_drained(config: Path, archive: OrthancServer, node: NodeProcess, timeo
         while time.monotonic() < deadline:
             with store.read() as s:
                 open_jobs = s.scalars(
-                    select(Job.id).where(Job.state.in_(["queued", "running"]))
+                    select(Job.id).where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
                 ).all()
-            if not open_jobs:
+                # A scored study still inside its settle time has no report job yet.
+                unreported = s.scalars(
+                    select(Instance.id).where(
+                        Instance.state != InstanceState.SKIPPED,
+                        Instance.report_version.is_(None),
+                    )
+                ).all()
+            if not open_jobs and not unreported:
                 return
             time.sleep(1.0)
         raise AssertionError(f"queue not drained in {timeout:.0f} s\n{node.log_text()[-3000:]}")
