@@ -143,7 +143,10 @@ class ModelCache:
         raise ModelUnavailable(self._last_error or "not loaded yet")
 
     def _retry_in_background(self) -> None:
-        if time.monotonic() < self._next_try or (self._retry and self._retry.is_alive()):
+        """Try the bundle again in a thread of its own, if a load failed and a retry is due."""
+        if not self._failures or time.monotonic() < self._next_try:
+            return  # never tried (the node's start loads it) or tried too recently
+        if self._retry is not None and self._retry.is_alive():
             return
         self._retry = threading.Thread(target=self._try_load, name="model-load", daemon=True)
         self._retry.start()
