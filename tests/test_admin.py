@@ -43,7 +43,9 @@ class Follower:
                 "--follow",
                 "--json",
                 "--limit",
-                "1",
+                # The backlog shown at start covers every event of a test: the follower's
+                # own start-up may come after the node has handled the first image.
+                "1000",
                 "--config",
                 str(config),
             ],

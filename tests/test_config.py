@@ -91,8 +91,14 @@ def test_bad_environment_override_names_variable(tmp_path: Path) -> None:
 
 
 def test_config_found_through_environment_variable(tmp_path: Path) -> None:
-    path = _write(tmp_path, f"[node]\nae_title = 'ENVFILE'\ndata_dir = '{tmp_path}/d'\n")
-    proc = run_cli("status", "--json", env={"TRIAGE_NODE_CONFIG": str(path)})
+    path = _write(
+        tmp_path,
+        f"[node]\nae_title = 'ENVFILE'\ndata_dir = '{tmp_path}/d'\n"
+        f"[metrics]\nport = {free_port()}\n",
+    )
+    # No node runs for this config: status exits 3 (no answer), and still reports.
+    proc = run_cli("status", "--json", env={"TRIAGE_NODE_CONFIG": str(path)}, check=False)
+    assert proc.returncode == 3, proc.stderr
     assert '"ae_title": "ENVFILE"' in proc.stdout
 
 

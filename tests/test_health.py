@@ -65,18 +65,22 @@ def test_spool_not_writable_makes_the_node_not_ready_until_fixed(tmp_path: Path)
             assert doc["checks"]["spool"]["ok"] is False
             assert "cannot write a file" in doc["checks"]["spool"]["detail"]
             assert doc["checks"]["database"]["ok"] is True
-            status = json.loads(run_cli("status", "--json", config=config).stdout)
+            proc = run_cli("status", "--json", config=config, check=False)
+            assert proc.returncode == 1  # the node answers, not ready
+            status = json.loads(proc.stdout)
+            assert status["answer"] == "not_ready"
             assert status["ready"]["checks"]["spool"]["ok"] is False
             assert status["endpoint"]["node"]["checks"]["spool"]["ok"] is False
-            assert "NO  spool:" in run_cli("status", config=config).stdout
+            assert "NO  spool:" in run_cli("status", config=config, check=False).stdout
         finally:
             spool.unlink()
             aside.rename(spool)
         code, doc = ready(node)
         assert code == 200 and doc["ready"] is True
         assert not list(spool.glob(".ready-probe-*"))  # probes leave nothing behind
-        status = json.loads(run_cli("status", "--json", config=config).stdout)
+        status = json.loads(run_cli("status", "--json", config=config).stdout)  # exit 0
         assert status["ready"]["ready"] is True and status["endpoint"]["node"]["ready"] is True
+        assert status["answer"] == "ready"
 
 
 def test_sqlite_file_moved_away_makes_the_node_not_ready_until_back(tmp_path: Path) -> None:
@@ -150,7 +154,9 @@ def test_postgresql_down_makes_the_node_not_ready_until_back(
             assert code == 503 and doc["ready"] is False
             assert doc["checks"]["database"]["ok"] is False
             assert doc["checks"]["spool"]["ok"] is True
-            status = json.loads(run_cli("status", "--json", config=config).stdout)
+            proc = run_cli("status", "--json", config=config, check=False)
+            assert proc.returncode == 1
+            status = json.loads(proc.stdout)
             assert status["ready"]["checks"]["database"]["ok"] is False
             assert status["endpoint"]["node"]["checks"]["database"]["ok"] is False
         finally:

@@ -45,7 +45,12 @@ def test_broken_dependency_names_its_cause_in_last_error_and_status(
 
         def waiting_row() -> dict[str, Any] | None:
             out = run_cli("worklist", "--json", config=node.config_path).stdout
-            rows = [r for r in json.loads(out) if CAUSE in (r.get("last_error") or "")]
+            # queued between attempts; briefly scoring while a worker tries again
+            rows = [
+                r
+                for r in json.loads(out)
+                if CAUSE in (r.get("last_error") or "") and r["state"] == "queued"
+            ]
             return rows[0] if rows else None
 
         row = wait_for(waiting_row, "the score job's last_error to name the cause", 120, node)
@@ -53,16 +58,22 @@ def test_broken_dependency_names_its_cause_in_last_error_and_status(
         assert "model unavailable" in row["last_error"]
         assert "no model implementation is installed" not in row["last_error"]
 
-        status = json.loads(run_cli("status", "--json", config=node.config_path).stdout)
+        proc = run_cli("status", "--json", config=node.config_path, check=False)
+        assert proc.returncode == 1  # the node answers: not ready without a model
+        status = json.loads(proc.stdout)
+        assert status["answer"] == "not_ready"
+        assert CAUSE in status["endpoint"]["node"]["checks"]["model"]["detail"]
         model = status["model"]
         assert model["available"] is False and CAUSE in model["error"], model
         assert "triage_node.score.model" in model["error"]
         assert CAUSE in status["last_error"]["message"]
         assert status["last_error"]["kind"] == "score"
-        text = run_cli("status", config=node.config_path).stdout
+        text = run_cli("status", config=node.config_path, check=False).stdout
         assert "NOT AVAILABLE" in text and CAUSE in text
 
     # Without the shadow the same installation describes the demo bundle as available.
     unbroken = {"PYTHONPATH": broken_simpleitk}
-    status = json.loads(run_cli("status", "--json", config=node.config_path, env=unbroken).stdout)
+    proc = run_cli("status", "--json", config=node.config_path, env=unbroken, check=False)
+    assert proc.returncode == 3  # the node has stopped: nothing answers
+    status = json.loads(proc.stdout)
     assert status["model"]["available"] is True, status["model"]

@@ -4,7 +4,7 @@ Each subcommand is a module ``triage_node.commands.<name>`` with one parser
 function, ``add_arguments(parser)``, and ``main(args) -> int``. Only the module
 of the command being run is imported (so ``status`` never loads torch).
 ``--config`` is added here, once per subcommand. Exit codes: 0 ok, 1 runtime
-failure, 2 bad usage or bad config.
+failure, 2 bad usage or bad config (``status`` adds 3 and 4: see its module).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "receive": ("receive", "run the DICOM receiver only (scale-out)"),
     "work": ("work", "run workers and scheduler only (scale-out)"),
     "worklist": ("worklist", "show recent instances, or --follow events"),
-    "status": ("status", "counts per state, queue depth, disk, model"),
+    "status": ("status", "is the node ready? counts per state, queue depth, disk, model"),
     "resend": ("resend", "send a study's results again, or all failed ones"),
     "synth": ("synth", "write a synthetic hip radiograph cohort"),
     "db": ("db", "database maintenance (db upgrade)"),

@@ -3,30 +3,72 @@
 Readiness is checked twice: here (database, spool write probe, free disk: the
 same checks as ``/readyz``, from this process) and, when ``[metrics]`` is on,
 by asking the running node's ``/readyz``, which also knows whether its model
-is loaded.
+is loaded. The node's answer counts only if it comes from the node of this
+config: ``/readyz`` carries the node id (:func:`triage_node.node.health.node_id`),
+compared with the id this config gives. The result is one :class:`Answer` and
+its exit code (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
 
-from triage_node.commands.common import EXIT_OK
+from triage_node.commands.common import EXIT_FAILURE, EXIT_OK
 from triage_node.commands.views import free_disk_bytes, status_facts
 from triage_node.config import Settings, load_settings
-from triage_node.node.health import readiness
+from triage_node.node.health import Phase, node_id, readiness
 from triage_node.score.loader import describe_model
 from triage_node.store.db import redact_url
 from triage_node.store.existing import open_existing_store
+
+#: Seconds to wait for the node's ``/readyz`` (it answers at once, also while starting).
+ENDPOINT_TIMEOUT_SECONDS = 10.0
+
+
+class Answer(enum.StrEnum):
+    """What ``status`` found at the metrics endpoint of its config."""
+
+    READY = "ready"  # the node of this config answers and is ready
+    STARTING = "starting"  # ... is starting (loading its model)
+    NOT_READY = "not_ready"  # ... runs but a check fails (database, spool, disk, model)
+    STOPPING = "stopping"  # ... is shutting down
+    NOT_RUNNING = "not_running"  # nothing listens at the endpoint
+    NOT_RESPONDING = "not_responding"  # something accepted the connection, no answer in time
+    NO_ENDPOINT = "no_endpoint"  # metrics.enabled = false: the node cannot be asked
+    NOT_OURS = "not_ours"  # another node (or another program) answers at the endpoint
+
+
+EXIT_NO_ANSWER = 3
+EXIT_NOT_OURS = 4
+
+#: The exit code of each answer (documented in the README's status section).
+EXIT_CODES: dict[Answer, int] = {
+    Answer.READY: EXIT_OK,
+    Answer.STARTING: EXIT_FAILURE,
+    Answer.NOT_READY: EXIT_FAILURE,
+    Answer.STOPPING: EXIT_FAILURE,
+    Answer.NOT_RUNNING: EXIT_NO_ANSWER,
+    Answer.NOT_RESPONDING: EXIT_NO_ANSWER,
+    Answer.NO_ENDPOINT: EXIT_NO_ANSWER,
+    Answer.NOT_OURS: EXIT_NOT_OURS,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``status [--json]``."""
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.epilog = (
+        "Exit codes: 0 the node of this config answers and is ready; 1 it answers but is "
+        "starting, stopping or not ready; 2 bad usage or config; 3 no node answers at the "
+        "metrics endpoint (not running, or metrics.enabled = false); 4 a different node "
+        "answers there."
+    )
 
 
 def _size(n: int | None) -> str:
@@ -42,8 +84,14 @@ def _size(n: int | None) -> str:
     return f"{size:.1f} {unit}"
 
 
-def node_endpoint(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
-    """The running node's ``/readyz`` answer, or why it could not be had."""
+def node_endpoint(settings: Settings, timeout: float = ENDPOINT_TIMEOUT_SECONDS) -> dict[str, Any]:
+    """The running node's ``/readyz`` answer, or why it could not be had.
+
+    ``node`` is that answer with ``reachable`` and ``ours`` added when it comes
+    from the node of this config. When another node answers, ``node`` says so
+    (``ours`` false, never ``ready``) and ``other_node`` holds the identity that
+    node gave (its id, database, data dir, config file).
+    """
     m = settings.metrics
     base = f"http://{m.host}:{m.port}"
     doc: dict[str, Any] = {
@@ -53,18 +101,106 @@ def node_endpoint(settings: Settings, timeout: float = 2.0) -> dict[str, Any]:
     }
     if not m.enabled:
         return doc
+    body: bytes
     try:
         with urllib.request.urlopen(f"{base}/readyz", timeout=timeout) as resp:
-            doc["node"] = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:  # 503: answered, not ready
+            code, body = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:  # 503: answered, not ready (or not a node: 404)
+        code = exc.code
         try:
-            doc["node"] = json.loads(exc.read())
-        except ValueError:
-            doc["node"] = {"ready": False, "error": f"HTTP {exc.code}"}
+            body = exc.read()
+        except OSError:
+            body = b""
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        doc["node"] = {"reachable": False, "error": str(reason)[:200]}
+        timed_out = isinstance(reason, TimeoutError) or "timed out" in str(reason)
+        doc["node"] = {
+            "reachable": False,
+            "timed_out": timed_out,
+            "error": (f"no answer within {timeout:g} s" if timed_out else str(reason))[:200],
+        }
+        return doc
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    who = answer.get("node") if isinstance(answer, dict) else None
+    if not isinstance(who, dict) or "id" not in who:
+        doc["node"] = {
+            "reachable": True,
+            "ours": False,
+            "ready": False,
+            "error": f"HTTP {code} without a triage-node id: another program holds the port",
+        }
+        return doc
+    if who["id"] != node_id(settings):
+        doc["node"] = {
+            "reachable": True,
+            "ours": False,
+            "ready": False,
+            "error": f"a different node answers (node id {who['id']})",
+        }
+        doc["other_node"] = who
+        return doc
+    assert isinstance(answer, dict)
+    doc["node"] = {**answer, "reachable": True, "ours": True}
     return doc
+
+
+def decide(settings: Settings, endpoint: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`Answer`, its exit code and one sentence for the admin."""
+    where = f"{settings.metrics.host}:{settings.metrics.port}"
+    node = endpoint.get("node", {})
+    if not endpoint["enabled"]:
+        answer = Answer.NO_ENDPOINT
+        message = (
+            f"cannot ask the node: metrics.enabled = false in {settings.source} "
+            "(the 'ready' line below is this command's own checks)"
+        )
+    elif node.get("reachable") is False:
+        if node.get("timed_out"):
+            answer = Answer.NOT_RESPONDING
+            message = (
+                f"{where} accepted the connection but gave no answer "
+                f"({node['error']}): check the node's log for a hung process"
+            )
+        else:
+            answer = Answer.NOT_RUNNING
+            message = (
+                f"no node answers on {where} ({node.get('error')}): "
+                f"is the node of {settings.source} running?"
+            )
+    elif not node.get("ours"):
+        answer = Answer.NOT_OURS
+        other = endpoint.get("other_node")
+        if other:
+            message = (
+                f"{where} is answered by a different node (id {other['id']}, database "
+                f"{other.get('database')}, data dir {other.get('data_dir')}, config "
+                f"{other.get('config')}), not by the node of this config (id "
+                f"{node_id(settings)}, database {redact_url(settings.database_url)}): "
+                "give each node its own metrics.port"
+            )
+        else:
+            message = f"{where}: {node.get('error')}; set metrics.port to this node's port"
+    else:
+        failing = "; ".join(
+            f"{k}: {v['detail']}" for k, v in node.get("checks", {}).items() if not v["ok"]
+        )
+        phase = node.get("phase")
+        if node.get("ready"):
+            answer = Answer.READY
+            message = f"node {node['node']['id']} on {where} is ready"
+        elif phase == Phase.STARTING:
+            answer = Answer.STARTING
+            message = f"node {node['node']['id']} is starting ({failing or 'starting'})"
+        elif phase == Phase.STOPPING:
+            answer = Answer.STOPPING
+            message = f"node {node['node']['id']} is stopping"
+        else:
+            answer = Answer.NOT_READY
+            message = f"node {node['node']['id']} is not ready: {failing or 'see its log'}"
+    return {"answer": answer, "exit_code": EXIT_CODES[answer], "message": message}
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
@@ -99,8 +235,11 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             }
         database = {"url": redact_url(settings.database_url), "exists": True}
         store.dispose()
+    endpoint = node_endpoint(settings)
     return {
+        **decide(settings, endpoint),
         "node": {
+            "id": node_id(settings),
             "ae_title": settings.node.ae_title,
             "host": settings.node.host,
             "port": settings.node.port,
@@ -112,15 +251,29 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "min_free_disk_bytes": settings.receive.min_free_disk_mb * 1024 * 1024,
         "model": describe_model(settings),
         "ready": ready,
-        "endpoint": node_endpoint(settings),
+        "endpoint": endpoint,
     }
 
 
+_ANSWER_WORDS = {
+    Answer.READY: "READY",
+    Answer.STARTING: "STARTING",
+    Answer.NOT_READY: "NOT READY",
+    Answer.STOPPING: "STOPPING",
+    Answer.NOT_RUNNING: "NOT RUNNING",
+    Answer.NOT_RESPONDING: "NOT RESPONDING",
+    Answer.NO_ENDPOINT: "UNKNOWN",
+    Answer.NOT_OURS: "NOT THIS NODE",
+}
+
+
 def format_status(s: dict[str, Any]) -> str:
-    """The status as lines for the terminal."""
+    """The status as lines for the terminal: the answer first, then the facts."""
     n = s["node"]
     lines = [
-        f"node       {n['ae_title']} on {n['host']}:{n['port']}  data {n['data_dir']}",
+        f"answer     {_ANSWER_WORDS[Answer(s['answer'])]}: {s['message']}",
+        f"node       {n['ae_title']} on {n['host']}:{n['port']}  data {n['data_dir']}"
+        f"  id {n['id']}",
         f"config     {n['config']}",
         f"database   {s['database']['url']}"
         + ("" if s["database"]["exists"] else "  (not created yet)"),
@@ -153,6 +306,7 @@ def format_status(s: dict[str, Any]) -> str:
     lines.append(
         "ready      "
         + ("yes (database, spool, disk)" if r["ready"] else "NO  " + "; ".join(failing))
+        + "  (checked by this command)"
     )
     e = s["endpoint"]
     if not e["enabled"]:
@@ -161,10 +315,18 @@ def format_status(s: dict[str, Any]) -> str:
         node = e.get("node", {})
         if node.get("reachable") is False:
             answer = f"node not answering ({node.get('error')})"
+        elif not node.get("ours"):
+            other = e.get("other_node")
+            answer = (
+                f"answered by a DIFFERENT node (id {other['id']}, database {other['database']})"
+                if other
+                else f"NOT a triage-node: {node.get('error')}"
+            )
         elif node.get("ready"):
             answer = "node ready"
         else:
-            answer = "node NOT READY: " + "; ".join(
+            state = {Phase.STARTING: "STARTING", Phase.STOPPING: "STOPPING"}
+            answer = f"node {state.get(node.get('phase'), 'NOT READY')}: " + "; ".join(
                 f"{k}: {v['detail']}" for k, v in node.get("checks", {}).items() if not v["ok"]
             )
         lines.append(f"metrics    {e['metrics_url']}  {answer}")
@@ -177,7 +339,7 @@ def format_status(s: dict[str, Any]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Print the status as text or one JSON object."""
+    """Print the status as text or one JSON object; the exit code is the answer's."""
     settings = load_settings(args.config)
     status = collect_status(settings)
     if args.json:
@@ -185,4 +347,4 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(format_status(status))
-    return EXIT_OK
+    return int(status["exit_code"])

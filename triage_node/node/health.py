@@ -1,11 +1,20 @@
-"""Readiness checks: database reachable, spool writable, model loaded, free disk above watermark.
+"""Readiness checks (database reachable, spool writable, model loaded, free disk above
+watermark) and who the node is.
 
 The same checks answer ``/readyz`` in a running node and the ``ready`` part of
 ``triage-node status``. Each check says what it found, never a patient's data.
+
+A node identifies itself on ``/healthz`` and ``/readyz`` by :func:`node_identity`:
+its node id, the database it serves (password removed) and its data directory.
+The node id is derived from the last two (:func:`node_id`), so ``status`` can
+compute, from its own config, the id the node of that config must answer with,
+and tell when another process answers on the metrics port instead.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -19,6 +28,41 @@ from triage_node.store.queries import free_disk_bytes
 
 _MB = 1024 * 1024
 PROBE_PREFIX = ".ready-probe-"
+
+
+class Phase(enum.StrEnum):
+    """Where a node process is in its life, as ``/healthz`` and ``/readyz`` report it."""
+
+    STARTING = "starting"  # endpoint up, model loading, receiver and workers not yet started
+    RUNNING = "running"  # every stage started (ready or not: see the checks)
+    STOPPING = "stopping"  # a signal arrived: receiver closing, workers giving jobs back
+
+
+def node_id(settings: Settings) -> str:
+    """The id of the node a config describes: 16 hex digits, stable for its database and data dir.
+
+    A SHA-256 of the database URL with its password removed and the absolute data
+    directory: the same for every process started with the same config (a
+    ``receive`` and a ``work`` process of one node share it), different for a node
+    with another database or data directory. No secret goes in, and the id
+    changes only when those two settings do.
+    """
+    key = "\n".join(
+        ["triage-node", redact_url(settings.database_url), str(settings.data_dir.resolve())]
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def node_identity(settings: Settings) -> dict[str, Any]:
+    """Who answers: node id, AE title, database (no password), data dir, config file, pid."""
+    return {
+        "id": node_id(settings),
+        "ae_title": settings.node.ae_title,
+        "database": redact_url(settings.database_url),
+        "data_dir": str(settings.data_dir.resolve()),
+        "config": settings.source,
+        "pid": os.getpid(),
+    }
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,20 @@
 ``/healthz`` answers 200 while the process's threads run (liveness: restart me
 when not). ``/readyz`` answers 200 when the node can take and process images
 (database, spool, disk, model; see :mod:`triage_node.node.health`), else 503;
-both bodies are JSON. Nothing here reads or writes patient data.
+both bodies are JSON and name the node that answers (see
+:func:`triage_node.node.health.node_identity`). Nothing here reads or writes
+patient data.
+
+A client that hangs up before its answer is written (``status`` giving up, a
+probe with a short timeout) costs one DEBUG line, not an ERROR with a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +27,26 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger(__name__)
+
+#: Seconds a client may take to send its request before its connection is closed.
+REQUEST_TIMEOUT_SECONDS = 30.0
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up or went silent is routine; anything else is an error."""
+        # socketserver calls this from inside the except block of the failed request.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug(
+                "ops endpoint client went away: %s",
+                type(exc).__name__,
+                extra={"client": client_address[0] if client_address else ""},
+            )
+            return
+        log.error("ops endpoint request failed", exc_info=exc)
 
 
 class OpsServer:
@@ -37,6 +64,7 @@ class OpsServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "triage-node"
+            timeout = REQUEST_TIMEOUT_SECONDS
 
             def do_GET(self) -> None:  # noqa: N802 (the http.server API)
                 path = self.path.split("?", 1)[0]
@@ -52,9 +80,13 @@ class OpsServer:
                         self._send(
                             404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain"
                         )
+                except ConnectionError:  # the client hung up before its answer was written
+                    log.debug("ops endpoint client hung up", extra={"path": path})
+                    self.close_connection = True
                 except Exception:
                     log.exception("ops endpoint failed", extra={"path": path})
-                    self._send(500, b"internal error\n", "text/plain")
+                    with contextlib.suppress(OSError):
+                        self._send(500, b"internal error\n", "text/plain")
 
             def _send(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)
@@ -66,8 +98,7 @@ class OpsServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # one line per scrape would drown the node's own log
 
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), Handler)
         self.host = host
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(

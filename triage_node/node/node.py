@@ -22,9 +22,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 # Every stage the node may start is imported here, at module level, so all of them are
 # loaded by the main thread before any thread starts: two threads importing pydicom (or
 # torch) for the first time at once can see it half-initialised.
+from triage_node.assessment import ModelUnavailable
 from triage_node.config import Settings
 from triage_node.node.collector import StoreCollector
-from triage_node.node.health import readiness
+from triage_node.node.health import Phase, node_identity, readiness
 from triage_node.node.http import OpsServer
 from triage_node.node.scheduler import start_scheduler
 from triage_node.node.systemd import Watchdog, sd_notify
@@ -56,9 +57,18 @@ class Node:
         self.watchdog: Watchdog | None = None
         self.ops_server: OpsServer | None = None
         self._collector: StoreCollector | None = None
+        self.phase = Phase.STARTING
+        self.identity = node_identity(settings)
+        self.id: str = self.identity["id"]
 
     def start(self) -> None:
         """Start every stage of this process's roles, then tell systemd we are ready.
+
+        Order: the ops endpoint first (it answers ``starting`` meanwhile), then the
+        model (a ``work`` process loads it here, not at its first job or probe),
+        the workers and scheduler, the receiver, and last ``/readyz`` and the
+        "node ready" line. Without a model the node still starts: it receives,
+        score jobs wait, and the log says it is not ready and why.
 
         Raises :class:`PynetdicomChanged` before anything starts when the installed
         pynetdicom no longer has what the receiver's patches rely on.
@@ -66,8 +76,13 @@ class Node:
         if "receive" in self.roles:
             pynetdicom_patches.self_check()
         status = []
+        if self.settings.metrics.enabled:
+            self._start_ops_endpoint()
         if "work" in self.roles:
             self.pool = WorkerPool(self.settings, self.store, self.settings.node.workers)
+            score = self.pool.handlers.get(JobKind.SCORE)
+            if isinstance(score, ScoreHandler):
+                score.models.load_at_start()  # in the main thread, before any worker runs
             self.pool.start()
             self.scheduler = start_scheduler(self.settings, self.store)
             status.append(f"{self.settings.node.workers} worker(s)")
@@ -78,18 +93,33 @@ class Node:
         self.watchdog = Watchdog(self.healthy)
         self.watchdog.start()
         if self.settings.metrics.enabled:
-            self._start_ops_endpoint()
+            # The scrape-time gauges describe the model: registered once it is loaded.
+            self._collector = StoreCollector(self.settings, self.store, scores="work" in self.roles)
+            REGISTRY.register(self._collector)
             if self.ops_server is not None:
                 status.append(f"metrics on {self.ops_server.host}:{self.ops_server.port}")
+            else:
+                status.append("NO metrics endpoint (see the error above)")
+        self.phase = Phase.RUNNING
+        ready = self.readiness()
+        failing = "; ".join(
+            f"{name}: {check['detail']}"
+            for name, check in ready["checks"].items()
+            if not check["ok"]
+        )
+        if failing:
+            status.append(f"NOT READY ({failing})")
         sd_notify("READY=1", "STATUS=" + ", ".join(status))
-        log.info("node ready", extra={"roles": sorted(self.roles), "status": ", ".join(status)})
+        fields = {"roles": sorted(self.roles), "status": ", ".join(status), "node_id": self.id}
+        if ready["ready"]:
+            log.info("node ready", extra=fields)
+        else:
+            log.warning("node started, NOT READY: %s", failing, extra=fields)
 
     def _start_ops_endpoint(self) -> None:
         """Serve /metrics, /healthz, /readyz; a port in use costs the endpoint, not the node."""
         m = self.settings.metrics
         prime_destinations(self.settings)
-        self._collector = StoreCollector(self.settings, self.store, scores="work" in self.roles)
-        REGISTRY.register(self._collector)
         try:
             self.ops_server = OpsServer(
                 m.host, m.port, REGISTRY, self.liveness, self.readiness
@@ -109,26 +139,45 @@ class Node:
         workers = self.pool is None or self.pool.alive()
         scheduler = self.scheduler is None or bool(self.scheduler.running)
         return {
-            "alive": workers and scheduler and not self.stop_requested.is_set(),
+            "alive": (
+                self.phase == Phase.RUNNING
+                and workers
+                and scheduler
+                and not self.stop_requested.is_set()
+            ),
+            "phase": self.phase,
             "roles": sorted(self.roles),
             "workers_alive": workers,
             "scheduler_running": scheduler,
+            "node": self.identity,
         }
 
     def model_check(self) -> str:
-        """Load (once) and name this process's model; raises ModelUnavailable without one."""
+        """Name this process's loaded model, at once; raises ModelUnavailable without one.
+
+        Never loads the model itself (that is done at start, and retried in the
+        background): a probe with a short timeout always gets its answer.
+        """
         handler = self.pool.handlers.get(JobKind.SCORE) if self.pool is not None else None
+        if handler is None and self.phase == Phase.STARTING:
+            raise ModelUnavailable("the node is starting")
         if not isinstance(handler, ScoreHandler):
             return "no score handler"
-        model = handler.models.get()
-        return f"{model.name} {model.version}"
+        return handler.models.check()
 
     def readiness(self) -> dict[str, Any]:
-        """``/readyz``: database, spool, free disk and (in a worker process) the model."""
+        """``/readyz``: database, spool, free disk and (in a worker process) the model.
+
+        Not ready while starting or stopping, whatever the checks say.
+        """
         doc = readiness(
             self.settings, self.store, self.model_check if "work" in self.roles else None
         )
+        if self.phase != Phase.RUNNING:
+            doc["ready"] = False
+        doc["phase"] = self.phase
         doc["roles"] = sorted(self.roles)
+        doc["node"] = self.identity
         return doc
 
     def healthy(self) -> bool:
@@ -154,6 +203,7 @@ class Node:
 
     def stop(self) -> None:
         """Stop accepting, let workers finish or release their jobs, stop timers."""
+        self.phase = Phase.STOPPING
         sd_notify("STOPPING=1", "STATUS=stopping")
         started = time.monotonic()
         if self.pool is not None:

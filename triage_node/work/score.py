@@ -6,8 +6,8 @@ Steps, each visible on the Instance row and as an event:
    (every transfer syntax we accept, through the pylibjpeg, openjpeg, RLE and
    JPEG-LS plugins). The decode facts go to ``result["decoded"]`` at once.
    A file that does not decode fails the instance and the job permanently.
-2. The model is loaded once per process (:class:`ModelCache`). When none is
-   installed the job waits: requeued with backoff, not charged an attempt, the
+2. The model is loaded once per process (:class:`ModelCache`), at the node's
+   start. When none is installed the job waits: requeued with backoff, not charged an attempt, the
    instance back to ``queued`` with ``last_error = "model unavailable: ..."``.
 3. ``model.assess`` gives per-side probabilities: the instance becomes
    ``scored`` (probability = ``assessment.probability``) or ``not_assessable`` with the reason.
@@ -19,6 +19,7 @@ Steps, each visible on the Instance row and as an event:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -33,6 +34,7 @@ from sqlalchemy.orm import Session
 from triage_node.assessment import ModelUnavailable, NotScorable, ScoringModel
 from triage_node.config import Settings
 from triage_node.report.results import cam_path_for, save_cams
+from triage_node.score.bundle import bundle_path
 from triage_node.score.loader import load_model
 from triage_node.store.clock import utcnow
 from triage_node.store.db import add_event
@@ -47,47 +49,111 @@ log = logging.getLogger(__name__)
 
 
 class ModelCache:
-    """The process's scoring model: loaded on first use, shared by all worker threads.
+    """The process's scoring model: loaded at start (:meth:`load_at_start`), shared by all
+    worker threads.
 
     While no model can be loaded, each failure is remembered so the retry delay
     grows (exponential backoff on consecutive failures), and a new load is
     attempted at most once per ``retry_base_seconds`` rather than once per job.
+    :meth:`check` (readiness) never waits for a load: it says what is loaded, or
+    why nothing is, and when a retry is due starts one in the background, so a
+    bundle installed while the node runs makes it ready without a job arriving.
     """
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held for a whole load: one load at a time
         self._model: ScoringModel | None = None
         self._failures = 0
         self._last_error = ""
         self._next_try = 0.0
+        self._loading = False
+        self._retry: threading.Thread | None = None
 
     def get(self) -> ScoringModel:
         """The loaded model; raises :class:`ModelUnavailable` while there is none."""
+        model = self._model
+        if model is not None:
+            return model
         with self._lock:
             if self._model is not None:
                 return self._model
-            now = time.monotonic()
-            if now < self._next_try:
+            if time.monotonic() < self._next_try:
                 raise ModelUnavailable(self._last_error)
-            try:
-                self._model = load_model(self._settings)
-            except ModelUnavailable as exc:
-                self._failures += 1
-                self._last_error = str(exc)
-                self._next_try = now + self._settings.worker.retry_base_seconds
-                log.warning("model unavailable: %s", exc, extra={"failures": self._failures})
-                raise
-            self._failures = 0
-            log.info(
-                "model loaded",
-                extra={
-                    "model_name": self._model.name,
-                    "model_version": self._model.version,
-                    "synthetic_model": self._model.synthetic,
-                },
+            return self._load()
+
+    def _load(self) -> ScoringModel:
+        """Load the configured bundle; the caller holds ``_lock``."""
+        self._loading = True
+        try:
+            model = load_model(self._settings)
+        except ModelUnavailable as exc:
+            self._failures += 1
+            self._last_error = str(exc)
+            self._next_try = time.monotonic() + self._settings.worker.retry_base_seconds
+            log.warning("model unavailable: %s", exc, extra={"failures": self._failures})
+            raise
+        finally:
+            self._loading = False
+        self._failures = 0
+        self._model = model
+        log.info(
+            "model loaded",
+            extra={
+                "model_name": model.name,
+                "model_version": model.version,
+                "synthetic_model": model.synthetic,
+            },
+        )
+        return model
+
+    def load_at_start(self) -> bool:
+        """Load the model now (the node does, before it says it is ready); False without one.
+
+        A missing or refused bundle is a WARNING naming the bundle's path; the node
+        runs on, and score jobs wait in the queue until a usable bundle is there.
+        """
+        try:
+            self.get()
+        except ModelUnavailable as exc:
+            log.warning(
+                "no model at start: bundle %s (model.bundle in %s): %s; "
+                "images are received and their score jobs wait until a usable bundle is there",
+                bundle_path(self._settings),
+                self._settings.source,
+                exc,
             )
-            return self._model
+            return False
+        return True
+
+    def check(self) -> str:
+        """The loaded model's name and version, at once; raises :class:`ModelUnavailable`.
+
+        Never loads in the caller's thread: while a load runs it says so, and when
+        none is loaded and a retry is due one starts in the background.
+        """
+        model = self._model
+        if model is not None:
+            return f"{model.name} {model.version}"
+        if self._loading:
+            if self._last_error:
+                raise ModelUnavailable(f"{self._last_error} (trying again)")
+            raise ModelUnavailable(f"loading the model from {bundle_path(self._settings)}")
+        self._retry_in_background()
+        raise ModelUnavailable(self._last_error or "not loaded yet")
+
+    def _retry_in_background(self) -> None:
+        """Try the bundle again in a thread of its own, if a load failed and a retry is due."""
+        if not self._failures or time.monotonic() < self._next_try:
+            return  # never tried (the node's start loads it) or tried too recently
+        if self._retry is not None and self._retry.is_alive():
+            return
+        self._retry = threading.Thread(target=self._try_load, name="model-load", daemon=True)
+        self._retry.start()
+
+    def _try_load(self) -> None:
+        with contextlib.suppress(ModelUnavailable):
+            self.get()
 
     def wait_seconds(self) -> float:
         """How long a job should wait for a model: grows with consecutive failed loads."""
