@@ -27,8 +27,20 @@ from tests.test_results import (
     storescp,
 )
 from triage_node.config import Settings
+from triage_node.receive.spool import Sender, record_refusal
+from triage_node.receive.status import INCONSISTENT_PIXEL_DATA
+from triage_node.receive.validate import InstanceRefused
 from triage_node.store import Store, open_store
-from triage_node.store.models import Delivery, Event, Instance, Job, Result, Study, utcnow
+from triage_node.store.models import (
+    Delivery,
+    Event,
+    Instance,
+    Job,
+    Refusal,
+    Result,
+    Study,
+    utcnow,
+)
 from triage_node.work import retention
 from triage_node.work.retention import apply_retention
 from triage_node.work.study import settle_studies
@@ -174,6 +186,30 @@ def test_low_free_disk_purges_finished_studies_early_but_never_undelivered(
         assert report.purged_for_disk == 1
         assert spool_files(settings, uids["delivered"]) == []
         assert spool_files(settings, uids["failed"]) and spool_files(settings, uids["open"])
+    finally:
+        store.dispose()
+
+
+def test_refused_instances_are_removed_after_database_days(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A refusal row (what `worklist` lists as `refused`) goes with the rows of studies,
+    ``database_days`` after the refusal; its event stays for ``events_days``."""
+    settings = node_settings(tmp_path, database_url)
+    settings.retention.database_days = 90
+    settings.retention.events_days = 400
+    store = open_store(settings)
+    try:
+        uid = pydicom.uid.generate_uid()
+        refused = InstanceRefused(INCONSISTENT_PIXEL_DATA, "Pixel Data too short", uid)
+        record_refusal(store, refused, Sender("STORESCU", "127.0.0.1"))
+        assert apply_retention(settings, store, now=lambda: days(89)).refusals_deleted == 0
+        [row] = rows(store, Refusal)
+        assert (row.sop_instance_uid, row.status) == (uid, 0xC220)
+
+        assert apply_retention(settings, store, now=lambda: days(91)).refusals_deleted == 1
+        assert rows(store, Refusal) == []
+        assert rows(store, Event, Event.kind == "store_refused", Event.sop_instance_uid == uid)
     finally:
         store.dispose()
 

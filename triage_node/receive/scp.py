@@ -36,6 +36,7 @@ from triage_node.receive.spool import (
     SpoolFailed,
     disk_below_watermark,
     incoming_dir,
+    record_refusal,
     spool_instance,
 )
 from triage_node.receive.validate import InstanceRefused, read_instance
@@ -211,7 +212,7 @@ class StorageSCP:
                 refused.status,
                 refused.reason,
             )
-            self._record_refusal(refused, sender)
+            self._record_refusal(event, refused, sender)
             return status.status_dataset(refused.status, refused.reason)
         except (SpoolFailed, SQLAlchemyError, StoreUnavailable, OSError) as exc:
             reason = str(exc) if isinstance(exc, SpoolFailed) else type(exc).__name__
@@ -228,7 +229,7 @@ class StorageSCP:
                 # wait for the same lock (or connection) again and hold the 0xA700 for
                 # another timeout, long enough for the peer to give up. The log has it.
                 self._record_refusal(
-                    InstanceRefused(status.OUT_OF_RESOURCES, reason, affected), sender
+                    event, InstanceRefused(status.OUT_OF_RESOURCES, reason, affected), sender
                 )
             return status.status_dataset(status.OUT_OF_RESOURCES, reason)
         except Exception:
@@ -239,6 +240,13 @@ class StorageSCP:
                 sender.peer_host,
             )
             metrics.record_instance("refused")
+            self._record_refusal(
+                event,
+                InstanceRefused(
+                    status.INTERNAL_ERROR, "internal error of the receiver (see its log)", affected
+                ),
+                sender,
+            )
             return status.status_dataset(status.INTERNAL_ERROR, "internal error")
         finally:
             path.unlink(missing_ok=True)
@@ -297,27 +305,25 @@ class StorageSCP:
             )
         return status.SUCCESS
 
-    def _record_refusal(self, refused: InstanceRefused, sender: Sender) -> None:
+    def _record_refusal(self, event: Event, refused: InstanceRefused, sender: Sender) -> None:
+        """The refusal as a row (``worklist`` lists it) and an event; logged if the store fails."""
+        context = event.context
         try:
-            with self.store.write() as session:
-                add_event(
-                    session,
-                    "store_refused",
-                    sop_instance_uid=refused.sop_instance_uid,
-                    study_instance_uid=refused.study_instance_uid,
-                    message=refused.reason,
-                    data={
-                        "status": f"0x{refused.status:04X}",
-                        "calling_ae": sender.calling_ae,
-                        "peer_host": sender.peer_host,
-                    },
-                )
+            record_refusal(
+                self.store,
+                refused,
+                sender,
+                sop_class_uid=str(context.abstract_syntax or "") or None,
+                transfer_syntax_uid=str(context.transfer_syntax or "") or None,
+            )
         except (SQLAlchemyError, StoreUnavailable) as exc:
             log.error(
                 "cannot record refusal of %s: store unavailable (%s)",
                 refused.sop_instance_uid,
                 type(exc).__name__,
             )
+        except Exception:  # recording a refusal must never change the answer sent
+            log.exception("cannot record refusal of %s", refused.sop_instance_uid)
 
 
 def _store_failed(exc: BaseException) -> bool:

@@ -34,10 +34,20 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from triage_node.config import Settings
 from triage_node.durable import fsync_path, temporary_name
 from triage_node.receive.eligibility import EligibilityDecision
-from triage_node.receive.validate import InstanceHeader
-from triage_node.store import Instance, InstanceState, JobKind, Store, Study, add_event, utcnow
+from triage_node.receive.validate import InstanceHeader, InstanceRefused
+from triage_node.store import (
+    Instance,
+    InstanceState,
+    JobKind,
+    Refusal,
+    Store,
+    Study,
+    add_event,
+    utcnow,
+)
 from triage_node.store.db import StoreUnavailable
 from triage_node.store.jobs import enqueue_job
+from triage_node.store.models import REFUSED
 from triage_node.store.queries import free_disk_bytes
 
 log = logging.getLogger(__name__)
@@ -221,6 +231,64 @@ def record_duplicate(
         sender.peer_host,
     )
     return SpoolOutcome(instance_id, "duplicate", True, None)
+
+
+def _column_text(value: str | None, length: int) -> str | None:
+    """``value`` if it fits a column of ``length`` characters; None (not recorded) otherwise.
+
+    A peer's UID longer than 64 characters is not a UID: it is left out rather than
+    cut into one that looks valid.
+    """
+    value = (value or "").strip()
+    return value if 0 < len(value) <= length else None
+
+
+def record_refusal(
+    store: Store,
+    refused: InstanceRefused,
+    sender: Sender,
+    *,
+    sop_class_uid: str | None = None,
+    transfer_syntax_uid: str | None = None,
+) -> int:
+    """Record a refused C-STORE: a ``refusals`` row and its ``store_refused`` event.
+
+    Nothing else is written: a refusal is not an instance, so it is never scored,
+    reported, delivered or counted as received. ``sop_class_uid`` and
+    ``transfer_syntax_uid`` are those of the presentation context it arrived on.
+    Returns the refusal's id.
+    """
+    sop_uid = _column_text(refused.sop_instance_uid, 64)
+    study_uid = _column_text(refused.study_instance_uid, 64)
+    with store.write() as session:
+        row = Refusal(
+            at=utcnow(),
+            status=refused.status,
+            reason=refused.reason,
+            sop_instance_uid=sop_uid,
+            study_instance_uid=study_uid,
+            sop_class_uid=_column_text(sop_class_uid, 64),
+            transfer_syntax_uid=_column_text(transfer_syntax_uid, 64),
+            calling_ae=_column_text(sender.calling_ae, 16),
+            peer_host=_column_text(sender.peer_host, 64),
+        )
+        session.add(row)
+        session.flush()
+        add_event(
+            session,
+            "store_refused",
+            sop_instance_uid=sop_uid,
+            study_instance_uid=study_uid,
+            state=REFUSED,
+            message=refused.reason,
+            data={
+                "status": f"0x{refused.status:04X}",
+                "refusal_id": row.id,
+                "calling_ae": sender.calling_ae,
+                "peer_host": sender.peer_host,
+            },
+        )
+        return row.id
 
 
 def spool_instance(

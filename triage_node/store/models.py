@@ -1,5 +1,8 @@
 """SQLAlchemy models of the node's durable state: instances, studies, jobs, results, events.
 
+Refused C-STOREs are rows of their own (``refusals``), never instances: nothing
+refused is scored, reported, delivered or counted as received.
+
 Stages hand work to each other only through these rows (and spool files). No
 column holds a patient's name, ID or birth date: the spool file has them, the
 database has UIDs and our own ids.
@@ -309,6 +312,36 @@ class Delivery(Base):
     @validates("state")
     def _state(self, key: str, value: DeliveryState | str) -> DeliveryState | None:
         return as_member(DeliveryState, value, f"deliveries.{key}")
+
+
+#: The worklist state of a refused C-STORE (a :class:`Refusal` row and its event): not an
+#: :class:`InstanceState`, since a refusal is never an instance.
+REFUSED = "refused"
+
+
+class Refusal(Base):
+    """One C-STORE the receiver refused: nothing of it was kept but this row (and its event).
+
+    Not an instance: it is never scored, reported, delivered or counted as received.
+    The UIDs are those that could be read (None when the dataset could not be
+    parsed that far); ``status`` is the C-STORE status we answered (e.g. 0xC220).
+    ``worklist`` lists these rows as state ``refused``; retention removes them after
+    ``retention.database_days``.
+    """
+
+    __tablename__ = "refusals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    status: Mapped[int] = mapped_column(Integer)  # the C-STORE status answered
+    reason: Mapped[str] = mapped_column(Text)
+    sop_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The presentation context it arrived on (what the sender said it was).
+    sop_class_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    calling_ae: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    peer_host: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Event(Base):

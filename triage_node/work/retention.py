@@ -13,6 +13,8 @@ Run by the scheduler every ``retention.check_minutes`` (:func:`apply_retention`)
   are still never removed (the receiver answers 0xA700 instead).
 * Rows of a study (instances, jobs, results, deliveries, the study) go
   ``retention.database_days`` after its last change, once its files are gone.
+* Refused C-STOREs (``refusals`` rows; they have no files) go
+  ``retention.database_days`` after they were refused.
 * Event rows (the audit trail) go after ``retention.events_days``.
 
 Every study is purged in a transaction of its own whose ``UPDATE ... WHERE``
@@ -44,6 +46,7 @@ from triage_node.store.models import (
     InstanceState,
     Job,
     JobState,
+    Refusal,
     Result,
     Study,
     StudyState,
@@ -71,6 +74,7 @@ class RetentionReport:
     files_removed: int = 0
     bytes_freed: int = 0
     studies_deleted: int = 0  # studies whose rows were removed
+    refusals_deleted: int = 0
     events_deleted: int = 0
 
 
@@ -305,6 +309,18 @@ def delete_study_rows(
         report.studies_deleted += 1
 
 
+def delete_old_refusals(
+    settings: Settings, store: Store, at: dt.datetime, report: RetentionReport
+) -> None:
+    """Delete rows of refused C-STOREs older than ``database_days`` (like a study's rows)."""
+    cutoff = at - settings.retention.database_days * _DAY
+    with store.write() as session:
+        report.refusals_deleted += rows_changed(
+            session,
+            delete(Refusal).where(Refusal.at < cutoff).execution_options(synchronize_session=False),
+        )
+
+
 def delete_old_events(
     settings: Settings, store: Store, at: dt.datetime, report: RetentionReport
 ) -> None:
@@ -328,8 +344,14 @@ def apply_retention(
     report = RetentionReport()
     purge_spool(settings, store, at, report, free_bytes)
     delete_study_rows(settings, store, at, report)
+    delete_old_refusals(settings, store, at, report)
     delete_old_events(settings, store, at, report)
-    if report.studies_purged or report.studies_deleted or report.events_deleted:
+    if (
+        report.studies_purged
+        or report.studies_deleted
+        or report.refusals_deleted
+        or report.events_deleted
+    ):
         log.info(
             "retention",
             extra={
@@ -338,6 +360,7 @@ def apply_retention(
                 "files_removed": report.files_removed,
                 "bytes_freed": report.bytes_freed,
                 "studies_deleted": report.studies_deleted,
+                "refusals_deleted": report.refusals_deleted,
                 "events_deleted": report.events_deleted,
             },
         )

@@ -176,8 +176,9 @@ def settle_studies(
 
 # -- delivery roll-up ----------------------------------------------------------------------
 
-#: When a study's objects are in several delivery states, the study shows the first here.
-_ROLLUP_ORDER = (
+#: When a study's objects (or one destination's) are in several delivery states, the first
+#: here is shown (also by ``worklist`` per destination).
+ROLLUP_ORDER = (
     DeliveryState.FAILED,
     DeliveryState.RETRYING,
     DeliveryState.PENDING,
@@ -212,7 +213,7 @@ def rollup_delivery(
         )
         state: DeliveryState | None = DeliveryState.NO_DESTINATION if has_results else None
     else:
-        state = next(s for s in _ROLLUP_ORDER if s in states)
+        state = next(s for s in ROLLUP_ORDER if s in states)
     now = clock()
     study.delivery_state = state
     study.updated_at = now
