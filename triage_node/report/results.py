@@ -101,6 +101,7 @@ def build_study_results(
             None,
         )
     ]
+    study = [s.assessment for s in sources]
     for s in sources:
         if s.scored:
             built.append(
@@ -112,6 +113,7 @@ def build_study_results(
                         s.cams,
                         report_version=report_version,
                         content_datetime=content_datetime,
+                        study=study,
                     ),
                     s.instance_id,
                 )
