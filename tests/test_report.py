@@ -187,12 +187,12 @@ def test_sr_with_both_sides_is_valid_and_shows_probability_and_decision(tmp_path
     text = dsrdump(path)
     left = codes.side_probability("left", True)
     right = codes.side_probability("right", False)
-    assert f'NUM:(PROB-LEFT-DXA,99TRIAGE,"{left.meaning}")="73.0" (%,UCUM,"percent")' in text
-    assert f'NUM:(PROB-RIGHT-LOW,99TRIAGE,"{right.meaning}")="21.0" (%,UCUM,"percent")' in text
+    assert f'NUM:(PROB-LEFT-DXA,99TRIAGE,"{left.meaning}")="73.00" (%,UCUM,"percent")' in text
+    assert f'NUM:(PROB-RIGHT-LOW,99TRIAGE,"{right.meaning}")="21.00" (%,UCUM,"percent")' in text
     assert 'CODE:(121075,DCM,"Recommendation")=(DXA-RECOMMENDED,99TRIAGE,"DXA recommended")' in text
     assert (
-        'Conclusion")="DXA recommended: probability of osteoporosis 73.0 % in the left hip '
-        '(the higher of the 2 assessed hips), at or above the operating point 50.0 %"'
+        'Conclusion")="DXA recommended: probability of osteoporosis 73.00 % in the left hip '
+        '(the higher of the 2 assessed hips), at or above the operating point 50.00 %"'
     ) in text
     assert identity.TRIAGE_DISCLAIMER in text and identity.SYNTHETIC_DISCLAIMER in text
     assert '(7771000,SCT,"Left")' in text and '(24028007,SCT,"Right")' in text
@@ -233,7 +233,7 @@ def test_sr_as_ohif_draws_it_one_labelled_roi_per_assessed_hip(tmp_path: Path) -
         (
             src.SOPInstanceUID,
             [
-                "Left hip (DXA recommended), probability of osteoporosis: 62.30 %",
+                "Left hip (DXA recommended), probability of osteoporosis: 62.34 %",
                 "363698007: Proximal Femur",
             ],
         ),
@@ -259,18 +259,18 @@ def test_dsr2html_shows_each_probability_under_its_name_with_the_side(tmp_path: 
     ]
     path = save(build_study_report(sources, results, report_version=1), tmp_path / "sr.dcm")
     text = dsr2html_text(path)
-    assert re.search(r"Left hip \(DXA recommended\), probability of osteoporosis: 37\.9 %", text), (
-        text
-    )
-    assert re.search(r"Right hip \(low likelihood\), probability of osteoporosis: 33\.1 %", text), (
-        text
-    )
-    assert re.search(r"Left hip \(low likelihood\), probability of osteoporosis: 12\.0 %", text)
+    assert re.search(
+        r"Left hip \(DXA recommended\), probability of osteoporosis: 37\.85 %", text
+    ), text
+    assert re.search(
+        r"Right hip \(low likelihood\), probability of osteoporosis: 33\.05 %", text
+    ), text
+    assert re.search(r"Left hip \(low likelihood\), probability of osteoporosis: 12\.00 %", text)
     assert re.search(r"Tracking Identifier = \"left hip, image 2\"", text)
     assert re.search(
-        r"Conclusion: DXA recommended: probability of osteoporosis 37\.9 % in the left hip of "
+        r"Conclusion: DXA recommended: probability of osteoporosis 37\.85 % in the left hip of "
         r"image 1 \(the highest of the 3 assessed hips\), at or above the operating point "
-        r"37\.0 %",
+        r"37\.00 %",
         text,
     ), text
     assert "Reason not assessable: image 2: right hip: prosthesis" in text
@@ -287,7 +287,7 @@ def test_sr_with_one_side_not_assessable(tmp_path: Path) -> None:
     text = dsrdump(path)
     assert 'Reason not assessable")="right hip: prosthesis"' in text
     assert 'Comment")="only the left hip was assessable; the result rests on it alone"' in text
-    assert '="73.0" (%,UCUM' in text
+    assert '="73.00" (%,UCUM' in text
     assert "in the left hip (the only assessed hip), at or above the operating point" in text
     assert len(measurement_groups(pydicom.dcmread(path))) == 1
 
@@ -586,15 +586,15 @@ def test_the_study_decision_never_contradicts_a_side(tmp_path: Path) -> None:
     text = dsrdump(path)
     # The study value is the highest side's, and the decision follows the positive side.
     assert (
-        'Conclusion")="DXA recommended: probability of osteoporosis 38.0 % in the left hip' in text
+        'Conclusion")="DXA recommended: probability of osteoporosis 38.00 % in the left hip' in text
     )
-    assert "20.0 %" not in text and '="20.0"' not in text
+    assert "20.00 %" not in text and '="20.00"' not in text
     assert "Low likelihood of osteoporosis, DXA not recommended:" not in text
     # The heatmap says the same, with the same number.
     (study_line,) = [line for line in caption_text(bilateral) if line.startswith("Study: ")]
     assert study_line == f"Study: {study_conclusion([bilateral])}"
-    assert "38.0 % in the left hip" in study_line
-    assert "at or above the operating point 37.0 %" in study_line
+    assert "38.00 % in the left hip" in study_line
+    assert "at or above the operating point 37.00 %" in study_line
 
 
 def test_a_side_flag_that_contradicts_the_rule_is_refused() -> None:
@@ -624,11 +624,11 @@ def test_heatmap_caption_says_what_the_sr_says_in_its_words() -> None:
     ]
     assert caption[2:4] == [
         "Image 1, right hip: not assessable, prosthesis",
-        "Image 1, left hip: probability of osteoporosis 38.0 %, DXA recommended",
+        "Image 1, left hip: probability of osteoporosis 38.00 %, DXA recommended",
     ]
     # the study line is the SR's conclusion: here another image's right hip decides
     assert caption[4] == f"Study: {study_conclusion([one_hip, other])}"
-    assert "90.0 % in the right hip of image 2" in caption[4]
+    assert "90.00 % in the right hip of image 2" in caption[4]
     assert caption[5:7] == [
         "Note: only the left hip was assessable; the result rests on it alone",
         "Note: weight missing from the header; imputed training median 58.8 (kg)",

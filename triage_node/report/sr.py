@@ -58,6 +58,7 @@ from triage_node.report.wording import (
     not_assessable_reasons,
     ordered_sides,
     percent,
+    percent_value,
     reader_notes,
     side_is_positive,
     side_result,
@@ -273,6 +274,13 @@ def _side_group(
         identifier=f"{hip(side.side)}, {label}" if label else hip(side.side),
     )
     points = check_polygon(side.roi_polygon, int(source.Rows), int(source.Columns), "roi_polygon")
+    probability = hd.sr.Measurement(
+        name=codes.side_probability(side.side, positive),
+        value=percent(side.probability),
+        unit=codes.PERCENT,
+    )
+    # "73.00", not highdicom's "73.0": the digits every other output shows.
+    probability[0].MeasuredValueSequence[0].NumericValue = percent_value(side.probability)
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         referenced_region=hd.sr.ImageRegion(
@@ -287,13 +295,7 @@ def _side_group(
             )
         ],
         algorithm_id=algorithm_identification(assessment),
-        measurements=[
-            hd.sr.Measurement(
-                name=codes.side_probability(side.side, positive),
-                value=percent(side.probability),
-                unit=codes.PERCENT,
-            )
-        ],
+        measurements=[probability],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=codes.RECOMMENDATION, value=decision_code(positive))
         ],

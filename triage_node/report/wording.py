@@ -2,8 +2,10 @@
 
 The SR and the heatmap both take their sentences from here, so a radiologist
 reads the same decision with the same number in every object. Probabilities
-are shown in percent with one decimal (:func:`percent`), the SR sends the same
-value as a NUM in UCUM "%".
+are shown in percent with two decimals (:func:`percent_text`): the precision
+OHIF prints a NUM with (``toFixed(2)``), so its ROI labels show exactly the
+numbers of the heatmap and the SR's text, and the SR sends the same value as a
+NUM in UCUM "%" (:func:`percent_value`).
 
 The decision rule itself is :func:`triage_node.assessment.is_positive`; the
 image and study value is :attr:`ImageAssessment.probability` (the highest
@@ -28,13 +30,18 @@ ATTENTION_SCALE_NOTE = (
 
 
 def percent(probability: float) -> float:
-    """A probability in [0, 1] as the percent our objects show: one decimal."""
-    return round(100.0 * float(probability), 1)
+    """A probability in [0, 1] as the percent our objects show: two decimals."""
+    return round(100.0 * float(probability), 2)
+
+
+def percent_value(probability: float) -> str:
+    """The percent as a DS string with its two decimals: ``0.73`` -> ``"73.00"``."""
+    return f"{percent(probability):.2f}"
 
 
 def percent_text(probability: float) -> str:
-    """``0.3785`` -> ``"37.9 %"``."""
-    return f"{percent(probability):.1f} %"
+    """``0.3785`` -> ``"37.85 %"``."""
+    return f"{percent_value(probability)} %"
 
 
 def side_is_positive(side: SideAssessment, threshold: float) -> bool | None:
@@ -83,7 +90,7 @@ def _prefixed(label: str, text: str) -> str:
 
 
 def side_result(side: SideAssessment, threshold: float) -> str:
-    """One hip in words: ``"left hip: probability of osteoporosis 37.9 %, DXA recommended"``."""
+    """One hip in words: ``"left hip: probability of osteoporosis 37.85 %, DXA recommended"``."""
     if side.probability is None:
         return f"{hip(side.side)}: not assessable, {side.not_assessable_reason}"
     decision = decision_text(side_is_positive(side, threshold))
@@ -133,8 +140,8 @@ def ordered_sides(assessment: ImageAssessment) -> list[SideAssessment]:
 def study_conclusion(assessments: Sequence[ImageAssessment]) -> str:
     """The study result in one sentence: decision, study value, its hip, the operating point.
 
-    ``"DXA recommended: probability of osteoporosis 37.9 % in the left hip (the
-    higher of the 2 assessed hips), at or above the operating point 37.2 %"``.
+    ``"DXA recommended: probability of osteoporosis 37.85 % in the left hip (the
+    higher of the 2 assessed hips), at or above the operating point 37.23 %"``.
     """
     value = study_value(assessments)
     decision = study_decision(assessments)
