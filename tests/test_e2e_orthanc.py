@@ -96,7 +96,7 @@ def sr_facts(sr: pydicom.Dataset) -> dict[str, Any]:
 
 
 def expected_probabilities(a: ImageAssessment) -> list[float]:
-    """The per-hip probabilities as the SR rounds them (percent, one decimal)."""
+    """The per-hip probabilities as the SR rounds them (percent, two decimals)."""
     return sorted(percent(s.probability) / 100 for s in a.sides if s.probability is not None)
 
 

@@ -17,7 +17,7 @@ The picture is what a radiologist sees when scrolling past it in the viewer:
   one hip assessed, imputed clinical values), the model name and version, and
   the colour bar with its per-image scale.
 
-Probabilities are in percent with one decimal, as in the SR. The object
+Probabilities are in percent with two decimals, as in the SR. The object
 carries the algorithm's AIR identity (:mod:`triage_node.report.identity`).
 
 Size: the long side of the radiograph part is scaled to at most
