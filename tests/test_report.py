@@ -569,6 +569,21 @@ def test_heatmap_refuses_bad_cams() -> None:
         )
     with pytest.raises(TypeError, match="source"):
         build_heatmap("not a dataset", assessment(), None, report_version=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="study"):
+        build_heatmap(source(), assessment(), None, report_version=1, study=[])
+    with pytest.raises(ValueError, match="image_number"):
+        build_heatmap(source(), assessment(), None, report_version=1, image_number=2)
+    with pytest.raises(ValueError, match="image_number"):
+        a = assessment()
+        build_heatmap(source(), a, None, report_version=1, study=[a], image_number=2)
+    with pytest.raises(ValueError, match=r"study\[1\]"):
+        build_heatmap(
+            source(),
+            assessment(),
+            None,
+            report_version=1,
+            study=[assessment(), assessment(0.1, 0.2, version="9")],
+        )
 
 
 def test_the_study_decision_never_contradicts_a_side(tmp_path: Path) -> None:
@@ -617,7 +632,7 @@ def test_heatmap_caption_says_what_the_sr_says_in_its_words() -> None:
         warnings=("weight missing from the header; imputed training median 58.8 (kg)",),
     )
     other = assessment(0.2, 0.9, threshold=0.37)
-    caption = caption_text(one_hip, [one_hip, other])
+    caption = caption_text(one_hip, [one_hip, other], image_number=1)
     assert caption[:2] == [
         identity.TRIAGE_DISCLAIMER.upper(),
         identity.SYNTHETIC_DISCLAIMER.upper(),

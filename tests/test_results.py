@@ -330,8 +330,11 @@ def test_report_writes_sr_and_heatmaps_and_queues_one_delivery_per_destination(
             report_version=1,
             content_datetime=content_datetime_for(study_row(store, study_uid)),
             study=study,
+            image_number=1,
         )
-        without = build_heatmap(first, assessment(0.73, 0.21), None, report_version=1, study=study)
+        without = build_heatmap(
+            first, assessment(0.73, 0.21), None, report_version=1, study=study, image_number=1
+        )
         assert np.array_equal(sc.pixel_array, with_cam.pixel_array)
         assert not np.array_equal(sc.pixel_array, without.pixel_array)
 

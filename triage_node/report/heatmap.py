@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,17 +148,19 @@ def render_heatmap(
     assessment: ImageAssessment,
     cams: Mapping[str, np.ndarray] | None = None,
     study: Sequence[ImageAssessment] | None = None,
+    image_number: int | None = None,
 ) -> np.ndarray:
     """Render the heatmap picture as an (rows, columns, 3) uint8 RGB array.
 
     ``cams`` maps a side ("left"/"right") to its class-activation map on the
     source pixel grid (values in [0, 1]); None draws the ROI outlines only.
     ``study``: the assessments of every image of the report, this one included,
-    for the study line (default: this image alone).
+    for the study line (default: this image alone); ``image_number``: this
+    image's 1-based position in ``study``, as the SR numbers the images.
     """
     rows, columns = int(source.Rows), int(source.Columns)
     checked = check_assessment(assessment, "assessment", source)
-    checked_study = _check_study(study, checked)
+    checked_study = _check_study(study, image_number, checked)
     checked_cams = _check_cams(cams, checked, rows, columns)
     gray = windowed_grayscale(source)
     scale = _output_scale(rows, columns)
@@ -217,11 +220,27 @@ def render_heatmap(
     return _with_caption_band(np.asarray(image), checked, checked_study, bool(checked_cams))
 
 
-def _check_study(study: object, assessment: ImageAssessment) -> Sequence[ImageAssessment]:
+@dataclass(frozen=True)
+class _Study:
+    """The report's assessments and where this image is among them (None: not said)."""
+
+    assessments: Sequence[ImageAssessment]
+    image_number: int | None
+
+
+def _check_study(study: object, image_number: object, assessment: ImageAssessment) -> _Study:
     if study is None:
-        return [assessment]
+        if image_number not in (None, 1):
+            raise ValueError(f"image_number: {image_number!r} given without a study")
+        return _Study([assessment], None)
     if not isinstance(study, Sequence) or isinstance(study, (str, bytes)) or not study:
         raise TypeError("study: expected a non-empty list of ImageAssessment")
+    if image_number is not None and (
+        isinstance(image_number, bool)
+        or not isinstance(image_number, int)
+        or not 1 <= image_number <= len(study)
+    ):
+        raise ValueError(f"image_number: expected 1 to {len(study)}, got {image_number!r}")
     for i, other in enumerate(study):
         if not isinstance(other, ImageAssessment):
             raise TypeError(f"study[{i}]: expected an ImageAssessment, got {type(other).__name__}")
@@ -234,7 +253,7 @@ def _check_study(study: object, assessment: ImageAssessment) -> Sequence[ImageAs
                 f"study[{i}]: from another model or operating point than the assessment; "
                 "one report is made by one model"
             )
-    return study
+    return _Study(study, image_number)
 
 
 def _decision_rgb(decision: bool | None) -> tuple[int, int, int]:
@@ -242,15 +261,16 @@ def _decision_rgb(decision: bool | None) -> tuple[int, int, int]:
 
 
 def _caption_lines(
-    assessment: ImageAssessment, study: Sequence[ImageAssessment]
+    assessment: ImageAssessment, context: _Study
 ) -> list[tuple[str, tuple[int, int, int]]]:
+    study = context.assessments
     lines: list[tuple[str, tuple[int, int, int]]] = [
         (identity.TRIAGE_DISCLAIMER.upper(), DISCLAIMER_RGB)
     ]
     if assessment.synthetic_model:
         lines.append((identity.SYNTHETIC_DISCLAIMER.upper(), DISCLAIMER_RGB))
     # In a report of several images, say which one this is, as the SR names it.
-    number = next((i for i, a in enumerate(study, start=1) if a is assessment), None)
+    number = context.image_number
     label = image_label(number, len(study)) if number is not None else ""
     for side in ordered_sides(assessment):
         text = side_result(side, assessment.threshold)
@@ -279,10 +299,7 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
 
 
 def _with_caption_band(
-    image: np.ndarray,
-    assessment: ImageAssessment,
-    study: Sequence[ImageAssessment],
-    with_cam: bool,
+    image: np.ndarray, assessment: ImageAssessment, study: _Study, with_cam: bool
 ) -> np.ndarray:
     height, width = image.shape[:2]
     font_size = max(14, round(width / 48))
@@ -348,6 +365,7 @@ def build_heatmap(
     series_number: int = SC_SERIES_NUMBER,
     content_datetime: datetime.datetime | None = None,
     study: Sequence[ImageAssessment] | None = None,
+    image_number: int | None = None,
 ) -> hd.sc.SCImage:
     """Build the RGB secondary capture of ``source`` with the model's heatmap burned in.
 
@@ -370,6 +388,9 @@ def build_heatmap(
         The assessments of every image in the study's report, this one included:
         the caption states the study result as the SR does. Default: this image
         alone (a one-image study).
+    image_number:
+        This image's 1-based position in ``study`` (the SR's "image N"), so that
+        the caption of a several-image report names it; None: not named.
 
     Raises ``TypeError``/``ValueError`` naming the argument before anything is built.
     """
@@ -379,7 +400,7 @@ def build_heatmap(
         if not source.get(kw):
             raise ValueError(f"source: {kw} is missing")
     checked = check_assessment(assessment, "assessment", source)
-    checked_study = _check_study(study, checked)
+    checked_study = _check_study(study, image_number, checked)
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
         raise ValueError(f"series_number: expected a positive int, got {series_number!r}")
     if content_datetime is None:
@@ -390,7 +411,7 @@ def build_heatmap(
         source.StudyInstanceUID, source.SOPInstanceUID, checked.model_version, report_version
     )
     orientation = _patient_orientation(source)
-    pixels = render_heatmap(source, checked, cams, checked_study)
+    pixels = render_heatmap(source, checked, cams, checked_study.assessments, image_number)
 
     sides = sorted({s.side for s in checked.sides})
     laterality = {"left": "L", "right": "R"}[sides[0]] if len(sides) == 1 else None
@@ -437,8 +458,11 @@ def build_heatmap(
 
 
 def caption_text(
-    assessment: ImageAssessment, study: Sequence[ImageAssessment] | None = None
+    assessment: ImageAssessment,
+    study: Sequence[ImageAssessment] | None = None,
+    image_number: int | None = None,
 ) -> list[str]:
     """The caption lines burned in below the picture, before wrapping (tests and logs)."""
     checked = check_assessment(assessment, "assessment")
-    return [text for text, _ in _caption_lines(checked, _check_study(study, checked))]
+    context = _check_study(study, image_number, checked)
+    return [text for text, _ in _caption_lines(checked, context)]

@@ -102,7 +102,7 @@ def build_study_results(
         )
     ]
     study = [s.assessment for s in sources]
-    for s in sources:
+    for number, s in enumerate(sources, start=1):
         if s.scored:
             built.append(
                 BuiltResult(
@@ -114,6 +114,7 @@ def build_study_results(
                         report_version=report_version,
                         content_datetime=content_datetime,
                         study=study,
+                        image_number=number,
                     ),
                     s.instance_id,
                 )
