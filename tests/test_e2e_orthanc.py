@@ -29,11 +29,12 @@ from tests.peers import (
     wait_for,
     write_config,
 )
-from tests.test_report import dciodvfy, dsrdump
+from tests.test_report import concept, content_items, dciodvfy, dsr2html_text, dsrdump
 from triage_node.assessment import ImageAssessment
 from triage_node.config import load_settings
 from triage_node.report import codes
 from triage_node.report.sr import decision_code, study_decision
+from triage_node.report.wording import percent, percent_text, side_is_positive, study_conclusion
 from triage_node.store import Store
 from triage_node.store.models import Delivery, Instance, Job, Result
 
@@ -65,43 +66,39 @@ def _model() -> Any:
     return BundleScoringModel(load_bundle(DEMO_BUNDLE_DIR))
 
 
-def content_items(items: Any) -> Iterator[Any]:
-    for item in items:
-        yield item
-        yield from content_items(item.get("ContentSequence", []))
-
-
 def sr_facts(sr: pydicom.Dataset) -> dict[str, Any]:
-    """Probabilities (sorted), study decision code and disclaimer texts of one of our SRs."""
+    """Per-hip probabilities (sorted), study decision code, conclusion and texts of our SR."""
     items = list(content_items(sr.ContentSequence))
+    probability_concepts = {c.value for c in codes.SIDE_PROBABILITY.values()}
+    (evaluations,) = [i for i in sr.ContentSequence if concept(i) == ("C0034375", "UMLS")]
 
     def code(item: Any) -> str:  # values over 16 characters go in LongCodeValue
         return str(item.get("CodeValue") or item.get("LongCodeValue"))
 
-    def concept(item: Any) -> str:
-        return code(item.ConceptNameCodeSequence[0])
-
     return {
+        # sent in percent (UCUM "%"), read back as probabilities
         "probabilities": sorted(
-            float(i.MeasuredValueSequence[0].NumericValue)
+            float(i.MeasuredValueSequence[0].NumericValue) / 100
             for i in items
-            if i.ValueType == "NUM" and concept(i) == codes.PROBABILITY_OF_OSTEOPOROSIS.value
+            if i.ValueType == "NUM" and concept(i)[0] in probability_concepts
         ),
         "decision": [
             code(i.ConceptCodeSequence[0])
-            for i in items
-            if i.ValueType == "CODE" and concept(i) == codes.RECOMMENDATION.value
+            for i in evaluations.ContentSequence
+            if i.ValueType == "CODE" and concept(i) == ("121075", "DCM")
+        ],
+        "conclusion": [
+            str(i.TextValue)
+            for i in evaluations.ContentSequence
+            if i.ValueType == "TEXT" and concept(i) == ("121077", "DCM")
         ],
         "texts": [str(i.TextValue) for i in items if i.ValueType == "TEXT"],
     }
 
 
 def expected_probabilities(a: ImageAssessment) -> list[float]:
-    """The per-side probabilities and the study-level one, as the SR rounds them."""
-    values = [round(s.probability, 4) for s in a.sides if s.probability is not None]
-    if a.probability is not None:
-        values.append(round(a.probability, 4))
-    return sorted(values)
+    """The per-hip probabilities as the SR rounds them (percent, two decimals)."""
+    return sorted(percent(s.probability) / 100 for s in a.sides if s.probability is not None)
 
 
 def upload(archive: OrthancServer, name: str) -> pydicom.Dataset:
@@ -195,8 +192,10 @@ def test_samples_routed_scored_and_results_back_in_their_studies(
         (sr_id,) = [i for i, m in objects.items() if m == "SR"]
         sr = pydicom.dcmread(DicomBytesIO(archive.get_bytes(f"/instances/{sr_id}/file")))
         facts = sr_facts(sr)
-        assert facts["probabilities"] == pytest.approx(expected_probabilities(a), abs=2e-4), name
-        assert set(facts["decision"]) == {decision_code(study_decision([a])).value}, name
+        assert facts["probabilities"] == pytest.approx(expected_probabilities(a), abs=1e-6), name
+        assert facts["decision"] == [decision_code(study_decision([a])).value], name
+        # the study value and decision, in the words the heatmap burns in
+        assert facts["conclusion"] == [study_conclusion([a])], name
         assert any("synthetic" in t.lower() for t in facts["texts"]), name
         assert sr.StudyInstanceUID == ds.StudyInstanceUID and sr.PatientID == ds.PatientID
         for sc_id in (i for i, m in objects.items() if m == "SC"):
@@ -217,8 +216,15 @@ def test_samples_routed_scored_and_results_back_in_their_studies(
             path.write_bytes(archive.get_bytes(f"/instances/{object_id}/file"))
             dciodvfy(path)
         text = dsrdump(tmp_path / f"{name}-{sr_id}.dcm")
-        assert "Probability of osteoporosis" in text or a.probability is None, name
         assert decision_code(study_decision([a])).meaning in text, name
+        # dsr2html (default options) shows each hip's probability under a name with the side
+        rendered = dsr2html_text(tmp_path / f"{name}-{sr_id}.dcm")
+        for side in (s for s in a.sides if s.probability is not None):
+            label = codes.side_probability(side.side, bool(side_is_positive(side, a.threshold)))
+            label_text = label.meaning
+            assert f"{label_text}: {percent_text(side.probability)}" in rendered, name
+        if a.probability is None:
+            assert "probability of osteoporosis:" not in rendered.lower(), name
     # What the model could not assess says so, with no probability at all.
     assert expected("07_bilateral_prosthesis").probability is None
     assert expected("09_blank").probability is None

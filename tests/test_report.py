@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import html
+import re
 import subprocess
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import highdicom as hd
@@ -21,14 +25,21 @@ from triage_node.report.heatmap import (
     NEGATIVE_RGB,
     POSITIVE_RGB,
     build_heatmap,
+    caption_text,
     render_heatmap,
     windowed_grayscale,
 )
 from triage_node.report.sr import build_study_report
+from triage_node.report.wording import ATTENTION_SCALE_NOTE, study_conclusion
 
 # dciodvfy warnings we accept; each is explained in docs/dicom-conformance.md.
 KNOWN_WARNINGS = (
     "Unrecognized defined term <99TRIAGE> for value 1 of attribute <Coding Scheme Designator>",
+    # the AIR Device UID in the Contributing Equipment item: in PS3.3 today, not in
+    # the tables of dicom3tools 2022-06 (see docs/dicom-conformance.md)
+    "Attribute is not present in standard DICOM IOD - (0x0018,0x1002) UI Device UID",
+    "Dicom dataset contains attributes not present in standard DICOM IOD - this is a "
+    "Standard Extended SOP Class",
     # the test sources have no Study ID; highdicom copies the (empty) Type 2 value
     "Missing attribute or value that would be needed to build DICOMDIR - Study ID",
     # AIR identity: Device UID (0018,1002) is Type 3 in the Contributing Equipment Sequence
@@ -112,20 +123,87 @@ def save(ds: pydicom.Dataset, path: Path) -> Path:
 # --- SR --------------------------------------------------------------------------------
 
 
+def content_items(items: Iterable[pydicom.Dataset]) -> Iterator[pydicom.Dataset]:
+    """Every content item of an SR content tree, depth first."""
+    for item in items:
+        yield item
+        yield from content_items(item.get("ContentSequence", []))
+
+
+def concept(item: pydicom.Dataset) -> tuple[str, str]:
+    """(code value, scheme) of an item's concept name; values over 16 characters are Long."""
+    code = item.ConceptNameCodeSequence[0]
+    return (str(code.get("CodeValue") or code.LongCodeValue), str(code.CodingSchemeDesignator))
+
+
+def measurement_groups(sr: pydicom.Dataset) -> list[pydicom.Dataset]:
+    """The Measurement Groups of "Imaging Measurements", where OHIF looks for ROIs."""
+    found = [i for i in sr.ContentSequence if concept(i) == ("126010", "DCM")]
+    if not found:
+        return []
+    return [i for i in found[0].ContentSequence if concept(i) == ("125007", "DCM")]
+
+
+def ohif_labels(sr: pydicom.Dataset) -> list[tuple[str, list[str]]]:
+    """What OHIF 3.13 draws for our SR: (referenced SOP Instance UID, text box lines) per ROI.
+
+    OHIF's dicom-sr extension (getSopClassHandlerModule ``_processTID1410Measurement``,
+    ``_getLabelFromMeasuredValueSequence``, DICOMSRDisplayTool ``_getTextBoxLinesFromLabels``)
+    keys groups by Tracking UID, draws the first SCOORD, and labels it with each NUM as
+    "meaning: value.toFixed(2) unit-code-value", then "363698007: <finding site meaning>",
+    at most 5 lines. A group without a SCOORD crashes it (``coords[0]`` is undefined), so
+    this fails on one.
+    """
+    drawn = []
+    for group in measurement_groups(sr):
+        items = list(group.ContentSequence)
+        scoords = [i for i in items if i.ValueType == "SCOORD"]
+        assert scoords, "a Measurement Group without a SCOORD crashes OHIF"
+        assert any(i.ValueType == "UIDREF" for i in items), "OHIF keys groups by Tracking UID"
+        image = scoords[0].ContentSequence[0].ReferencedSOPSequence[0]
+        lines = []
+        for num in (i for i in items if i.ValueType == "NUM"):
+            value = num.MeasuredValueSequence[0]
+            unit = value.MeasurementUnitsCodeSequence[0].CodeValue
+            lines.append(
+                f"{num.ConceptNameCodeSequence[0].CodeMeaning}: "
+                f"{float(value.NumericValue):.2f} {unit}"
+            )
+        sites = [i for i in items if concept(i) == ("363698007", "SCT")]
+        if sites:
+            lines.append(f"363698007: {sites[0].ConceptCodeSequence[0].CodeMeaning}")
+        drawn.append((str(image.ReferencedSOPInstanceUID), lines[:5]))
+    return drawn
+
+
+def dsr2html_text(path: Path) -> str:
+    """dcmtk's dsr2html rendering of an SR with default options, as plain text."""
+    exe = need_tool("dsr2html")
+    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", proc.stdout)).split())
+
+
 def test_sr_with_both_sides_is_valid_and_shows_probability_and_decision(tmp_path: Path) -> None:
     src = source()
     sr = build_study_report([src], [assessment()], report_version=1)
     path = save(sr, tmp_path / "sr.dcm")
     dciodvfy(path)
     text = dsrdump(path)
-    assert 'NUM:(PROB-OSTEOPOROSIS,99TRIAGE,"Probability of osteoporosis")="0.73"' in text
-    assert 'NUM:(PROB-OSTEOPOROSIS,99TRIAGE,"Probability of osteoporosis")="0.21"' in text
-    assert '(DXA-RECOMMENDED,99TRIAGE,"DXA recommended")' in text
-    assert 'Threshold Value")="0.5"' in text
-    assert "DXA recommended (decision at operating point 0.50)" in text
+    left = codes.side_probability("left", True)
+    right = codes.side_probability("right", False)
+    assert f'NUM:(PROB-LEFT-DXA,99TRIAGE,"{left.meaning}")="73.00" (%,UCUM,"percent")' in text
+    assert f'NUM:(PROB-RIGHT-LOW,99TRIAGE,"{right.meaning}")="21.00" (%,UCUM,"percent")' in text
+    assert 'CODE:(121075,DCM,"Recommendation")=(DXA-RECOMMENDED,99TRIAGE,"DXA recommended")' in text
+    assert (
+        'Conclusion")="DXA recommended: probability of osteoporosis 73.00 % in the left hip '
+        '(the higher of the 2 assessed hips), at or above the operating point 50.00 %"'
+    ) in text
     assert identity.TRIAGE_DISCLAIMER in text and identity.SYNTHETIC_DISCLAIMER in text
     assert '(7771000,SCT,"Left")' in text and '(24028007,SCT,"Right")' in text
     assert "Algorithm Version" in text and "SCOORD" in text
+    # every container SEPARATE: generic renderers show each value under its name
+    assert "=CONTINUOUS>" not in text and "=SEPARATE>" in text
 
     back = pydicom.dcmread(path)
     assert back.StudyInstanceUID == src.StudyInstanceUID
@@ -138,12 +216,71 @@ def test_sr_with_both_sides_is_valid_and_shows_probability_and_decision(tmp_path
     evidence = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
     assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     schemes = [item.CodingSchemeDesignator for item in back.CodingSchemeIdentificationSequence]
-    assert codes.PRIVATE_SCHEME_DESIGNATOR in schemes
-    # highdicom reads its own output back as a TID 1500 report with 3 groups
+    assert codes.PRIVATE_SCHEME_DESIGNATOR in schemes and codes.IHE_SCHEME_DESIGNATOR in schemes
+    # highdicom reads its own output back as a TID 1500 report with one ROI group per hip
     parsed = hd.sr.srread(path)
     groups = parsed.content.get_planar_roi_measurement_groups()
     assert len(groups) == 2
-    assert groups[0].roi is not None
+    assert all(g.roi is not None for g in groups)
+
+
+def test_sr_as_ohif_draws_it_one_labelled_roi_per_assessed_hip(tmp_path: Path) -> None:
+    src = source()
+    sr = build_study_report([src], [assessment(0.6234, 0.21)], report_version=1)
+    assert ohif_labels(sr) == [
+        (
+            src.SOPInstanceUID,
+            [
+                "Right hip (low likelihood), probability of osteoporosis: 21.00 %",
+                "363698007: Proximal Femur",
+            ],
+        ),
+        (
+            src.SOPInstanceUID,
+            [
+                "Left hip (DXA recommended), probability of osteoporosis: 62.34 %",
+                "363698007: Proximal Femur",
+            ],
+        ),
+    ]
+    # A hip that is not assessable has no group at all (OHIF would crash on it); the
+    # study decision and everything else lives in "Qualitative Evaluations".
+    one = build_study_report([src], [assessment(right="prosthesis")], report_version=1)
+    assert [lines[0] for _, lines in ohif_labels(one)] == [
+        "Left hip (DXA recommended), probability of osteoporosis: 73.00 %"
+    ]
+    none = build_study_report(
+        [src], [assessment(left="femur not found", right="cut off")], report_version=1
+    )
+    assert measurement_groups(none) == []
+    dciodvfy(save(none, tmp_path / "none.dcm"))
+
+
+def test_dsr2html_shows_each_probability_under_its_name_with_the_side(tmp_path: Path) -> None:
+    sources = [source(0), source(1)]
+    results = [
+        assessment(0.3785, 0.3305, threshold=0.37),
+        assessment(0.12, "prosthesis", threshold=0.37),
+    ]
+    path = save(build_study_report(sources, results, report_version=1), tmp_path / "sr.dcm")
+    text = dsr2html_text(path)
+    assert re.search(
+        r"Left hip \(DXA recommended\), probability of osteoporosis: 37\.85 %", text
+    ), text
+    assert re.search(
+        r"Right hip \(low likelihood\), probability of osteoporosis: 33\.05 %", text
+    ), text
+    assert re.search(r"Left hip \(low likelihood\), probability of osteoporosis: 12\.00 %", text)
+    assert re.search(r"Tracking Identifier = \"left hip, image 2\"", text)
+    assert re.search(
+        r"Conclusion: DXA recommended: probability of osteoporosis 37\.85 % in the left hip of "
+        r"image 1 \(the highest of the 3 assessed hips\), at or above the operating point "
+        r"37\.00 %",
+        text,
+    ), text
+    assert "Reason not assessable: image 2: right hip: prosthesis" in text
+    assert "Comment: image 2: only the left hip was assessable" in text
+    assert "Usage disclaimer: AI triage, not for diagnosis" in text
 
 
 def test_sr_with_one_side_not_assessable(tmp_path: Path) -> None:
@@ -153,10 +290,11 @@ def test_sr_with_one_side_not_assessable(tmp_path: Path) -> None:
     )
     dciodvfy(path)
     text = dsrdump(path)
-    assert 'Reason not assessable")="prosthesis"' in text
-    assert '(NOT-ASSESSABLE,99TRIAGE,"Not assessable")' in text
-    assert '="0.73"' in text
-    assert "DXA recommended (decision at operating point 0.50)" in text
+    assert 'Reason not assessable")="right hip: prosthesis"' in text
+    assert 'Comment")="only the left hip was assessable; the result rests on it alone"' in text
+    assert '="73.00" (%,UCUM' in text
+    assert "in the left hip (the only assessed hip), at or above the operating point" in text
+    assert len(measurement_groups(pydicom.dcmread(path))) == 1
 
 
 def test_sr_with_nothing_assessable_says_so(tmp_path: Path) -> None:
@@ -168,9 +306,12 @@ def test_sr_with_nothing_assessable_says_so(tmp_path: Path) -> None:
     )
     dciodvfy(path)
     text = dsrdump(path)
-    assert "Probability of osteoporosis" not in text
+    assert "NUM:" not in text and "Imaging Measurements" not in text
     assert 'CODE:(121075,DCM,"Recommendation")=(NOT-ASSESSABLE,99TRIAGE' in text
-    assert "left: femur not found; right: cut off" in text
+    assert 'Conclusion")="Not assessable: no hip could be assessed' in text
+    assert 'Reason not assessable")="right hip: cut off"' in text
+    assert 'Reason not assessable")="left hip: femur not found"' in text
+    assert ATTENTION_SCALE_NOTE not in text  # no heatmap is made
 
 
 def test_sr_low_likelihood_study_with_two_images(tmp_path: Path) -> None:
@@ -187,6 +328,76 @@ def test_sr_low_likelihood_study_with_two_images(tmp_path: Path) -> None:
     assert {r.ReferencedSOPInstanceUID for r in refs.ReferencedSOPSequence} == {
         s.SOPInstanceUID for s in sources
     }
+    # each ROI is drawn on its own image
+    assert [uid for uid, _ in ohif_labels(back)] == [
+        sources[0].SOPInstanceUID,
+        sources[0].SOPInstanceUID,
+        sources[1].SOPInstanceUID,
+    ]
+
+
+def test_sr_tells_the_reader_about_imputed_values_and_the_heatmap_scale(tmp_path: Path) -> None:
+    imputed = dataclasses.replace(
+        assessment(),
+        warnings=("weight missing from the header; imputed training median 58.8 (kg)",),
+    )
+    text = dsrdump(
+        save(build_study_report([source()], [imputed], report_version=1), tmp_path / "sr.dcm")
+    )
+    assert 'Comment")="weight missing from the header; imputed training median 58.8 (kg)"' in text
+    assert f'Comment")="{ATTENTION_SCALE_NOTE}"' in text
+    # a model warning that repeats "only the left hip was assessable" is said once
+    one_hip = dataclasses.replace(
+        assessment(right="prosthesis"),
+        warnings=("only the left hip was assessable; it stands in for both hips",),
+    )
+    text = dsrdump(
+        save(build_study_report([source()], [one_hip], report_version=1), tmp_path / "one.dcm")
+    )
+    assert text.count("only the left hip was assessable") == 1
+
+
+def test_air_identity_names_the_model_and_its_device_uid_follows_the_bundle(
+    tmp_path: Path,
+) -> None:
+    def algorithm_item(ds: pydicom.Dataset) -> pydicom.Dataset:
+        (item,) = [
+            i
+            for i in ds.ContributingEquipmentSequence
+            if i.PurposeOfReferenceCodeSequence[0].CodeValue == "Newcode1"
+        ]
+        return item
+
+    src = source()
+    sr = build_study_report([src], [assessment()], report_version=1)
+    sc = build_heatmap(src, assessment(), None, report_version=1)
+    for ds in (sr, sc):
+        item = algorithm_item(ds)
+        purpose = item.PurposeOfReferenceCodeSequence[0]
+        assert (purpose.CodingSchemeDesignator, purpose.CodeMeaning) == (
+            "99IHE",
+            "Processing Algorithm",
+        )
+        assert item.Manufacturer == identity.MANUFACTURER
+        assert item.ManufacturerModelName == "dtc-demo"
+        assert "0.1.0" in list(item.SoftwareVersions)
+        assert str(item.ContributionDateTime) == "20260101101010"
+        declared = {c.CodingSchemeDesignator for c in ds.CodingSchemeIdentificationSequence}
+        assert "99IHE" in declared
+    # same bundle, same Device UID, in every object and on every run
+    uid = algorithm_item(sr).DeviceUID
+    assert algorithm_item(sc).DeviceUID == uid
+    assert (
+        algorithm_item(build_study_report([src], [assessment()], report_version=2)).DeviceUID == uid
+    )
+    # a retrained bundle (new version) is a new device
+    retrained = build_study_report([src], [assessment(version="0.2.0")], report_version=1)
+    assert algorithm_item(retrained).DeviceUID != uid
+    # TID 4019 in every group: name, version, parameters
+    text = dsrdump(save(sr, tmp_path / "sr.dcm"))
+    assert '(111001,DCM,"Algorithm Name")="dtc-demo"' in text
+    assert '(111003,DCM,"Algorithm Version")="0.1.0"' in text
+    assert '(111002,DCM,"Algorithm Parameters")="operating point (threshold) 0.5000"' in text
 
 
 def test_sr_is_deterministic_and_versioned(tmp_path: Path) -> None:
@@ -363,6 +574,21 @@ def test_heatmap_refuses_bad_cams() -> None:
         )
     with pytest.raises(TypeError, match="source"):
         build_heatmap("not a dataset", assessment(), None, report_version=1)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="study"):
+        build_heatmap(source(), assessment(), None, report_version=1, study=[])
+    with pytest.raises(ValueError, match="image_number"):
+        build_heatmap(source(), assessment(), None, report_version=1, image_number=2)
+    with pytest.raises(ValueError, match="image_number"):
+        a = assessment()
+        build_heatmap(source(), a, None, report_version=1, study=[a], image_number=2)
+    with pytest.raises(ValueError, match=r"study\[1\]"):
+        build_heatmap(
+            source(),
+            assessment(),
+            None,
+            report_version=1,
+            study=[assessment(), assessment(0.1, 0.2, version="9")],
+        )
 
 
 def test_the_study_decision_never_contradicts_a_side(tmp_path: Path) -> None:
@@ -379,7 +605,55 @@ def test_the_study_decision_never_contradicts_a_side(tmp_path: Path) -> None:
     path = save(build_study_report([source()], [bilateral], report_version=1), tmp_path / "sr.dcm")
     text = dsrdump(path)
     # The study value is the highest side's, and the decision follows the positive side.
-    assert 'Probability of osteoporosis")="0.38"' in text
-    assert 'Probability of osteoporosis")="0.2"' not in text
-    assert "DXA recommended (decision at operating point 0.37)" in text
-    assert "DXA not recommended (decision at operating point" not in text
+    assert (
+        'Conclusion")="DXA recommended: probability of osteoporosis 38.00 % in the left hip' in text
+    )
+    assert "20.00 %" not in text and '="20.00"' not in text
+    assert "Low likelihood of osteoporosis, DXA not recommended:" not in text
+    # The heatmap says the same, with the same number.
+    (study_line,) = [line for line in caption_text(bilateral) if line.startswith("Study: ")]
+    assert study_line == f"Study: {study_conclusion([bilateral])}"
+    assert "38.00 % in the left hip" in study_line
+    assert "at or above the operating point 37.00 %" in study_line
+
+
+def test_a_side_flag_that_contradicts_the_rule_is_refused() -> None:
+    contradicting = ImageAssessment(
+        sides=(SideAssessment("left", 0.6, roi_polygon=LEFT_ROI, positive=False),),
+        model_name="m",
+        model_version="1",
+        threshold=0.5,
+        synthetic_model=False,
+    )
+    with pytest.raises(ValueError, match=r"assessments\[0\].sides\[left\]: positive=False"):
+        build_study_report([source()], [contradicting], report_version=1)
+    with pytest.raises(ValueError, match=r"assessment.sides\[left\]"):
+        build_heatmap(source(), contradicting, None, report_version=1)
+
+
+def test_heatmap_caption_says_what_the_sr_says_in_its_words() -> None:
+    one_hip = dataclasses.replace(
+        assessment(0.38, "prosthesis", threshold=0.37),
+        warnings=("weight missing from the header; imputed training median 58.8 (kg)",),
+    )
+    other = assessment(0.2, 0.9, threshold=0.37)
+    caption = caption_text(one_hip, [one_hip, other], image_number=1)
+    assert caption[:2] == [
+        identity.TRIAGE_DISCLAIMER.upper(),
+        identity.SYNTHETIC_DISCLAIMER.upper(),
+    ]
+    assert caption[2:4] == [
+        "Image 1, right hip: not assessable, prosthesis",
+        "Image 1, left hip: probability of osteoporosis 38.00 %, DXA recommended",
+    ]
+    # the study line is the SR's conclusion: here another image's right hip decides
+    assert caption[4] == f"Study: {study_conclusion([one_hip, other])}"
+    assert "90.00 % in the right hip of image 2" in caption[4]
+    assert caption[5:7] == [
+        "Note: only the left hip was assessable; the result rests on it alone",
+        "Note: weight missing from the header; imputed training median 58.8 (kg)",
+    ]
+    assert caption[7] == "Model: dtc-demo 0.1.0"
+    words = " ".join(caption).lower()
+    assert "positive" not in words and "negative" not in words
+    assert "p=" not in words

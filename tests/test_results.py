@@ -327,15 +327,25 @@ def test_report_writes_sr_heatmaps_and_map_and_queues_one_delivery_per_destinati
         assert evidence == set(reported)  # not the skipped one, not the failed one
         assert failed.SOPInstanceUID not in evidence
         # the SC of the first image carries its CAM (the same pixels the builder makes)
+        # and the result of the whole study (the three reported images)
         sc = pydicom.dcmread(settings.spool_dir / results[1].path)
+        study = [
+            assessment(0.73, 0.21),
+            assessment(0.2, 0.3),
+            assessment("femur not found", "femur not found"),
+        ]
         with_cam = build_heatmap(
             first,
             assessment(0.73, 0.21),
             cams,
             report_version=1,
             content_datetime=content_datetime_for(study_row(store, study_uid)),
+            study=study,
+            image_number=1,
         )
-        without = build_heatmap(first, assessment(0.73, 0.21), None, report_version=1)
+        without = build_heatmap(
+            first, assessment(0.73, 0.21), None, report_version=1, study=study, image_number=1
+        )
         assert np.array_equal(sc.pixel_array, with_cam.pixel_array)
         assert not np.array_equal(sc.pixel_array, without.pixel_array)
 

@@ -9,10 +9,16 @@ The picture is what a radiologist sees when scrolling past it in the viewer:
   (matplotlib "inferno", alpha proportional to activation) clipped to the ROI,
   and the ROI outline coloured by the side's decision; with no CAM, the
   outline only;
-* below the image, a black band with the colour bar and burned-in text:
-  probability and decision per side, the study decision at the operating
-  point, the model name and version, "AI triage, not for diagnosis", and
-  "synthetic demo model, not for clinical use" when it is.
+* below the image, a black band with burned-in text: "AI triage, not for
+  diagnosis" (and "synthetic demo model, not for clinical use" when it is),
+  each hip's probability and decision, the study result in the SR's words and
+  numbers (:func:`triage_node.report.wording.study_conclusion`: decision,
+  study value, its hip, the operating point), what a reader must know (only
+  one hip assessed, imputed clinical values), the model name and version, and
+  the colour bar with its per-image scale.
+
+Probabilities are in percent with two decimals, as in the SR. The object
+carries the algorithm's AIR identity (:mod:`triage_node.report.identity`).
 
 Size: the long side of the radiograph part is scaled to at most
 :data:`MAX_LONG_SIDE` pixels (a 3000x3000 16-bit DX becomes a 2048x2048 8-bit
@@ -27,6 +33,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +47,24 @@ from PIL import Image, ImageDraw, ImageFont
 from triage_node import identity
 from triage_node.assessment import ImageAssessment
 from triage_node.display import display_pixels
+from triage_node.report.identity import add_algorithm_identity, software_versions
 from triage_node.report.sr import (
     check_assessment,
     check_polygon,
     content_datetime_of,
-    decision_text,
     pin_creation_datetime,
-    side_is_positive,
-    software_versions,
-    study_decision,
 )
 from triage_node.report.uids import heatmap_uids
+from triage_node.report.wording import (
+    image_label,
+    ordered_sides,
+    percent_text,
+    reader_notes,
+    side_is_positive,
+    side_result,
+    study_conclusion,
+    study_decision,
+)
 
 #: Series Number of our heatmap series.
 SC_SERIES_NUMBER = identity.SC_SERIES_NUMBER
@@ -63,8 +77,13 @@ POSITIVE_RGB = (255, 64, 64)
 NEGATIVE_RGB = (64, 220, 96)
 UNKNOWN_RGB = (200, 200, 200)
 _MAX_ALPHA = 0.55
+NOTE_RGB = (200, 200, 200)
+DISCLAIMER_RGB = (255, 220, 0)
+TEXT_RGB = (255, 255, 255)
 #: Without a VOI LUT or window in the file, the picture spans these percentiles.
 WINDOW_PERCENTILES = (0.5, 99.5)
+#: The colour bar's legend: the Grad-CAM map is normalised per image.
+ATTENTION_LEGEND = "model attention, low to high (scaled per image: not comparable between images)"
 
 
 def windowed_grayscale(source: pydicom.Dataset) -> npt.NDArray[np.floating[Any]]:
@@ -128,14 +147,20 @@ def render_heatmap(
     source: pydicom.Dataset,
     assessment: ImageAssessment,
     cams: Mapping[str, np.ndarray] | None = None,
+    study: Sequence[ImageAssessment] | None = None,
+    image_number: int | None = None,
 ) -> np.ndarray:
     """Render the heatmap picture as an (rows, columns, 3) uint8 RGB array.
 
     ``cams`` maps a side ("left"/"right") to its class-activation map on the
     source pixel grid (values in [0, 1]); None draws the ROI outlines only.
+    ``study``: the assessments of every image of the report, this one included,
+    for the study line (default: this image alone); ``image_number``: this
+    image's 1-based position in ``study``, as the SR numbers the images.
     """
     rows, columns = int(source.Rows), int(source.Columns)
     checked = check_assessment(assessment, "assessment", source)
+    checked_study = _check_study(study, image_number, checked)
     checked_cams = _check_cams(cams, checked, rows, columns)
     gray = windowed_grayscale(source)
     scale = _output_scale(rows, columns)
@@ -156,7 +181,7 @@ def render_heatmap(
         )
         scaled = [(float(x) * scale, float(y) * scale) for x, y in points]
         label = f"{side.side[0].upper()} " + (
-            f"{side.probability:.2f}" if side.probability is not None else "n/a"
+            percent_text(side.probability) if side.probability is not None else "n/a"
         )
         outlines.append((scaled, colour, label))
         cam = checked_cams.get(side.side)
@@ -192,69 +217,120 @@ def render_heatmap(
             stroke_width=2,
             stroke_fill=(0, 0, 0),
         )
-    return _with_caption_band(np.asarray(image), checked, bool(checked_cams))
+    return _with_caption_band(np.asarray(image), checked, checked_study, bool(checked_cams))
 
 
-def _caption_lines(assessment: ImageAssessment) -> list[tuple[str, tuple[int, int, int]]]:
+@dataclass(frozen=True)
+class _Study:
+    """The report's assessments and where this image is among them (None: not said)."""
+
+    assessments: Sequence[ImageAssessment]
+    image_number: int | None
+
+
+def _check_study(study: object, image_number: object, assessment: ImageAssessment) -> _Study:
+    if study is None:
+        if image_number not in (None, 1):
+            raise ValueError(f"image_number: {image_number!r} given without a study")
+        return _Study([assessment], None)
+    if not isinstance(study, Sequence) or isinstance(study, (str, bytes)) or not study:
+        raise TypeError("study: expected a non-empty list of ImageAssessment")
+    if image_number is not None and (
+        isinstance(image_number, bool)
+        or not isinstance(image_number, int)
+        or not 1 <= image_number <= len(study)
+    ):
+        raise ValueError(f"image_number: expected 1 to {len(study)}, got {image_number!r}")
+    for i, other in enumerate(study):
+        if not isinstance(other, ImageAssessment):
+            raise TypeError(f"study[{i}]: expected an ImageAssessment, got {type(other).__name__}")
+        if (other.model_name, other.model_version, other.threshold) != (
+            assessment.model_name,
+            assessment.model_version,
+            assessment.threshold,
+        ):
+            raise ValueError(
+                f"study[{i}]: from another model or operating point than the assessment; "
+                "one report is made by one model"
+            )
+    return _Study(study, image_number)
+
+
+def _decision_rgb(decision: bool | None) -> tuple[int, int, int]:
+    return UNKNOWN_RGB if decision is None else POSITIVE_RGB if decision else NEGATIVE_RGB
+
+
+def _caption_lines(
+    assessment: ImageAssessment, context: _Study
+) -> list[tuple[str, tuple[int, int, int]]]:
+    study = context.assessments
     lines: list[tuple[str, tuple[int, int, int]]] = [
-        (identity.TRIAGE_DISCLAIMER.upper(), (255, 220, 0))
+        (identity.TRIAGE_DISCLAIMER.upper(), DISCLAIMER_RGB)
     ]
     if assessment.synthetic_model:
-        lines.append((identity.SYNTHETIC_DISCLAIMER.upper(), (255, 220, 0)))
-    per_side = []
-    # Patient's right first, as it appears on the viewer's left in an AP view.
-    for side in sorted(assessment.sides, key=lambda s: s.side != "right"):
-        if side.probability is None:
-            per_side.append(f"{side.side}: not assessable ({side.not_assessable_reason})")
+        lines.append((identity.SYNTHETIC_DISCLAIMER.upper(), DISCLAIMER_RGB))
+    # In a report of several images, say which one this is, as the SR names it.
+    number = context.image_number
+    label = image_label(number, len(study)) if number is not None else ""
+    for side in ordered_sides(assessment):
+        text = side_result(side, assessment.threshold)
+        text = f"{label}, {text}" if label else text
+        colour = TEXT_RGB if side.probability is not None else NOTE_RGB
+        lines.append((text[:1].upper() + text[1:], colour))
+    lines.append((f"Study: {study_conclusion(study)}", _decision_rgb(study_decision(study))))
+    lines.extend((f"Note: {note}", NOTE_RGB) for note in reader_notes(assessment))
+    lines.append((f"Model: {assessment.model_name} {assessment.model_version}", TEXT_RGB))
+    return lines
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
+    """Break ``text`` at spaces into lines no wider than ``width`` pixels (long words stay)."""
+    lines: list[str] = []
+    current = ""
+    for word in text.split(" "):
+        candidate = f"{current} {word}" if current else word
+        if current and font.getlength(candidate) > width:
+            lines.append(current)
+            current = word
         else:
-            decision = decision_text(side_is_positive(side, assessment.threshold))
-            per_side.append(f"{side.side}: p={side.probability:.2f} {decision}")
-    lines.extend((text, (255, 255, 255)) for text in per_side)
-    image_decision = study_decision([assessment])
-    colour = (
-        UNKNOWN_RGB if image_decision is None else POSITIVE_RGB if image_decision else NEGATIVE_RGB
-    )
-    lines.append(
-        (
-            f"Image decision: {decision_text(image_decision)} "
-            f"(operating point {assessment.threshold:.2f})",
-            colour,
-        )
-    )
-    lines.append((f"Model: {assessment.model_name} {assessment.model_version}", (255, 255, 255)))
+            current = candidate
+    lines.append(current)
     return lines
 
 
 def _with_caption_band(
-    image: np.ndarray, assessment: ImageAssessment, with_cam: bool
+    image: np.ndarray, assessment: ImageAssessment, study: _Study, with_cam: bool
 ) -> np.ndarray:
     height, width = image.shape[:2]
     font_size = max(14, round(width / 48))
     font = _font(font_size)
     bold = _font(font_size, bold=True)
     margin = font_size // 2
-    lines = _caption_lines(assessment)
+    indent = font_size
     line_height = round(font_size * 1.35)
+    rows: list[tuple[str, tuple[int, int, int], ImageFont.FreeTypeFont, int]] = []
+    for i, (text, colour) in enumerate(_caption_lines(assessment, study)):
+        face = bold if i == 0 else font
+        for j, part in enumerate(_wrap(text, face, width - 2 * margin - indent)):
+            rows.append((part, colour, face, indent if j else 0))
     bar_height = font_size if with_cam else 0
-    band = margin * 2 + line_height * len(lines) + (bar_height + line_height if with_cam else 0)
+    legend = _wrap(ATTENTION_LEGEND, font, width - 3 * margin - max(10, width // 3))
+    legend_height = max(bar_height, line_height * len(legend)) + line_height // 2
+    band = margin * 2 + line_height * len(rows) + (legend_height if with_cam else 0)
     canvas = Image.new("RGB", (width, height + band), (0, 0, 0))
     canvas.paste(Image.fromarray(image, mode="RGB"), (0, 0))
     draw = ImageDraw.Draw(canvas)
     y = height + margin
-    for i, (text, colour) in enumerate(lines):
-        draw.text((margin, y), text, fill=colour, font=bold if i == 0 else font)
+    for text, colour, face, x in rows:
+        draw.text((margin + x, y), text, fill=colour, font=face)
         y += line_height
     if with_cam:
-        bar_width = max(10, width // 2)
+        bar_width = max(10, width // 3)
         ramp = colormaps[COLORMAP](np.linspace(0, 1, bar_width))[:, :3]
         bar = np.round(np.repeat(ramp[None, :, :], bar_height, axis=0) * 255).astype(np.uint8)
-        canvas.paste(Image.fromarray(bar, mode="RGB"), (margin, y))
-        draw.text(
-            (margin * 2 + bar_width, y - font_size // 6),
-            "model attention: low to high",
-            fill=(255, 255, 255),
-            font=font,
-        )
+        canvas.paste(Image.fromarray(bar, mode="RGB"), (margin, y + font_size // 6))
+        for k, part in enumerate(legend):
+            draw.text((margin * 2 + bar_width, y + k * line_height), part, fill=TEXT_RGB, font=font)
     return np.asarray(canvas, dtype=np.uint8)
 
 
@@ -288,6 +364,8 @@ def build_heatmap(
     report_version: int,
     series_number: int = SC_SERIES_NUMBER,
     content_datetime: datetime.datetime | None = None,
+    study: Sequence[ImageAssessment] | None = None,
+    image_number: int | None = None,
 ) -> hd.sc.SCImage:
     """Build the RGB secondary capture of ``source`` with the model's heatmap burned in.
 
@@ -306,6 +384,13 @@ def build_heatmap(
         Series Number of the heatmap series.
     content_datetime:
         Content Date/Time; default derived from the source (deterministic).
+    study:
+        The assessments of every image in the study's report, this one included:
+        the caption states the study result as the SR does. Default: this image
+        alone (a one-image study).
+    image_number:
+        This image's 1-based position in ``study`` (the SR's "image N"), so that
+        the caption of a several-image report names it; None: not named.
 
     Raises ``TypeError``/``ValueError`` naming the argument before anything is built.
     """
@@ -315,6 +400,7 @@ def build_heatmap(
         if not source.get(kw):
             raise ValueError(f"source: {kw} is missing")
     checked = check_assessment(assessment, "assessment", source)
+    checked_study = _check_study(study, image_number, checked)
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
         raise ValueError(f"series_number: expected a positive int, got {series_number!r}")
     if content_datetime is None:
@@ -325,7 +411,7 @@ def build_heatmap(
         source.StudyInstanceUID, source.SOPInstanceUID, checked.model_version, report_version
     )
     orientation = _patient_orientation(source)
-    pixels = render_heatmap(source, checked, cams)
+    pixels = render_heatmap(source, checked, cams, checked_study.assessments, image_number)
 
     sides = sorted({s.side for s in checked.sides})
     laterality = {"left": "L", "right": "R"}[sides[0]] if len(sides) == 1 else None
@@ -356,17 +442,27 @@ def build_heatmap(
     if source.get("BodyPartExamined"):
         sc.BodyPartExamined = source.BodyPartExamined
     sc.DerivationDescription = (
-        f"Radiograph windowed, {COLORMAP} class-activation map over the femur ROIs, "
+        f"Radiograph windowed, {COLORMAP} gradient-weighted class-activation map (scaled "
+        "per image) over the femur ROIs, "
         f"burned-in results of {checked.model_name} {checked.model_version}"
     )[:1024]
     ref = pydicom.Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID
     ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [ref]
+    add_algorithm_identity(
+        sc, checked, content_datetime, "Grad-CAM heatmap and results burned into the radiograph"
+    )
     pin_creation_datetime(sc, content_datetime)
     return sc
 
 
-def side_labels(assessment: ImageAssessment) -> Sequence[str]:
-    """Short per-side texts as burned in (used by tests and logs)."""
-    return [text for text, _ in _caption_lines(assessment)]
+def caption_text(
+    assessment: ImageAssessment,
+    study: Sequence[ImageAssessment] | None = None,
+    image_number: int | None = None,
+) -> list[str]:
+    """The caption lines burned in below the picture, before wrapping (tests and logs)."""
+    checked = check_assessment(assessment, "assessment")
+    context = _check_study(study, image_number, checked)
+    return [text for text, _ in _caption_lines(checked, context)]

@@ -120,7 +120,8 @@ def build_study_results(
             None,
         )
     ]
-    scored = [s for s in sources if s.scored]
+    study = [s.assessment for s in sources]
+    numbered = [(number, s) for number, s in enumerate(sources, start=1) if s.scored]
     if ResultKind.SC in objects:
         built.extend(
             BuiltResult(
@@ -131,11 +132,14 @@ def build_study_results(
                     s.cams,
                     report_version=report_version,
                     content_datetime=content_datetime,
+                    study=study,
+                    image_number=number,
                 ),
                 s.instance_id,
             )
-            for s in scored
+            for number, s in numbered
         )
+    scored = [s for _, s in numbered]
     if ResultKind.MAP in objects:
         built.extend(
             BuiltResult(

@@ -1,28 +1,33 @@
 """Build the study's DICOM SR (Comprehensive 3D SR, TID 1500) from the model's assessments.
 
-One SR per study. Its content tree (PS3.16 TID 1500 "Measurement Report"):
+One SR per study, shaped by what viewers do with it (docs/dicom-conformance.md):
 
-* observation context: our device as observer (TID 1004);
-* procedure reported: plain radiography;
-* "Imaging Measurements", one measurement group per scored side of every
-  source image (TID 1410 with the femur ROI as a polygon on the source image,
-  or TID 1501 referencing the image when the model gave no ROI): tracking
-  identifier and UID, finding "Osteoporosis", finding site proximal femur
-  with laterality, algorithm identification, the probability of osteoporosis
-  (NUM, UCUM "1") and the triage result (CODE), or "Not assessable" with the
-  reason (TEXT);
-* one study-level group (TID 1501): the decision at the operating point, the
-  threshold and the study probability;
-* "Qualitative Evaluations" (TID 1500 row, UMLS C0034375): the decision again
-  as CODE, the reasons and the disclaimers as TEXT.
+* observation context: our device as observer (TID 1004); procedure reported:
+  plain radiography;
+* "Imaging Measurements": one TID 1410 measurement group per ASSESSED hip of
+  every source image, and nothing else. OHIF (v3) draws each group's SCOORD
+  on its image and labels it with the group's NUM items ("concept meaning:
+  value unit") and finding site, and crashes on a group without a SCOORD, so
+  every group has one: the femur ROI as a closed polyline. Each group holds
+  tracking identifier and UID, finding "Osteoporosis", finding site proximal
+  femur with laterality, the algorithm (TID 4019), the probability as a NUM
+  in percent whose concept names the hip and its decision (OHIF's label reads
+  "Left hip (DXA recommended), probability of osteoporosis: 62.50 %"), and
+  the decision as a CODE ("Recommendation");
+* "Qualitative Evaluations" (TID 1500 row 12, UMLS C0034375), which OHIF does
+  not read: the study decision (CODE) and its sentence with the study value
+  (TEXT "Conclusion"), the hips not assessed and why, what a reader must know
+  (one hip only, imputed clinical values, the heatmap's per-image scale) and
+  the disclaimers.
+
+Every container is SEPARATE, so generic renderers (dcmtk ``dsr2html``) show
+each value under its name. The algorithm's AIR identity (Contributing
+Equipment, Device UID) is added by :mod:`triage_node.report.identity`.
 
 The builder checks every argument before it builds anything and raises
 ``TypeError``/``ValueError`` naming the argument. It is deterministic: the same
 inputs give a byte-identical object (UIDs from :mod:`triage_node.report.uids`,
 dates from the sources, see :func:`content_datetime_of`).
-
-Why Comprehensive 3D SR: it is what highdicom, OHIF (dicom-sr extension) and
-dcmtk's dsrdump all handle for TID 1500, and dciodvfy validates it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from copy import deepcopy
-from typing import TypedDict
 
 import highdicom as hd
 import numpy as np
@@ -38,16 +42,41 @@ import pydicom
 from pydicom.sr.coding import Code
 from pydicom.valuerep import DA, DT, TM
 
-import triage_node
 from triage_node import identity
 from triage_node.assessment import ImageAssessment, SideAssessment, is_positive
 from triage_node.report import codes
-from triage_node.report.uids import (
-    device_observer_uid,
-    study_report_uids,
-    study_tracking_uid,
-    tracking_uid,
+from triage_node.report.identity import (
+    add_algorithm_identity,
+    algorithm_identification,
+    software_versions,
 )
+from triage_node.report.uids import device_observer_uid, study_report_uids, tracking_uid
+from triage_node.report.wording import (
+    ATTENTION_SCALE_NOTE,
+    hip,
+    image_label,
+    not_assessable_reasons,
+    ordered_sides,
+    percent,
+    percent_value,
+    reader_notes,
+    side_is_positive,
+    side_result,
+    study_conclusion,
+    study_decision,
+)
+
+__all__ = [
+    "build_study_report",
+    "check_assessment",
+    "check_polygon",
+    "content_datetime_of",
+    "decision_code",
+    "pin_creation_datetime",
+    "side_is_positive",
+    "software_versions",
+    "study_decision",
+]
 
 #: Series Number of our SR series (high, so that it sorts after the acquired series).
 SR_SERIES_NUMBER = identity.SR_SERIES_NUMBER
@@ -108,14 +137,6 @@ def content_datetime_of(sources: Sequence[pydicom.Dataset]) -> datetime.datetime
     return max(found)
 
 
-def software_versions(assessment: ImageAssessment) -> list[str]:
-    """Software Versions (0018,1020) of our objects: the node's and the model's."""
-    return [
-        f"{identity.MANUFACTURER_MODEL_NAME} {triage_node.__version__}",
-        f"{assessment.model_name} {assessment.model_version}",
-    ]
-
-
 def _check_sources(sources: object) -> list[pydicom.Dataset]:
     if not isinstance(sources, Sequence) or isinstance(sources, (str, bytes)):
         raise TypeError("sources: expected a list of pydicom Datasets")
@@ -174,7 +195,7 @@ def check_polygon(polygon: object, rows: int, columns: int, argument: str) -> np
 def check_assessment(
     assessment: object, argument: str, source: pydicom.Dataset | None = None
 ) -> ImageAssessment:
-    """Check one :class:`ImageAssessment` (types, sides, ROI within ``source``'s grid)."""
+    """Check one :class:`ImageAssessment`: types, sides, decisions, ROI in ``source``'s grid."""
     if not isinstance(assessment, ImageAssessment):
         raise TypeError(f"{argument}: expected an ImageAssessment, got {type(assessment).__name__}")
     if not assessment.sides:
@@ -189,6 +210,17 @@ def check_assessment(
     for side in assessment.sides:
         if not isinstance(side, SideAssessment):
             raise TypeError(f"{argument}.sides: expected SideAssessment items")
+        if (
+            side.probability is not None
+            and side.positive is not None
+            and side.positive != is_positive(side.probability, assessment.threshold)
+        ):
+            # Every output states the hip's decision by the one rule; a model flag
+            # that disagrees would make the objects contradict each other.
+            raise ValueError(
+                f"{argument}.sides[{side.side}]: positive={side.positive} contradicts "
+                f"probability {side.probability} at threshold {assessment.threshold}"
+            )
         if side.roi_polygon is not None and source is not None:
             check_polygon(
                 side.roi_polygon,
@@ -199,40 +231,11 @@ def check_assessment(
     return assessment
 
 
-def side_is_positive(side: SideAssessment, threshold: float) -> bool | None:
-    """The side's decision: its own ``positive`` if the model set it, else p >= threshold."""
-    if side.probability is None:
-        return None
-    if side.positive is not None:
-        return side.positive
-    return is_positive(side.probability, threshold)
-
-
-def study_decision(assessments: Sequence[ImageAssessment]) -> bool | None:
-    """True: DXA recommended; False: not; None: nothing assessable.
-
-    The study is positive when any image is, and an image when any of its
-    assessed sides is (:attr:`ImageAssessment.positive`): the study decision
-    never contradicts a side.
-    """
-    known = [a.positive for a in assessments if a.positive is not None]
-    if not known:
-        return None
-    return any(known)
-
-
 def decision_code(decision: bool | None) -> Code:
     """The coded value for a decision (see :mod:`triage_node.report.codes`)."""
     if decision is None:
         return codes.NOT_ASSESSABLE
     return codes.DXA_RECOMMENDED if decision else codes.LOW_LIKELIHOOD
-
-
-def decision_text(decision: bool | None) -> str:
-    """The decision in words, as burned into the heatmap."""
-    if decision is None:
-        return "not assessable"
-    return "DXA recommended" if decision else "low likelihood, DXA not recommended"
 
 
 def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
@@ -248,91 +251,137 @@ def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
     return header
 
 
-def _text(name: Code, value: str, relationship: str = "CONTAINS") -> hd.sr.TextContentItem:
+def _text(name: Code, value: str) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(
-        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues(relationship)
+        name=name, value=value, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-
-
-class _GroupArgs(TypedDict):
-    """The arguments both highdicom measurement-group classes take for one hip."""
-
-    tracking_identifier: hd.sr.TrackingIdentifier
-    finding_type: Code
-    algorithm_id: hd.sr.AlgorithmIdentification
-    finding_sites: list[hd.sr.FindingSite]
-    measurements: list[hd.sr.Measurement] | None
-    qualitative_evaluations: list[hd.sr.QualitativeEvaluation]
 
 
 def _side_group(
     source: pydicom.Dataset,
-    image_number: int,
+    number: int,
+    count: int,
     side: SideAssessment,
     assessment: ImageAssessment,
-    algorithm: hd.sr.AlgorithmIdentification,
-) -> (
-    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.MeasurementsAndQualitativeEvaluations
-):
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    """TID 1410 for one assessed hip with an ROI (see the module docstring); else None."""
+    if side.probability is None or side.roi_polygon is None:
+        return None
+    positive = bool(side_is_positive(side, assessment.threshold))
+    label = image_label(number, count)
     tracking = hd.sr.TrackingIdentifier(
         uid=tracking_uid(source.SOPInstanceUID, side.side, assessment.model_version),
-        identifier=f"{side.side} proximal femur, image {image_number}",
+        identifier=f"{hip(side.side)}, {label}" if label else hip(side.side),
     )
-    finding_site = hd.sr.FindingSite(
-        anatomic_location=codes.PROXIMAL_FEMUR, laterality=codes.LATERALITY[side.side]
+    points = check_polygon(side.roi_polygon, int(source.Rows), int(source.Columns), "roi_polygon")
+    probability = hd.sr.Measurement(
+        name=codes.side_probability(side.side, positive),
+        value=percent(side.probability),
+        unit=codes.PERCENT,
     )
-    measurements: list[hd.sr.Measurement] = []
-    positive = side_is_positive(side, assessment.threshold)
-    if side.probability is not None:
-        measurements.append(
-            hd.sr.Measurement(
-                name=codes.PROBABILITY_OF_OSTEOPOROSIS,
-                value=round(float(side.probability), 4),
-                unit=codes.NO_UNITS,
-            )
-        )
-    evaluation = hd.sr.QualitativeEvaluation(
-        name=codes.TRIAGE_RESULT, value=decision_code(positive)
-    )
-    common = _GroupArgs(
+    # "73.00", not highdicom's "73.0": the digits every other output shows.
+    probability[0].MeasuredValueSequence[0].NumericValue = percent_value(side.probability)
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
-        finding_type=codes.OSTEOPOROSIS,
-        algorithm_id=algorithm,
-        finding_sites=[finding_site],
-        measurements=measurements or None,
-        qualitative_evaluations=[evaluation],
-    )
-    group: (
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.MeasurementsAndQualitativeEvaluations
-    )
-    if side.roi_polygon is not None:
-        points = check_polygon(
-            side.roi_polygon, int(source.Rows), int(source.Columns), "roi_polygon"
-        )
-        region = hd.sr.ImageRegion(
+        referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
             graphic_data=points,
             source_image=hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID),
+        ),
+        finding_type=codes.OSTEOPOROSIS,
+        finding_sites=[
+            hd.sr.FindingSite(
+                anatomic_location=codes.PROXIMAL_FEMUR, laterality=codes.LATERALITY[side.side]
+            )
+        ],
+        algorithm_id=algorithm_identification(assessment),
+        measurements=[probability],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=codes.RECOMMENDATION, value=decision_code(positive))
+        ],
+    )
+
+
+def _qualitative_evaluations(assessments: Sequence[ImageAssessment]) -> hd.sr.ContainerContentItem:
+    """TID 1500 "Qualitative Evaluations": everything that is not an ROI measurement."""
+    count = len(assessments)
+    decision = study_decision(assessments)
+    items: list[hd.sr.ContentItem] = [
+        hd.sr.CodeContentItem(
+            name=codes.RECOMMENDATION,
+            value=decision_code(decision),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        ),
+        _text(codes.CONCLUSION, study_conclusion(assessments)),
+    ]
+    for number, assessment in enumerate(assessments, start=1):
+        label = image_label(number, count)
+        items += [
+            _text(codes.NOT_ASSESSABLE_REASON, reason)
+            for reason in not_assessable_reasons(assessment, label)
+        ]
+        # A hip assessed without an ROI cannot be a measurement group (OHIF crashes on a
+        # group without a SCOORD): its result is said here instead.
+        items += [
+            _text(
+                codes.COMMENT,
+                (f"{label}: " if label else "")
+                + side_result(side, assessment.threshold)
+                + " (no ROI from the model, so it is not drawn)",
+            )
+            for side in ordered_sides(assessment)
+            if side.probability is not None and side.roi_polygon is None
+        ]
+        items += [_text(codes.COMMENT, note) for note in reader_notes(assessment, label)]
+    if any(a.assessable for a in assessments):
+        items.append(_text(codes.COMMENT, ATTENTION_SCALE_NOTE))
+    items.append(_text(codes.USAGE_DISCLAIMER, identity.TRIAGE_DISCLAIMER))
+    if assessments[0].synthetic_model:
+        items.append(_text(codes.USAGE_DISCLAIMER, identity.SYNTHETIC_DISCLAIMER))
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        is_content_continuous=False,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _measurement_report(
+    observer: hd.sr.ObserverContext,
+    groups: Sequence[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations],
+) -> hd.sr.MeasurementReport:
+    """The TID 1500 root; without any group, without an "Imaging Measurements" container.
+
+    TID 1500 needs at least one of Imaging Measurements, Derived Imaging
+    Measurements and Qualitative Evaluations (rows 6, 10, 12); an empty
+    Imaging Measurements container is not allowed. highdicom 0.28 always
+    writes that container, so a report of a study with no assessable hip is
+    built around a placeholder group whose container is then taken out.
+    """
+    placeholder = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(identifier="placeholder", uid="2.25.0")
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.PLAIN_RADIOGRAPHY,
+        imaging_measurements=list(groups) or [placeholder],
+        title=codes.IMAGING_MEASUREMENT_REPORT,
+    )
+    if not groups:
+        root = report[0]
+        root.ContentSequence = hd.sr.ContentSequence(
+            [item for item in root.ContentSequence if item.ValueType != "CONTAINER"]
         )
-        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=region, **common
-        )
-    else:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            source_images=[
-                hd.sr.SourceImageForMeasurementGroup(source.SOPClassUID, source.SOPInstanceUID)
-            ],
-            **common,
-        )
-    if side.not_assessable_reason is not None:
-        # TID 1501/1410 allow TEXT qualitative evaluations; highdicom has no argument
-        # for them, so the item is appended to the group container.
-        group[0].ContentSequence.append(
-            _text(codes.NOT_ASSESSABLE_REASON, side.not_assessable_reason)
-        )
-    return group
+    return report
+
+
+def _separate(item: pydicom.Dataset) -> None:
+    """Make ``item`` and every container under it SEPARATE (each value under its name)."""
+    if item.get("ValueType") == "CONTAINER":
+        item.ContinuityOfContent = "SEPARATE"
+    for child in item.get("ContentSequence", []):
+        _separate(child)
 
 
 def build_study_report(
@@ -348,8 +397,8 @@ def build_study_report(
     Parameters
     ----------
     sources:
-        The scored source images of one study (headers suffice; pixel data is not
-        read). They give the study, patient and the evidence references.
+        The reported source images of one study (headers suffice; pixel data is
+        not read). They give the study, patient and the evidence references.
     assessments:
         ``assessments[i]`` is the model's result for ``sources[i]``; all from the
         same model (name, version, threshold).
@@ -403,15 +452,6 @@ def build_study_report(
         study_uid, [s.SOPInstanceUID for s in checked_sources], first.model_version, report_version
     )
 
-    algorithm = hd.sr.AlgorithmIdentification(
-        name=first.model_name,
-        version=first.model_version,
-        parameters=[
-            f"threshold={first.threshold:.4f}",
-            f"synthetic_model={'yes' if first.synthetic_model else 'no'}",
-        ],
-        manufacturer=identity.MANUFACTURER,
-    )
     observer = hd.sr.ObserverContext(
         observer_type=codes.OBSERVER_TYPE_DEVICE,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -421,64 +461,21 @@ def build_study_report(
             model_name=identity.MANUFACTURER_MODEL_NAME,
         ),
     )
-    groups: list[
-        hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-        | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = []
-    for number, (source, assessment) in enumerate(
-        zip(checked_sources, checked, strict=True), start=1
-    ):
-        for side in sorted(assessment.sides, key=lambda s: s.side):
-            groups.append(_side_group(source, number, side, assessment, algorithm))
-
-    decision = study_decision(checked)
-    study_measurements = [
-        hd.sr.Measurement(
-            name=codes.THRESHOLD_VALUE, value=round(float(first.threshold), 4), unit=codes.NO_UNITS
+    count = len(checked)
+    groups = [
+        group
+        for number, (source, assessment) in enumerate(
+            zip(checked_sources, checked, strict=True), start=1
         )
+        for side in ordered_sides(assessment)
+        if (group := _side_group(source, number, count, side, assessment)) is not None
     ]
-    probabilities = [a.probability for a in checked if a.probability is not None]
-    if probabilities:
-        study_measurements.insert(
-            0,
-            hd.sr.Measurement(
-                name=codes.PROBABILITY_OF_OSTEOPOROSIS,
-                value=round(float(max(probabilities)), 4),
-                unit=codes.NO_UNITS,
-            ),
-        )
-    groups.append(
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=study_tracking_uid(study_uid, first.model_version),
-                identifier="study triage decision",
-            ),
-            finding_type=codes.OSTEOPOROSIS,
-            algorithm_id=algorithm,
-            measurements=study_measurements,
-            qualitative_evaluations=[
-                hd.sr.QualitativeEvaluation(
-                    name=codes.RECOMMENDATION, value=decision_code(decision)
-                )
-            ],
-            source_images=[
-                hd.sr.SourceImageForMeasurementGroup(s.SOPClassUID, s.SOPInstanceUID)
-                for s in checked_sources
-            ],
-        )
-    )
+    report = _measurement_report(observer, groups)
+    report[0].ContentSequence.append(_qualitative_evaluations(checked))
+    _separate(report[0])
 
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
-        procedure_reported=codes.PLAIN_RADIOGRAPHY,
-        imaging_measurements=groups,
-        title=codes.IMAGING_MEASUREMENT_REPORT,
-    )
-    report[0].ContentSequence.append(_qualitative_evaluations(decision, checked, first.threshold))
-
-    evidence = [_evidence_header(s) for s in checked_sources]
     sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
+        evidence=[_evidence_header(s) for s in checked_sources],
         content=report[0],
         series_instance_uid=uids.series_instance_uid,
         series_number=series_number,
@@ -497,37 +494,11 @@ def build_study_report(
         series_time=content_datetime.time(),
         coding_schemes=[codes.PRIVATE_CODING_SCHEME],
     )
+    add_algorithm_identity(
+        sr, first, content_datetime, "Osteoporosis triage of the hip radiographs of this report"
+    )
     pin_creation_datetime(sr, content_datetime)
     return sr
-
-
-def _qualitative_evaluations(
-    decision: bool | None, assessments: Sequence[ImageAssessment], threshold: float
-) -> hd.sr.ContainerContentItem:
-    """TID 1500 "Qualitative Evaluations": decision (CODE), reasons and disclaimers (TEXT)."""
-    items: list[hd.sr.ContentItem] = [
-        hd.sr.CodeContentItem(
-            name=codes.RECOMMENDATION,
-            value=decision_code(decision),
-            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-        ),
-        _text(
-            codes.RECOMMENDATION,
-            f"{decision_text(decision)} (decision at operating point {threshold:.2f})",
-        ),
-    ]
-    if decision is None:
-        reasons = sorted({a.not_assessable_reason or "" for a in assessments} - {""})
-        items.append(_text(codes.NOT_ASSESSABLE_REASON, "; ".join(reasons) or "no side assessable"))
-    items.append(_text(codes.USAGE_DISCLAIMER, identity.TRIAGE_DISCLAIMER))
-    if assessments[0].synthetic_model:
-        items.append(_text(codes.USAGE_DISCLAIMER, identity.SYNTHETIC_DISCLAIMER))
-    container = hd.sr.ContainerContentItem(
-        name=codes.QUALITATIVE_EVALUATIONS,
-        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )
-    container.ContentSequence = hd.sr.ContentSequence(items)
-    return container
 
 
 def pin_creation_datetime(ds: pydicom.Dataset, when: datetime.datetime) -> None:

@@ -37,7 +37,7 @@ def _uid(kind: str, *parts: str) -> str:
 
 def _check_uid(value: object, argument: str) -> str:
     if not isinstance(value, str) or not value:
-        raise TypeError(f"{argument}: expected a non-empty UID string, got {value!r}")
+        raise TypeError(f"{argument}: expected a non-empty string, got {value!r}")
     return value
 
 
@@ -140,15 +140,20 @@ def tracking_uid(source_sop_instance_uid: str, side: str, model_version: str) ->
     return _uid("tracking", source, side, _check_uid(model_version, "model_version"))
 
 
-def study_tracking_uid(study_instance_uid: str, model_version: str) -> str:
-    """Tracking Unique Identifier of the study-level decision group."""
-    return _uid(
-        "tracking-study",
-        _check_uid(study_instance_uid, "study_instance_uid"),
-        _check_uid(model_version, "model_version"),
-    )
-
-
 def device_observer_uid() -> str:
     """Device Observer UID of this product (TID 1004); the same on every node."""
     return _uid("device", identity.MANUFACTURER, identity.DEVICE_NAME)
+
+
+def algorithm_device_uid(model_name: str, model_version: str) -> str:
+    """Device UID (0018,1002) of one model bundle, for the AIR Contributing Equipment item.
+
+    The same bundle (name and version) gives the same UID on every node and every
+    run; a retrained bundle has a new version (``score.manifest``: date, seed and
+    a hash of its weights) and so a new UID.
+    """
+    return _uid(
+        "algorithm-device",
+        _check_uid(model_name, "model_name"),
+        _check_uid(model_version, "model_version"),
+    )
