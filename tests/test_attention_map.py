@@ -20,14 +20,25 @@ from triage_node.config import ConfigError, load_settings
 from triage_node.report.attention_map import (
     MAP_SERIES_DESCRIPTION,
     MAX_FRACTIONAL_VALUE,
-    algorithm_device_uid,
     build_attention_map,
 )
 from triage_node.report.results import SourceImage, build_study_results
-from triage_node.report.uids import attention_map_uids
+from triage_node.report.sr import build_study_report
+from triage_node.report.uids import algorithm_device_uid, attention_map_uids
 from triage_node.store.models import ResultKind
 
 SAMPLES = REPO / "samples"
+
+
+def hd_sr_device_uid() -> str:
+    """The Device UID in the algorithm's Contributing Equipment item of an SR for the same model."""
+    sr = build_study_report([source()], [assessment()], report_version=1)
+    (item,) = [
+        e
+        for e in sr.ContributingEquipmentSequence
+        if e.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator == "99IHE"
+    ]
+    return str(item.DeviceUID)
 
 
 def cams(seed: int = 0, rows: int = ROWS, columns: int = COLUMNS) -> dict[str, np.ndarray]:
@@ -102,6 +113,8 @@ def test_map_of_a_radiograph_is_valid_and_reads_back_as_the_models_attention(
     assert ours.DeviceUID == algorithm_device_uid("dtc-demo", "0.1.0")
     assert algorithm_device_uid("dtc-demo", "0.1.0") == algorithm_device_uid("dtc-demo", "0.1.0")
     assert algorithm_device_uid("dtc-demo", "0.2.0") != ours.DeviceUID
+    # ... the same item, Device UID included, as the SR's and the heatmap's
+    assert hd_sr_device_uid() == ours.DeviceUID
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,6 @@ even convert an RLE Segmentation) would refuse an RLE map for good.
 from __future__ import annotations
 
 import datetime
-import uuid
 from collections.abc import Mapping
 from copy import deepcopy
 
@@ -51,13 +50,13 @@ import highdicom as hd
 import numpy as np
 import numpy.typing as npt
 import pydicom
-from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import DA, TM
 
 from triage_node import identity
 from triage_node.assessment import ImageAssessment
 from triage_node.report import codes
+from triage_node.report.identity import add_algorithm_identity
 from triage_node.report.sr import (
     check_assessment,
     content_datetime_of,
@@ -81,14 +80,6 @@ ATTENTION_SCALE_NOTE = (
 #: How the overlay is drawn by viewers that use the segment colour (orange).
 DISPLAY_RGB = (255, 150, 0)
 
-# --- AIR identity -------------------------------------------------------------------------
-# IHE AI Results: the algorithm as Contributing Equipment with Purpose of Reference
-# (Newcode1, 99IHE, "Processing Algorithm") and a Device UID that changes with the model.
-# Minimal local version until report/ has a shared AIR identity helper (the SR and SC
-# builders will use the same); highdicom.ContributingEquipment accepts only DCM purposes.
-PROCESSING_ALGORITHM = Code("Newcode1", "99IHE", "Processing Algorithm")
-_DEVICE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:triage-node:algorithm-device:1")
-
 # Patient and study attributes highdicom reads from the source; Type 2 in the
 # Segmentation IOD, so an empty value is valid when the source lacks them.
 _TYPE2_FROM_SOURCE = (
@@ -102,29 +93,6 @@ _TYPE2_FROM_SOURCE = (
     "StudyTime",
     "ReferringPhysicianName",
 )
-
-
-def algorithm_device_uid(model_name: str, model_version: str) -> str:
-    """Device UID of the scoring algorithm: the same for one model bundle, new for a new one."""
-    if not model_name or not model_version:
-        raise ValueError("model_name and model_version are required for the device UID")
-    return f"2.25.{uuid.uuid5(_DEVICE_NAMESPACE, chr(10).join([model_name, model_version])).int}"
-
-
-def _algorithm_equipment(
-    assessment: ImageAssessment, when: datetime.datetime
-) -> hd.ContributingEquipment:
-    item = hd.ContributingEquipment(
-        manufacturer=identity.MANUFACTURER,
-        purpose_of_reference=Code("109102", "DCM", "Processing Equipment"),  # replaced below
-        manufacturer_model_name=assessment.model_name[:64],
-        software_versions=software_versions(assessment),
-        contribution_datetime=when,
-        contribution_description="AI triage algorithm that made this attention map",
-    )
-    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(PROCESSING_ALGORITHM)]
-    item.DeviceUID = algorithm_device_uid(assessment.model_name, assessment.model_version)
-    return item
 
 
 def combined_attention(
@@ -304,7 +272,6 @@ def build_attention_map(
         content_description=CONTENT_DESCRIPTION,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         omit_empty_frames=False,
-        contributing_equipment=[_algorithm_equipment(checked, content_datetime)],
         series_description=MAP_SERIES_DESCRIPTION,
     )
     # Type 2C in General Image (no Image Orientation (Patient)): the source's own, the
@@ -317,5 +284,8 @@ def build_attention_map(
     seg.SeriesTime = TM(content_datetime.time())
     for item in (*seg.get("DimensionOrganizationSequence", []), *seg.DimensionIndexSequence):
         item.DimensionOrganizationUID = uids.dimension_organization_uid
+    add_algorithm_identity(
+        seg, checked, content_datetime, "AI triage algorithm that made this attention map"
+    )
     pin_creation_datetime(seg, content_datetime)
     return seg
