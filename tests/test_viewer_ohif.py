@@ -31,6 +31,7 @@ from typing import Any
 import pydicom
 import pytest
 from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 
 from tests.peers import (
     REPO,
@@ -330,10 +331,22 @@ class OhifPage:
         """What a failure message needs: a screenshot, errors, failed requests."""
         path = self.shot(f"FAILED-{tag}")
         return (
-            f"screenshot {path}\nerrors: {self.problems()}\n"
+            f"screenshot {path}\nerrors: {self.problems()}\n{self.error_details()}"
             f"requests Orthanc refused: {self.viewer.failures[-10:]}\n"
             f"requests to other hosts (blocked): {self.elsewhere[:10]}"
         )
+
+    def error_details(self) -> str:
+        """The exception behind an error toast, from its "Show Details" dialog."""
+        toast = self.page.locator('[data-sonner-toast][data-type="error"]')
+        if not toast.count():
+            return ""
+        try:
+            toast.first.get_by_role("button", name="Show Details").click(timeout=5000)
+            dialog = self.page.get_by_role("dialog").first
+            return "details: " + dialog.inner_text(timeout=5000)[:800] + "\n"
+        except PlaywrightError as exc:
+            return f"(no details: {exc.message.splitlines()[0]})\n"
 
     def poll(self, check: Any, what: str, tag: str, timeout: float = LOAD_SECONDS) -> Any:
         """``check()`` until truthy (returned), bounded; fails at once if the page shows
