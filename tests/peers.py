@@ -417,9 +417,12 @@ class OrthancServer:
         node_aet: str | None = None,
         senders: Mapping[str, str] | None = None,
         router: bool = True,
+        dicomweb: bool = False,
     ) -> None:
         """``senders``: extra modalities (name -> AE title on 127.0.0.1) that may store;
-        ``router`` False: without the Lua script (a plain archive)."""
+        ``router`` False: without the Lua script (a plain archive); ``dicomweb`` True:
+        with Debian's DICOMweb plugin (orthanc-dicomweb) serving ``/dicom-web/`` on the
+        HTTP port (a web viewer's data source)."""
         import json
 
         deploy = REPO / "deploy" / "orthanc"
@@ -445,6 +448,9 @@ class OrthancServer:
             DicomPort=free_port(),
             LuaScripts=[str(deploy / "triage-route.lua")] if router else [],
         )
+        if dicomweb:
+            config["Plugins"] = [self.dicomweb_plugin()]
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True}
         self.config_path = root / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
         self.http_port = int(config["HttpPort"])
@@ -462,6 +468,15 @@ class OrthancServer:
         if found is None:
             pytest.fail("Orthanc is not installed; .ci/run installs orthanc (apt-get)")
         return found
+
+    @staticmethod
+    def dicomweb_plugin() -> str:
+        """The DICOMweb plugin's shared library as Debian's orthanc-dicomweb installs it."""
+        for directory in ("/usr/share/orthanc/plugins", "/usr/lib/orthanc"):
+            found = sorted(Path(directory).glob("libOrthancDicomWeb.so*"))
+            if found:
+                return str(found[0])
+        pytest.fail("Orthanc's DICOMweb plugin is not installed; .ci/run installs orthanc-dicomweb")
 
     def start(self, timeout: float = 60) -> OrthancServer:
         import urllib.error
