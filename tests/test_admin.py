@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.dicom_files import PHI_BIRTH_DATE, PHI_ID, PHI_NAME, write_radiograph
-from tests.peers import REPO, node_running, run_cli, storescu
+from tests.peers import REPO, node_running, run_cli, start_process, storescu
 
 WORKLIST_FIELDS = {
     "sop_instance_uid",
@@ -34,7 +34,7 @@ class Follower:
     """`triage-node worklist --follow --json` as a subprocess; lines arrive on a queue."""
 
     def __init__(self, config: Path) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = start_process(
             [
                 sys.executable,
                 "-m",
@@ -75,8 +75,9 @@ class Follower:
         raise AssertionError(f"no event {match} in {len(self.seen)} events: {self.seen[-5:]}")
 
     def stop(self) -> str:
+        """Kill it; what it wrote on stderr."""
         self.proc.kill()
-        _, err = self.proc.communicate(timeout=10)
+        _, err = self.proc.communicate(timeout=10)  # reaps it
         return err
 
 
