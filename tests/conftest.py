@@ -1,4 +1,4 @@
-"""Shared fixtures: databases (SQLite and a real PostgreSQL), nodes as subprocesses."""
+"""Shared fixtures: databases (SQLite and a real PostgreSQL), no process left behind."""
 
 from __future__ import annotations
 
@@ -10,7 +10,32 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers import PostgresServer
+from tests.peers import STARTED, PostgresServer, stop_left_running
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_process_left_behind_by_the_session() -> Iterator[None]:
+    """At the end of the run, what a module or session fixture left running is killed,
+    reaped and reported (an error on the last test)."""
+    yield
+    left = stop_left_running()
+    if left:
+        pytest.fail("processes left running at the end of the session:\n" + "\n".join(left))
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind() -> Iterator[None]:
+    """Every process a test (or its function-scoped fixtures) started with
+    ``tests.peers.start_process`` has been stopped by the time the test is over: one still
+    running is killed and reaped, and the test errors naming it.
+
+    Set up after the module and session fixtures (pytest sets up wider scopes first), so
+    their processes, which outlive the test, are not counted."""
+    first = len(STARTED)
+    yield
+    left = stop_left_running(first)
+    if left:
+        pytest.fail("the test left processes running:\n" + "\n".join(left))
 
 
 @pytest.fixture(scope="session")

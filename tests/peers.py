@@ -2,10 +2,16 @@
 
 Everything runs on loopback. Missing tools fail the test with a clear message
 rather than skipping it: CI installs them (see .ci/run).
+
+Every long-running child is started with :func:`start_process` and stopped with
+:func:`stop_process` (or a peer's own stop) in a ``finally`` or fixture; the
+``_no_process_left_behind`` fixtures in ``conftest.py`` kill, reap and report any
+that a test left running.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +20,8 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +30,69 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# Signals a test uses to stop a child. A shell that runs the suite in the background
+# (``nohup python3 -m pytest &`` in a script) starts it with SIGINT and SIGQUIT ignored,
+# and an ignored signal stays ignored across fork and exec: without this, a child told
+# to stop with SIGINT, as Ctrl-C would, never stops (a Python child does not even get
+# its KeyboardInterrupt handler).
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+# Every process start_process started in this test session, oldest first.
+STARTED: list[subprocess.Popen[Any]] = []
+
+
+def _child_default_signals() -> None:
+    """In the child between fork and exec: the stop signals back to their default
+    action and unblocked, whatever the suite inherited (SIGHUP is left alone, so a
+    ``nohup`` run keeps its children through a hangup)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def start_process(args: list[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen(args, **popen_kwargs)`` for a child that outlives one call: it
+    starts with SIGINT, SIGQUIT and SIGTERM at their defaults, and is recorded so that
+    the conftest fixtures can kill and report it if a test leaves it running.
+
+    The caller stops it in a ``finally`` or fixture (:func:`stop_process`)."""
+    # The preexec_fn runs Python in the forked child. It only calls an imported module's
+    # signal functions: no import and no lock that another thread could hold at the fork,
+    # the hazard the subprocess docs warn of.
+    proc = subprocess.Popen(args, preexec_fn=_child_default_signals, **popen_kwargs)
+    STARTED.append(proc)
+    return proc
+
+
+def stop_process(
+    proc: subprocess.Popen[Any], timeout: float = 30, sig: int = signal.SIGTERM
+) -> int:
+    """Stop ``proc`` (``sig``, then SIGKILL after ``timeout`` seconds), reap it and close
+    its pipes; its exit code (negative: the signal that ended it)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    code = proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return code
+
+
+def stop_left_running(since: int = 0) -> list[str]:
+    """Kill and reap every process in ``STARTED[since:]`` still running; their command
+    lines (a test that left them behind). Finished ones are reaped silently."""
+    left: list[str] = []
+    for proc in STARTED[since:]:
+        if proc.poll() is None:
+            left.append(f"pid {proc.pid}: {' '.join(map(str, proc.args))}")
+            stop_process(proc, timeout=10, sig=signal.SIGKILL)
+    return left
 
 
 def wait_for(check: Any, what: str, timeout: float = 90, *logs: Any, interval: float = 0.2) -> Any:
@@ -89,7 +160,7 @@ def dcmtk_storescp(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         where = ["-od", str(out_dir)]
-    proc = subprocess.Popen(
+    proc = start_process(
         [need_tool("storescp"), "-aet", ae_title, *where, *options, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -98,8 +169,7 @@ def dcmtk_storescp(
         wait_listening(port, proc)
         yield port
     finally:
-        proc.kill()
-        proc.wait(10)
+        stop_process(proc, sig=signal.SIGKILL)
 
 
 def start_archive_scp(
@@ -219,16 +289,32 @@ class NodeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True, timeout: float = 60) -> NodeProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "triage_node", self.command, "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        log.close()
+        """Start the process (the previous one must have ended); with ``wait``, return once
+        ``serve``/``receive`` listens. A process that does not get there is killed."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise AssertionError(
+                f"node {self.log_path.stem} is still running (pid {self.proc.pid})"
+            )
+        with open(self.log_path, "ab") as log:
+            self.proc = start_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "triage_node",
+                    self.command,
+                    "--config",
+                    str(self.config_path),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         if wait and self.command in ("serve", "receive"):
-            self.wait_listening(timeout)
+            try:
+                self.wait_listening(timeout)
+            except BaseException:
+                self.kill()
+                raise
         return self
 
     def wait_listening(self, timeout: float = 60) -> None:
@@ -248,15 +334,15 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(30)
+        """SIGKILL (if still running) and reap."""
+        if self.proc is not None:
+            stop_process(self.proc, sig=signal.SIGKILL)
 
     def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM and its exit code; SIGKILLed and reaped if it has not ended in
+        ``timeout`` seconds (the code is then -9)."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        return stop_process(self.proc, timeout=timeout)
 
     def restart(self) -> NodeProcess:
         self.kill()
@@ -479,18 +565,25 @@ class OrthancServer:
         pytest.fail("Orthanc's DICOMweb plugin is not installed; .ci/run installs orthanc-dicomweb")
 
     def start(self, timeout: float = 60) -> OrthancServer:
-        import urllib.error
-
+        if self.proc is not None and self.proc.poll() is None:
+            raise AssertionError(f"Orthanc is still running (pid {self.proc.pid})")
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
+            self.proc = start_process(
                 [self.binary(), str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
             )
-        deadline = time.monotonic() + timeout
+        try:
+            self._wait_answering(self.proc, time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_answering(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
         while True:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise AssertionError("Orthanc exited:\n" + self.log_text())
             try:
                 self.get("/system")
@@ -503,21 +596,17 @@ class OrthancServer:
         while True:
             try:
                 with socket.create_connection(("127.0.0.1", self.dicom_port), timeout=0.5):
-                    return self
+                    return
             except OSError:
                 if time.monotonic() > deadline:
                     raise AssertionError("Orthanc DICOM port not listening") from None
                 time.sleep(0.1)
 
     def stop(self) -> None:
+        """SIGTERM (SIGKILL after 20 s) and reap; nothing if not started."""
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc, timeout=20)
         self.proc = None
 
     def log_text(self) -> str:
@@ -527,22 +616,14 @@ class OrthancServer:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
     def get(self, path: str) -> Any:
-        import json
-        import urllib.request
-
         with urllib.request.urlopen(self.url(path), timeout=10) as rsp:
             return json.load(rsp)
 
     def get_bytes(self, path: str) -> bytes:
-        import urllib.request
-
         with urllib.request.urlopen(self.url(path), timeout=30) as rsp:
             return bytes(rsp.read())
 
     def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> Any:
-        import json
-        import urllib.request
-
         req = urllib.request.Request(
             self.url(path), data=body, method="POST", headers={"Content-Type": content_type}
         )

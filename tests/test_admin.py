@@ -14,7 +14,15 @@ from typing import Any
 import pydicom
 
 from tests.dicom_files import PHI_BIRTH_DATE, PHI_ID, PHI_NAME, make_radiograph, write_radiograph
-from tests.peers import REPO, dcmtk_storescp, node_running, run_cli, storescu, wait_for
+from tests.peers import (
+    REPO,
+    dcmtk_storescp,
+    node_running,
+    run_cli,
+    start_process,
+    storescu,
+    wait_for,
+)
 
 SAMPLES = REPO / "samples"
 
@@ -39,7 +47,7 @@ class Follower:
 
     def __init__(self, config: Path, *, as_json: bool = True, limit: int = 1000) -> None:
         self.as_json = as_json
-        self.proc = subprocess.Popen(
+        self.proc = start_process(
             [
                 sys.executable,
                 "-m",
@@ -96,8 +104,9 @@ class Follower:
         raise AssertionError(f"no line with {words} in {len(self.text)} lines: {self.text[-5:]}")
 
     def stop(self) -> str:
+        """Kill it; what it wrote on stderr."""
         self.proc.kill()
-        _, err = self.proc.communicate(timeout=10)
+        _, err = self.proc.communicate(timeout=10)  # reaps it
         return err
 
 

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -48,6 +49,8 @@ from tests.peers import (
     need_tool,
     node_running,
     start_archive_scp,
+    start_process,
+    stop_process,
     storescu,
     write_config,
 )
@@ -148,7 +151,7 @@ class StoreRun:
     def __init__(self, port: int, files: list[Path], log_path: Path, *options: str) -> None:
         self.log_path = log_path
         with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(
+            self.proc = start_process(
                 [
                     need_tool("storescu"),
                     "-v",
@@ -183,7 +186,11 @@ class StoreRun:
         return found
 
     def wait(self, timeout: float = 120) -> dict[Path, str]:
-        self.proc.wait(timeout)
+        """Wait for storescu to finish (killed if it has not after ``timeout`` seconds)."""
+        try:
+            self.proc.wait(timeout)
+        finally:
+            stop_process(self.proc, sig=signal.SIGKILL)
         return self.statuses()
 
 
@@ -436,7 +443,7 @@ def test_database_locked_by_another_process_during_a_burst_loses_no_acknowledged
         before = wait_for(lambda: scrape(node), "/metrics", node)
         assert metric(before, "triage_store_writable") == 1
 
-        holder = subprocess.Popen(
+        holder = start_process(
             [sys.executable, "-c", LOCK_HOLDER, str(db)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -485,8 +492,7 @@ def test_database_locked_by_another_process_during_a_burst_loses_no_acknowledged
             holder.stdin.flush()
             assert holder.stdout.readline().strip() == "released"
         finally:
-            holder.kill()
-            holder.wait(10)
+            stop_process(holder, sig=signal.SIGKILL)
 
         statuses = burst.wait()  # dcmtk's storescu stops at the first refusal
         acknowledged = {uid_of[f] for f, s in statuses.items() if s == "Success"}

@@ -13,7 +13,15 @@ import pytest
 from pydicom.filebase import DicomBytesIO
 
 from tests.dicom_files import make_radiograph as _make_radiograph
-from tests.peers import REPO, OrthancServer, free_port, need_tool, wait_listening
+from tests.peers import (
+    REPO,
+    OrthancServer,
+    free_port,
+    need_tool,
+    start_process,
+    stop_process,
+    wait_listening,
+)
 from tests.test_deliver import settings
 from tests.test_report import COLUMNS, ROWS, assessment
 from triage_node.config import DestinationSection
@@ -65,7 +73,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
     peer = OrthancPeer(root, node_port)
     peer.node_dir = root / "node-in"
     peer.node_dir.mkdir()
-    node_proc = subprocess.Popen(
+    node_proc = start_process(
         [need_tool("storescp"), "-aet", peer.node_aet, "-od", str(peer.node_dir), str(node_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -76,8 +84,7 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancPeer]:
         yield peer
     finally:
         peer.stop()
-        node_proc.kill()
-        node_proc.wait(10)
+        stop_process(node_proc)
 
 
 def test_hip_radiographs_are_routed_and_other_things_are_not(orthanc: OrthancPeer) -> None:

@@ -23,7 +23,16 @@ from pathlib import Path
 import pydicom
 
 from tests.dicom_files import PHI_BIRTH_DATE, PHI_ID, PHI_NAME, write_radiograph
-from tests.peers import REPO, base_config, free_port, need_tool, run_cli, write_config
+from tests.peers import (
+    REPO,
+    base_config,
+    free_port,
+    need_tool,
+    run_cli,
+    start_process,
+    stop_process,
+    write_config,
+)
 from tests.test_metrics_http import http_get, wait_for
 from tests.test_results import storescp
 
@@ -80,12 +89,13 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
     log_path = tmp_path / "node.log"
     outputs: dict[str, str] = {}
     with storescp(tmp_path / "archive", archive_port), open(log_path, "wb") as log:
-        node = subprocess.Popen(
+        node = start_process(
             [sys.executable, "-m", "triage_node", "serve", "--config", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
         )
+        follow: subprocess.Popen[str] | None = None
         try:
             wait_for(
                 lambda: (
@@ -115,7 +125,7 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
                 capture_output=True,
                 timeout=120,
             )
-            follow = subprocess.Popen(
+            follow = start_process(
                 [
                     sys.executable,
                     "-m",
@@ -153,11 +163,13 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
             outputs["status"] = run_cli("status", config=config).stdout
             outputs["status --json"] = run_cli("status", "--json", config=config).stdout
             time.sleep(1.0)
-            follow.send_signal(signal.SIGINT)
+            follow.send_signal(signal.SIGINT)  # as Ctrl-C would
             outputs["worklist --follow --json"] = follow.communicate(timeout=30)[0]
+            assert follow.returncode == 130  # the interrupt ended it (128 + SIGINT)
         finally:
-            node.send_signal(signal.SIGTERM)
-            node.wait(60)
+            if follow is not None:
+                stop_process(follow)
+            stop_process(node, timeout=60)
     outputs["log"] = log_path.read_text(errors="replace")
 
     # the outputs are not empty: they talk about these very instances, by UID

@@ -10,7 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from tests.peers import REPO, base_config, echoscu, free_port, write_config
+from tests.peers import (
+    REPO,
+    base_config,
+    echoscu,
+    free_port,
+    start_process,
+    stop_process,
+    write_config,
+)
 
 
 def test_serve_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
@@ -20,14 +28,14 @@ def test_serve_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
     sock.bind(str(tmp_path / "notify.sock"))
     sock.settimeout(60)
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "triage_node", "serve", "--config", str(cfg)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=REPO,
-    )
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = start_process(
+            [sys.executable, "-m", "triage_node", "serve", "--config", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
     try:
         ready = sock.recv(4096).decode()
         assert ready.startswith("READY=1\nSTATUS=TRIAGE listening on 127.0.0.1:")
@@ -45,8 +53,5 @@ def test_serve_notifies_ready_watchdog_and_stopping(tmp_path: Path) -> None:
             messages.append(sock.recv(4096).decode())
         assert proc.wait(30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop_process(proc, sig=signal.SIGKILL)
         sock.close()
