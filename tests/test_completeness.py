@@ -27,6 +27,7 @@ from tests.peers import (
     OrthancServer,
     base_config,
     free_port,
+    run_cli,
     storescu,
     wait_for,
     write_config,
@@ -280,3 +281,19 @@ def test_archive_that_does_not_answer_falls_back_to_the_settle_time(
     assert "query peer 'orthanc'" in message and "cannot connect" in message
     assert site.metric('triage_completeness_total{path="timer"}') == 1
     assert site.metric('triage_completeness_queries_total{outcome="failed"}') == 1
+
+
+def test_query_peer_that_is_not_a_destination_exits_2_naming_key_and_file(tmp_path: Path) -> None:
+    cfg = base_config(
+        tmp_path / "data",
+        free_port(),
+        destinations=[
+            {"name": "archive", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": 4242}
+        ],
+        completeness={"query_peer": "pacs"},
+    )
+    path = write_config(tmp_path / "node.toml", cfg)
+    proc = run_cli("serve", config=path, check=False, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "completeness.query_peer" in proc.stderr and str(path) in proc.stderr
+    assert "'pacs' is not the name of a [[destinations]] entry ('archive')" in proc.stderr
