@@ -259,6 +259,20 @@ class DestinationSection(_Section):
     _ae = field_validator("ae_title")(_check_ae_title)
 
 
+class CompletenessSection(_Section):
+    """When a study is complete: ask the archive (C-FIND) instead of waiting ``settle_seconds``."""
+
+    # The name of a [[destinations]] entry to ask (C-FIND, Study Root, IMAGE level) which
+    # instances it holds for a study; "": none, every study waits node.settle_seconds.
+    query_peer: str = ""
+    # One C-FIND (connect, associate, answers) may take this long; then the study falls
+    # back to node.settle_seconds.
+    timeout_seconds: float = Field(5.0, gt=0)
+    # When the archive lists instances the node does not hold yet (or does not list one
+    # it holds yet), it is asked again after this long (until the settle time ends).
+    recheck_seconds: float = Field(1.0, gt=0)
+
+
 class WorkerSection(_Section):
     lease_seconds: float = Field(300.0, gt=0)
     poll_seconds: float = Field(1.0, gt=0)
@@ -369,6 +383,7 @@ class Settings(_Section):
     tls: TlsSection = TlsSection()
     peers: list[PeerSection] = []
     destinations: list[DestinationSection] = []
+    completeness: CompletenessSection = CompletenessSection()
     worker: WorkerSection = WorkerSection()
     deliver: DeliverSection = DeliverSection()
     model: ModelSection = ModelSection()
@@ -392,6 +407,24 @@ class Settings(_Section):
                 )
             first[d.name] = i
         return value
+
+    @model_validator(mode="after")
+    def _known_query_peer(self) -> Settings:
+        name = self.completeness.query_peer
+        if name and name not in {d.name for d in self.destinations}:
+            known = ", ".join(repr(d.name) for d in self.destinations) or "none configured"
+            raise _error_at(
+                "completeness.query_peer",
+                f"{name!r} is not the name of a [[destinations]] entry ({known}); name the "
+                "archive to ask, or leave it empty to report after node.settle_seconds",
+            )
+        return self
+
+    @property
+    def query_peer(self) -> DestinationSection | None:
+        """The destination asked which instances a study holds (None: timer only)."""
+        name = self.completeness.query_peer
+        return next((d for d in self.destinations if d.name == name), None) if name else None
 
     @property
     def data_dir(self) -> Path:

@@ -8,7 +8,10 @@ make a second run a no-op.
 Tasks, in :func:`periodic_tasks`: queue statistics in the log; the study
 settle check (:func:`triage_node.work.study.settle_studies`: one ``report``
 job for each study quiet for ``node.settle_seconds`` with no instance still
-queued or scoring; safe with several processes); retention
+queued or scoring; safe with several processes); with ``[completeness]
+query_peer``, the archive check (:class:`triage_node.work.completeness.CompletenessCheck`:
+a report as soon as the node holds every eligible instance the archive lists; its
+own thread, so a slow archive never holds up the settle check); retention
 (:func:`triage_node.work.retention.apply_retention`: spool files, then rows, then
 audit events past their periods; safe with several processes).
 """
@@ -26,6 +29,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from triage_node.config import Settings
 from triage_node.store.db import Store
 from triage_node.store.queries import queue_stats
+from triage_node.work.completeness import COMPLETENESS_CHECK_SECONDS, CompletenessCheck
 from triage_node.work.retention import apply_retention
 from triage_node.work.study import SETTLE_CHECK_SECONDS, settle_studies
 
@@ -57,6 +61,9 @@ def periodic_tasks(settings: Settings, store: Store) -> list[PeriodicTask]:
             "settle-studies", SETTLE_CHECK_SECONDS, lambda: settle_studies(settings, store)
         ),
     ]
+    if settings.query_peer is not None:
+        check = CompletenessCheck(settings, store)
+        tasks.append(PeriodicTask("completeness", COMPLETENESS_CHECK_SECONDS, check.run))
     if settings.retention.enabled:
         tasks.append(
             PeriodicTask(

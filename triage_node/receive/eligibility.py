@@ -51,23 +51,9 @@ def decide_eligibility(
         return EligibilityDecision(False, OWN_RESULT_REASON, own_result=True)
     if not header.has_pixel_data:
         return EligibilityDecision(False, "no pixel data (not an image)")
-    modality = (header.modality or "").upper()
-    if modality not in _upper(rules.modalities):
-        return EligibilityDecision(
-            False, f"modality {modality or '(empty)'} is not one of {', '.join(rules.modalities)}"
-        )
-    body_part = (header.body_part or "").upper()
-    if body_part not in _upper(rules.body_parts):
-        return EligibilityDecision(
-            False,
-            f"body part {body_part or '(empty)'} is not one of {', '.join(rules.body_parts)}",
-        )
-    view = (header.view_position or "").upper()
-    if view not in _upper(rules.view_positions):
-        allowed = ", ".join(v or "(empty)" for v in rules.view_positions)
-        return EligibilityDecision(
-            False, f"view position {view or '(empty)'} is not one of {allowed}"
-        )
+    decision = _tag_rules(header.modality, header.body_part, header.view_position, rules)
+    if not decision.eligible:
+        return decision
     if header.number_of_frames != 1:
         return EligibilityDecision(False, f"{header.number_of_frames} frames (one expected)")
     photometric = (header.photometric_interpretation or "").upper()
@@ -85,3 +71,53 @@ def decide_eligibility(
                 False, f"{key} is {actual or '(empty)'!s}, rule requires {wanted}"
             )
     return EligibilityDecision(True)
+
+
+def _tag_rules(
+    modality: str | None,
+    body_part: str | None,
+    view_position: str | None,
+    rules: EligibilitySection,
+) -> EligibilityDecision:
+    """The rules on Modality, Body Part Examined and View Position."""
+    modality = (modality or "").upper()
+    if modality not in _upper(rules.modalities):
+        return EligibilityDecision(
+            False, f"modality {modality or '(empty)'} is not one of {', '.join(rules.modalities)}"
+        )
+    body_part = (body_part or "").upper()
+    if body_part not in _upper(rules.body_parts):
+        return EligibilityDecision(
+            False,
+            f"body part {body_part or '(empty)'} is not one of {', '.join(rules.body_parts)}",
+        )
+    view = (view_position or "").upper()
+    if view not in _upper(rules.view_positions):
+        allowed = ", ".join(v or "(empty)" for v in rules.view_positions)
+        return EligibilityDecision(
+            False, f"view position {view or '(empty)'} is not one of {allowed}"
+        )
+    return EligibilityDecision(True)
+
+
+def decide_listed_eligibility(
+    *,
+    modality: str | None,
+    body_part: str | None,
+    view_position: str | None,
+    manufacturer: str | None = None,
+    model_name: str | None = None,
+    series_description: str | None = None,
+    rules: EligibilitySection,
+) -> EligibilityDecision:
+    """Whether an instance an archive lists for a study (a C-FIND answer) would be scored.
+
+    The same rules as :func:`decide_eligibility` as far as a query answer can tell:
+    our own results are not, Modality, Body Part Examined and View Position must
+    match. What only the instance itself shows (pixel data, frames, photometric
+    interpretation, ``require`` rules) is decided when it arrives: an instance
+    listed here that then turns out not eligible is still *held* by the node.
+    """
+    if carries_our_signature(manufacturer, model_name, series_description):
+        return EligibilityDecision(False, OWN_RESULT_REASON, own_result=True)
+    return _tag_rules(modality, body_part, view_position, rules)

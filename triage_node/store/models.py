@@ -99,6 +99,13 @@ class StudyState(enum.StrEnum):
     REPORT_FAILED = "report_failed"  # the report job failed; last_error says why
 
 
+class CompletenessPath(enum.StrEnum):
+    """How a study was found complete before its report was queued (event ``study_settled``)."""
+
+    ARCHIVE = "archive"  # the query peer lists no eligible instance the node does not hold
+    TIMER = "timer"  # node.settle_seconds of quiet (no query peer, or it could not answer)
+
+
 class DeliveryState(enum.StrEnum):
     """Delivery of result objects to a destination (per object, rolled up per study)."""
 

@@ -99,6 +99,22 @@ END_TO_END_SECONDS = Histogram(
     buckets=_E2E_BUCKETS,
     registry=REGISTRY,
 )
+COMPLETENESS = Counter(
+    "triage_completeness",
+    "Report versions queued, by how the study was found complete: archive (the query "
+    "peer's C-FIND lists no eligible instance the node does not hold) or timer "
+    "(node.settle_seconds of quiet: no query peer, or it could not answer).",
+    ["path"],
+    registry=REGISTRY,
+)
+COMPLETENESS_QUERIES = Counter(
+    "triage_completeness_queries",
+    "C-FIND queries to the query peer, by outcome: complete (the node holds every eligible "
+    "instance listed), waiting (the archive lists instances the node does not hold yet, or "
+    "does not list one it holds), failed (no answer: the study waits the settle time).",
+    ["outcome"],
+    registry=REGISTRY,
+)
 
 INSTANCE_OUTCOMES = (
     "received",
@@ -110,6 +126,8 @@ INSTANCE_OUTCOMES = (
     "failed",
 )
 STAGES = ("receive", "score", "report", "deliver")
+COMPLETENESS_PATHS = ("archive", "timer")
+QUERY_OUTCOMES = ("complete", "waiting", "failed")
 
 # Touch every fixed label value so the series exist (at 0) from the start: a rate() or an
 # alert on a series that appears only with its first event misses that event.
@@ -117,6 +135,10 @@ for _outcome in INSTANCE_OUTCOMES:
     INSTANCES.labels(_outcome)
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
+for _path in COMPLETENESS_PATHS:
+    COMPLETENESS.labels(_path)
+for _query in QUERY_OUTCOMES:
+    COMPLETENESS_QUERIES.labels(_query)
 
 
 def _safe(record: Callable[..., None]) -> Callable[..., None]:
@@ -156,6 +178,22 @@ def record_results(destination: str, outcome: str, n: int = 1) -> None:
         raise ValueError(f"unknown result outcome {outcome!r}")
     if n:
         RESULTS.labels(destination, outcome).inc(n)
+
+
+@_safe
+def record_completeness(path: str) -> None:
+    """A report version was queued for a study found complete by ``path`` (archive, timer)."""
+    if path not in COMPLETENESS_PATHS:
+        raise ValueError(f"unknown completeness path {path!r}")
+    COMPLETENESS.labels(path).inc()
+
+
+@_safe
+def record_completeness_query(outcome: str) -> None:
+    """One C-FIND to the query peer ended with ``outcome`` (complete, waiting, failed)."""
+    if outcome not in QUERY_OUTCOMES:
+        raise ValueError(f"unknown completeness query outcome {outcome!r}")
+    COMPLETENESS_QUERIES.labels(outcome).inc()
 
 
 @_safe

@@ -35,6 +35,7 @@ from triage_node.store.clock import Clock, utcnow
 from triage_node.store.db import Store, add_event, rows_changed
 from triage_node.store.jobs import enqueue_job
 from triage_node.store.models import (
+    CompletenessPath,
     Delivery,
     DeliveryState,
     Instance,
@@ -46,6 +47,7 @@ from triage_node.store.models import (
     Study,
     StudyState,
 )
+from triage_node.telemetry.metrics import record_completeness
 from triage_node.work.records import ReportPayload
 
 log = logging.getLogger(__name__)
@@ -91,8 +93,12 @@ def report_dedup_key(study_id: int, report_version: int) -> str:
     return f"report:{study_id}:{report_version}"
 
 
-def _settled_condition(now: dt.datetime, settle_seconds: float) -> ColumnElement[bool]:
-    quiet_since = now - dt.timedelta(seconds=settle_seconds)
+def ready_condition() -> ColumnElement[bool]:
+    """A study with an instance no report covers yet, none still unfinished, no report queued.
+
+    Whether it is also complete is decided by the settle time
+    (:func:`settle_studies`) or by the archive (:mod:`triage_node.work.completeness`).
+    """
     unreported = exists().where(
         Instance.study_id == Study.id,
         Instance.state != InstanceState.SKIPPED,
@@ -106,7 +112,12 @@ def _settled_condition(now: dt.datetime, settle_seconds: float) -> ColumnElement
         Job.kind == JobKind.REPORT,
         Job.state.in_((JobState.QUEUED, JobState.RUNNING)),
     )
-    return and_(Study.last_instance_at <= quiet_since, unreported, ~unfinished, ~report_pending)
+    return and_(unreported, ~unfinished, ~report_pending)
+
+
+def _settled_condition(now: dt.datetime, settle_seconds: float) -> ColumnElement[bool]:
+    quiet_since = now - dt.timedelta(seconds=settle_seconds)
+    return and_(Study.last_instance_at <= quiet_since, ready_condition())
 
 
 def settle_studies(
@@ -133,45 +144,79 @@ def settle_studies(
             # between our snapshot and the lock (PostgreSQL, read committed).
             if not session.scalars(select(Study.id).where(Study.id == study.id, condition)).first():
                 continue
-            version = study.report_version + 1
-            job = enqueue_once(
+            version = queue_report(
                 session,
-                JobKind.REPORT,
-                report_dedup_key(study.id, version),
-                study_id=study.id,
-                payload=ReportPayload(version).to_json(),
-                max_attempts=settings.worker.max_attempts,
+                settings,
+                study,
+                at,
+                path=CompletenessPath.TIMER,
+                why=f"quiet for {settings.node.settle_seconds:g} s",
             )
-            if job is None:
-                continue
-            covered = rows_changed(
-                session,
-                update(Instance)
-                .where(
-                    Instance.study_id == study.id,
-                    Instance.state != InstanceState.SKIPPED,
-                    Instance.report_version.is_(None),
-                )
-                .values(report_version=version, updated_at=at)
-                .execution_options(synchronize_session=False),
-            )
-            study.report_version = version
-            study.settled_at = at
-            study.state = StudyState.REPORTING
-            study.updated_at = at
-            add_event(
-                session,
-                "study_settled",
-                job_id=job.id,
-                study_instance_uid=study.study_instance_uid,
-                state=study.state,
-                message=f"report version {version} queued ({covered} new instance(s))",
-                data={"report_version": version, "new_instances": covered},
-            )
-            enqueued.append((study.study_instance_uid, version))
+            if version is not None:
+                enqueued.append((study.study_instance_uid, version))
     for uid, version in enqueued:
-        log.info("study settled", extra={"study_instance_uid": uid, "report_version": version})
+        record_completeness(CompletenessPath.TIMER)
+        log.info(
+            "study settled",
+            extra={"study_instance_uid": uid, "report_version": version, "path": "timer"},
+        )
     return enqueued
+
+
+def queue_report(
+    session: Session,
+    settings: Settings,
+    study: Study,
+    at: dt.datetime,
+    *,
+    path: CompletenessPath,
+    why: str,
+) -> int | None:
+    """Enqueue the study's next report version and stamp its unreported instances with it.
+
+    The caller holds the study row (locked) and has checked that it is complete by
+    ``path``; ``why`` is said in the ``study_settled`` event. Returns the report
+    version, or None when another process queued it first.
+    """
+    version = study.report_version + 1
+    job = enqueue_once(
+        session,
+        JobKind.REPORT,
+        report_dedup_key(study.id, version),
+        study_id=study.id,
+        payload=ReportPayload(version).to_json(),
+        max_attempts=settings.worker.max_attempts,
+    )
+    if job is None:
+        return None
+    covered = rows_changed(
+        session,
+        update(Instance)
+        .where(
+            Instance.study_id == study.id,
+            Instance.state != InstanceState.SKIPPED,
+            Instance.report_version.is_(None),
+        )
+        .values(report_version=version, updated_at=at)
+        .execution_options(synchronize_session=False),
+    )
+    study.report_version = version
+    study.settled_at = at
+    study.state = StudyState.REPORTING
+    study.updated_at = at
+    add_event(
+        session,
+        "study_settled",
+        job_id=job.id,
+        study_instance_uid=study.study_instance_uid,
+        state=study.state,
+        message=(
+            f"report version {version} queued ({covered} new instance(s)); "
+            f"complete by {path}: {why}"
+        ),
+        data={"report_version": version, "new_instances": covered, "path": str(path)},
+    )
+    return version
 
 
 # -- delivery roll-up ----------------------------------------------------------------------
