@@ -20,12 +20,19 @@ The picture is what a radiologist sees when scrolling past it in the viewer:
 Probabilities are in percent with two decimals, as in the SR. The object
 carries the algorithm's AIR identity (:mod:`triage_node.report.identity`).
 
-Size: the long side of the radiograph part is scaled to at most
-:data:`MAX_LONG_SIDE` pixels (a 3000x3000 16-bit DX becomes a 2048x2048 8-bit
-RGB image of 12 MB rather than 27 MB; an SC is for looking at, not for
-measuring) and at least :data:`MIN_LONG_SIDE` (so that text stays legible on
-tiny images). Font size follows the output width. Text uses DejaVu Sans
-shipped with matplotlib, so no system font is needed.
+Size and encoding: the long side of the radiograph part is scaled to at most
+:data:`MAX_LONG_SIDE` pixels (what a reading monitor shows of it at once: a
+3000x2500 DX becomes 1280x1067; an SC is for looking at, not for measuring) and
+at least :data:`MIN_LONG_SIDE` (so that text stays legible on tiny images); the
+text and outlines are drawn at that size, so they are as sharp as the screen.
+Font size follows the output width. Text uses DejaVu Sans shipped with
+matplotlib, so no system font is needed. The object is encoded in one of
+:data:`TRANSFER_SYNTAXES` (``[report] heatmap_transfer_syntax``): JPEG baseline
+(YBR_FULL_422, the usual for a secondary capture, a few hundred kB for a
+full-size radiograph), JPEG-LS lossless (RGB) or uncompressed Explicit VR Little
+Endian (RGB, several MB). The SC carries no Pixel Spacing, so nothing about its
+geometry changes with the size; Patient Orientation (row and column directions)
+is the same at any scale.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import numpy.typing as npt
 import pydicom
 from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless
 
 from triage_node import identity
 from triage_node.assessment import ImageAssessment
@@ -69,8 +77,16 @@ from triage_node.report.wording import (
 #: Series Number of our heatmap series.
 SC_SERIES_NUMBER = identity.SC_SERIES_NUMBER
 #: Longest side, in pixels, of the radiograph part of the heatmap (see module docstring).
-MAX_LONG_SIDE = 2048
+MAX_LONG_SIDE = 1280
 MIN_LONG_SIDE = 768
+#: The heatmap's transfer syntaxes by their ``[report] heatmap_transfer_syntax`` names,
+#: each with the Photometric Interpretation highdicom encodes it in.
+TRANSFER_SYNTAXES: dict[str, tuple[str, hd.PhotometricInterpretationValues]] = {
+    "jpeg-baseline": (JPEGBaseline8Bit, hd.PhotometricInterpretationValues.YBR_FULL_422),
+    "jpeg-ls-lossless": (JPEGLSLossless, hd.PhotometricInterpretationValues.RGB),
+    "explicit-little-endian": (ExplicitVRLittleEndian, hd.PhotometricInterpretationValues.RGB),
+}
+DEFAULT_TRANSFER_SYNTAX = "jpeg-baseline"
 COLORMAP = "inferno"
 #: Outline colours: DXA recommended, low likelihood, not assessable.
 POSITIVE_RGB = (255, 64, 64)
@@ -366,6 +382,7 @@ def build_heatmap(
     content_datetime: datetime.datetime | None = None,
     study: Sequence[ImageAssessment] | None = None,
     image_number: int | None = None,
+    transfer_syntax: str = DEFAULT_TRANSFER_SYNTAX,
 ) -> hd.sc.SCImage:
     """Build the RGB secondary capture of ``source`` with the model's heatmap burned in.
 
@@ -391,6 +408,8 @@ def build_heatmap(
     image_number:
         This image's 1-based position in ``study`` (the SR's "image N"), so that
         the caption of a several-image report names it; None: not named.
+    transfer_syntax:
+        How the pixels are encoded: a key of :data:`TRANSFER_SYNTAXES`.
 
     Raises ``TypeError``/``ValueError`` naming the argument before anything is built.
     """
@@ -403,6 +422,11 @@ def build_heatmap(
     checked_study = _check_study(study, image_number, checked)
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
         raise ValueError(f"series_number: expected a positive int, got {series_number!r}")
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        raise ValueError(
+            f"transfer_syntax: {transfer_syntax!r} is not one of {sorted(TRANSFER_SYNTAXES)}"
+        )
+    syntax_uid, photometric = TRANSFER_SYNTAXES[transfer_syntax]
     if content_datetime is None:
         content_datetime = content_datetime_of([source])
     elif not isinstance(content_datetime, datetime.datetime):
@@ -418,7 +442,7 @@ def build_heatmap(
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=_header(source),
         pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        photometric_interpretation=photometric,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=uids.series_instance_uid,
@@ -436,7 +460,12 @@ def build_heatmap(
         content_time=content_datetime.time(),
         series_date=content_datetime.date(),
         series_time=content_datetime.time(),
+        transfer_syntax_uid=syntax_uid,
     )
+    if syntax_uid == JPEGBaseline8Bit:
+        sc.LossyImageCompression = "01"  # Type 1C once lossy compressed (PS3.3 C.7.6.1.1.5)
+        sc.LossyImageCompressionRatio = f"{3 * sc.Rows * sc.Columns / len(sc.PixelData):.2f}"[:16]
+        sc.LossyImageCompressionMethod = "ISO_10918_1"
     sc.BurnedInAnnotation = "YES"
     sc.ImageLaterality = laterality or "B"  # both hips on one image
     if source.get("BodyPartExamined"):

@@ -24,7 +24,7 @@ import pydicom
 from triage_node.assessment import ImageAssessment
 from triage_node.durable import atomic_write
 from triage_node.report.attention_map import build_attention_map, has_attention
-from triage_node.report.heatmap import build_heatmap
+from triage_node.report.heatmap import DEFAULT_TRANSFER_SYNTAX, build_heatmap
 from triage_node.report.sr import build_study_report
 from triage_node.store.models import ResultKind
 
@@ -88,6 +88,7 @@ def build_study_results(
     report_version: int,
     content_datetime: datetime.datetime | None,
     objects: Collection[ResultKind] = ALL_OBJECTS,
+    heatmap_transfer_syntax: str = DEFAULT_TRANSFER_SYNTAX,
 ) -> list[BuiltResult]:
     """The study's result objects, those of the kinds in ``objects`` only.
 
@@ -95,7 +96,9 @@ def build_study_results(
     heatmap SC per scored image; one attention map per scored image that has a
     class-activation map of an assessed side (a model that gives none gets no
     map). ``objects`` must include the SR (``[report] objects`` is checked at
-    start for the same).
+    start for the same). ``heatmap_transfer_syntax``: how the heatmap SCs are
+    encoded (``[report] heatmap_transfer_syntax``, a key of
+    :data:`triage_node.report.heatmap.TRANSFER_SYNTAXES`).
 
     ``sources`` are in a fixed order (the caller's, e.g. by instance id) so the
     SR content is the same on every build. Raises ``ValueError``/``TypeError``
@@ -134,6 +137,7 @@ def build_study_results(
                     content_datetime=content_datetime,
                     study=study,
                     image_number=number,
+                    transfer_syntax=heatmap_transfer_syntax,
                 ),
                 s.instance_id,
             )

@@ -185,6 +185,7 @@ class ReportHandler:
                 report_version=version,
                 content_datetime=when,
                 objects=configured_objects(self.settings),
+                heatmap_transfer_syntax=self.settings.report.heatmap_transfer_syntax,
             )
         except (TypeError, ValueError) as exc:
             raise PermanentFailure(f"study {study_uid} report v{version}: {exc}") from exc
