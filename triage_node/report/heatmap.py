@@ -159,12 +159,82 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class DisplayCopy:
+    """What the heatmap is drawn from, at the heatmap's size: made once, when scoring.
+
+    ``gray``: the radiograph windowed as a viewer shows it (:func:`windowed_grayscale`),
+    scaled to the heatmap's size, uint8 (0 black, 255 white); ``cams``: per assessed
+    side, the class-activation map scaled to the same size, float32 in [0, 1];
+    ``source_shape``: the source's (rows, columns), which the ROI polygons refer to.
+    The score job keeps it beside the spool file
+    (:func:`triage_node.report.results.save_display`), so the report job draws the
+    heatmap without decoding the full-size source again.
+    """
+
+    gray: npt.NDArray[np.uint8]
+    cams: Mapping[str, npt.NDArray[np.float32]]
+    source_shape: tuple[int, int]
+
+
+def output_size(rows: int, columns: int) -> tuple[int, int]:
+    """(width, height) of the radiograph part of the heatmap of a rows x columns source."""
+    scale = _output_scale(rows, columns)
+    return max(1, round(columns * scale)), max(1, round(rows * scale))
+
+
+def display_copy(
+    source: pydicom.Dataset, assessment: ImageAssessment, cams: Mapping[str, np.ndarray] | None
+) -> DisplayCopy:
+    """The :class:`DisplayCopy` of ``source`` (pixels decoded) with its CAMs (see there).
+
+    Raises ``TypeError``/``ValueError`` naming the argument, as :func:`render_heatmap`.
+    """
+    rows, columns = int(source.Rows), int(source.Columns)
+    checked = check_assessment(assessment, "assessment", source)
+    checked_cams = _check_cams(cams, checked, rows, columns)
+    size = output_size(rows, columns)
+    gray = windowed_grayscale(source)
+    if gray.shape != (rows, columns):
+        raise ValueError(
+            f"source: pixel array {gray.shape} is not Rows x Columns {(rows, columns)}"
+        )
+    if size != (columns, rows):
+        gray = _resize(gray, size)
+    gray8 = np.round(np.clip(gray, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+    del gray
+    scaled = {
+        side: _resize(cam, size) if size != (columns, rows) else cam.astype(np.float32)
+        for side, cam in checked_cams.items()
+    }
+    return DisplayCopy(gray8, scaled, (rows, columns))
+
+
+def _check_display(
+    display: object, rows: int, columns: int, assessment: ImageAssessment
+) -> DisplayCopy:
+    if not isinstance(display, DisplayCopy):
+        raise TypeError(f"display: expected a DisplayCopy, got {type(display).__name__}")
+    width, height = output_size(rows, columns)
+    if display.source_shape != (rows, columns) or display.gray.shape != (height, width):
+        raise ValueError(
+            f"display: made for a {display.source_shape} source at {display.gray.shape}, "
+            f"not this {(rows, columns)} source at {(height, width)}"
+        )
+    sides = {s.side for s in assessment.sides}
+    for side, cam in display.cams.items():
+        if side not in sides or cam.shape != (height, width):
+            raise ValueError(f"display: CAM {side!r} of shape {cam.shape} does not fit")
+    return display
+
+
 def render_heatmap(
     source: pydicom.Dataset,
     assessment: ImageAssessment,
     cams: Mapping[str, np.ndarray] | None = None,
     study: Sequence[ImageAssessment] | None = None,
     image_number: int | None = None,
+    display: DisplayCopy | None = None,
 ) -> np.ndarray:
     """Render the heatmap picture as an (rows, columns, 3) uint8 RGB array.
 
@@ -173,15 +243,19 @@ def render_heatmap(
     ``study``: the assessments of every image of the report, this one included,
     for the study line (default: this image alone); ``image_number``: this
     image's 1-based position in ``study``, as the SR numbers the images.
+    ``display``: the source's :class:`DisplayCopy` made when it was scored; then
+    neither the source's pixels nor ``cams`` are read (the picture is the same).
     """
     rows, columns = int(source.Rows), int(source.Columns)
     checked = check_assessment(assessment, "assessment", source)
     checked_study = _check_study(study, image_number, checked)
-    checked_cams = _check_cams(cams, checked, rows, columns)
-    gray = windowed_grayscale(source)
+    if display is None:
+        display = display_copy(source, checked, cams)
+    else:
+        display = _check_display(display, rows, columns, checked)
     scale = _output_scale(rows, columns)
-    width, height = max(1, round(columns * scale)), max(1, round(rows * scale))
-    gray = _resize(gray, (width, height)) if scale != 1.0 else gray
+    width, height = output_size(rows, columns)
+    gray = display.gray.astype(np.float32) / np.float32(255.0)
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
     del gray
     cmap = colormaps[COLORMAP]
@@ -200,7 +274,7 @@ def render_heatmap(
             percent_text(side.probability) if side.probability is not None else "n/a"
         )
         outlines.append((scaled, colour, label))
-        cam = checked_cams.get(side.side)
+        cam = display.cams.get(side.side)
         if cam is None:
             continue
         mask_img = Image.new("L", (width, height), 0)
@@ -210,8 +284,7 @@ def render_heatmap(
             continue
         x0, y0, x1, y1 = box
         mask = np.asarray(mask_img.crop(box), dtype=np.float32) / np.float32(255.0)
-        cam_out = _resize(cam, (width, height)) if scale != 1.0 else cam
-        heat = np.clip(np.asarray(cam_out[y0:y1, x0:x1], dtype=np.float32), 0, 1)
+        heat = np.clip(np.asarray(cam[y0:y1, x0:x1], dtype=np.float32), 0, 1)
         alpha = (np.float32(_MAX_ALPHA) * heat * mask)[:, :, None]
         region = rgb[y0:y1, x0:x1]
         rgb[y0:y1, x0:x1] = region * (1 - alpha) + cmap(heat)[:, :, :3] * alpha
@@ -233,7 +306,7 @@ def render_heatmap(
             stroke_width=2,
             stroke_fill=(0, 0, 0),
         )
-    return _with_caption_band(np.asarray(image), checked, checked_study, bool(checked_cams))
+    return _with_caption_band(np.asarray(image), checked, checked_study, bool(display.cams))
 
 
 @dataclass(frozen=True)
@@ -383,13 +456,15 @@ def build_heatmap(
     study: Sequence[ImageAssessment] | None = None,
     image_number: int | None = None,
     transfer_syntax: str = DEFAULT_TRANSFER_SYNTAX,
+    display: DisplayCopy | None = None,
 ) -> hd.sc.SCImage:
     """Build the RGB secondary capture of ``source`` with the model's heatmap burned in.
 
     Parameters
     ----------
     source:
-        The scored radiograph (with pixel data), grayscale, one frame.
+        The scored radiograph (with pixel data unless ``display`` is given), grayscale,
+        one frame.
     assessment:
         The model's result for ``source``.
     cams:
@@ -410,6 +485,9 @@ def build_heatmap(
         the caption of a several-image report names it; None: not named.
     transfer_syntax:
         How the pixels are encoded: a key of :data:`TRANSFER_SYNTAXES`.
+    display:
+        The source's :class:`DisplayCopy` made when scoring: the heatmap is drawn from
+        it (same picture) and ``source`` needs no pixel data; None: from ``source``.
 
     Raises ``TypeError``/``ValueError`` naming the argument before anything is built.
     """
@@ -435,7 +513,9 @@ def build_heatmap(
         source.StudyInstanceUID, source.SOPInstanceUID, checked.model_version, report_version
     )
     orientation = _patient_orientation(source)
-    pixels = render_heatmap(source, checked, cams, checked_study.assessments, image_number)
+    pixels = render_heatmap(
+        source, checked, cams, checked_study.assessments, image_number, display=display
+    )
 
     sides = sorted({s.side for s in checked.sides})
     laterality = {"left": "L", "right": "R"}[sides[0]] if len(sides) == 1 else None
