@@ -154,14 +154,16 @@ def dcmtk_storescp(
 ) -> Iterator[int]:
     """dcmtk's storescp as ``ae_title`` on loopback ``port`` (a free one by default) with
     ``options``, writing what it receives to ``out_dir`` if given; yields the port and
-    kills it after."""
+    kills it after. It accepts every transfer syntax dcmtk knows (``+xa``), as an archive
+    does: the heatmap SC is JPEG baseline by default, and storescp's own default takes
+    uncompressed objects only."""
     port = port or free_port()
     where: list[str] = []
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         where = ["-od", str(out_dir)]
     proc = start_process(
-        [need_tool("storescp"), "-aet", ae_title, *where, *options, str(port)],
+        [need_tool("storescp"), "-aet", ae_title, "+xa", *where, *options, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -177,11 +179,13 @@ def start_archive_scp(
 ) -> tuple[Any, int]:
     """A pynetdicom storage SCP on loopback whose C-STOREs are answered by
     ``on_store(event) -> status`` (a test's misbehaving archive). Returns the running
-    server (``shutdown()`` it) and its port."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    server (``shutdown()`` it) and its port. It accepts every transfer syntax pydicom
+    knows, compressed ones included (the heatmap SC is JPEG baseline by default)."""
+    from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 
     ae = AE(ae_title=ae_title)
-    ae.supported_contexts = AllStoragePresentationContexts
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
     port = port or free_port()
     server = ae.start_server(
         ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]

@@ -41,6 +41,11 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("[modle]\nbundle = 'x'\n", "modle", "unknown key"),
         ("[logging]\nlevel = 'LOUD'\n", "logging.level", "INFO"),
         ("[node]\nworkers = '2'\n", "node.workers", "without quotes"),
+        (
+            "[report]\nheatmap_transfer_syntax = 'jpeg2000'\n",
+            "report.heatmap_transfer_syntax",
+            "'jpeg-baseline', 'jpeg-ls-lossless' or 'explicit-little-endian'",
+        ),
     ],
 )
 def test_bad_config_exits_2_naming_key_and_file(
@@ -200,6 +205,17 @@ def test_threshold_empty_is_the_bundles_and_a_probability_is_taken(tmp_path: Pat
     assert load_settings(path, environ={}).model.threshold is None
     path.write_text("[model]\nthreshold = 0.35\n")
     assert load_settings(path, environ={}).model.threshold == 0.35
+
+
+def test_heatmap_transfer_syntax_defaults_to_jpeg_baseline_and_takes_the_lossless_ones(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    assert load_settings(path, environ={}).report.heatmap_transfer_syntax == "jpeg-baseline"
+    for name in ("jpeg-ls-lossless", "explicit-little-endian"):
+        path.write_text(f"[report]\nheatmap_transfer_syntax = '{name}'\n")
+        assert load_settings(path, environ={}).report.heatmap_transfer_syntax == name
 
 
 def test_duplicate_destination_names_exit_2(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import datetime
 import html
 import re
 import subprocess
+import typing
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -14,16 +15,19 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless
 
 from tests.dicom_files import PHI_ID, PHI_NAME, make_radiograph
 from tests.peers import need_tool
 from triage_node import identity
 from triage_node.assessment import ImageAssessment, SideAssessment
+from triage_node.config import HeatmapTransferSyntax
 from triage_node.report import codes
 from triage_node.report.heatmap import (
     MAX_LONG_SIDE,
     NEGATIVE_RGB,
     POSITIVE_RGB,
+    TRANSFER_SYNTAXES,
     build_heatmap,
     caption_text,
     render_heatmap,
@@ -31,6 +35,7 @@ from triage_node.report.heatmap import (
 )
 from triage_node.report.sr import build_study_report
 from triage_node.report.wording import ATTENTION_SCALE_NOTE, study_conclusion
+from triage_node.synth import generate_cohort
 
 # dciodvfy warnings we accept; each is explained in docs/dicom-conformance.md.
 KNOWN_WARNINGS = (
@@ -484,18 +489,40 @@ def test_sr_builder_refuses_rois_outside_the_image_and_mixed_studies() -> None:
 # --- heatmap ---------------------------------------------------------------------------
 
 
-def test_heatmap_is_valid_rgb_with_burned_in_annotation(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("syntax", "uid", "photometric"),
+    [
+        ("jpeg-baseline", JPEGBaseline8Bit, "YBR_FULL_422"),
+        ("jpeg-ls-lossless", JPEGLSLossless, "RGB"),
+        ("explicit-little-endian", ExplicitVRLittleEndian, "RGB"),
+    ],
+)
+def test_heatmap_is_valid_rgb_with_burned_in_annotation(
+    tmp_path: Path, syntax: str, uid: str, photometric: str
+) -> None:
     src = source()
     yy, xx = np.mgrid[0:ROWS, 0:COLUMNS]
     cams = {
         "left": np.exp(-((xx - 96) ** 2 + (yy - 50) ** 2) / 200.0),
         "right": np.exp(-((xx - 30) ** 2 + (yy - 50) ** 2) / 200.0),
     }
-    sc = build_heatmap(src, assessment(), cams, report_version=1)
+    sc = build_heatmap(src, assessment(), cams, report_version=1, transfer_syntax=syntax)
     path = save(sc, tmp_path / "sc.dcm")
     dciodvfy(path)
     back = pydicom.dcmread(path)
-    assert back.PhotometricInterpretation == "RGB" and back.SamplesPerPixel == 3
+    assert back.file_meta.TransferSyntaxUID == uid
+    assert back.PhotometricInterpretation == photometric and back.SamplesPerPixel == 3
+    # what a viewer decodes is the picture we drew (exactly, unless JPEG baseline)
+    drawn = render_heatmap(src, assessment(), cams).astype(int)
+    error = np.abs(back.pixel_array.astype(int) - drawn)
+    if syntax == "jpeg-baseline":
+        assert back.LossyImageCompression == "01"
+        assert back.LossyImageCompressionMethod == "ISO_10918_1"
+        assert float(back.LossyImageCompressionRatio) > 1
+        assert error.mean() < 3
+    else:
+        assert "LossyImageCompression" not in back
+        assert error.max() == 0
     assert back.BurnedInAnnotation == "YES"
     assert list(back.PatientOrientation) == ["L", "F"]
     assert back.ImageLaterality == "B"
@@ -504,11 +531,61 @@ def test_heatmap_is_valid_rgb_with_burned_in_annotation(tmp_path: Path) -> None:
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
     # small sources are enlarged so the burned-in text stays legible
     assert max(back.Rows, back.Columns) > max(ROWS, COLUMNS)
-    again = save(build_heatmap(src, assessment(), cams, report_version=1), tmp_path / "b.dcm")
-    assert path.read_bytes() == again.read_bytes()
-    v2 = build_heatmap(src, assessment(), cams, report_version=2)
+    again = build_heatmap(src, assessment(), cams, report_version=1, transfer_syntax=syntax)
+    assert path.read_bytes() == save(again, tmp_path / "b.dcm").read_bytes()
+    v2 = build_heatmap(src, assessment(), cams, report_version=2, transfer_syntax=syntax)
     assert v2.SOPInstanceUID != back.SOPInstanceUID
     assert v2.SeriesInstanceUID == back.SeriesInstanceUID
+
+
+def test_heatmap_refuses_an_unknown_transfer_syntax() -> None:
+    with pytest.raises(ValueError, match="transfer_syntax: 'jpeg2000'"):
+        build_heatmap(source(), assessment(), None, report_version=1, transfer_syntax="jpeg2000")
+
+
+def test_the_config_names_every_heatmap_transfer_syntax() -> None:
+    assert set(typing.get_args(HeatmapTransferSyntax)) == set(TRANSFER_SYNTAXES)
+
+
+@pytest.fixture(scope="module")
+def full_size_radiograph(tmp_path_factory: pytest.TempPathFactory) -> pydicom.Dataset:
+    """One synthetic hip radiograph at full detector size (thousands of pixels a side)."""
+    out = tmp_path_factory.mktemp("full")
+    generate_cohort(out, 1, seed=3, size="full", progress=False)
+    return pydicom.dcmread(next(out.glob("synth_*.dcm")))
+
+
+def test_full_size_heatmap_is_jpeg_under_1_mb_at_reading_size(
+    tmp_path: Path, full_size_radiograph: pydicom.Dataset
+) -> None:
+    src = full_size_radiograph
+    assert max(src.Rows, src.Columns) >= 2000
+    rows, columns = int(src.Rows), int(src.Columns)
+    roi_r = [(0.1 * columns, 0.4 * rows), (0.4 * columns, 0.4 * rows), (0.4 * columns, 0.8 * rows)]
+    roi_l = [(0.6 * columns, 0.4 * rows), (0.9 * columns, 0.4 * rows), (0.9 * columns, 0.8 * rows)]
+    yy, xx = np.mgrid[0:rows, 0:columns]
+    cam = np.exp(
+        -(((xx - 0.3 * columns) / (0.05 * columns)) ** 2 + ((yy - 0.6 * rows) / (0.05 * rows)) ** 2)
+    )
+    result = ImageAssessment(
+        sides=(
+            SideAssessment("right", 0.8, roi_polygon=roi_r, positive=True),
+            SideAssessment("left", 0.2, roi_polygon=roi_l, positive=False),
+        ),
+        model_name="dtc-demo",
+        model_version="0.1.0",
+        threshold=0.5,
+        synthetic_model=True,
+    )
+    sc = build_heatmap(src, result, {"right": cam, "left": cam[:, ::-1]}, report_version=1)
+    path = save(sc, tmp_path / "sc.dcm")
+    dciodvfy(path)
+    assert path.stat().st_size <= 1_000_000
+    back = pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    # the radiograph part at reading size, its long side MAX_LONG_SIDE (plus the caption band)
+    assert back.Columns == round(columns * MAX_LONG_SIDE / max(rows, columns))
+    assert back.pixel_array.shape == (back.Rows, back.Columns, 3)
 
 
 def test_heatmap_without_cam_draws_the_roi_outlines_in_decision_colours() -> None:
@@ -558,7 +635,7 @@ def test_huge_sources_are_scaled_down() -> None:
         synthetic_model=False,
     )
     pixels = render_heatmap(big, result, None)
-    assert pixels.shape[1] == 1024  # 1300 * 2048 / 2600
+    assert pixels.shape[1] == 640  # 1300 * 1280 / 2600
     assert pixels.shape[0] > MAX_LONG_SIDE  # plus the caption band
 
 

@@ -31,10 +31,12 @@ from tests.peers import dcmtk_storescp, free_port, start_archive_scp
 from tests.test_report import COLUMNS, ROWS, assessment
 from triage_node.assessment import ImageAssessment
 from triage_node.config import Settings
-from triage_node.report.heatmap import build_heatmap
+from triage_node.report.heatmap import build_heatmap, output_size, render_heatmap
 from triage_node.report.results import (
     assessment_from_json,
     build_study_results,
+    load_cams,
+    load_display,
     save_cams,
 )
 from triage_node.report.uids import attention_map_uids, heatmap_uids, study_report_uids
@@ -50,6 +52,7 @@ from triage_node.store.models import (
 )
 from triage_node.telemetry.logs import setup_logging
 from triage_node.work.report import content_datetime_for, load_sources
+from triage_node.work.retention import study_files
 from triage_node.work.study import settle_studies
 from triage_node.work.worker import Worker, default_handlers
 
@@ -683,3 +686,64 @@ def test_score_job_saves_cams_beside_the_spool_file_and_the_heatmap_uses_them(
         assert not np.array_equal(
             pydicom.dcmread(settings.spool_dir / sc.path).pixel_array, plain.pixel_array
         )
+
+
+def _wreck_pixels(path: Path) -> None:
+    """Overwrite a spool file's pixel data with zeros: a heatmap drawn from it is black."""
+    ds = pydicom.dcmread(path)
+    ds.PixelData = bytes(len(ds.PixelData))
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize("old_spool_entry", [False, True], ids=["display-copy", "old-entry"])
+def test_report_job_draws_the_heatmap_from_the_score_jobs_display_copy(
+    tmp_path: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    study_uid: str,
+    old_spool_entry: bool,
+) -> None:
+    """The score job leaves the heatmap's display copy; the report job draws the same
+    picture from it without decoding the source again. An instance scored before
+    display copies existed is still drawn, from its pixels."""
+    from tests.test_worker import add_instance, use_model
+
+    settings = node_settings(tmp_path, database_url)
+    settings.report.heatmap_transfer_syntax = "explicit-little-endian"  # compare exactly
+    use_model(monkeypatch, CamModel())
+    with opened(settings) as store:
+        inst_id, _, sop = add_instance(
+            store, settings.spool_dir, rows=ROWS, columns=COLUMNS, study_uid=study_uid
+        )
+        assert run_jobs(settings, store) == 1
+        inst = rows(store, Instance, Instance.id == inst_id)[0]
+        spool_file = settings.spool_dir / inst.path
+        display_file = settings.spool_dir / inst.result["display_path"]
+        assert display_file == spool_file.with_name(f"{sop}.display.npz")
+        display = load_display(display_file)
+        assert display is not None and display.gray.dtype == np.uint8
+        assert display.gray.shape[::-1] == output_size(ROWS, COLUMNS)
+        assert sorted(display.cams) == ["left", "right"]
+        source = pydicom.dcmread(spool_file)
+        a = assessment_from_json(inst.result["assessment"])
+        expected = render_heatmap(
+            source, a, load_cams(settings.spool_dir / inst.result["cam_path"]), [a], 1
+        )
+        if old_spool_entry:  # as a node before display copies left it
+            display_file.unlink()
+            with store.write() as session:
+                row = session.get(Instance, inst_id)
+                assert row is not None
+                row.result = {k: v for k, v in row.result.items() if k != "display_path"}
+        else:  # the report job must not need the source's pixels
+            _wreck_pixels(spool_file)
+
+        settle_studies(settings, store, now=later(settings))
+        run_jobs(settings, store)
+        sc = [r for r in rows(store, Result) if r.kind == "SC"][0]
+        drawn = pydicom.dcmread(settings.spool_dir / sc.path).pixel_array
+        assert np.array_equal(drawn, expected)
+        # the display copy goes with the study's other spool files
+        with store.read() as session:
+            files = study_files(session, inst.study_id)
+        assert (inst.result["display_path"] in files) != old_spool_entry

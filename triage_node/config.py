@@ -318,6 +318,8 @@ class ModelSection(_Section):
 
 #: The result objects the report job can make; see README "Configuration".
 ResultObject = Literal["sr", "sc", "map"]
+#: How the heatmap secondary capture is encoded; see README "Configuration".
+HeatmapTransferSyntax = Literal["jpeg-baseline", "jpeg-ls-lossless", "explicit-little-endian"]
 
 
 class ReportSection(_Section):
@@ -327,6 +329,10 @@ class ReportSection(_Section):
     # disclaimers); "sc": a heatmap Secondary Capture per scored image; "map": the
     # machine-readable attention map (fractional Segmentation) per scored image.
     objects: list[ResultObject] = ["sr", "sc", "map"]
+    # The heatmap SC's transfer syntax: "jpeg-baseline" (lossy, YBR_FULL_422, a few
+    # hundred kB), "jpeg-ls-lossless" (RGB, under 1 MB) or "explicit-little-endian"
+    # (uncompressed RGB, several MB; for an archive that takes nothing else).
+    heatmap_transfer_syntax: HeatmapTransferSyntax = "jpeg-baseline"
 
     @field_validator("objects")
     @classmethod

@@ -20,12 +20,19 @@ The picture is what a radiologist sees when scrolling past it in the viewer:
 Probabilities are in percent with two decimals, as in the SR. The object
 carries the algorithm's AIR identity (:mod:`triage_node.report.identity`).
 
-Size: the long side of the radiograph part is scaled to at most
-:data:`MAX_LONG_SIDE` pixels (a 3000x3000 16-bit DX becomes a 2048x2048 8-bit
-RGB image of 12 MB rather than 27 MB; an SC is for looking at, not for
-measuring) and at least :data:`MIN_LONG_SIDE` (so that text stays legible on
-tiny images). Font size follows the output width. Text uses DejaVu Sans
-shipped with matplotlib, so no system font is needed.
+Size and encoding: the long side of the radiograph part is scaled to at most
+:data:`MAX_LONG_SIDE` pixels (what a reading monitor shows of it at once: a
+3000x2500 DX becomes 1280x1067; an SC is for looking at, not for measuring) and
+at least :data:`MIN_LONG_SIDE` (so that text stays legible on tiny images); the
+text and outlines are drawn at that size, so they are as sharp as the screen.
+Font size follows the output width. Text uses DejaVu Sans shipped with
+matplotlib, so no system font is needed. The object is encoded in one of
+:data:`TRANSFER_SYNTAXES` (``[report] heatmap_transfer_syntax``): JPEG baseline
+(YBR_FULL_422, the usual for a secondary capture, a few hundred kB for a
+full-size radiograph), JPEG-LS lossless (RGB) or uncompressed Explicit VR Little
+Endian (RGB, several MB). The SC carries no Pixel Spacing, so nothing about its
+geometry changes with the size; Patient Orientation (row and column directions)
+is the same at any scale.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import numpy.typing as npt
 import pydicom
 from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
+from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLSLossless
 
 from triage_node import identity
 from triage_node.assessment import ImageAssessment
@@ -69,8 +77,16 @@ from triage_node.report.wording import (
 #: Series Number of our heatmap series.
 SC_SERIES_NUMBER = identity.SC_SERIES_NUMBER
 #: Longest side, in pixels, of the radiograph part of the heatmap (see module docstring).
-MAX_LONG_SIDE = 2048
+MAX_LONG_SIDE = 1280
 MIN_LONG_SIDE = 768
+#: The heatmap's transfer syntaxes by their ``[report] heatmap_transfer_syntax`` names,
+#: each with the Photometric Interpretation highdicom encodes it in.
+TRANSFER_SYNTAXES: dict[str, tuple[str, hd.PhotometricInterpretationValues]] = {
+    "jpeg-baseline": (JPEGBaseline8Bit, hd.PhotometricInterpretationValues.YBR_FULL_422),
+    "jpeg-ls-lossless": (JPEGLSLossless, hd.PhotometricInterpretationValues.RGB),
+    "explicit-little-endian": (ExplicitVRLittleEndian, hd.PhotometricInterpretationValues.RGB),
+}
+DEFAULT_TRANSFER_SYNTAX = "jpeg-baseline"
 COLORMAP = "inferno"
 #: Outline colours: DXA recommended, low likelihood, not assessable.
 POSITIVE_RGB = (255, 64, 64)
@@ -143,12 +159,82 @@ def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
+@dataclass(frozen=True)
+class DisplayCopy:
+    """What the heatmap is drawn from, at the heatmap's size: made once, when scoring.
+
+    ``gray``: the radiograph windowed as a viewer shows it (:func:`windowed_grayscale`),
+    scaled to the heatmap's size, uint8 (0 black, 255 white); ``cams``: per assessed
+    side, the class-activation map scaled to the same size, float32 in [0, 1];
+    ``source_shape``: the source's (rows, columns), which the ROI polygons refer to.
+    The score job keeps it beside the spool file
+    (:func:`triage_node.report.results.save_display`), so the report job draws the
+    heatmap without decoding the full-size source again.
+    """
+
+    gray: npt.NDArray[np.uint8]
+    cams: Mapping[str, npt.NDArray[np.float32]]
+    source_shape: tuple[int, int]
+
+
+def output_size(rows: int, columns: int) -> tuple[int, int]:
+    """(width, height) of the radiograph part of the heatmap of a rows x columns source."""
+    scale = _output_scale(rows, columns)
+    return max(1, round(columns * scale)), max(1, round(rows * scale))
+
+
+def display_copy(
+    source: pydicom.Dataset, assessment: ImageAssessment, cams: Mapping[str, np.ndarray] | None
+) -> DisplayCopy:
+    """The :class:`DisplayCopy` of ``source`` (pixels decoded) with its CAMs (see there).
+
+    Raises ``TypeError``/``ValueError`` naming the argument, as :func:`render_heatmap`.
+    """
+    rows, columns = int(source.Rows), int(source.Columns)
+    checked = check_assessment(assessment, "assessment", source)
+    checked_cams = _check_cams(cams, checked, rows, columns)
+    size = output_size(rows, columns)
+    gray = windowed_grayscale(source)
+    if gray.shape != (rows, columns):
+        raise ValueError(
+            f"source: pixel array {gray.shape} is not Rows x Columns {(rows, columns)}"
+        )
+    if size != (columns, rows):
+        gray = _resize(gray, size)
+    gray8 = np.round(np.clip(gray, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+    del gray
+    scaled = {
+        side: _resize(cam, size) if size != (columns, rows) else cam.astype(np.float32)
+        for side, cam in checked_cams.items()
+    }
+    return DisplayCopy(gray8, scaled, (rows, columns))
+
+
+def _check_display(
+    display: object, rows: int, columns: int, assessment: ImageAssessment
+) -> DisplayCopy:
+    if not isinstance(display, DisplayCopy):
+        raise TypeError(f"display: expected a DisplayCopy, got {type(display).__name__}")
+    width, height = output_size(rows, columns)
+    if display.source_shape != (rows, columns) or display.gray.shape != (height, width):
+        raise ValueError(
+            f"display: made for a {display.source_shape} source at {display.gray.shape}, "
+            f"not this {(rows, columns)} source at {(height, width)}"
+        )
+    sides = {s.side for s in assessment.sides}
+    for side, cam in display.cams.items():
+        if side not in sides or cam.shape != (height, width):
+            raise ValueError(f"display: CAM {side!r} of shape {cam.shape} does not fit")
+    return display
+
+
 def render_heatmap(
     source: pydicom.Dataset,
     assessment: ImageAssessment,
     cams: Mapping[str, np.ndarray] | None = None,
     study: Sequence[ImageAssessment] | None = None,
     image_number: int | None = None,
+    display: DisplayCopy | None = None,
 ) -> np.ndarray:
     """Render the heatmap picture as an (rows, columns, 3) uint8 RGB array.
 
@@ -157,15 +243,19 @@ def render_heatmap(
     ``study``: the assessments of every image of the report, this one included,
     for the study line (default: this image alone); ``image_number``: this
     image's 1-based position in ``study``, as the SR numbers the images.
+    ``display``: the source's :class:`DisplayCopy` made when it was scored; then
+    neither the source's pixels nor ``cams`` are read (the picture is the same).
     """
     rows, columns = int(source.Rows), int(source.Columns)
     checked = check_assessment(assessment, "assessment", source)
     checked_study = _check_study(study, image_number, checked)
-    checked_cams = _check_cams(cams, checked, rows, columns)
-    gray = windowed_grayscale(source)
+    if display is None:
+        display = display_copy(source, checked, cams)
+    else:
+        display = _check_display(display, rows, columns, checked)
     scale = _output_scale(rows, columns)
-    width, height = max(1, round(columns * scale)), max(1, round(rows * scale))
-    gray = _resize(gray, (width, height)) if scale != 1.0 else gray
+    width, height = output_size(rows, columns)
+    gray = display.gray.astype(np.float32) / np.float32(255.0)
     rgb = np.repeat(gray[:, :, None], 3, axis=2)
     del gray
     cmap = colormaps[COLORMAP]
@@ -184,7 +274,7 @@ def render_heatmap(
             percent_text(side.probability) if side.probability is not None else "n/a"
         )
         outlines.append((scaled, colour, label))
-        cam = checked_cams.get(side.side)
+        cam = display.cams.get(side.side)
         if cam is None:
             continue
         mask_img = Image.new("L", (width, height), 0)
@@ -194,8 +284,7 @@ def render_heatmap(
             continue
         x0, y0, x1, y1 = box
         mask = np.asarray(mask_img.crop(box), dtype=np.float32) / np.float32(255.0)
-        cam_out = _resize(cam, (width, height)) if scale != 1.0 else cam
-        heat = np.clip(np.asarray(cam_out[y0:y1, x0:x1], dtype=np.float32), 0, 1)
+        heat = np.clip(np.asarray(cam[y0:y1, x0:x1], dtype=np.float32), 0, 1)
         alpha = (np.float32(_MAX_ALPHA) * heat * mask)[:, :, None]
         region = rgb[y0:y1, x0:x1]
         rgb[y0:y1, x0:x1] = region * (1 - alpha) + cmap(heat)[:, :, :3] * alpha
@@ -217,7 +306,7 @@ def render_heatmap(
             stroke_width=2,
             stroke_fill=(0, 0, 0),
         )
-    return _with_caption_band(np.asarray(image), checked, checked_study, bool(checked_cams))
+    return _with_caption_band(np.asarray(image), checked, checked_study, bool(display.cams))
 
 
 @dataclass(frozen=True)
@@ -366,13 +455,16 @@ def build_heatmap(
     content_datetime: datetime.datetime | None = None,
     study: Sequence[ImageAssessment] | None = None,
     image_number: int | None = None,
+    transfer_syntax: str = DEFAULT_TRANSFER_SYNTAX,
+    display: DisplayCopy | None = None,
 ) -> hd.sc.SCImage:
     """Build the RGB secondary capture of ``source`` with the model's heatmap burned in.
 
     Parameters
     ----------
     source:
-        The scored radiograph (with pixel data), grayscale, one frame.
+        The scored radiograph (with pixel data unless ``display`` is given), grayscale,
+        one frame.
     assessment:
         The model's result for ``source``.
     cams:
@@ -391,6 +483,11 @@ def build_heatmap(
     image_number:
         This image's 1-based position in ``study`` (the SR's "image N"), so that
         the caption of a several-image report names it; None: not named.
+    transfer_syntax:
+        How the pixels are encoded: a key of :data:`TRANSFER_SYNTAXES`.
+    display:
+        The source's :class:`DisplayCopy` made when scoring: the heatmap is drawn from
+        it (same picture) and ``source`` needs no pixel data; None: from ``source``.
 
     Raises ``TypeError``/``ValueError`` naming the argument before anything is built.
     """
@@ -403,6 +500,11 @@ def build_heatmap(
     checked_study = _check_study(study, image_number, checked)
     if isinstance(series_number, bool) or not isinstance(series_number, int) or series_number < 1:
         raise ValueError(f"series_number: expected a positive int, got {series_number!r}")
+    if transfer_syntax not in TRANSFER_SYNTAXES:
+        raise ValueError(
+            f"transfer_syntax: {transfer_syntax!r} is not one of {sorted(TRANSFER_SYNTAXES)}"
+        )
+    syntax_uid, photometric = TRANSFER_SYNTAXES[transfer_syntax]
     if content_datetime is None:
         content_datetime = content_datetime_of([source])
     elif not isinstance(content_datetime, datetime.datetime):
@@ -411,14 +513,16 @@ def build_heatmap(
         source.StudyInstanceUID, source.SOPInstanceUID, checked.model_version, report_version
     )
     orientation = _patient_orientation(source)
-    pixels = render_heatmap(source, checked, cams, checked_study.assessments, image_number)
+    pixels = render_heatmap(
+        source, checked, cams, checked_study.assessments, image_number, display=display
+    )
 
     sides = sorted({s.side for s in checked.sides})
     laterality = {"left": "L", "right": "R"}[sides[0]] if len(sides) == 1 else None
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=_header(source),
         pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        photometric_interpretation=photometric,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=uids.series_instance_uid,
@@ -436,7 +540,12 @@ def build_heatmap(
         content_time=content_datetime.time(),
         series_date=content_datetime.date(),
         series_time=content_datetime.time(),
+        transfer_syntax_uid=syntax_uid,
     )
+    if syntax_uid == JPEGBaseline8Bit:
+        sc.LossyImageCompression = "01"  # Type 1C once lossy compressed (PS3.3 C.7.6.1.1.5)
+        sc.LossyImageCompressionRatio = f"{3 * sc.Rows * sc.Columns / len(sc.PixelData):.2f}"[:16]
+        sc.LossyImageCompressionMethod = "ISO_10918_1"
     sc.BurnedInAnnotation = "YES"
     sc.ImageLaterality = laterality or "B"  # both hips on one image
     if source.get("BodyPartExamined"):

@@ -24,7 +24,7 @@ import pydicom
 from triage_node.assessment import ImageAssessment
 from triage_node.durable import atomic_write
 from triage_node.report.attention_map import build_attention_map, has_attention
-from triage_node.report.heatmap import build_heatmap
+from triage_node.report.heatmap import DEFAULT_TRANSFER_SYNTAX, DisplayCopy, build_heatmap
 from triage_node.report.sr import build_study_report
 from triage_node.store.models import ResultKind
 
@@ -58,6 +58,48 @@ def load_cams(path: Path) -> dict[str, np.ndarray] | None:
         return {side: np.asarray(npz[side], dtype=np.float64) for side in npz.files}
 
 
+def display_path_for(spool_path: Path) -> Path:
+    """Where the heatmap's display copy of a spooled instance lives: ``<sop>.display.npz``."""
+    return spool_path.with_name(spool_path.name.removesuffix(".dcm") + ".display.npz")
+
+
+def save_display(path: Path, display: DisplayCopy, *, fsync: bool = True) -> None:
+    """Write a :class:`DisplayCopy` as an ``.npz`` (no pickle), atomically and durably."""
+    arrays: dict[str, np.ndarray] = {
+        "gray": np.asarray(display.gray, dtype=np.uint8),
+        "source_shape": np.asarray(display.source_shape, dtype=np.int64),
+    }
+    for side, cam in display.cams.items():
+        if side not in ("left", "right"):
+            raise ValueError(f"display: unknown CAM side {side!r} (expected 'left'/'right')")
+        arrays[f"cam_{side}"] = np.asarray(cam, dtype=np.float32)
+    with atomic_write(path, fsync=fsync) as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy stub: **kwds vs allow_pickle
+
+
+def load_display(path: Path) -> DisplayCopy | None:
+    """The :class:`DisplayCopy` saved by :func:`save_display`, or None when there is no file.
+
+    Raises ``ValueError`` (or ``OSError``) when the file is there but not such a copy.
+    """
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as npz:
+        names = set(npz.files)
+        if not {"gray", "source_shape"} <= names:
+            raise ValueError(f"{path.name}: not a heatmap display copy (arrays {sorted(names)})")
+        gray = np.asarray(npz["gray"])
+        shape = tuple(int(v) for v in npz["source_shape"])
+        cams = {
+            name.removeprefix("cam_"): np.asarray(npz[name], dtype=np.float32)
+            for name in sorted(names)
+            if name.startswith("cam_")
+        }
+    if gray.dtype != np.uint8 or gray.ndim != 2 or len(shape) != 2:
+        raise ValueError(f"{path.name}: gray {gray.dtype} {gray.shape}, source shape {shape}")
+    return DisplayCopy(gray, cams, (shape[0], shape[1]))
+
+
 @dataclass(frozen=True)
 class SourceImage:
     """One reported radiograph: its dataset, the model's assessment, CAMs, and if it was scored."""
@@ -67,6 +109,9 @@ class SourceImage:
     cams: Mapping[str, np.ndarray] | None
     scored: bool  # False: not assessable (in the SR, no heatmap)
     instance_id: int | None = None
+    # The heatmap's display copy made when scoring (then the dataset needs no pixels
+    # for the SC); None: the heatmap is drawn from the dataset's pixels.
+    display: DisplayCopy | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +133,7 @@ def build_study_results(
     report_version: int,
     content_datetime: datetime.datetime | None,
     objects: Collection[ResultKind] = ALL_OBJECTS,
+    heatmap_transfer_syntax: str = DEFAULT_TRANSFER_SYNTAX,
 ) -> list[BuiltResult]:
     """The study's result objects, those of the kinds in ``objects`` only.
 
@@ -95,7 +141,9 @@ def build_study_results(
     heatmap SC per scored image; one attention map per scored image that has a
     class-activation map of an assessed side (a model that gives none gets no
     map). ``objects`` must include the SR (``[report] objects`` is checked at
-    start for the same).
+    start for the same). ``heatmap_transfer_syntax``: how the heatmap SCs are
+    encoded (``[report] heatmap_transfer_syntax``, a key of
+    :data:`triage_node.report.heatmap.TRANSFER_SYNTAXES`).
 
     ``sources`` are in a fixed order (the caller's, e.g. by instance id) so the
     SR content is the same on every build. Raises ``ValueError``/``TypeError``
@@ -134,6 +182,8 @@ def build_study_results(
                     content_datetime=content_datetime,
                     study=study,
                     image_number=number,
+                    transfer_syntax=heatmap_transfer_syntax,
+                    display=s.display,
                 ),
                 s.instance_id,
             )

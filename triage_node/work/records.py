@@ -93,13 +93,15 @@ class ScoreRecord:
 
     ``assessment`` is the model's :class:`ImageAssessment` as its own ``to_json``
     wrote it, kept as stored (``triage_node.report.results.assessment_from_json``
-    reads it back); ``cam_path`` is where its class-activation maps are, relative
-    to the spool.
+    reads it back); ``cam_path`` is where its class-activation maps are, and
+    ``display_path`` its heatmap's display copy
+    (:func:`triage_node.report.results.save_display`), relative to the spool.
     """
 
     decoded: DecodeFacts | None = None
     assessment: Mapping[str, Any] | None = None
     cam_path: str | None = None
+    display_path: str | None = None
     # Keys a newer or older node stored that this one does not know: kept as they are.
     other: Mapping[str, Any] = field(default_factory=dict)
 
@@ -111,6 +113,8 @@ class ScoreRecord:
             data["assessment"] = dict(self.assessment)
         if self.cam_path is not None:
             data["cam_path"] = self.cam_path
+        if self.display_path is not None:
+            data["display_path"] = self.display_path
         return data
 
     @classmethod
@@ -125,27 +129,33 @@ class ScoreRecord:
         decoded = data.get("decoded")
         assessment = data.get("assessment")
         cam_path = data.get("cam_path")
+        display_path = data.get("display_path")
         try:
             facts = DecodeFacts.from_json(decoded) if isinstance(decoded, Mapping) else None
         except (KeyError, TypeError, ValueError):
             facts = None
-        known = ("decoded", "assessment", "cam_path")
+        known = ("decoded", "assessment", "cam_path", "display_path")
         return cls(
             decoded=facts,
             assessment=assessment if isinstance(assessment, Mapping) else None,
             cam_path=cam_path if isinstance(cam_path, str) and cam_path else None,
+            display_path=display_path if isinstance(display_path, str) and display_path else None,
             other={k: v for k, v in data.items() if k not in known},
         )
 
     def with_decoded(self, decoded: DecodeFacts) -> ScoreRecord:
         return replace(self, decoded=decoded)
 
-    def with_assessment(self, assessment: ImageAssessment, cam_path: str | None) -> ScoreRecord:
-        """The record with the model's answer; a new ``cam_path`` replaces the old one."""
+    def with_assessment(
+        self, assessment: ImageAssessment, cam_path: str | None, display_path: str | None = None
+    ) -> ScoreRecord:
+        """The record with the model's answer; a new ``cam_path`` or ``display_path``
+        replaces the old one."""
         return replace(
             self,
             assessment=assessment.to_json(),
             cam_path=cam_path if cam_path is not None else self.cam_path,
+            display_path=display_path if display_path is not None else self.display_path,
         )
 
 

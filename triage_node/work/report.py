@@ -4,8 +4,11 @@ Enqueued by :func:`triage_node.work.study.settle_studies` with the report
 version in its payload. Steps:
 
 1. Load the study's scored and not-assessable instances covered by this
-   version (``Instance.report_version <= version``): the spool files, the
-   stored assessments (``Instance.result["assessment"]``) and the CAM files.
+   version (``Instance.report_version <= version``): the spool files (headers
+   only, when the score job left the heatmap's display copy), the stored
+   assessments (``Instance.result["assessment"]``), the display copies and,
+   for the attention map, the CAM files. An instance scored before display
+   copies existed is drawn from its decoded pixels, as before.
 2. Build the objects ``[report] objects`` names: the SR (if at least one such
    instance), one heatmap SC and one attention map per scored image
    (:func:`triage_node.report.results.build_study_results`), with the study's
@@ -38,6 +41,7 @@ from triage_node.report.results import (
     build_study_results,
     cam_path_for,
     load_cams,
+    load_display,
     write_result_file,
 )
 from triage_node.store.clock import utcnow
@@ -112,11 +116,18 @@ def _reported_instances(session: Session, study_id: int, version: int) -> list[I
     )
 
 
-def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceImage]:
-    """Read the reported instances back: spool file, stored assessment, CAMs.
+def load_sources(
+    settings: Settings,
+    instances: list[Instance],
+    objects: tuple[ResultKind, ...] = tuple(OBJECT_KINDS.values()),
+) -> list[SourceImage]:
+    """Read the reported instances back: spool file, stored assessment, CAMs, display copy.
 
-    Raises :class:`PermanentFailure` naming the instance when its file or its
-    stored assessment is unusable.
+    Only what ``objects`` need is read: a scored instance with a display copy
+    (made by the score job) is read without its pixel data, and its full-size CAMs
+    only for the attention map; one scored before display copies existed is drawn
+    from its decoded pixels and CAMs, as before. Raises :class:`PermanentFailure`
+    naming the instance when its file or its stored assessment is unusable.
     """
     sources: list[SourceImage] = []
     for inst in instances:
@@ -130,8 +141,20 @@ def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceIm
             raise PermanentFailure(f"{where}: {exc}") from None
         path = settings.spool_dir / inst.path
         scored = inst.state == InstanceState.SCORED
+        display = None
+        if scored and ResultKind.SC in objects and record.display_path:
+            try:
+                display = load_display(settings.spool_dir / record.display_path)
+            except (OSError, ValueError) as exc:  # drawn from the source instead
+                log.warning(
+                    "heatmap display copy %s unreadable, drawing from the source: %s",
+                    record.display_path,
+                    exc,
+                    extra={"instance_id": inst.id, "sop_instance_uid": inst.sop_instance_uid},
+                )
+        draw_from_source = scored and ResultKind.SC in objects and display is None
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=not scored)
+            ds = pydicom.dcmread(path, stop_before_pixels=not draw_from_source)
         except FileNotFoundError:
             raise PermanentFailure(f"{where}: spool file {inst.path} is missing") from None
         except Exception as exc:
@@ -139,11 +162,12 @@ def load_sources(settings: Settings, instances: list[Instance]) -> list[SourceIm
                 f"{where}: spool file {inst.path} is not readable: {type(exc).__name__}: {exc}"
             ) from None
         cam_file = settings.spool_dir / record.cam_path if record.cam_path else cam_path_for(path)
+        need_cams = scored and (ResultKind.MAP in objects or draw_from_source)
         try:
-            cams = load_cams(cam_file) if scored else None
+            cams = load_cams(cam_file) if need_cams else None
         except (OSError, ValueError) as exc:
             raise PermanentFailure(f"{where}: CAM file unreadable: {exc}") from None
-        sources.append(SourceImage(ds, assessment, cams, scored, inst.id))
+        sources.append(SourceImage(ds, assessment, cams, scored, inst.id, display))
     return sources
 
 
@@ -177,14 +201,16 @@ class ReportHandler:
                 "nothing to report: no scored or not-assessable instance",
             )
 
-        sources = load_sources(self.settings, instances)
+        objects = configured_objects(self.settings)
+        sources = load_sources(self.settings, instances, objects)
         ctx.checkpoint()
         try:
             built = build_study_results(
                 sources,
                 report_version=version,
                 content_datetime=when,
-                objects=configured_objects(self.settings),
+                objects=objects,
+                heatmap_transfer_syntax=self.settings.report.heatmap_transfer_syntax,
             )
         except (TypeError, ValueError) as exc:
             raise PermanentFailure(f"study {study_uid} report v{version}: {exc}") from exc

@@ -129,15 +129,15 @@ def finished_studies(session: Session, changed_before: dt.datetime) -> list[Fini
 
 
 def study_files(session: Session, study_id: int) -> list[str]:
-    """Spool paths (relative) of a study: its instances, their CAM files, our result objects."""
+    """Spool paths (relative) of a study: its instances, their CAM and display-copy files,
+    our result objects."""
     paths: list[str] = []
     for path, result in session.execute(
         select(Instance.path, Instance.result).where(Instance.study_id == study_id)
     ):
         paths.append(path)
-        cam = ScoreRecord.from_json(result).cam_path
-        if cam:
-            paths.append(cam)
+        record = ScoreRecord.from_json(result)
+        paths += [p for p in (record.cam_path, record.display_path) if p]
     paths += list(session.scalars(select(Result.path).where(Result.study_id == study_id)))
     return paths
 

@@ -15,6 +15,14 @@ Steps, each visible on the Instance row and as an event:
    source pixel grid) are saved beside the spool file as ``<sop>.cam.npz``
    (no pickle; :func:`triage_node.report.results.save_cams`) and left out of
    the JSON; ``result["cam_path"]`` says where they are. The report job reads them.
+4. For an assessable image, the heatmap's display copy
+   (:func:`triage_node.report.heatmap.display_copy`: the radiograph windowed and
+   scaled to the heatmap's size, uint8, and the CAMs at that size) is made from the
+   pixels decoded in step 1 and saved as ``<sop>.display.npz``
+   (``result["display_path"]``), so the report job draws the heatmap without
+   decoding the full-size source again. When it cannot be made (a source the
+   heatmap cannot draw), the job still succeeds: the report job then draws from
+   the source and says why it fails there.
 """
 
 from __future__ import annotations
@@ -31,9 +39,10 @@ from typing import Any
 import pydicom
 from sqlalchemy.orm import Session
 
-from triage_node.assessment import ModelUnavailable, NotScorable, ScoringModel
+from triage_node.assessment import ImageAssessment, ModelUnavailable, NotScorable, ScoringModel
 from triage_node.config import Settings
-from triage_node.report.results import cam_path_for, save_cams
+from triage_node.report.heatmap import display_copy
+from triage_node.report.results import cam_path_for, display_path_for, save_cams, save_display
 from triage_node.score.bundle import bundle_path
 from triage_node.score.loader import load_model
 from triage_node.store.clock import utcnow
@@ -232,6 +241,9 @@ class ScoreHandler:
         except NotScorable as exc:
             raise PermanentFailure(f"not scorable: {exc}") from exc
         cam_path: str | None = None
+        display_path = (
+            self._save_display(ds, assessment, path, fields) if assessment.assessable else None
+        )
         if assessment.extra.get("cam") is not None:
             cam_file = cam_path_for(path)
             try:
@@ -246,7 +258,7 @@ class ScoreHandler:
         with ctx.store.write() as session:
             inst = self._instance(session, job)
             record = ScoreRecord.from_json(inst.result).with_decoded(decoded)
-            inst.result = record.with_assessment(assessment, cam_path).to_json()
+            inst.result = record.with_assessment(assessment, cam_path, display_path).to_json()
             inst.probability = assessment.probability
             inst.last_error = None
             if assessment.assessable:
@@ -274,6 +286,20 @@ class ScoreHandler:
             final_state = inst.state
         metrics.record_instance(final_state)
         return outcome
+
+    def _save_display(
+        self, ds: pydicom.Dataset, assessment: ImageAssessment, path: Path, fields: dict[str, Any]
+    ) -> str | None:
+        """Save the heatmap's display copy beside the spool file; its relative path, or None."""
+        try:
+            display = display_copy(ds, assessment, assessment.extra.get("cam"))
+        except (TypeError, ValueError) as exc:
+            # the report job draws from the source and reports the problem there
+            log.warning("no heatmap display copy: %s", exc, extra=fields)
+            return None
+        target = display_path_for(path)
+        save_display(target, display, fsync=self.settings.receive.fsync)
+        return _rel(target, self.settings)
 
     def _start(self, ctx: JobContext) -> _InstanceRef:
         with ctx.store.write() as session:
