@@ -127,3 +127,30 @@ def test_report_files(tmp_path: Path) -> None:
     assert "NOT FOR CLINICAL USE" in text
     assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + 7
     assert report.rows[0].auc.auc == pytest.approx(roc_auc_score(y, predictions[0].probability))
+
+
+def test_report_puts_the_bilateral_value_beside_the_decision_rule(tmp_path: Path) -> None:
+    y, a, b = _scores(120, seed=6)
+    image_value, bilateral = 1 / (1 + np.exp(-a)), 1 / (1 + np.exp(-b))
+    predictions = [
+        VariantPredictions(
+            variant, y, image_value, threshold=0.6, bilateral=bilateral, bilateral_threshold=0.4
+        )
+        for variant in VARIANTS
+    ]
+    report = write_report(predictions, tmp_path, {"source": "unit test"})
+    row = json.loads((tmp_path / "report.json").read_text())["rows"][0]
+    assert row["auc"]["auc"] == pytest.approx(roc_auc_score(y, image_value))
+    assert row["bilateral"]["auc"]["auc"] == pytest.approx(roc_auc_score(y, bilateral))
+    assert row["bilateral"]["at_threshold"]["threshold"] == 0.4  # its own operating point
+    comparison = row["bilateral"]["vs_image_value"]
+    assert comparison["difference"] == pytest.approx(
+        roc_auc_score(y, image_value) - roc_auc_score(y, bilateral)
+    )
+    assert comparison["difference"] > 0 and 0 < comparison["p_value"] < 1  # b is a + noise
+    text = (tmp_path / "report.md").read_text()
+    assert "highest probability of the assessed sides" in text
+    assert sum(line.startswith("| ") for line in text.splitlines()) == 2 * (1 + 7)
+    assert f"| C | {report.rows[0].bilateral.auc.auc:.3f} " in text  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="bilateral lengths"):
+        VariantPredictions("C", y, image_value, 0.5, bilateral=bilateral[:-1])

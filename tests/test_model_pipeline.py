@@ -54,6 +54,13 @@ def test_bundle_manifest(bundle: Path) -> None:
     groups = {n.split(":")[0] for n in m.selected_features}
     assert "clinical" in groups and groups & {"left", "right"}
     assert 0.0 <= m.operating_point.threshold <= 1.0
+    # the operating point is chosen for the value the node decides on; the bilateral one is kept
+    info = loaded.read_json("model.json")
+    assert info["decision_value"] == "highest assessed side"
+    assert set(info["bilateral_thresholds"]) == set(info["thresholds"]) == set(VARIANTS)
+    dtc = m.metrics["validation"]["DTC"]
+    assert dtc["threshold"] == m.operating_point.threshold == info["thresholds"]["DTC"]
+    assert dtc["bilateral"]["threshold"] == info["bilateral_thresholds"]["DTC"]
 
 
 def test_score_command(
@@ -105,6 +112,13 @@ def test_evaluate_command(
     data = json.loads((report / "report.json").read_text())
     assert [r["variant"] for r in data["rows"]] == list(VARIANTS)
     assert all(0.0 <= r["auc"]["auc"] <= 1.0 for r in data["rows"])
+    # the table is the node's rule (highest side); the bilateral value is beside it
+    assert "highest probability of the assessed sides" in printed
+    assert "bilateral head's value" in printed
+    for r in data["rows"]:
+        b = r["bilateral"]
+        assert 0.0 <= b["auc"]["auc"] <= 1.0
+        assert b["vs_image_value"]["difference"] == pytest.approx(r["auc"]["auc"] - b["auc"]["auc"])
 
 
 def _assert_not_assessable(bundle: Path, datasets: list[pydicom.Dataset]) -> None:

@@ -54,7 +54,14 @@ def _printable(assessment: ImageAssessment) -> dict[str, Any]:
     return data
 
 
+def decision_words(positive: bool) -> str:
+    """A decision as the reader sees it: "DXA recommended" or "low likelihood"."""
+    return "DXA recommended" if positive else "low likelihood"
+
+
 def _describe(name: str, assessment: ImageAssessment) -> str:
+    """Per side, then the image: its value is the highest assessed side, and it is
+    positive iff a side is (``ImageAssessment.probability`` / ``.positive``)."""
     lines = [
         f"{name}: model {assessment.model_name} {assessment.model_version}, "
         f"threshold {assessment.threshold:.3f}"
@@ -65,12 +72,13 @@ def _describe(name: str, assessment: ImageAssessment) -> str:
         if side.probability is None:
             lines.append(f"  {side.side:>5}: not assessable ({side.not_assessable_reason})")
         else:
-            decision = "POSITIVE" if side.positive else "negative"
-            lines.append(f"  {side.side:>5}: p={side.probability:.3f} {decision}")
-    p = assessment.probability
-    if p is not None:
-        decision = "POSITIVE" if is_positive(p, assessment.threshold) else "negative"
-        lines.append(f"  image: p={p:.3f} {decision}")
+            positive = side.positive
+            if positive is None:  # a model that leaves the side's flag to the rule
+                positive = is_positive(side.probability, assessment.threshold)
+            lines.append(f"  {side.side:>5}: p={side.probability:.3f} {decision_words(positive)}")
+    p, positive = assessment.probability, assessment.positive
+    if p is not None and positive is not None:
+        lines.append(f"  image: p={p:.3f} {decision_words(positive)} (highest assessed side)")
     else:
         lines.append(f"  image: not assessable ({assessment.not_assessable_reason})")
     lines += [f"  warning: {w}" for w in assessment.warnings]

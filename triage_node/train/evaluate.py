@@ -1,12 +1,17 @@
 """The seven-model report of a bundle on a labelled set of radiographs.
 
 Every image goes through the inference path (decode, femur finder, ROI checks,
-features); each of the bundle's seven heads gives its bilateral probability
-and is judged at its own operating point. Images with no assessable hip have
-no probability and are counted, not scored. The table, plots and JSON come
-from :mod:`triage_node.train.report`. When ``oracle.json`` (written by
-``triage-node synth``) sits beside the labels, the cohort's oracle AUC (what
-the latent bone density plus clinical data can achieve) is printed with it.
+features); each of the bundle's seven heads gives its per-side probabilities,
+and the image's value is the one the node decides on,
+:attr:`~triage_node.assessment.ImageAssessment.probability` (the highest
+assessed side, docs/model.md "The decision rule"), judged at the variant's
+operating point. The bilateral head's value (both hips together, which decided
+before that rule) is carried beside it for comparison. Images with no
+assessable hip have no probability and are counted, not scored. The table,
+plots and JSON come from :mod:`triage_node.train.report`. When ``oracle.json``
+(written by ``triage-node synth``) sits beside the labels, the cohort's oracle
+AUC (what the latent bone density plus clinical data can achieve) is printed
+with it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from tqdm import tqdm
 
 from triage_node.score.bundle import load_bundle
 from triage_node.score.features import texture_bases
-from triage_node.score.model import BundleScoringModel
+from triage_node.score.model import MODEL_FILE, BundleScoringModel
+from triage_node.train.head import image_values
 from triage_node.train.pipeline import read_cases, single_thread_worker
 from triage_node.train.report import VariantPredictions
 
@@ -33,10 +39,15 @@ _WORKER_MODEL: BundleScoringModel | None = None
 
 @dataclass(frozen=True)
 class CaseScores:
-    """One image's combined probability under each variant (None: no assessable hip)."""
+    """One image's values under each variant (None: no assessable hip).
+
+    ``probabilities``: the image value the node decides on (highest assessed
+    side); ``bilateral``: the bilateral head's value on both hips (for comparison).
+    """
 
     probabilities: dict[str, float] | None
     reason: str | None
+    bilateral: dict[str, float] | None = None
 
 
 def _init(bundle_path: str) -> None:
@@ -59,12 +70,32 @@ def _score_case(path: Path) -> CaseScores:
     if not features.hips:
         reasons = sorted({f"{s}: {r}" for s, r in features.not_assessable.items()})
         return CaseScores(None, "; ".join(reasons))
-    combined: dict[str, float] = {}
+    values: dict[str, float] = {}
+    bilateral: dict[str, float] = {}
     for variant, head in model.heads.items():
-        probability = model.probabilities(features, head)[1]
-        if probability is not None:  # never None: the image has an assessable hip
-            combined[variant] = probability
-    return CaseScores(combined, None)
+        per_side, combined = model.probabilities(features, head)
+        sides = list(per_side)
+        values[variant] = float(
+            image_values({s: np.array([per_side[s]]) for s in sides}, [sides])[0]
+        )
+        if combined is not None:  # never None: the image has an assessable hip
+            bilateral[variant] = combined
+    return CaseScores(values, None, bilateral)
+
+
+def bilateral_operating_points(model: BundleScoringModel) -> dict[str, float]:
+    """Each variant's operating point chosen for the bilateral value, when the bundle keeps one.
+
+    Bundles whose operating points were chosen for the highest side keep the
+    earlier, bilateral ones in ``model.json`` ``bilateral_thresholds``; in older
+    bundles the operating points themselves were chosen for the bilateral value.
+    """
+    kept = model.bundle.read_json(MODEL_FILE).get("bilateral_thresholds")
+    if isinstance(kept, dict):
+        return {str(v): float(t) for v, t in kept.items()}
+    return {
+        v: (model.threshold if v == model.variant else t) for v, t in model.operating_points.items()
+    }
 
 
 def evaluate_bundle(
@@ -94,12 +125,15 @@ def evaluate_bundle(
     for s in scores:
         if s.reason:
             reasons[s.reason] = reasons.get(s.reason, 0) + 1
+    bilateral_thresholds = bilateral_operating_points(model)
     predictions = [
         VariantPredictions(
             variant=v,
             labels=labels,
             probability=np.array([scores[i].probabilities[v] for i in scored]),  # type: ignore[index]
             threshold=model.threshold if v == model.variant else model.operating_points[v],
+            bilateral=np.array([scores[i].bilateral[v] for i in scored]),  # type: ignore[index]
+            bilateral_threshold=bilateral_thresholds.get(v),
         )
         for v in model.heads
     ]

@@ -8,7 +8,7 @@ plays the role of the dropout rate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_curve
 from sklearn.preprocessing import StandardScaler
 
-from triage_node.assessment import is_positive
+from triage_node.assessment import ImageAssessment, Side, SideAssessment, is_positive
 from triage_node.score.head import Calibration, LinearHead
 from triage_node.score.manifest import OperatingPoint
 from triage_node.train.deep import oversample_minority
@@ -115,6 +115,31 @@ def _fit_offset(logit: np.ndarray, y: np.ndarray) -> float:
         return float(-(y * log_expit(z) + (1 - y) * log_expit(-z)).sum())
 
     return float(minimize_scalar(loss, bounds=(-50.0, 50.0), method="bounded").x)
+
+
+def image_values(
+    per_side: Mapping[Side, np.ndarray], assessed: Sequence[Sequence[Side]]
+) -> np.ndarray:
+    """Each case's image value as the node computes it, for choosing the operating point on it.
+
+    ``per_side[side][k]``: case ``k``'s probability with that hip in both slots of the
+    head; ``assessed[k]``: its assessable sides (at least one). The value is
+    :attr:`~triage_node.assessment.ImageAssessment.probability` (the highest assessed side,
+    docs/model.md "The decision rule"), taken from there so that the rule is defined once.
+    """
+    values = []
+    for k, sides in enumerate(assessed):
+        assessment = ImageAssessment(
+            sides=tuple(SideAssessment(s, float(per_side[s][k])) for s in sides),
+            model_name="",
+            model_version="",
+            threshold=0.0,
+            synthetic_model=False,
+        )
+        if assessment.probability is None:
+            raise ValueError(f"case {k}: no assessable side")
+        values.append(assessment.probability)
+    return np.asarray(values, dtype=np.float64)
 
 
 def choose_operating_point(

@@ -24,8 +24,11 @@ Steps (``triage-node train``):
    into training and validation.
 5. Siamese branch on the training split; its pooled features for every image.
 6. For each of the seven variants: LASSO selection and the head on the
-   training split, Platt calibration and the operating point (target
-   sensitivity) on the validation split, validation AUC with DeLong CI.
+   training split, Platt calibration on the validation split, and there the
+   operating point (target sensitivity) and validation AUC with DeLong CI of
+   the value the node decides on: the highest assessed side, each hip scored
+   in both slots of the head (docs/model.md, "The decision rule"). The
+   bilateral value's operating point and AUC are kept beside them.
 7. :func:`~triage_node.score.bundle.write_bundle` with a manifest describing all of it.
 """
 
@@ -86,7 +89,13 @@ from triage_node.train.finder import (
     finder_sample,
     train_femur_finder,
 )
-from triage_node.train.head import HeadSettings, calibrate, choose_operating_point, fit_head
+from triage_node.train.head import (
+    HeadSettings,
+    calibrate,
+    choose_operating_point,
+    fit_head,
+    image_values,
+)
 from triage_node.train.metrics import auc_with_ci
 from triage_node.train.selection import SelectionSettings, feature_group, select_features
 
@@ -100,6 +109,10 @@ SITE_INTENDED_USE = (
     "not a diagnosis. Confirm with DXA."
 )
 MASK_SUFFIX = {"left": "L", "right": "R"}
+#: What the operating points in ``model.json`` ``thresholds`` were chosen on (docs/model.md,
+#: "The decision rule"); ``bilateral_thresholds`` are those of the bilateral value, kept for
+#: comparison (``triage-node evaluate``).
+DECISION_VALUE = "highest assessed side"
 
 
 @dataclass(frozen=True)
@@ -595,28 +608,42 @@ def train_bundle(
     )
     base_texture = list(texture_feature_names())
     names = candidate_feature_names(config.features_per_side)
-    X = np.vstack(
-        [
-            patient_row(
-                names,
-                imputation.apply(
-                    {
-                        c: (None if np.isnan(v) else float(v))
-                        for c, v in zip(CLINICAL_FEATURES, clinical_raw[k], strict=True)
-                    }
-                )[0],
-                {
-                    s: HipFeatures(dict(zip(base_texture, textures[s][k], strict=True)), deep[s][k])
-                    for s in SIDES
-                },
-            )
-            for k in range(len(y))
-        ]
-    )
+    clinical_rows = [
+        imputation.apply(
+            {
+                c: (None if np.isnan(v) else float(v))
+                for c, v in zip(CLINICAL_FEATURES, clinical_raw[k], strict=True)
+            }
+        )[0]
+        for k in range(len(y))
+    ]
+    hips = [
+        {
+            s: HipFeatures(dict(zip(base_texture, textures[s][k], strict=True)), deep[s][k])
+            for s in SIDES
+        }
+        for k in range(len(y))
+    ]
+    X = np.vstack([patient_row(names, clinical_rows[k], hips[k]) for k in range(len(y))])
+    # Each hip in both slots, as inference scores a side (BundleScoringModel.probabilities):
+    # the image value the operating point is chosen on is the highest assessed side.
+    X_side = {
+        side: np.vstack(
+            [
+                patient_row(
+                    names, clinical_rows[k], {"right": hips[k][side], "left": hips[k][side]}
+                )
+                for k in range(len(y))
+            ]
+        )
+        for side in SIDES
+    }
+    assessed: list[list[Side]] = [[s for s in SIDES if items[i][f"ok_{s}"]] for i in usable]
 
     # 6. seven heads
     files: dict[str, bytes] = {}
     thresholds: dict[str, float] = {}
+    bilateral_thresholds: dict[str, float] = {}
     metrics: dict[str, Any] = {}
     operating_points: dict[str, OperatingPoint] = {}
     selected_by_variant: dict[str, list[str]] = {}
@@ -634,11 +661,18 @@ def train_bundle(
             X[train_idx][:, columns], y_train, selected, HeadSettings(seed=options.seed)
         )
         head = calibrate(head, X[val_idx][:, columns], y_val, options.calibration)
-        p_val = head.probability(X[val_idx][:, columns])
+        p_bilateral = head.probability(X[val_idx][:, columns])
+        p_val = image_values(
+            {s: head.probability(X_side[s][val_idx][:, columns]) for s in SIDES},
+            [assessed[k] for k in val_idx],
+        )
         op = choose_operating_point(y_val, p_val, options.target_sensitivity)
+        bilateral_op = choose_operating_point(y_val, p_bilateral, options.target_sensitivity)
         auc = auc_with_ci(y_val, p_val)
+        bilateral_auc = auc_with_ci(y_val, p_bilateral)
         files[head_file(variant)] = (json.dumps(head.to_json(), indent=1) + "\n").encode()
         thresholds[variant] = op.threshold
+        bilateral_thresholds[variant] = bilateral_op.threshold
         operating_points[variant] = op
         selected_by_variant[variant] = selected
         metrics[variant] = {
@@ -647,6 +681,13 @@ def train_bundle(
             "threshold": op.threshold,
             "validation_sensitivity": op.validation_sensitivity,
             "validation_specificity": op.validation_specificity,
+            "bilateral": {
+                "validation_auc": bilateral_auc.auc,
+                "validation_auc_ci": [bilateral_auc.ci_low, bilateral_auc.ci_high],
+                "threshold": bilateral_op.threshold,
+                "validation_sensitivity": bilateral_op.validation_sensitivity,
+                "validation_specificity": bilateral_op.validation_specificity,
+            },
             "selected": {
                 g: sum(1 for n in selected if feature_group(n) == g) for g in VARIANTS[variant]
             },
@@ -673,6 +714,8 @@ def train_bundle(
             "finder": finder_note,
             "calibration": options.calibration,
             "bilateral_selection": options.bilateral,
+            "decision_value": DECISION_VALUE,
+            "bilateral_thresholds": bilateral_thresholds,
         },
     )
     created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()

@@ -1,9 +1,13 @@
 """The evaluation report: the seven-model table, DeLong vs D, ROC and calibration plots.
 
-Input is each variant's calibrated probabilities on one labelled set plus its
-operating point; output is ``report.md``, ``report.json``, ``roc.png`` and
-``calibration.png`` in a directory. Every number in the Markdown is in the
-JSON with the counts it came from.
+Input is each variant's image values on one labelled set (the value the node
+decides on: the highest assessed side) plus its operating point, and optionally
+the bilateral head's value for the same images; output is ``report.md``,
+``report.json``, ``roc.png`` and ``calibration.png`` in a directory. The main
+table is the node's decision rule; a second table gives the bilateral value
+beside it (AUC, sensitivity and specificity at its operating point, DeLong test
+of the difference). Every number in the Markdown is in the JSON with the counts
+it came from.
 """
 
 from __future__ import annotations
@@ -33,25 +37,50 @@ from triage_node.train.metrics import (
 
 REFERENCE_VARIANT = "D"
 CALIBRATION_BINS = 10
+#: What the main table's value is (docs/model.md, "The decision rule").
+IMAGE_VALUE = (
+    "image/study value = highest probability of the assessed sides; "
+    "DXA recommended iff at least one assessed side is at or above the operating point"
+)
 
 
 @dataclass(frozen=True)
 class VariantPredictions:
     """One variant's calibrated probabilities for the cases of the evaluation set.
 
-    ``labels`` (0/1) and case order must be the same for every variant.
+    ``probability``: the image value the node decides on (the highest assessed
+    side), decided at ``threshold``. ``bilateral``: optionally the bilateral
+    head's value for the same cases, decided at ``bilateral_threshold``
+    (default ``threshold``). ``labels`` (0/1) and case order must be the same
+    for every variant.
     """
 
     variant: str
     labels: np.ndarray
     probability: np.ndarray
     threshold: float
+    bilateral: np.ndarray | None = None
+    bilateral_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant: {self.variant!r} is not one of {sorted(VARIANTS)}")
         if np.shape(self.labels) != np.shape(self.probability):
             raise ValueError(f"variant {self.variant}: labels and probability lengths differ")
+        if self.bilateral is not None and np.shape(self.bilateral) != np.shape(self.labels):
+            raise ValueError(f"variant {self.variant}: labels and bilateral lengths differ")
+
+
+@dataclass(frozen=True)
+class BilateralComparison:
+    """The bilateral head's value on the same cases, and how the image value compares.
+
+    ``vs_image_value``: DeLong test, a = the image value (highest side), b = bilateral.
+    """
+
+    auc: AucResult
+    at_threshold: ThresholdMetrics
+    vs_image_value: DelongComparison
 
 
 @dataclass(frozen=True)
@@ -65,6 +94,7 @@ class VariantRow:
     at_threshold: ThresholdMetrics
     vs_reference: DelongComparison | None = None
     vs_reference_p_adjusted: float | None = None
+    bilateral: BilateralComparison | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +105,7 @@ class EvaluationReport:
     dataset: dict[str, Any] = field(default_factory=dict)
     reference: str = REFERENCE_VARIANT
     synthetic_model: bool = False
+    value: str = IMAGE_VALUE
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,10 +142,22 @@ def evaluate_variants(
             at_threshold=metrics_at_threshold(labels, p.probability, p.threshold),
             vs_reference=comparisons.get(p.variant),
             vs_reference_p_adjusted=adjusted.get(p.variant),
+            bilateral=_bilateral(labels, p),
         )
         for p in sorted(predictions, key=lambda p: list(VARIANTS).index(p.variant))
     ]
     return EvaluationReport(rows, dict(dataset or {}), REFERENCE_VARIANT, synthetic_model)
+
+
+def _bilateral(labels: np.ndarray, p: VariantPredictions) -> BilateralComparison | None:
+    if p.bilateral is None:
+        return None
+    threshold = p.threshold if p.bilateral_threshold is None else p.bilateral_threshold
+    return BilateralComparison(
+        auc=auc_with_ci(labels, p.bilateral),
+        at_threshold=metrics_at_threshold(labels, p.bilateral, threshold),
+        vs_image_value=delong_test(labels, p.probability, p.bilateral),
+    )
 
 
 def _pct(x: float) -> str:
@@ -132,6 +175,8 @@ def render_markdown(report: EvaluationReport, title: str = "Model evaluation") -
         "AUC 95% CI by DeLong; sensitivity, specificity and accuracy at each model's "
         "operating point with Wilson 95% CIs; P: DeLong test against "
         f"{report.reference}, Holm-adjusted.",
+        "",
+        f"Decision rule (the node's): {report.value}.",
         "",
     ]
     for key, value in sorted(report.dataset.items()):
@@ -160,8 +205,41 @@ def render_markdown(report: EvaluationReport, title: str = "Model evaluation") -
         else:
             cells.append(f"{row.vs_reference.p_value:.3g} ({row.vs_reference_p_adjusted:.3g})")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _bilateral_table(report.rows)
     lines += ["", "![ROC curves](roc.png)", "", "![Calibration](calibration.png)", ""]
     return "\n".join(lines)
+
+
+def _bilateral_table(rows: Sequence[VariantRow]) -> list[str]:
+    """Before the decision rule: the bilateral head's value (both hips together) beside it."""
+    compared = [(r.variant, r.bilateral) for r in rows if r.bilateral is not None]
+    if not compared:
+        return []
+    lines = [
+        "",
+        "For comparison, the bilateral head's value (both hips together; it decided "
+        "before the rule above and now decides nothing), on the same cases at its own "
+        "operating point; P: DeLong test of the two AUCs.",
+        "",
+        "| Model | Bilateral AUC (95% CI) | Threshold | Sensitivity % (95% CI) "
+        "| Specificity % (95% CI) | AUC highest side - bilateral (P) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant, b in compared:
+        t = b.at_threshold
+        cells = [
+            variant,
+            f"{b.auc.auc:.3f} ({b.auc.ci_low:.3f}-{b.auc.ci_high:.3f})",
+            f"{t.threshold:.3f}",
+        ]
+        for prop in (t.sensitivity, t.specificity):
+            cells.append(
+                f"{_pct(prop.value)} ({_pct(prop.ci_low)}-{_pct(prop.ci_high)}) "
+                f"[{prop.successes}/{prop.total}]"
+            )
+        cells.append(f"{b.vs_image_value.difference:+.3f} ({b.vs_image_value.p_value:.3g})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_roc(predictions: Sequence[VariantPredictions], path: Path) -> Path:
