@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import threading
 import tomllib
 from pathlib import Path
 
@@ -143,6 +143,11 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
                 text=True,
                 cwd=REPO,
             )
+            followed: list[str] = []
+            out = follow.stdout
+            assert out is not None
+            pump = threading.Thread(target=lambda: followed.extend(out), daemon=True)
+            pump.start()
 
             def settled() -> bool:
                 s = json.loads(run_cli("status", "--json", config=config).stdout)
@@ -162,9 +167,16 @@ def test_no_patient_data_in_logs_metrics_worklist_or_status(tmp_path: Path) -> N
             ).stdout
             outputs["status"] = run_cli("status", config=config).stdout
             outputs["status --json"] = run_cli("status", "--json", config=config).stdout
-            time.sleep(1.0)
+            # Every event up to the deliveries has streamed out before Ctrl-C is sent.
+            wait_for(
+                lambda: any("delivered" in line for line in followed),
+                "worklist --follow to print the delivery events",
+                60,
+            )
             follow.send_signal(signal.SIGINT)  # as Ctrl-C would
-            outputs["worklist --follow --json"] = follow.communicate(timeout=30)[0]
+            follow.wait(timeout=30)
+            pump.join(timeout=30)
+            outputs["worklist --follow --json"] = "".join(followed)
             assert follow.returncode == 130  # the interrupt ended it (128 + SIGINT)
         finally:
             if follow is not None:
