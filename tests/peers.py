@@ -156,14 +156,16 @@ def dcmtk_storescp(
     ``options``, writing what it receives to ``out_dir`` if given; yields the port and
     kills it after. It accepts every transfer syntax dcmtk knows (``+xa``), as an archive
     does: the heatmap SC is JPEG baseline by default, and storescp's own default takes
-    uncompressed objects only."""
+    uncompressed objects only. A transfer-syntax option of the caller's (``+x=``: the
+    uncompressed ones only, ...) replaces ``+xa``."""
     port = port or free_port()
+    syntaxes = [] if any(o.startswith("+x") for o in options) else ["+xa"]
     where: list[str] = []
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         where = ["-od", str(out_dir)]
     proc = start_process(
-        [need_tool("storescp"), "-aet", ae_title, "+xa", *where, *options, str(port)],
+        [need_tool("storescp"), "-aet", ae_title, *syntaxes, *where, *options, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

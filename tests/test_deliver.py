@@ -62,8 +62,8 @@ def test_objects_and_files_arrive_over_one_association(tmp_path: Path) -> None:
 def test_an_object_no_context_can_carry_fails_alone(tmp_path: Path) -> None:
     sr, _ = results()
     compressed = make_radiograph()
-    compressed.compress(RLELossless)  # storescp accepts uncompressed syntaxes only by default
-    with storescp(tmp_path / "in") as port:
+    compressed.compress(RLELossless)
+    with storescp(tmp_path / "in", "+x=") as port:  # an archive taking uncompressed only
         outcomes = send_objects(destination(port), [compressed, sr], settings=settings())
     assert outcomes[0].status == STATUS_SOP_CLASS_NOT_SUPPORTED and not outcomes[0].stored
     assert outcomes[1].status == 0

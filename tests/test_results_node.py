@@ -140,8 +140,8 @@ def test_our_results_sent_back_to_the_node_are_skipped_and_never_reported(tmp_pa
             assert [r.kind for r in results] == ["SR", "SC", "MAP"]
             # a misconfigured router sends our SR, heatmap and attention map back to us
             sent = storescu(
-                node.port, *(settings.spool_dir / r.path for r in results), extra=("-R",)
-            )  # propose the files' own SOP classes
+                node.port, *(settings.spool_dir / r.path for r in results), extra=("-R", "-xy")
+            )  # propose the files' own SOP classes, and JPEG baseline for the heatmap
             assert sent.returncode == 0, sent.stderr
             returned = wait_for(
                 lambda: [i for i in rows(store, Instance) if i.own_result],
