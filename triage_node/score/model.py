@@ -21,9 +21,9 @@ Path of one image (every step is the trained bundle's, nothing is guessed):
 The head is bilateral (the paper's: left and right hip features side by side).
 Per-side probability = the bilateral head applied to that hip duplicated into
 both slots (ROIs are already oriented alike, so no further mirroring);
-``combined_probability`` = the head on both hips. When only one hip is
-assessable, that hip stands in for both in the combined score, so the
-combined probability equals that side's probability; a warning says so.
+``combined_probability`` = the head on both hips (kept for evaluation; it decides
+nothing: the image value is the highest assessed side, ``assessment.py``). When
+only one hip is assessable the image value is that hip's alone; a warning says so.
 
 Grad-CAM of the Siamese branch for each assessable hip is pasted back onto the
 source grid and returned in ``ImageAssessment.extra["cam"]`` (``{"right": array,
@@ -78,7 +78,7 @@ SIAMESE_FILE = "siamese.safetensors"
 CLINICAL_FILE = "clinical.json"
 MODEL_FILE = "model.json"
 STAND_IN_WARNING = (
-    "only the {side} hip was assessable; it stands in for both hips in the combined score"
+    "only the {side} hip was assessable; the image value is that hip's alone"
 )
 
 
