@@ -77,9 +77,7 @@ from triage_node.score.texture import TextureSettings
 SIAMESE_FILE = "siamese.safetensors"
 CLINICAL_FILE = "clinical.json"
 MODEL_FILE = "model.json"
-STAND_IN_WARNING = (
-    "only the {side} hip was assessable; the image value is that hip's alone"
-)
+STAND_IN_WARNING = "only the {side} hip was assessable; the image value is that hip's alone"
 
 
 def head_file(variant: str) -> str:
