@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from copy import deepcopy
 
 import highdicom as hd
 import numpy as np
@@ -62,6 +61,7 @@ from triage_node.report.sr import (
     content_datetime_of,
     pin_creation_datetime,
     software_versions,
+    source_header,
 )
 from triage_node.report.uids import attention_map_uids
 
@@ -79,20 +79,6 @@ ATTENTION_SCALE_NOTE = (
 )
 #: How the overlay is drawn by viewers that use the segment colour (orange).
 DISPLAY_RGB = (255, 150, 0)
-
-# Patient and study attributes highdicom reads from the source; Type 2 in the
-# Segmentation IOD, so an empty value is valid when the source lacks them.
-_TYPE2_FROM_SOURCE = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-)
 
 
 def combined_attention(
@@ -150,18 +136,6 @@ def has_attention(assessment: ImageAssessment, cams: Mapping[str, object] | None
 #: highdicom 0.28.2 writes but cannot read back. The map is on the source's pixel grid
 #: (Spatial Locations Preserved YES); spacing is the source's business, as for the SC.
 _NOT_COPIED = ("PixelSpacing",)
-
-
-def _source_header(source: pydicom.Dataset) -> pydicom.Dataset:
-    """The source's attributes highdicom needs: no pixel data, Type 2 study attributes present."""
-    header = pydicom.Dataset()
-    for elem in source:
-        if elem.tag.group not in (0x7FE0, 0x0002) and elem.keyword not in _NOT_COPIED:
-            header.add(deepcopy(elem))
-    for keyword in _TYPE2_FROM_SOURCE:
-        if keyword not in header:
-            setattr(header, keyword, "")
-    return header
 
 
 def _comments(assessment: ImageAssessment) -> str:
@@ -253,7 +227,7 @@ def build_attention_map(
         display_color=hd.color.CIELabColor.from_rgb(*DISPLAY_RGB),
     )
     seg = hd.seg.Segmentation(
-        source_images=[_source_header(source)],
+        source_images=[source_header(source, leave_out=_NOT_COPIED)],
         pixel_array=attention,
         segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
         segment_descriptions=[segment],

@@ -238,11 +238,15 @@ def decision_code(decision: bool | None) -> Code:
     return codes.DXA_RECOMMENDED if decision else codes.LOW_LIKELIHOOD
 
 
-def _evidence_header(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A pixel-free copy of a source with the Type 2 study attributes highdicom reads."""
+def source_header(ds: pydicom.Dataset, *, leave_out: Sequence[str] = ()) -> pydicom.Dataset:
+    """A pixel-free copy of a source with the Type 2 study attributes highdicom reads.
+
+    What highdicom builds our objects from (the SR's evidence, the attention map's
+    source); ``leave_out`` names attributes not to copy.
+    """
     header = pydicom.Dataset()
     for elem in ds:
-        if elem.tag.group in (0x7FE0, 0x0002) or elem.keyword in ("PixelData",):
+        if elem.tag.group in (0x7FE0, 0x0002) or elem.keyword in leave_out:
             continue
         header.add(deepcopy(elem))
     for kw in _TYPE2_STUDY_ATTRIBUTES:
@@ -475,7 +479,7 @@ def build_study_report(
     _separate(report[0])
 
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[_evidence_header(s) for s in checked_sources],
+        evidence=[source_header(s) for s in checked_sources],
         content=report[0],
         series_instance_uid=uids.series_instance_uid,
         series_number=series_number,
