@@ -18,8 +18,6 @@ completeness check in ``work/`` decides what an answer means.
 
 from __future__ import annotations
 
-import socket
-import ssl
 import time
 from dataclasses import dataclass
 
@@ -30,7 +28,13 @@ from pynetdicom.sop_class import uid_to_sop_class
 from pynetdicom.status import code_to_category
 
 from triage_node.config import DestinationSection, Settings
-from triage_node.deliver.scu import _Handshake, _tls_args, _where
+from triage_node.deliver.scu import (
+    PeerUnreachable,
+    TlsSetupFailed,
+    _Handshake,
+    _where,
+    request_association,
+)
 from triage_node.telemetry.logs import library_errors_reported_by_caller
 
 #: Study Root Query/Retrieve Information Model - FIND (pynetdicom makes its named
@@ -149,27 +153,10 @@ def _find(
     ae.network_timeout = timeout
     ae.add_requested_context(STUDY_ROOT_FIND)
     try:
-        tls_args = _tls_args(peer, settings)
-    except (OSError, ssl.SSLError) as exc:
-        raise ArchiveQueryFailed(
-            f"{where}: TLS client set-up failed ({exc.strerror or exc}); check the [tls] "
-            "client_certificate, client_private_key and ca_certificates files"
-        ) from None
-    handshake = _Handshake()
-    try:
-        assoc = ae.associate(
-            peer.host,
-            peer.port,
-            ae_title=peer.ae_title,
-            tls_args=tls_args,
-            evt_handlers=handshake.handlers(),
-        )
-    except socket.gaierror as exc:
-        raise ArchiveQueryFailed(
-            f"{where}: host name {peer.host!r} does not resolve ({exc.strerror})"
-        ) from None
-    except OSError as exc:
-        raise ArchiveQueryFailed(f"{where}: cannot connect ({exc.strerror or exc})") from None
+        attempt = request_association(ae, peer, settings, where)
+    except (TlsSetupFailed, PeerUnreachable) as exc:
+        raise ArchiveQueryFailed(str(exc)) from None
+    assoc, handshake = attempt.association, attempt.handshake
     if not assoc.is_established:
         raise ArchiveQueryFailed(f"{where}: {_no_association(peer, settings, handshake)}")
     found: list[ArchivedInstance] = []

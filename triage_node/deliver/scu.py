@@ -43,6 +43,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
@@ -308,6 +309,66 @@ class _Handshake:
         self.answers.append(event.primitive)
 
 
+class TlsSetupFailed(Exception):
+    """The TLS client context could not be built from the [tls] files (not retryable)."""
+
+
+class PeerUnreachable(Exception):
+    """The peer's host name does not resolve or its port cannot be connected to."""
+
+
+@dataclass
+class AssociationAttempt:
+    """What :func:`request_association` got: the association (established or not), what
+    the peer answered (to say why not), and a TLS handshake error, if any."""
+
+    association: Association
+    handshake: _Handshake
+    tls_error: ssl.SSLError | None
+
+
+def request_association(
+    ae: AE, peer: DestinationSection, settings: Settings, where: str
+) -> AssociationAttempt:
+    """Ask ``peer`` for an association with ``ae``'s contexts, over TLS when configured.
+
+    Shared by the C-STORE and C-FIND SCUs. Raises :class:`TlsSetupFailed` or
+    :class:`PeerUnreachable` (messages start with ``where`` and say what to check);
+    an association that the peer rejects, aborts or leaves unanswered is returned
+    not established, with what the peer answered in ``handshake``.
+    """
+    try:
+        tls_args = _tls_args(peer, settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsSetupFailed(
+            f"{where}: TLS client set-up failed ({exc.strerror or exc}); check the [tls] "
+            "client_certificate, client_private_key and ca_certificates files"
+        ) from None
+    handshake = _Handshake()
+    try:
+        assoc = ae.associate(
+            peer.host,
+            peer.port,
+            ae_title=peer.ae_title,
+            tls_args=tls_args,
+            evt_handlers=handshake.handlers(),
+        )
+    except socket.gaierror as exc:
+        # pynetdicom resolves the host name before it connects, and lets this through.
+        raise PeerUnreachable(
+            f"{where}: host name {peer.host!r} does not resolve ({exc.strerror}); "
+            "check the destination's host in the config (a name this machine's DNS knows, "
+            "or an IP address)"
+        ) from None
+    except OSError as exc:
+        raise PeerUnreachable(
+            f"{where}: cannot connect ({exc.strerror or exc}); check the destination's "
+            "host and port in the config"
+        ) from None
+    tls_error = tls_args[0].handshake_error if tls_args is not None else None
+    return AssociationAttempt(assoc, handshake, tls_error)
+
+
 def _no_association(
     destination: DestinationSection,
     settings: Settings,
@@ -394,37 +455,14 @@ def _send(
     )
     where = _where(destination)
     try:
-        tls_args = _tls_args(destination, settings)
-    except (OSError, ssl.SSLError) as exc:
-        raise DeliveryError(
-            f"{where}: TLS client set-up failed ({exc.strerror or exc}); check the [tls] "
-            "client_certificate, client_private_key and ca_certificates files"
-        ) from None
-
-    handshake = _Handshake()
-    try:
-        assoc = ae.associate(
-            destination.host,
-            destination.port,
-            ae_title=destination.ae_title,
-            tls_args=tls_args,
-            evt_handlers=handshake.handlers(),
-        )
-    except socket.gaierror as exc:
-        # pynetdicom resolves the host name before it connects, and lets this through.
-        raise DestinationUnavailable(
-            f"{where}: host name {destination.host!r} does not resolve ({exc.strerror}); "
-            "check the destination's host in the config (a name this machine's DNS knows, "
-            "or an IP address); nothing sent"
-        ) from None
-    except OSError as exc:
-        raise DestinationUnavailable(
-            f"{where}: cannot connect ({exc.strerror or exc}); check the destination's "
-            "host and port in the config; nothing sent"
-        ) from None
+        attempt = request_association(ae, destination, settings, where)
+    except TlsSetupFailed as exc:
+        raise DeliveryError(str(exc)) from None
+    except PeerUnreachable as exc:
+        raise DestinationUnavailable(f"{exc}; nothing sent") from None
+    assoc = attempt.association
     if not assoc.is_established:
-        handshake_error = tls_args[0].handshake_error if tls_args is not None else None
-        reason = _no_association(destination, settings, handshake, handshake_error)
+        reason = _no_association(destination, settings, attempt.handshake, attempt.tls_error)
         raise DestinationUnavailable(f"{where}: {reason}; nothing sent")
     results: list[StoreOutcome] = []
     try:
