@@ -16,10 +16,10 @@ from tests.test_attention_map import cams
 from tests.test_orthanc import OrthancPeer, orthanc  # noqa: F401  (the module's Orthanc)
 from tests.test_report import COLUMNS, ROWS
 from tests.test_results import add_source, later, node_settings, opened, rows, run_jobs
-from triage_node.commands.resend import resend
 from triage_node.config import ReportSection, Settings
 from triage_node.report.results import cam_path_for, save_cams
 from triage_node.store.models import Delivery, Result, Study
+from triage_node.work.resend import resend
 from triage_node.work.study import settle_studies
 
 

@@ -20,12 +20,12 @@ import urllib.request
 from typing import Any
 
 from triage_node.commands.common import EXIT_FAILURE, EXIT_OK
-from triage_node.commands.views import free_disk_bytes, status_facts
 from triage_node.config import Settings, load_settings
 from triage_node.node.health import Phase, node_id, readiness
 from triage_node.score.loader import describe_model
 from triage_node.store.db import redact_url
 from triage_node.store.existing import open_existing_store
+from triage_node.work.views import free_disk_bytes, status_facts
 
 #: Seconds to wait for the node's ``/readyz`` (it answers at once, also while starting).
 ENDPOINT_TIMEOUT_SECONDS = 10.0

@@ -12,10 +12,10 @@ from typing import Any, TextIO
 from sqlalchemy.exc import SQLAlchemyError
 
 from triage_node.commands.common import EXIT_OK, error, positive_int
-from triage_node.commands.views import events_after, last_event_id, recent_instances
 from triage_node.config import Settings, load_settings
 from triage_node.store.db import Store, redact_url
 from triage_node.store.existing import open_existing_store
+from triage_node.work.views import events_after, last_event_id, recent_instances
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Read-only views of the store for admins: worklist rows, events, status facts.
+"""Read-only views of the store for admins: worklist rows, events, status facts (the
+terminal commands and the web console show the same facts from these).
 
 Every view is built from the database alone (UIDs, states, our ids): the
 database holds no patient name, ID or birth date, so neither does any output.
