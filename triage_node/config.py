@@ -360,6 +360,98 @@ class MetricsSection(_Section):
     port: int = Field(9181, ge=0, le=65535)  # 0: any free port (tests)
 
 
+#: A console password hash as ``triage-node console --hash-password`` prints it:
+#: ``scrypt$N$r$p$SALT$HASH`` (salt and hash in URL-safe base64).
+PASSWORD_HASH = re.compile(r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9_=-]{16,}\$[A-Za-z0-9_=-]{40,}")
+
+
+class WebUserSection(_Section):
+    """One console user: a name, a password hash (never the password), a role."""
+
+    name: str = Field(min_length=1, max_length=64)
+    password_hash: str
+    # "viewer" reads every page; "admin" may also resend a study's results.
+    role: Literal["viewer", "admin"] = "viewer"
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, value: str) -> str:
+        if not PASSWORD_HASH.fullmatch(value):
+            raise ValueError(
+                "not a password hash: write what `triage-node console --hash-password` "
+                "prints (scrypt$...), never the password itself"
+            )
+        return value
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+class WebSection(_Section):
+    """The web console: worklist, study, status and trends pages for the people who run the node.
+
+    Without ``port`` it is served on the metrics endpoint (plain HTTP, loopback).
+    With ``port`` it has a listener of its own at ``host``; an address other hosts
+    can reach needs ``certificate``, ``private_key`` and at least one user.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # None (written "" in TOML, which has no null): on the metrics endpoint.
+    port: int | None = Field(None, ge=0, le=65535)
+    certificate: ConfigPath | None = None
+    private_key: ConfigPath | None = None
+    users: list[WebUserSection] = []
+    # How long a login lasts without a request.
+    session_minutes: float = Field(480.0, gt=0)
+    # Seconds between the worklist page's checks for new events.
+    poll_seconds: float = Field(2.0, gt=0)
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _empty_is_metrics(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("users")
+    @classmethod
+    def _unique_users(cls, value: list[WebUserSection]) -> list[WebUserSection]:
+        seen: dict[str, int] = {}
+        for i, user in enumerate(value):
+            if user.name in seen:
+                raise _error_at(
+                    f"{i}.name", f"{user.name!r} is already the name of users.{seen[user.name]}"
+                )
+            seen[user.name] = i
+        return value
+
+    @model_validator(mode="after")
+    def _tls_loads(self) -> WebSection:
+        if (self.certificate is None) != (self.private_key is None):
+            missing = "private_key" if self.private_key is None else "certificate"
+            raise _error_at(missing, "certificate and private_key go together (HTTPS)")
+        if self.certificate is not None:
+            if self.port is None:
+                raise _error_at(
+                    "certificate",
+                    "HTTPS needs the console's own port: set web.port (the metrics endpoint "
+                    "stays plain HTTP)",
+                )
+            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            _load_chain(server, ("certificate", "private_key"), self.certificate, self.private_key)
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.certificate is not None
+
+
 class RetentionSection(_Section):
     """What is removed, and when: spool files, database rows, audit events."""
 
@@ -396,6 +488,7 @@ class Settings(_Section):
     report: ReportSection = ReportSection()
     logging: LoggingSection = LoggingSection()
     metrics: MetricsSection = MetricsSection()
+    web: WebSection = WebSection()
     retention: RetentionSection = RetentionSection()
 
     source: str = Field("built-in defaults", exclude=True)
@@ -423,6 +516,41 @@ class Settings(_Section):
                 "completeness.query_peer",
                 f"{name!r} is not the name of a [[destinations]] entry ({known}); name the "
                 "archive to ask, or leave it empty to report after node.settle_seconds",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _console_not_open(self) -> Settings:
+        """A console other hosts can reach has HTTPS and users; else the node does not start."""
+        web = self.web
+        if not web.enabled:
+            return self
+        if web.port is None:
+            if not is_loopback(self.metrics.host):
+                raise _error_at(
+                    "metrics.host",
+                    f"{self.metrics.host!r} is not a loopback address, and the web console "
+                    "(web.enabled = true, no web.port) is served on the metrics endpoint in "
+                    "plain HTTP without login: set web.enabled = false, or give the console "
+                    "its own web.port with web.certificate, web.private_key and [[web.users]]",
+                )
+            return self
+        if is_loopback(web.host):
+            return self
+        missing = [
+            what
+            for what, there in (
+                ("web.certificate and web.private_key (HTTPS)", web.tls),
+                ("at least one [[web.users]] entry (login)", bool(web.users)),
+            )
+            if not there
+        ]
+        if missing:
+            raise _error_at(
+                "web.host",
+                f"{web.host!r} is not a loopback address: a console other hosts can reach "
+                f'needs {" and ".join(missing)}; or keep web.host = "127.0.0.1" behind a '
+                "reverse proxy on this host",
             )
         return self
 

@@ -1,5 +1,8 @@
 """The operations HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz`` on one loopback port.
 
+Every other path goes to the web console when it is served here (``[web]``
+enabled without a port of its own; :mod:`triage_node.web`).
+
 ``/metrics`` is the Prometheus text format (OpenMetrics when asked for).
 ``/healthz`` answers 200 while the process's threads run (liveness: restart me
 when not). ``/readyz`` answers 200 when the node can take and process images
@@ -17,36 +20,21 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from triage_node.web.app import Console
+from triage_node.web.server import HTTPServer, answer
+
 log = logging.getLogger(__name__)
 
 #: Seconds a client may take to send its request before its connection is closed.
 REQUEST_TIMEOUT_SECONDS = 30.0
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hung up or went silent is routine; anything else is an error."""
-        # socketserver calls this from inside the except block of the failed request.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionError, TimeoutError)):
-            log.debug(
-                "ops endpoint client went away: %s",
-                type(exc).__name__,
-                extra={"client": client_address[0] if client_address else ""},
-            )
-            return
-        log.error("ops endpoint request failed", exc_info=exc)
 
 
 class OpsServer:
@@ -59,6 +47,7 @@ class OpsServer:
         registry: CollectorRegistry,
         liveness: Callable[[], dict[str, Any]],
         readiness: Callable[[], dict[str, Any]],
+        console: Console | None = None,
     ) -> None:
         server = self
 
@@ -76,6 +65,8 @@ class OpsServer:
                         server._send_json(self, liveness())
                     elif path == "/readyz":
                         server._send_json(self, readiness())
+                    elif console is not None:
+                        answer(self, console)
                     else:
                         self._send(
                             404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain"
@@ -88,6 +79,15 @@ class OpsServer:
                     with contextlib.suppress(OSError):
                         self._send(500, b"internal error\n", "text/plain")
 
+            def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+                if console is None:
+                    self._send(405, b"method not allowed\n", "text/plain")
+                    return
+                try:
+                    answer(self, console)
+                except ConnectionError:
+                    self.close_connection = True
+
             def _send(self, code: int, body: bytes, content_type: str) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", content_type)
@@ -98,7 +98,7 @@ class OpsServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # one line per scrape would drown the node's own log
 
-        self.httpd = _Server((host, port), Handler)
+        self.httpd = HTTPServer((host, port), Handler)
         self.host = host
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(

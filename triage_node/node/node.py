@@ -33,6 +33,8 @@ from triage_node.receive import ReceiverHandle, pynetdicom_patches, start_receiv
 from triage_node.store.db import Store
 from triage_node.store.models import JobKind
 from triage_node.telemetry.metrics import REGISTRY, prime_destinations
+from triage_node.web.app import Console
+from triage_node.web.server import ConsoleServer
 from triage_node.work.score import ScoreHandler
 from triage_node.work.worker import WorkerPool
 
@@ -56,6 +58,8 @@ class Node:
         self.scheduler: BackgroundScheduler | None = None
         self.watchdog: Watchdog | None = None
         self.ops_server: OpsServer | None = None
+        self.console: Console | None = None
+        self.console_server: ConsoleServer | None = None
         self._collector: StoreCollector | None = None
         self.phase = Phase.STARTING
         self.identity = node_identity(settings)
@@ -76,8 +80,11 @@ class Node:
         if "receive" in self.roles:
             pynetdicom_patches.self_check()
         status = []
+        if self.settings.web.enabled:
+            self.console = Console(self.settings, self.store, self.readiness, self.identity)
         if self.settings.metrics.enabled:
             self._start_ops_endpoint()
+        console_url = self._start_console()
         if "work" in self.roles:
             self.pool = WorkerPool(self.settings, self.store, self.settings.node.workers)
             score = self.pool.handlers.get(JobKind.SCORE)
@@ -100,6 +107,8 @@ class Node:
                 status.append(f"metrics on {self.ops_server.host}:{self.ops_server.port}")
             else:
                 status.append("NO metrics endpoint (see the error above)")
+        if console_url:
+            status.append(f"console on {console_url}")
         self.phase = Phase.RUNNING
         ready = self.readiness()
         failing = "; ".join(
@@ -121,8 +130,9 @@ class Node:
         m = self.settings.metrics
         prime_destinations(self.settings)
         try:
+            on_metrics = self.console if self.settings.web.port is None else None
             self.ops_server = OpsServer(
-                m.host, m.port, REGISTRY, self.liveness, self.readiness
+                m.host, m.port, REGISTRY, self.liveness, self.readiness, on_metrics
             ).start()
         except OSError as exc:
             # Receiving images matters more than being scraped: log loudly and go on.
@@ -133,6 +143,34 @@ class Node:
             )
             return
         log.info("metrics endpoint listening", extra={"host": m.host, "port": self.ops_server.port})
+
+    def _start_console(self) -> str | None:
+        """The console's URL: on the metrics endpoint, or on its own port (None: not served)."""
+        web = self.settings.web
+        if self.console is None:
+            return None
+        if web.port is None:
+            if self.ops_server is None:
+                log.warning(
+                    "web console not served: it is served on the metrics endpoint, which is "
+                    "off or not listening (set web.port to give it its own)"
+                )
+                return None
+            return f"http://{self.ops_server.host}:{self.ops_server.port}/"
+        try:
+            self.console_server = ConsoleServer(web, self.console).start()
+        except OSError as exc:
+            log.error(
+                "web console not started (the node runs without it): %s",
+                self.settings.listen_failure("web", exc),
+            )
+            return None
+        server = self.console_server
+        log.info(
+            "web console listening",
+            extra={"host": server.host, "port": server.port, "scheme": server.scheme},
+        )
+        return f"{server.scheme}://{server.host}:{server.port}/"
 
     def liveness(self) -> dict[str, Any]:
         """``/healthz``: the process's threads run (no database check: that is readiness)."""
@@ -222,6 +260,8 @@ class Node:
             self.watchdog.stop()
         if self.ops_server is not None:
             self.ops_server.stop()
+        if self.console_server is not None:
+            self.console_server.stop()
         if self._collector is not None:
             REGISTRY.unregister(self._collector)
         self.store.dispose()

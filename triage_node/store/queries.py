@@ -1,7 +1,8 @@
-"""Read-only questions the node asks its store: job counts, queue ages, write lock, free disk.
+"""Read-only questions the node asks its store: job counts, queue ages, write lock, free disk,
+hourly trends.
 
 One implementation each, shared by ``status``, the metrics collector, the health
-checks, retention and the scheduler's log line.
+checks, retention, the scheduler's log line and the web console.
 """
 
 from __future__ import annotations
@@ -13,11 +14,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from triage_node.store.db import Store
-from triage_node.store.models import Instance, InstanceState, Job, JobKind, JobState
+from triage_node.store.models import (
+    Delivery,
+    DeliveryState,
+    Instance,
+    InstanceState,
+    Job,
+    JobKind,
+    JobState,
+    Result,
+    ResultKind,
+)
 
 #: Job states that count as waiting: queued (due or backing off) or running.
 WAITING_STATES = (JobState.QUEUED, JobState.RUNNING)
@@ -156,3 +168,78 @@ def free_disk_bytes(path: Path) -> int | None:
         return shutil.disk_usage(probe).free
     except OSError:
         return None
+
+
+@dataclass(frozen=True)
+class HourTrend:
+    """One hour (UTC) of the node's work.
+
+    ``arrivals``: instances received (not counting the node's own results coming
+    back); ``reports``: study reports made (SR objects); ``latency_*``: seconds from
+    a study's first instance arriving to its report being delivered to a
+    destination (as ``triage_end_to_end_seconds``), over the deliveries of this
+    hour; None when there were none.
+    """
+
+    hour: dt.datetime
+    arrivals: int
+    reports: int
+    deliveries: int
+    latency_p50: float | None
+    latency_p95: float | None
+
+
+def _hour(value: dt.datetime) -> dt.datetime:
+    return _aware(value).replace(minute=0, second=0, microsecond=0)
+
+
+def hourly_trends(session: Session, since: dt.datetime, until: dt.datetime) -> list[HourTrend]:
+    """Every hour from ``since`` to ``until`` (both floored to the hour), oldest first."""
+    start, end = _hour(since), _hour(until)
+    hours = [
+        start + dt.timedelta(hours=i) for i in range(int((end - start).total_seconds()) // 3600 + 1)
+    ]
+    arrivals = dict.fromkeys(hours, 0)
+    reports = dict.fromkeys(hours, 0)
+    latencies: dict[dt.datetime, list[float]] = {h: [] for h in hours}
+    for (received,) in session.execute(
+        select(Instance.received_at).where(
+            Instance.received_at >= start, Instance.own_result.is_(False)
+        )
+    ):
+        if _hour(received) in arrivals:
+            arrivals[_hour(received)] += 1
+    for (created,) in session.execute(
+        select(Result.created_at).where(Result.created_at >= start, Result.kind == ResultKind.SR)
+    ):
+        if _hour(created) in reports:
+            reports[_hour(created)] += 1
+    first_arrival = (
+        select(Instance.study_id, func.min(Instance.received_at).label("first"))
+        .where(Instance.own_result.is_(False))
+        .group_by(Instance.study_id)
+        .subquery()
+    )
+    for delivered, first in session.execute(
+        select(Delivery.delivered_at, first_arrival.c.first)
+        .join(Result, Result.id == Delivery.result_id)
+        .join(first_arrival, first_arrival.c.study_id == Result.study_id)
+        .where(
+            Result.kind == ResultKind.SR,
+            Delivery.state == DeliveryState.DELIVERED,
+            Delivery.delivered_at >= start,
+        )
+    ):
+        if delivered is not None and first is not None and _hour(delivered) in latencies:
+            seconds = (_aware(delivered) - _aware(first)).total_seconds()
+            latencies[_hour(delivered)].append(max(0.0, seconds))
+    trends = []
+    for h in hours:
+        values = latencies[h]
+        p50, p95 = (
+            (float(np.percentile(values, 50)), float(np.percentile(values, 95)))
+            if values
+            else (None, None)
+        )
+        trends.append(HourTrend(h, arrivals[h], reports[h], len(values), p50, p95))
+    return trends

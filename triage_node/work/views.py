@@ -234,11 +234,21 @@ def study_deliveries(session: Session, study_ids: set[int]) -> dict[int, list[di
 
 
 def recent_instances(
-    session: Session, *, state: str | None = None, limit: int = 50
+    session: Session,
+    *,
+    state: str | None = None,
+    limit: int = 50,
+    modality: str | None = None,
+    delivery_state: str | None = None,
+    since: dt.datetime | None = None,
+    uid: str | None = None,
 ) -> list[dict[str, Any]]:
     """Newest first: instances and refused C-STOREs, optionally only those in ``state``.
 
-    ``state`` ``refused`` lists only refusals; any other state only instances.
+    ``state`` ``refused`` lists only refusals; any other state only instances. The
+    console's filters: ``modality`` and ``delivery_state`` (instances only: a refusal
+    has neither), ``since`` (received at or after), ``uid`` (part of the Study, Series
+    or SOP Instance UID).
     """
     instances: list[Instance] = []
     refusals: list[Refusal] = []
@@ -246,13 +256,29 @@ def recent_instances(
         query = select(Instance).order_by(Instance.received_at.desc(), Instance.id.desc())
         if state:
             query = query.where(Instance.state == state)
-        instances = list(session.scalars(query.limit(limit)))
-    if not state or state == REFUSED:
-        refusals = list(
-            session.scalars(
-                select(Refusal).order_by(Refusal.at.desc(), Refusal.id.desc()).limit(limit)
+        if modality:
+            query = query.where(Instance.modality == modality)
+        if delivery_state:
+            query = query.where(Instance.delivery_state == delivery_state)
+        if since is not None:
+            query = query.where(Instance.received_at >= since)
+        if uid:
+            query = query.where(
+                Instance.study_instance_uid.contains(uid, autoescape=True)
+                | Instance.series_instance_uid.contains(uid, autoescape=True)
+                | Instance.sop_instance_uid.contains(uid, autoescape=True)
             )
-        )
+        instances = list(session.scalars(query.limit(limit)))
+    if (not state or state == REFUSED) and not modality and not delivery_state:
+        refused = select(Refusal).order_by(Refusal.at.desc(), Refusal.id.desc())
+        if since is not None:
+            refused = refused.where(Refusal.at >= since)
+        if uid:
+            refused = refused.where(
+                Refusal.study_instance_uid.contains(uid, autoescape=True)
+                | Refusal.sop_instance_uid.contains(uid, autoescape=True)
+            )
+        refusals = list(session.scalars(refused.limit(limit)))
     deliveries = study_deliveries(
         session,
         {
@@ -305,6 +331,72 @@ def events_after(
     if state:
         query = query.where(Event.state == state)
     return [event_row(ev, inst, study_uid) for ev, inst, study_uid in session.execute(query)]
+
+
+def study_events(session: Session, study: Study, limit: int = 500) -> list[dict[str, Any]]:
+    """The study's timeline, oldest first: events of its instances, its jobs, or naming it."""
+    instance_ids = select(Instance.id).where(Instance.study_id == study.id)
+    job_ids = select(Job.id).where((Job.study_id == study.id) | Job.instance_id.in_(instance_ids))
+    query = (
+        select(Event, Instance)
+        .outerjoin(Instance, Instance.id == Event.instance_id)
+        .where(
+            (Event.study_instance_uid == study.study_instance_uid)
+            | Event.instance_id.in_(instance_ids)
+            | Event.job_id.in_(job_ids)
+        )
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    return [event_row(ev, inst, study.study_instance_uid) for ev, inst in session.execute(query)]
+
+
+def study_detail(session: Session, study_uid: str) -> dict[str, Any] | None:
+    """Everything the console's study page shows, from the database; None for an unknown UID.
+
+    ``instances``: worklist rows (:func:`instance_row`), oldest first; ``results``: the
+    result objects of every report version (newest version first); ``deliveries``: the
+    newest version's delivery per destination; ``events``: the timeline.
+    """
+    study = session.scalars(select(Study).where(Study.study_instance_uid == study_uid)).first()
+    if study is None:
+        return None
+    deliveries = study_deliveries(session, {study.id}).get(study.id, [])
+    instances = session.scalars(
+        select(Instance).where(Instance.study_id == study.id).order_by(Instance.received_at)
+    ).all()
+    results = session.scalars(
+        select(Result)
+        .where(Result.study_id == study.id)
+        .order_by(Result.report_version.desc(), Result.id)
+    ).all()
+    return {
+        "id": study.id,
+        "study_instance_uid": study.study_instance_uid,
+        "state": study.state,
+        "report_version": study.report_version,
+        "delivery_state": study.delivery_state,
+        "last_error": study.last_error,
+        "created_at": _iso(study.created_at),
+        "settled_at": _iso(study.settled_at),
+        "spool_purged": study.spool_purged_at is not None,
+        "instances": [instance_row(i, deliveries) for i in instances],
+        "results": [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "report_version": r.report_version,
+                "sop_instance_uid": r.sop_instance_uid,
+                "source_instance_id": r.source_instance_id,
+                "size_bytes": r.size_bytes,
+                "created_at": _iso(r.created_at),
+                "current": r.report_version == study.report_version,
+            }
+            for r in results
+        ],
+        "deliveries": deliveries,
+        "events": study_events(session, study),
+    }
 
 
 def last_event_id(session: Session) -> int:
