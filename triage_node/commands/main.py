@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worklist": ("worklist", "show recent instances, or --follow events"),
     "status": ("status", "is the node ready? counts per state, queue depth, disk, model"),
     "resend": ("resend", "send a study's results again, or all failed ones"),
+    "console": ("console", "print the web console's URL (--open: open it), or hash a password"),
     "synth": ("synth", "write a synthetic hip radiograph cohort"),
     "db": ("db", "database maintenance (db upgrade)"),
     "train": ("train", "train a model bundle from labelled radiographs"),

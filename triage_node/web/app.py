@@ -62,7 +62,7 @@ SECURITY_HEADERS = {
         "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # (no-referrer makes chromium send Origin: null)
     "X-Frame-Options": "DENY",
 }
 
@@ -233,6 +233,12 @@ class Console:
         if path == "/logout" and method == "POST":
             return self._do_logout(request)
         login = self._login(request)
+        if method == "POST":
+            # Never a redirect to the login page: a POST without an admin's login is refused.
+            match = re.fullmatch(r"/study/([0-9.]{1,64})/resend", path)
+            if match:
+                return self._resend(request, login, match.group(1))
+            return Response(405, b"method not allowed\n", "text/plain; charset=utf-8")
         if self.sessions.required and login is None:
             if path.startswith("/api/"):
                 return _json({"error": "log in first"}, 401)
@@ -241,11 +247,6 @@ class Console:
                 + ("?" + urllib.parse.urlencode(request.query, doseq=True) if request.query else "")
             )
             return Response(303, b"", headers={"Location": f"/login?next={target}"})
-        if method == "POST":
-            match = re.fullmatch(r"/study/([0-9.]{1,64})/resend", path)
-            if match:
-                return self._resend(request, login, match.group(1))
-            return Response(405, b"method not allowed\n", "text/plain; charset=utf-8")
         if method not in ("GET", "HEAD"):
             return Response(405, b"method not allowed\n", "text/plain; charset=utf-8")
         if path in ("/", ""):
