@@ -14,6 +14,9 @@ reference (a binomial prediction interval around the reference rate).
 
 Rates are per image, except the not-assessable reasons, which are counted per
 hip (one image can have a prosthesis on one side and an assessable other side).
+
+:data:`HISTOGRAM_EDGES` and :func:`histogram` live in :mod:`triage_node.assessment`
+(the store counts the node's own values in the same bins) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -27,23 +30,29 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from triage_node.assessment import ImageAssessment, ModelUnavailable, is_positive
+from triage_node.assessment import (
+    HISTOGRAM_EDGES,
+    ImageAssessment,
+    ModelUnavailable,
+    histogram,
+    is_positive,
+)
 from triage_node.score.bundle import Bundle
+
+__all__ = [
+    "DEFAULT_LEVEL",
+    "HISTOGRAM_EDGES",
+    "REFERENCE_FILE",
+    "ValidationReference",
+    "histogram",
+    "read_reference",
+]
 
 #: The file name inside a bundle (listed in its manifest like every other file).
 REFERENCE_FILE = "reference.json"
 
-#: Bin edges of the image-value histogram: ten bins of width 0.1 over [0, 1].
-HISTOGRAM_EDGES: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
-
 #: Default coverage of :meth:`ValidationReference.expected_range`.
 DEFAULT_LEVEL = 0.99
-
-
-def histogram(values: Iterable[float]) -> tuple[int, ...]:
-    """Counts of ``values`` in the bins of :data:`HISTOGRAM_EDGES` (1.0 falls in the last)."""
-    counts, _ = np.histogram(np.clip(np.asarray(list(values), dtype=float), 0, 1), HISTOGRAM_EDGES)
-    return tuple(int(c) for c in counts)
 
 
 @dataclass(frozen=True)
