@@ -474,6 +474,8 @@ def test_not_eligible_instances_are_stored_as_skipped(node: NodeProcess, tmp_pat
     lateral = make_radiograph("HIP", seed=12)
     lateral.ViewPosition = "LL"
     pelvis_cr = make_radiograph("PELVIS", seed=13, modality="CR")
+    pelvis_cr.Manufacturer = "Acme Imaging"
+    pelvis_cr.ManufacturerModelName = "CR " + "9" * 70  # longer than LO: kept cut to 64
     sr = _own_sr()
     paths = [
         save(ds, tmp_path / f"e{i}.dcm") for i, ds in enumerate((chest, lateral, pelvis_cr, sr))
@@ -493,6 +495,9 @@ def test_not_eligible_instances_are_stored_as_skipped(node: NodeProcess, tmp_pat
         assert score_jobs(node, row.id) == []
     [cr_row] = rows(node, pelvis_cr.SOPInstanceUID)
     assert cr_row.state == "queued" and cr_row.modality == "CR"
+    # The scanner is recorded for the drift watch (an image without one has None).
+    assert (cr_row.manufacturer, cr_row.model_name) == ("Acme Imaging", ("CR " + "9" * 70)[:64])
+    assert (chest_row.manufacturer, chest_row.model_name) == (None, None)
     assert [j.kind for j in score_jobs(node, cr_row.id)] == ["score"]
     skipped = {e.sop_instance_uid: e.message for e in events(node, "skipped")}
     assert "loop prevention" in (skipped[sr.SOPInstanceUID] or "")

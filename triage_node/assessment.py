@@ -8,7 +8,8 @@ Nothing here imports a stage: the contract is below every one of them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 
@@ -40,6 +41,23 @@ def is_positive(
     this function.
     """
     return probability >= threshold
+
+
+#: Bin edges of the image-value histogram (the bundle's validation reference, the node's
+#: drift watch): ten bins of width 0.1 over [0, 1], each closed on the left, the last
+#: closed on both sides (as ``numpy.histogram``).
+HISTOGRAM_EDGES: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
+
+
+def histogram(values: Iterable[float]) -> tuple[int, ...]:
+    """Counts of image values in the bins of :data:`HISTOGRAM_EDGES` (1.0 falls in the last).
+
+    Values outside [0, 1] count in the nearest end bin.
+    """
+    counts = [0] * (len(HISTOGRAM_EDGES) - 1)
+    for value in values:
+        counts[min(max(bisect_right(HISTOGRAM_EDGES, value) - 1, 0), len(counts) - 1)] += 1
+    return tuple(counts)
 
 
 class ModelUnavailable(Exception):

@@ -47,7 +47,7 @@ from triage_node.store import (
 )
 from triage_node.store.db import StoreUnavailable
 from triage_node.store.jobs import enqueue_job
-from triage_node.store.models import REFUSED
+from triage_node.store.models import REFUSED, SCANNER_TEXT_LENGTH
 from triage_node.store.queries import free_disk_bytes
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,8 @@ def _commit(
             modality=header.modality,
             body_part=header.body_part,
             view_position=header.view_position,
+            manufacturer=_cut(header.manufacturer, SCANNER_TEXT_LENGTH),
+            model_name=_cut(header.model_name, SCANNER_TEXT_LENGTH),
             transfer_syntax_uid=header.transfer_syntax_uid,
             rows=header.rows,
             columns=header.columns,
@@ -207,6 +209,11 @@ def _commit(
             },
         )
         return SpoolOutcome(instance.id, state, False, relative)
+
+
+def _cut(value: str | None, length: int) -> str | None:
+    """``value`` cut to a column of ``length`` characters (a device name, not an identifier)."""
+    return value[:length] if value else None
 
 
 def record_duplicate(

@@ -71,6 +71,10 @@ class InstanceHeader:
     modality: str | None
     body_part: str | None
     view_position: str | None
+    # The scanner: Manufacturer (0008,0070), Manufacturer's Model Name (0008,1090). Device
+    # facts, not patient data: stored, logged and used as metric labels (drift watch).
+    manufacturer: str | None
+    model_name: str | None
     rows: int | None
     columns: int | None
     number_of_frames: int
@@ -233,6 +237,8 @@ def _read_and_check(
         modality=_text(ds, "Modality"),
         body_part=_text(ds, "BodyPartExamined"),
         view_position=_text(ds, "ViewPosition"),
+        manufacturer=_text(ds, "Manufacturer"),
+        model_name=_text(ds, "ManufacturerModelName"),
         rows=int(ds.Rows) if "Rows" in ds and ds.Rows is not None else None,
         columns=int(ds.Columns) if "Columns" in ds and ds.Columns is not None else None,
         number_of_frames=frames,

@@ -41,6 +41,9 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
+#: Length of the scanner columns (Manufacturer and Manufacturer's Model Name are LO: 64).
+SCANNER_TEXT_LENGTH = 64
+
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
     """Aware UTC datetimes on both SQLite (which keeps no zone) and PostgreSQL."""
@@ -206,6 +209,10 @@ class Instance(Base):
     modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
     body_part: Mapped[str | None] = mapped_column(String(64), nullable=True)
     view_position: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # The scanner that made the image (Manufacturer, Manufacturer's Model Name): a device,
+    # not a patient. The drift watch compares each scanner's stream with the reference.
+    manufacturer: Mapped[str | None] = mapped_column(String(SCANNER_TEXT_LENGTH), nullable=True)
+    model_name: Mapped[str | None] = mapped_column(String(SCANNER_TEXT_LENGTH), nullable=True)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
     columns: Mapped[int | None] = mapped_column(Integer, nullable=True)

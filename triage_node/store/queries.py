@@ -1,8 +1,8 @@
 """Read-only questions the node asks its store: job counts, queue ages, write lock, free disk,
-hourly trends.
+hourly trends, each scanner's stream.
 
 One implementation each, shared by ``status``, the metrics collector, the health
-checks, retention, the scheduler's log line and the web console.
+checks, retention, the scheduler's log line, the drift watch and the web console.
 """
 
 from __future__ import annotations
@@ -10,14 +10,17 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import sqlite3
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from triage_node.assessment import HISTOGRAM_EDGES, histogram
 from triage_node.store.db import Store
 from triage_node.store.models import (
     Delivery,
@@ -243,3 +246,164 @@ def hourly_trends(session: Session, since: dt.datetime, until: dt.datetime) -> l
         )
         trends.append(HourTrend(h, arrivals[h], reports[h], len(values), p50, p95))
     return trends
+
+
+#: Instance states in which the model has judged an image (the reference's "images").
+JUDGED_STATES = (InstanceState.SCORED, InstanceState.NOT_ASSESSABLE)
+
+
+@dataclass(frozen=True)
+class ScannerSummary:
+    """One scanner's images received in a window, and what the model made of them.
+
+    A scanner is a (Manufacturer, Manufacturer's Model Name) pair as the images
+    carry them (None: the image had none, or arrived before the node recorded them).
+    The counts match the terms of the bundle's validation reference
+    (:class:`triage_node.score.reference.ValidationReference`):
+
+    * ``received``: instances stored in the window (our own result objects not
+      counted), whatever became of them; ``skipped``, ``waiting`` (queued or
+      scoring) and ``failed`` are among them;
+    * ``judged``: images the model has judged (scored or not assessable), the
+      reference's ``images``; ``assessable`` (at least one hip assessed: the
+      reference's ``scored``) plus ``not_assessable``;
+    * ``positives``: assessable images whose stored decision is positive (DXA
+      recommended, at the operating point they were scored at);
+    * ``hips``: the hips of the judged images, ``hip_reasons`` the not-assessable
+      ones by reason (one image can have a prosthesis on one side and an
+      assessable other side);
+    * ``histogram``: the image values of the assessable images in the bins of
+      :data:`triage_node.assessment.HISTOGRAM_EDGES`.
+    """
+
+    manufacturer: str | None
+    model_name: str | None
+    received: int = 0
+    skipped: int = 0
+    waiting: int = 0
+    failed: int = 0
+    assessable: int = 0
+    not_assessable: int = 0
+    positives: int = 0
+    hips: int = 0
+    hip_reasons: Mapping[str, int] = field(default_factory=dict)
+    histogram: tuple[int, ...] = (0,) * (len(HISTOGRAM_EDGES) - 1)
+
+    @property
+    def judged(self) -> int:
+        """Images the model has judged: assessable or not."""
+        return self.assessable + self.not_assessable
+
+    @property
+    def positive_rate(self) -> float | None:
+        """Positives among the assessable images; None when there are none."""
+        return self.positives / self.assessable if self.assessable else None
+
+    @property
+    def not_assessable_rate(self) -> float | None:
+        """Not-assessable images among the judged ones; None when there are none."""
+        return self.not_assessable / self.judged if self.judged else None
+
+    def hip_reason_rate(self, reason: str) -> float | None:
+        """Hips not assessable for ``reason`` among all hips judged; None when there are none."""
+        return self.hip_reasons.get(reason, 0) / self.hips if self.hips else None
+
+
+@dataclass
+class _Tally:
+    received: int = 0
+    skipped: int = 0
+    waiting: int = 0
+    failed: int = 0
+    assessable: int = 0
+    not_assessable: int = 0
+    positives: int = 0
+    hips: int = 0
+    hip_reasons: Counter[str] = field(default_factory=Counter)
+    values: list[float] = field(default_factory=list)
+
+
+def _assessment(result: Any) -> Mapping[str, Any]:
+    """The stored assessment of a score record (``{}`` when it has none)."""
+    if isinstance(result, Mapping):
+        assessment = result.get("assessment")
+        if isinstance(assessment, Mapping):
+            return assessment
+    return {}
+
+
+def _count_judged(tally: _Tally, state: InstanceState, probability: Any, result: Any) -> None:
+    assessment = _assessment(result)
+    sides = assessment.get("sides")
+    for side in sides if isinstance(sides, list) else ():
+        if not isinstance(side, Mapping):
+            continue
+        tally.hips += 1
+        if side.get("probability") is None:
+            tally.hip_reasons[str(side.get("not_assessable_reason") or "not given")] += 1
+    if state == InstanceState.NOT_ASSESSABLE:
+        tally.not_assessable += 1
+        return
+    tally.assessable += 1
+    if assessment.get("positive") is True:
+        tally.positives += 1
+    value = probability if probability is not None else assessment.get("probability")
+    if isinstance(value, int | float):
+        tally.values.append(float(value))
+
+
+def scanner_summaries(
+    session: Session, since: dt.datetime, until: dt.datetime | None = None
+) -> list[ScannerSummary]:
+    """Each scanner's :class:`ScannerSummary` over instances received in ``[since, until)``.
+
+    ``until`` None: up to now. Sorted by manufacturer and model name (unknown
+    last). Reads the state, value and stored assessment of each instance in the
+    window, in the caller's read transaction; writes nothing.
+    """
+    query = select(
+        Instance.manufacturer,
+        Instance.model_name,
+        Instance.state,
+        Instance.probability,
+        Instance.result,
+    ).where(Instance.received_at >= since, Instance.own_result.is_(False))
+    if until is not None:
+        query = query.where(Instance.received_at < until)
+    tallies: dict[tuple[str | None, str | None], _Tally] = {}
+    for manufacturer, model_name, state, probability, result in session.execute(query):
+        tally = tallies.setdefault((manufacturer, model_name), _Tally())
+        tally.received += 1
+        if state == InstanceState.SKIPPED:
+            tally.skipped += 1
+        elif state == InstanceState.FAILED:
+            tally.failed += 1
+        elif state in JUDGED_STATES:
+            _count_judged(tally, state, probability, result)
+        else:
+            tally.waiting += 1
+    return [
+        ScannerSummary(
+            manufacturer=manufacturer,
+            model_name=model_name,
+            received=t.received,
+            skipped=t.skipped,
+            waiting=t.waiting,
+            failed=t.failed,
+            assessable=t.assessable,
+            not_assessable=t.not_assessable,
+            positives=t.positives,
+            hips=t.hips,
+            hip_reasons=dict(sorted(t.hip_reasons.items())),
+            histogram=histogram(t.values),
+        )
+        for (manufacturer, model_name), t in sorted(
+            tallies.items(),
+            key=lambda item: (
+                item[0][0] is None,
+                item[0][0] or "",
+                item[0][1] is None,
+                item[0][1] or "",
+            ),
+        )
+    ]
