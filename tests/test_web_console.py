@@ -73,6 +73,7 @@ class Console:
     phi: set[str]
     study_of: dict[str, str]  # sample name -> Study Instance UID
     sop_of: dict[str, str]  # sample name -> SOP Instance UID
+    scanners: set[str]  # "Manufacturer Model Name" of the first batch
     shots: Path
 
 
@@ -177,6 +178,12 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
                 phi_strings(files),
                 {name: str(ds.StudyInstanceUID) for name, ds in headers.items()},
                 {name: str(ds.SOPInstanceUID) for name, ds in headers.items()},
+                {
+                    f"{headers[f.stem].get('Manufacturer', '')} "
+                    f"{headers[f.stem].get('ManufacturerModelName', '')}".strip()
+                    or "unknown scanner"  # the test's own marked radiograph names none
+                    for f in first
+                },
                 shots,
             )
         finally:
@@ -391,6 +398,27 @@ def study_json(page: Page, uid: str) -> dict[str, Any]:
     assert status == 200
     detail: dict[str, Any] = json.loads(text)
     return detail
+
+
+def test_trends_count_the_samples_by_hour_and_by_scanner(
+    browser: Browser, console: Console
+) -> None:
+    watched = logged_in(browser, console, VIEWER)
+    page = watched.page
+    page.goto(console.url + "/trends")
+    hours = json.loads(fetch(page, "/api/trends")[2])["hours"]
+    received = sum(h["arrivals"] for h in hours)
+    assert received >= len(console.files) - 1  # the first batch (and the late one, if run)
+    assert f"{received} instances received" in page.locator("p.lead").inner_text()
+    assert page.locator("svg.chart").count() >= 2
+    # one row per scanner the samples name, with its positive rate
+    table = page.locator("#scanners table")
+    names = [n.strip() for n in table.locator("tbody th").all_inner_texts()]
+    assert console.scanners <= set(names), (console.scanners, names)
+    assert table.locator("svg.chart").count() == len(names)
+    assert "%" in table.locator("td.rate").first.inner_text()
+    assert not watched.errors, watched.errors
+    watched.page.context.close()
 
 
 def sent_objects(page: Page, uid: str) -> int:

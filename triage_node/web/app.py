@@ -16,6 +16,8 @@ import json
 import logging
 import mimetypes
 import re
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -25,8 +27,11 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
+from triage_node.assessment import HISTOGRAM_EDGES, ModelUnavailable
 from triage_node.config import Settings
+from triage_node.score.bundle import open_configured
 from triage_node.score.loader import describe_model
+from triage_node.score.reference import ValidationReference, read_reference
 from triage_node.store.db import Store
 from triage_node.store.models import (
     REFUSED,
@@ -38,7 +43,7 @@ from triage_node.store.models import (
     Study,
     utcnow,
 )
-from triage_node.store.queries import hourly_trends
+from triage_node.store.queries import ScannerSummary, hourly_trends, scanner_summaries
 from triage_node.web import charts
 from triage_node.web.auth import Login, Sessions, csrf_ok
 from triage_node.web.results import heatmap_jpeg, sr_content
@@ -56,6 +61,8 @@ DELIVERY_STATES = [s.value for s in DeliveryState]
 PERIODS = {"1": "last hour", "24": "last 24 hours", "72": "last 3 days", "168": "last 7 days"}
 TREND_PERIODS = {"24": "24 hours", "72": "3 days", "168": "7 days"}
 WORKLIST_LIMIT = 200
+#: Seconds the model's description (read from its bundle, hashes checked) is reused.
+MODEL_CACHE_SECONDS = 60.0
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
@@ -173,6 +180,8 @@ class Console:
         self.readiness = readiness
         self.identity = dict(identity)
         self.sessions = Sessions(settings.web.users, settings.web.session_minutes * 60)
+        self._model_lock = threading.Lock()
+        self._model_cache: tuple[float, dict[str, Any], ValidationReference | None] | None = None
         self.env = Environment(
             loader=PackageLoader("triage_node.web", "templates"),
             autoescape=select_autoescape(default=True),
@@ -221,8 +230,25 @@ class Console:
         )
         return Response(status, html.encode())
 
+    def _bundle_facts(self) -> tuple[dict[str, Any], ValidationReference | None]:
+        """The model's description and its bundle's validation reference (None: it has
+        none, or the bundle is unusable), read at most every :data:`MODEL_CACHE_SECONDS`."""
+        with self._model_lock:
+            cached = self._model_cache
+            if cached is not None and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
+                return cached[1], cached[2]
+            model = describe_model(self.settings, check_implementation=False)
+            reference = None
+            if model.get("available"):
+                try:
+                    reference = read_reference(open_configured(self.settings))
+                except ModelUnavailable as exc:
+                    log.warning("validation reference not usable: %s", exc)
+            self._model_cache = (time.monotonic(), model, reference)
+            return model, reference
+
     def _model(self) -> dict[str, Any]:
-        return describe_model(self.settings, check_implementation=False)
+        return self._bundle_facts()[0]
 
     def _route(self, request: Request) -> Response:
         path, method = request.path, request.method
@@ -268,7 +294,15 @@ class Console:
         if path == "/trends":
             return self._trends(request)
         if path == "/api/trends":
-            return _json(self._trend_data(request)["hours"])
+            data = self._trend_data(request)
+            return _json(
+                {
+                    "hours": data["hours"],
+                    "scanners": [
+                        {**asdict(s), "histogram_edges": HISTOGRAM_EDGES} for s in data["scanners"]
+                    ],
+                }
+            )
         return self._page(
             request, "error.html", status=404, title="Not found", message=f"No page at {path}."
         )
@@ -511,9 +545,16 @@ class Console:
         hours = request.arg("hours", "24")
         hours = hours if hours in TREND_PERIODS else "24"
         now = utcnow()
+        since = now - dt.timedelta(hours=int(hours) - 1)
         with self.store.read() as session:
-            trend = hourly_trends(session, now - dt.timedelta(hours=int(hours) - 1), now)
-        return {"period": hours, "hours": [asdict(h) for h in trend], "trend": trend}
+            trend = hourly_trends(session, since, now)
+            scanners = scanner_summaries(session, since.replace(minute=0, second=0, microsecond=0))
+        return {
+            "period": hours,
+            "hours": [asdict(h) for h in trend],
+            "trend": trend,
+            "scanners": scanners,
+        }
 
     def _trends(self, request: Request) -> Response:
         data = self._trend_data(request)
@@ -546,10 +587,71 @@ class Console:
             periods=TREND_PERIODS,
             volume=volume,
             latency=latency,
-            scanners=None,
+            scanners=self._scanner_rows(data["scanners"]),
+            reference=self._bundle_facts()[1],
             totals={
                 "arrivals": sum(h.arrivals for h in trend),
                 "reports": sum(h.reports for h in trend),
                 "deliveries": sum(h.deliveries for h in trend),
             },
         )
+
+    def _scanner_rows(self, summaries: list[ScannerSummary]) -> list[dict[str, Any]]:
+        """Each scanner's rates beside the bundle's validation reference, for the template.
+
+        A rate's ``expected`` is the range a scanner that behaves like the reference
+        shows with its number of images (:meth:`ValidationReference.expected_range`);
+        ``outside`` says the scanner's rate is not in it.
+        """
+        reference = self._bundle_facts()[1]
+
+        def compare(rate: float | None, ref: float | None, n: int) -> dict[str, Any]:
+            if rate is None:
+                return {"rate": None, "n": n}
+            out: dict[str, Any] = {"rate": rate, "n": n, "reference": ref}
+            if ref is not None:
+                low, high = ValidationReference.expected_range(ref, n)
+                out.update(expected=(low, high), outside=not low <= rate <= high)
+            return out
+
+        rows = []
+        for s in summaries:
+            reasons = sorted(set(s.hip_reasons) | set(reference.side_reasons if reference else {}))
+            rows.append(
+                {
+                    "name": " ".join(x for x in (s.manufacturer, s.model_name) if x)
+                    or "unknown scanner",
+                    "summary": s,
+                    "positive": compare(
+                        s.positive_rate,
+                        reference.positive_rate if reference else None,
+                        s.assessable,
+                    ),
+                    "not_assessable": compare(
+                        s.not_assessable_rate,
+                        reference.not_assessable_rate if reference else None,
+                        s.judged,
+                    ),
+                    "reasons": [
+                        {
+                            "reason": reason,
+                            "hips": s.hip_reasons.get(reason, 0),
+                            **compare(
+                                s.hip_reason_rate(reason),
+                                reference.reason_rate(reason) if reference else None,
+                                s.hips,
+                            ),
+                        }
+                        for reason in reasons
+                    ],
+                    "chart": charts.distribution(
+                        s.histogram,
+                        reference.value_fractions if reference else None,
+                        HISTOGRAM_EDGES,
+                        title=f"Image values of {s.manufacturer or 'unknown'} "
+                        f"{s.model_name or ''}".strip()
+                        + (" against the validation reference" if reference else ""),
+                    ),
+                }
+            )
+        return rows

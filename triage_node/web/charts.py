@@ -172,3 +172,57 @@ def hourly_lines(
         for s in series
     )
     return _frame(title, description, y_label, top, body)
+
+
+def distribution(
+    counts: Sequence[int],
+    reference: Sequence[float] | None,
+    edges: Sequence[float],
+    *,
+    title: str,
+) -> Markup:
+    """A small histogram of image values: the scanner's share per bin as solid bars, the
+    reference's share as a dashed step line with square markers (when there is one)."""
+    width, height, left, bottom, top_pad = 300, 96, 6, 18, 6
+    total = sum(counts)
+    shares = [c / total if total else 0.0 for c in counts]
+    top = max([*shares, *(reference or [])], default=0.0) or 1.0
+    plot_h = height - bottom - top_pad
+    slot = (width - 2 * left) / max(1, len(counts))
+    body = []
+    for i, share in enumerate(shares):
+        h = plot_h * share / top
+        body.append(
+            f'<rect class="s0" x="{left + slot * i + 1:.1f}" y="{top_pad + plot_h - h:.1f}" '
+            f'width="{slot - 2:.1f}" height="{h:.1f}"><title>{edges[i]:.1f} to '
+            f"{edges[i + 1]:.1f}: {100 * share:.0f}% of this scanner's images</title></rect>"
+        )
+    if reference:
+        points = []
+        for i, share in enumerate(reference):
+            y = top_pad + plot_h - plot_h * share / top
+            points += [f"{left + slot * i:.1f},{y:.1f}", f"{left + slot * (i + 1):.1f},{y:.1f}"]
+            body.append(
+                f"<g>{_marker(1, left + slot * (i + 0.5), y)}<title>{edges[i]:.1f} to "
+                f"{edges[i + 1]:.1f}: {100 * share:.0f}% in the reference</title></g>"
+            )
+        body.insert(0, f'<polyline class="l1" points="{" ".join(points)}"/>')
+    for value in (edges[0], edges[len(edges) // 2], edges[-1]):
+        x = left + (width - 2 * left) * (value - edges[0]) / (edges[-1] - edges[0])
+        anchor = "start" if value == edges[0] else "end" if value == edges[-1] else "middle"
+        body.append(
+            f'<text class="tick" x="{x:.1f}" y="{height - 4}" text-anchor="{anchor}">'
+            f"{value:.1f}</text>"
+        )
+    chart_id = "d" + format(abs(hash((title, tuple(counts)))) % 10**8, "d")
+    description = "Share of images per value bin: " + ", ".join(
+        f"{edges[i]:.1f}-{edges[i + 1]:.1f} {100 * s:.0f}%"
+        + (f" (reference {100 * reference[i]:.0f}%)" if reference else "")
+        for i, s in enumerate(shares)
+    )
+    return Markup(
+        f'<svg class="chart mini" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-labelledby="{chart_id}-t {chart_id}-d">'
+        f'<title id="{chart_id}-t">{escape(title)}</title>'
+        f'<desc id="{chart_id}-d">{escape(description)}</desc>' + "".join(body) + "</svg>"
+    )
