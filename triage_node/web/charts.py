@@ -16,8 +16,8 @@ from html import escape
 
 from markupsafe import Markup
 
-WIDTH, HEIGHT = 960, 260
-LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 56
+WIDTH, HEIGHT = 960, 270
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 16, 62
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,18 @@ def _frame(title: str, description: str, y_label: str, top: float, body: list[st
 
 
 def _x_labels(hours: Sequence[dt.datetime], x_of: list[float]) -> list[str]:
+    """Hour labels under the axis; the date on a second line at the start and at midnight."""
     every = max(1, math.ceil(len(hours) / 12))
     out = []
+    y = HEIGHT - BOTTOM + 16
     for i, (hour, x) in enumerate(zip(hours, x_of, strict=True)):
         if i % every:
             continue
-        label = hour.strftime("%H:00") if hour.hour or i == 0 else hour.strftime("%d %b")
-        anchor = "middle"
-        if i == 0:
-            label, anchor = hour.strftime("%d %b %H:00"), "start"
-            x = LEFT
+        date = (
+            f'<tspan x="{x:.1f}" dy="14">{hour:%d %b}</tspan>' if i == 0 or hour.hour == 0 else ""
+        )
         out.append(
-            f'<text class="tick" x="{x:.1f}" y="{HEIGHT - BOTTOM + 16}" '
-            f'text-anchor="{anchor}">{escape(label)}</text>'
+            f'<text class="tick" x="{x:.1f}" y="{y}" text-anchor="middle">{hour:%H}:00{date}</text>'
         )
     return out
 
