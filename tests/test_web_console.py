@@ -19,10 +19,15 @@ in docs/ are made). .ci/run installs chromium (apt), Playwright (the [test] extr
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
+import ssl
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +43,7 @@ from tests.peers import (
     base_config,
     free_port,
     need_tool,
+    node_running,
     run_cli,
     storescu,
     wait_for,
@@ -45,6 +51,7 @@ from tests.peers import (
 )
 from tests.test_phi import phi_strings, sample_files
 from tests.test_results import storescp
+from tests.test_tls import Pki, pki  # noqa: F401  (the fixture)
 from tests.web import axe
 from triage_node.web.auth import hash_password
 
@@ -190,13 +197,11 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
             node.kill()
 
 
-def _answers(url: str) -> bool:
-    import urllib.request
-
+def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(url, timeout=5, context=context) as resp:
             return resp.status == 200
-    except OSError:
+    except (OSError, http.client.HTTPException):
         return False
 
 
@@ -314,6 +319,13 @@ def test_worklist_filters_and_shows_a_new_instance_without_reload(
     page.wait_for_url("**state=skipped**")
     assert rows.count() == 1
     assert "CHEST" in rows.first.inner_text()
+    # modality: the two CR samples (RLE and JPEG 2000), nothing else
+    page.goto(console.url + "/worklist")
+    page.get_by_label("Modality").select_option("CR")
+    page.get_by_role("button", name="Apply").click()
+    page.wait_for_url("**modality=CR**")
+    modalities = [t.split()[0] for t in rows.locator("td:nth-child(4)").all_inner_texts()]
+    assert modalities and set(modalities) == {"CR"}
     # UID search: one study's tail finds that study's instance only
     study = console.study_of[DETAIL_SAMPLE]
     page.goto(console.url + "/worklist")
@@ -513,3 +525,40 @@ def test_a_console_reachable_from_other_hosts_without_https_and_login_is_refused
     assert done.returncode == 2, done.stderr
     assert f"key '{key}'" in done.stderr and str(config) in done.stderr
     assert not (tmp_path / "data").exists()  # refused before anything started
+
+
+def test_a_remote_console_with_https_and_users_serves_https_only(
+    tmp_path: Path,
+    pki: Pki,  # noqa: F811 (the fixture imported above)
+) -> None:
+    port = free_port()
+    web = {
+        "host": "0.0.0.0",
+        "port": port,
+        "certificate": str(pki.server.cert),
+        "private_key": str(pki.server.key),
+        "users": [{"name": ADMIN[0], "password_hash": hash_password(ADMIN[1]), "role": "admin"}],
+    }
+    trusted = ssl.create_default_context(cafile=str(pki.ca))
+    with node_running(tmp_path, command="receive", web=web) as node:
+        url = f"https://127.0.0.1:{port}"
+        wait_for(lambda: _answers(url + "/login", trusted), "the console over HTTPS", 60, node)
+        # the worklist wants a login; the login sets a Secure cookie
+        with urllib.request.urlopen(url + "/worklist", context=trusted) as resp:
+            assert resp.url.startswith(url + "/login")
+        form = urllib.parse.urlencode({"user": ADMIN[0], "password": ADMIN[1]}).encode()
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=trusted), NoRedirect
+        )
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(urllib.request.Request(url + "/login", data=form, method="POST"))
+        assert redirect.value.code == 303
+        cookie = redirect.value.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        # plain HTTP on the same port gets no page
+        assert not _answers(f"http://127.0.0.1:{port}/login")
