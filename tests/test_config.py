@@ -40,6 +40,9 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("[receive]\nmin_free_disk_mb = -1\n", "receive.min_free_disk_mb", "greater"),
         ("[modle]\nbundle = 'x'\n", "modle", "unknown key"),
         ("[logging]\nlevel = 'LOUD'\n", "logging.level", "INFO"),
+        ("[drift]\nlevel = 1.5\n", "drift.level", "less than 1"),
+        ("[drift]\nmin_images = 0\n", "drift.min_images", "greater than or equal to 1"),
+        ("[drift]\nwindow_days = 0\n", "drift.window_days", "greater than 0"),
         ("[node]\nworkers = '2'\n", "node.workers", "without quotes"),
         (
             "[report]\nheatmap_transfer_syntax = 'jpeg2000'\n",

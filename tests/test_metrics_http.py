@@ -236,6 +236,7 @@ def test_deploy_examples_load_and_alert_on_metrics_the_node_exports() -> None:
         "TriageNodeQueueStuck",
         "TriageNodeDeliveryFailing",
         "TriageNodeNotAccepting",
+        "TriageNodeScannerDrift",
     }
     from triage_node.node.collector import StoreCollector
     from triage_node.store import Store

@@ -472,6 +472,23 @@ class RetentionSection(_Section):
         return self
 
 
+class DriftSection(_Section):
+    """The drift watch: each scanner's stream compared with the bundle's validation reference."""
+
+    enabled: bool = True
+    # The rolling window: images received in the last window_days count.
+    window_days: float = Field(7.0, gt=0)
+    # A scanner is judged once the model has judged this many of its images in the window
+    # (the positive rate: this many assessable images); fewer are shown, never judged.
+    min_images: int = Field(50, ge=1)
+    # Coverage of the expected range: a scanner that behaves like the reference shows a
+    # rate outside it about (1 - level) of the time.
+    level: float = Field(0.99, gt=0, lt=1)
+    # The metrics endpoint counts the window again at most this often (each scrape reads
+    # the window's rows; 0: at every scrape).
+    refresh_seconds: float = Field(60.0, ge=0)
+
+
 class Settings(_Section):
     """All configuration of one node; see README "Configuration" for every key."""
 
@@ -490,6 +507,7 @@ class Settings(_Section):
     metrics: MetricsSection = MetricsSection()
     web: WebSection = WebSection()
     retention: RetentionSection = RetentionSection()
+    drift: DriftSection = DriftSection()
 
     source: str = Field("built-in defaults", exclude=True)
 

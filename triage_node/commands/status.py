@@ -23,8 +23,10 @@ from triage_node.commands.common import EXIT_FAILURE, EXIT_OK
 from triage_node.config import Settings, load_settings
 from triage_node.node.health import Phase, node_id, readiness
 from triage_node.score.loader import describe_model
-from triage_node.store.db import redact_url
+from triage_node.store.clock import utcnow
+from triage_node.store.db import Store, redact_url
 from triage_node.store.existing import open_existing_store
+from triage_node.work.drift import NO_REFERENCE, drift_report
 from triage_node.work.views import free_disk_bytes, status_facts
 
 #: Seconds to wait for the node's ``/readyz`` (it answers at once, also while starting).
@@ -203,6 +205,18 @@ def decide(settings: Settings, endpoint: dict[str, Any]) -> dict[str, Any]:
     return {"answer": answer, "exit_code": EXIT_CODES[answer], "message": message}
 
 
+def drift_status(settings: Settings, store: Store | None) -> dict[str, Any]:
+    """The drift watch's report as JSON (``enabled`` false when ``drift.enabled`` is off)."""
+    if not settings.drift.enabled:
+        return {"enabled": False}
+    if store is None:
+        return {"enabled": True, "scanners": [], "out_of_range": [], "unjudged": "no images"}
+    try:
+        return {"enabled": True, **drift_report(settings, store, utcnow()).to_json()}
+    except Exception as exc:  # the database: the facts above say so
+        return {"enabled": True, "error": type(exc).__name__, "scanners": [], "out_of_range": []}
+
+
 def collect_status(settings: Settings) -> dict[str, Any]:
     """Everything `status` prints, as one JSON-able dict."""
     store = open_existing_store(settings)
@@ -234,6 +248,8 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 "last_error": None,
             }
         database = {"url": redact_url(settings.database_url), "exists": True}
+    drift = drift_status(settings, store)
+    if store is not None:
         store.dispose()
     endpoint = node_endpoint(settings)
     return {
@@ -250,6 +266,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         **facts,
         "min_free_disk_bytes": settings.receive.min_free_disk_mb * 1024 * 1024,
         "model": describe_model(settings),
+        "drift": drift,
         "ready": ready,
         "endpoint": endpoint,
     }
@@ -301,6 +318,7 @@ def format_status(s: dict[str, Any]) -> str:
         lines.append(f"model      {desc}")
     else:
         lines.append(f"model      {m['bundle']}: NOT AVAILABLE ({m.get('error')})")
+    lines += format_drift(s["drift"])
     r = s["ready"]
     failing = [f"{k}: {v['detail']}" for k, v in r["checks"].items() if not v["ok"]]
     lines.append(
@@ -336,6 +354,50 @@ def format_status(s: dict[str, Any]) -> str:
         + (f"{err['at']} {err['kind']} job {err['job_id']}: {err['message']}" if err else "none")
     )
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def format_drift(d: dict[str, Any]) -> list[str]:
+    """The drift watch's lines: each scanner out of its reference range, or that none is."""
+    if not d.get("enabled"):
+        return ["drift      off (drift.enabled = false)"]
+    if "error" in d:
+        return [f"drift      unknown (database: {d['error']})"]
+    scanners = d["scanners"]
+    window = f"in the last {d['window_days']:g} days" if "window_days" in d else "yet"
+    seen = f"{len(scanners)} scanner{'s' if len(scanners) != 1 else ''} {window}"
+    if d.get("unjudged"):
+        why = (
+            "no reference in the model bundle: scanners are not judged"
+            if d["unjudged"] == NO_REFERENCE
+            else f"not judged ({d['unjudged']})"
+        )
+        return [f"drift      {why}  ({seen})"]
+    judged = [sc for sc in scanners if any(c["judged"] for c in sc["checks"])]
+    out = [sc for sc in scanners if sc["out_of_range"]]
+    if not out:
+        return [
+            f"drift      {seen}, {len(judged)} judged (at least {d['min_images']} images), "
+            "all within the reference"
+        ]
+    lines = [f"drift      {len(out)} of {seen} OUT OF RANGE of the reference:"]
+    for sc in out:
+        rates = [
+            f"{c['rate'] + (': ' + c['reason'] if c['reason'] else '')} "
+            f"{_percent(c['observed'])} ({c['count']} of {c['n']}; expected "
+            f"{_percent(c['expected_low'])}-{_percent(c['expected_high'])}, "
+            f"reference {_percent(c['reference'])})"
+            for c in sc["checks"]
+            if c["out_of_range"]
+        ]
+        lines.append(
+            f"           {sc['manufacturer'] or '?'} / {sc['model_name'] or '?'}: "
+            + "; ".join(rates)
+        )
+    return lines
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The scrape-time gauges of the node: queue, oldest waiting job, store, disk, model.
+"""The scrape-time gauges of the node: queue, oldest waiting job, store, disk, model, drift.
 
 They describe the shared database, so every process of a scale-out node reports
 the same values for them. The counters and histograms are in
@@ -26,6 +26,7 @@ from triage_node.store.queries import (
     read_queue_counts,
     store_writable,
 )
+from triage_node.work.drift import DriftReport, configured_reference, drift_report
 
 log = logging.getLogger("triage_node.telemetry.metrics")
 
@@ -51,6 +52,10 @@ class StoreCollector(Collector):
         self._model: dict[str, Any] | None = None
         self._model_at = 0.0
         self._lock = threading.Lock()
+        self._reference: Any = None
+        self._reference_at = 0.0
+        self._drift: DriftReport | None = None
+        self._drift_at = 0.0
 
     def describe(self) -> Iterator[Any]:
         """Nothing up front: the collector is only called at scrape time."""
@@ -71,6 +76,25 @@ class StoreCollector(Collector):
                     }
                 self._model_at = now
             return self._model
+
+    def drift(self) -> DriftReport | None:
+        """The drift report, counted again at most every ``drift.refresh_seconds`` (the
+        bundle's reference at most every few minutes); None when the store cannot answer."""
+        with self._lock:
+            now = time.monotonic()
+            if self._reference is None or now - self._reference_at > self.MODEL_REFRESH_SECONDS:
+                self._reference = configured_reference(self.settings)
+                self._reference_at = now
+            if self._drift is None or now - self._drift_at >= self.settings.drift.refresh_seconds:
+                try:
+                    self._drift = drift_report(
+                        self.settings, self.store, self.clock(), self._reference
+                    )
+                except Exception as exc:  # the database: triage_store_up says so
+                    log.warning("metrics: drift query failed: %s", type(exc).__name__)
+                    return None
+                self._drift_at = now
+            return self._drift
 
     def collect(self) -> Iterator[Any]:
         """Yield the gauge families (called by prometheus-client on every scrape)."""
@@ -139,3 +163,73 @@ class StoreCollector(Collector):
             },
         )
         yield info
+        if self.settings.drift.enabled:
+            yield from self.collect_drift()
+
+    def collect_drift(self) -> Iterator[Any]:
+        """The drift watch's gauges (see README "Drift watch")."""
+        window = f"the last {self.settings.drift.window_days:g} days (drift.window_days)"
+        available = GaugeMetricFamily(
+            "triage_drift_reference_available",
+            "1 if the configured bundle carries a validation reference (reference.json) the "
+            "scanners are judged against; 0: no reference, nothing is judged.",
+        )
+        report = self.drift()
+        if report is None:
+            return
+        available.add_metric([], 1 if report.reference is not None else 0)
+        yield available
+        scanner = ["manufacturer", "model_name"]
+        rate_labels = [*scanner, "rate", "reason"]
+        images = GaugeMetricFamily(
+            "triage_drift_images",
+            f"Images of each scanner the model judged in {window}, by outcome: assessable, "
+            "not_assessable, positive (assessable and DXA recommended).",
+            labels=[*scanner, "outcome"],
+        )
+        observed = GaugeMetricFamily(
+            "triage_drift_rate",
+            f"Each scanner's rate in {window}: positive (of assessable images), "
+            "not_assessable (of judged images), hip_not_assessable for a reason (of hips).",
+            labels=rate_labels,
+        )
+        reference = GaugeMetricFamily(
+            "triage_drift_reference_rate",
+            "The same rate in the bundle's validation reference.",
+            labels=rate_labels,
+        )
+        low = GaugeMetricFamily(
+            "triage_drift_expected_low",
+            "Low end of the range the scanner's rate is expected in if it behaves like the "
+            "reference (binomial prediction interval at drift.level); judged rates only.",
+            labels=rate_labels,
+        )
+        high = GaugeMetricFamily(
+            "triage_drift_expected_high",
+            "High end of that range; judged rates only.",
+            labels=rate_labels,
+        )
+        out = GaugeMetricFamily(
+            "triage_drift_out_of_range",
+            "1 if the scanner's rate is outside its expected range, 0 if inside; only for "
+            "rates judged (drift.min_images reached, the bundle has a reference).",
+            labels=rate_labels,
+        )
+        for drift in report.scanners:
+            s = drift.summary
+            names = [s.manufacturer or "", s.model_name or ""]
+            images.add_metric([*names, "assessable"], s.assessable)
+            images.add_metric([*names, "not_assessable"], s.not_assessable)
+            images.add_metric([*names, "positive"], s.positives)
+            for check in drift.checks:
+                labels = [*names, check.rate, check.reason]
+                if check.observed is not None:
+                    observed.add_metric(labels, check.observed)
+                if check.reference is not None:
+                    reference.add_metric(labels, check.reference)
+                if check.judged:
+                    assert check.expected_low is not None and check.expected_high is not None
+                    low.add_metric(labels, check.expected_low)
+                    high.add_metric(labels, check.expected_high)
+                    out.add_metric(labels, 1 if check.out_of_range else 0)
+        yield from (images, observed, reference, low, high, out)

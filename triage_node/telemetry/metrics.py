@@ -9,7 +9,9 @@ describe the shared database, so every process of a scale-out node reports the
 same values for them.
 
 Labels are bounded: AE titles of configured peers, destination names, job
-kinds, states and fixed reason codes. Never a UID, never patient data.
+kinds, states and fixed reason codes, and the scanners (Manufacturer,
+Manufacturer's Model Name: device facts) the configured peers send from. Never
+a UID, never patient data.
 """
 
 from __future__ import annotations
@@ -116,6 +118,18 @@ COMPLETENESS_QUERIES = Counter(
     registry=REGISTRY,
 )
 
+#: Upper bounds of the image-value buckets: those of ``assessment.HISTOGRAM_EDGES`` (the
+#: bundle's reference counts in the same bins; a sibling layer, so written out here).
+VALUE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+IMAGE_VALUES = Histogram(
+    "triage_image_value",
+    "Image values (the highest probability of the assessed hips) of the images this "
+    "process scored, by the scanner that made them (Manufacturer, Manufacturer's Model Name).",
+    ["manufacturer", "model_name"],
+    buckets=VALUE_BUCKETS,
+    registry=REGISTRY,
+)
+
 INSTANCE_OUTCOMES = (
     "received",
     "skipped",
@@ -201,6 +215,12 @@ def observe_stage(stage: str, seconds: float) -> None:
     """One run of ``stage`` (receive, score, report, deliver) took ``seconds``."""
     if stage in STAGES:
         STAGE_SECONDS.labels(stage).observe(max(0.0, seconds))
+
+
+@_safe
+def observe_image_value(manufacturer: str | None, model_name: str | None, value: float) -> None:
+    """An image from this scanner was scored with image value ``value``."""
+    IMAGE_VALUES.labels(manufacturer or "", model_name or "").observe(value)
 
 
 @_safe

@@ -27,11 +27,10 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlalchemy import select
 
-from triage_node.assessment import HISTOGRAM_EDGES, ModelUnavailable
+from triage_node.assessment import HISTOGRAM_EDGES
 from triage_node.config import Settings
-from triage_node.score.bundle import open_configured
 from triage_node.score.loader import describe_model
-from triage_node.score.reference import ValidationReference, read_reference
+from triage_node.score.reference import ValidationReference
 from triage_node.store.db import Store
 from triage_node.store.models import (
     REFUSED,
@@ -43,15 +42,27 @@ from triage_node.store.models import (
     Study,
     utcnow,
 )
-from triage_node.store.queries import ScannerSummary, hourly_trends, scanner_summaries
+from triage_node.store.queries import hourly_trends
 from triage_node.web import charts
 from triage_node.web.auth import Login, Sessions, csrf_ok
 from triage_node.web.results import heatmap_jpeg, sr_content
+from triage_node.work.drift import (
+    HIP_NOT_ASSESSABLE,
+    NOT_ASSESSABLE,
+    POSITIVE,
+    DriftReport,
+    configured_reference,
+    drift_report,
+)
 from triage_node.work.report import result_file
 from triage_node.work.resend import UnknownStudies, resend
 from triage_node.work.views import last_event_id, recent_instances, status_facts, study_detail
 
 log = logging.getLogger(__name__)
+
+#: :func:`triage_node.work.drift.configured_reference`'s answer: the bundle's validation
+#: reference (or None), why there is none, the operating point the node decides at.
+Reference = tuple[ValidationReference | None, str, float]
 
 COOKIE = "triage_console"
 #: Worklist filters the page offers (the states of ``worklist --state``, and refused).
@@ -181,7 +192,7 @@ class Console:
         self.identity = dict(identity)
         self.sessions = Sessions(settings.web.users, settings.web.session_minutes * 60)
         self._model_lock = threading.Lock()
-        self._model_cache: tuple[float, dict[str, Any], ValidationReference | None] | None = None
+        self._model_cache: tuple[float, dict[str, Any], Reference] | None = None
         self.env = Environment(
             loader=PackageLoader("triage_node.web", "templates"),
             autoescape=select_autoescape(default=True),
@@ -230,20 +241,15 @@ class Console:
         )
         return Response(status, html.encode())
 
-    def _bundle_facts(self) -> tuple[dict[str, Any], ValidationReference | None]:
-        """The model's description and its bundle's validation reference (None: it has
-        none, or the bundle is unusable), read at most every :data:`MODEL_CACHE_SECONDS`."""
+    def _bundle_facts(self) -> tuple[dict[str, Any], Reference]:
+        """The model's description and its bundle's validation reference (as the drift
+        watch reads it), read at most every :data:`MODEL_CACHE_SECONDS`."""
         with self._model_lock:
             cached = self._model_cache
             if cached is not None and time.monotonic() - cached[0] < MODEL_CACHE_SECONDS:
                 return cached[1], cached[2]
             model = describe_model(self.settings, check_implementation=False)
-            reference = None
-            if model.get("available"):
-                try:
-                    reference = read_reference(open_configured(self.settings))
-                except ModelUnavailable as exc:
-                    log.warning("validation reference not usable: %s", exc)
+            reference = configured_reference(self.settings)
             self._model_cache = (time.monotonic(), model, reference)
             return model, reference
 
@@ -298,9 +304,8 @@ class Console:
             return _json(
                 {
                     "hours": data["hours"],
-                    "scanners": [
-                        {**asdict(s), "histogram_edges": HISTOGRAM_EDGES} for s in data["scanners"]
-                    ],
+                    "histogram_edges": HISTOGRAM_EDGES,
+                    "scanners": data["drift"].to_json(),
                 }
             )
         return self._page(
@@ -545,15 +550,14 @@ class Console:
         hours = request.arg("hours", "24")
         hours = hours if hours in TREND_PERIODS else "24"
         now = utcnow()
-        since = now - dt.timedelta(hours=int(hours) - 1)
         with self.store.read() as session:
-            trend = hourly_trends(session, since, now)
-            scanners = scanner_summaries(session, since.replace(minute=0, second=0, microsecond=0))
+            trend = hourly_trends(session, now - dt.timedelta(hours=int(hours) - 1), now)
+        drift = drift_report(self.settings, self.store, now, self._bundle_facts()[1])
         return {
             "period": hours,
             "hours": [asdict(h) for h in trend],
             "trend": trend,
-            "scanners": scanners,
+            "drift": drift,
         }
 
     def _trends(self, request: Request) -> Response:
@@ -587,8 +591,8 @@ class Console:
             periods=TREND_PERIODS,
             volume=volume,
             latency=latency,
-            scanners=self._scanner_rows(data["scanners"]),
-            reference=self._bundle_facts()[1],
+            drift=data["drift"],
+            scanners=self._scanner_rows(data["drift"]),
             totals={
                 "arrivals": sum(h.arrivals for h in trend),
                 "reports": sum(h.reports for h in trend),
@@ -596,51 +600,30 @@ class Console:
             },
         )
 
-    def _scanner_rows(self, summaries: list[ScannerSummary]) -> list[dict[str, Any]]:
-        """Each scanner's rates beside the bundle's validation reference, for the template.
-
-        A rate's ``expected`` is the range a scanner that behaves like the reference
-        shows with its number of images (:meth:`ValidationReference.expected_range`);
-        ``outside`` says the scanner's rate is not in it.
-        """
-        reference = self._bundle_facts()[1]
-
-        def compare(rate: float | None, ref: float | None, n: int) -> dict[str, Any]:
-            if rate is None:
-                return {"rate": None, "n": n}
-            out: dict[str, Any] = {"rate": rate, "n": n, "reference": ref}
-            if ref is not None:
-                low, high = ValidationReference.expected_range(ref, n)
-                out.update(expected=(low, high), outside=not low <= rate <= high)
-            return out
-
+    def _scanner_rows(self, drift: DriftReport) -> list[dict[str, Any]]:
+        """Each scanner of the drift watch's window, its checks by rate, and its values
+        against the reference's, for the template."""
+        reference = drift.reference
         rows = []
-        for s in summaries:
-            reasons = sorted(set(s.hip_reasons) | set(reference.side_reasons if reference else {}))
+        for scanner in drift.scanners:
+            s = scanner.summary
+            by_rate = {(c.rate, c.reason): c for c in scanner.checks}
+            reasons = sorted(
+                {r for r in s.hip_reasons}
+                | {c.reason for c in scanner.checks if c.rate == HIP_NOT_ASSESSABLE}
+            )
             rows.append(
                 {
                     "name": " ".join(x for x in (s.manufacturer, s.model_name) if x)
                     or "unknown scanner",
                     "summary": s,
-                    "positive": compare(
-                        s.positive_rate,
-                        reference.positive_rate if reference else None,
-                        s.assessable,
-                    ),
-                    "not_assessable": compare(
-                        s.not_assessable_rate,
-                        reference.not_assessable_rate if reference else None,
-                        s.judged,
-                    ),
+                    "positive": by_rate.get((POSITIVE, "")),
+                    "not_assessable": by_rate.get((NOT_ASSESSABLE, "")),
                     "reasons": [
                         {
                             "reason": reason,
                             "hips": s.hip_reasons.get(reason, 0),
-                            **compare(
-                                s.hip_reason_rate(reason),
-                                reference.reason_rate(reason) if reference else None,
-                                s.hips,
-                            ),
+                            "check": by_rate.get((HIP_NOT_ASSESSABLE, reason)),
                         }
                         for reason in reasons
                     ],

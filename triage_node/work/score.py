@@ -284,7 +284,10 @@ class ScoreHandler:
             instance_finished(session, inst, clock=ctx.clock)
             finish_job(session, job, outcome, clock=ctx.clock)
             final_state = inst.state
+            scanner = (inst.manufacturer, inst.model_name)
         metrics.record_instance(final_state)
+        if assessment.probability is not None:
+            metrics.observe_image_value(*scanner, assessment.probability)
         return outcome
 
     def _save_display(
