@@ -512,7 +512,7 @@ def test_no_page_or_api_answer_holds_patient_data(browser: Browser, console: Con
     ("sections", "key"),
     [
         ({"web": {"host": "0.0.0.0", "port": 0}}, "web.host"),
-        ({"metrics": {"host": "0.0.0.0"}}, "metrics.host"),
+        ({"metrics": {"host": "0.0.0.0"}, "web": {"enabled": True}}, "metrics.host"),
     ],
 )
 def test_a_console_reachable_from_other_hosts_without_https_and_login_is_refused(
@@ -562,3 +562,16 @@ def test_a_remote_console_with_https_and_users_serves_https_only(
         assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
         # plain HTTP on the same port gets no page
         assert not _answers(f"http://127.0.0.1:{port}/login")
+
+
+def test_metrics_opened_to_other_hosts_leave_the_console_off_and_say_so(tmp_path: Path) -> None:
+    """A site that opens /metrics to its Prometheus server keeps running; the console stays off."""
+    metrics_port = free_port()
+    with node_running(tmp_path, metrics={"host": "0.0.0.0", "port": metrics_port}) as node:
+        wait_for(lambda: "web console off" in node.log_text(), "the console-off warning")
+        assert "web.port" in node.log_text()
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            assert b"triage_" in r.read()  # the metrics endpoint serves
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/", timeout=10)
+        assert refused.value.code == 404  # and no console page

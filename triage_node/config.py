@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -414,6 +415,9 @@ class WebSection(_Section):
     # Seconds between the worklist page's checks for new events.
     poll_seconds: float = Field(2.0, gt=0)
 
+    # Why the console is off though web.enabled was not set (None: it is on, or was set off).
+    _off_reason: str | None = PrivateAttr(None)
+
     @field_validator("port", mode="before")
     @classmethod
     def _empty_is_metrics(cls, value: object) -> object:
@@ -450,6 +454,11 @@ class WebSection(_Section):
     @property
     def tls(self) -> bool:
         return self.certificate is not None
+
+    @property
+    def off_reason(self) -> str | None:
+        """Why the console is off though ``web.enabled`` was not set (None otherwise)."""
+        return self._off_reason
 
 
 class RetentionSection(_Section):
@@ -545,10 +554,23 @@ class Settings(_Section):
             return self
         if web.port is None:
             if not is_loopback(self.metrics.host):
+                if "enabled" not in web.model_fields_set:
+                    # A metrics endpoint opened for a Prometheus server elsewhere does not
+                    # open the console with it: the console stays off (the node says so
+                    # at start) unless web.enabled asks for it, which is refused below.
+                    off = web.model_copy(update={"enabled": False})
+                    off._off_reason = (
+                        f"the metrics endpoint listens on {self.metrics.host}, which other hosts "
+                        "can reach, and the console is not served there in plain HTTP without "
+                        "login; give it its own web.port (with HTTPS and [[web.users]] for remote "
+                        "use), or set web.enabled = false to silence this"
+                    )
+                    object.__setattr__(self, "web", off)
+                    return self
                 raise _error_at(
                     "metrics.host",
                     f"{self.metrics.host!r} is not a loopback address, and the web console "
-                    "(web.enabled = true, no web.port) is served on the metrics endpoint in "
+                    "(web.enabled = true, no web.port) would be served on the metrics endpoint in "
                     "plain HTTP without login: set web.enabled = false, or give the console "
                     "its own web.port with web.certificate, web.private_key and [[web.users]]",
                 )

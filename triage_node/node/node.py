@@ -82,6 +82,8 @@ class Node:
         status = []
         if self.settings.web.enabled:
             self.console = Console(self.settings, self.store, self.readiness, self.identity)
+        elif self.settings.web.off_reason:
+            log.warning("web console off: %s", self.settings.web.off_reason)
         if self.settings.metrics.enabled:
             self._start_ops_endpoint()
         console_url = self._start_console()
