@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         # The labels alone can already show that there are too few: say so before scoring.
         listed = [c.label for c in read_cases(args.labels, args.data).cases]
-        check_sample_size(sum(listed), len(listed) - sum(listed), args.target_sensitivity)
+        check_sample_size(sum(listed), len(listed) - sum(listed), args.target_sensitivity, "listed")
         cohort = score_cohort(path, args.data, args.labels, args.jobs, args.progress, "calibrate")
         result, reference = calibrate_cohort(cohort, args.target_sensitivity, args.folds, args.seed)
         if result.warning:

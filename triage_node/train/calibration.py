@@ -102,8 +102,14 @@ def half_width(target: float, positives: int) -> float:
     return Z_95 * math.sqrt(target * (1 - target) / positives) if positives else math.inf
 
 
-def check_sample_size(positives: int, negatives: int, target: float) -> str | None:
-    """Raise :class:`TooFewImages` below the floor; return a warning below the goal, else None."""
+def check_sample_size(
+    positives: int, negatives: int, target: float, counted: str = "assessable"
+) -> str | None:
+    """Raise :class:`TooFewImages` below the floor; return a warning below the goal, else None.
+
+    ``counted`` says which images were counted (``listed`` in the labels CSV, or
+    ``assessable``: scored by the model).
+    """
     floor = positives_needed(target, FLOOR_HALF_WIDTH)
     goal = positives_needed(target, GOAL_HALF_WIDTH)
     why = (
@@ -114,11 +120,11 @@ def check_sample_size(positives: int, negatives: int, target: float) -> str | No
     if positives < floor:
         raise TooFewImages(
             f"too few images with osteoporosis to set the operating point: {positives} "
-            f"assessable; at least {floor} are needed {why}. No bundle written."
+            f"{counted}; at least {floor} are needed {why}. No bundle written."
         )
     if negatives < floor:
         raise TooFewImages(
-            f"too few images without osteoporosis: {negatives} assessable; at least {floor} "
+            f"too few images without osteoporosis: {negatives} {counted}; at least {floor} "
             "are needed (the calibration's offset and the specificity need them as the "
             "sensitivity needs positives). No bundle written."
         )
