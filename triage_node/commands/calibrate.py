@@ -41,6 +41,9 @@ from triage_node.train.calibration import (
 from triage_node.train.evaluate import score_cohort
 from triage_node.train.pipeline import read_cases
 
+#: More folds than this leave too few images of a class in each (35 of each is the floor).
+MAX_FOLDS = 10
+
 
 def sensitivity(value: str) -> float:
     """argparse ``type=``: a target sensitivity in (0, 1)."""
@@ -115,8 +118,8 @@ def main(args: argparse.Namespace) -> int:
         return error(
             args.command, f"--out {out} exists and is not empty; give a new directory", EXIT_USAGE
         )
-    if args.folds < 2:
-        return error(args.command, "--folds must be at least 2", EXIT_USAGE)
+    if not 2 <= args.folds <= MAX_FOLDS:
+        return error(args.command, f"--folds must be 2 to {MAX_FOLDS}", EXIT_USAGE)
     report_dir: Path = args.report or out.with_name(f"{out.name}-calibration")
     try:
         # The labels alone can already show that there are too few: say so before scoring.

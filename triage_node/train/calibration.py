@@ -420,7 +420,10 @@ def write_calibrated_bundle(
         metrics={
             **base.metrics,
             "validation": validation,
-            "training_validation": base.metrics.get("validation", {}),
+            # what training found on its own validation split (kept through re-calibrations)
+            "training_validation": base.metrics.get(
+                "training_validation", base.metrics.get("validation", {})
+            ),
             "target_sensitivity": result.target,
             "operating_points": f"chosen for the {DECISION} on the out-of-fold values of the "
             f"site calibration images ({result.scored} scored); networks and head weights of "

@@ -270,7 +270,7 @@ def subgroups(cohort: ScoredCohort, variant: str | None = None) -> list[Subgroup
     bundle's), at its operating point."""
     variant = variant or cohort.model.variant
     scored = cohort.scored
-    dropped = [i for i in range(len(cohort.scores)) if i not in set(scored)]
+    dropped = sorted(set(range(len(cohort.scores))) - set(scored))
     labels, values, threshold = cohort.labels, cohort.values(variant), cohort.threshold(variant)
 
     def of(index: int, dimension: str) -> str:
