@@ -215,3 +215,23 @@ def test_evaluate_writes_subgroups_and_predictions(
             assert not value or value not in text
     assert "patient_id" not in text
     assert np.isfinite([float(p["DTC_value"]) for p in predictions if p["DTC_value"]]).all()
+
+
+def test_the_sample_size_rule() -> None:
+    from triage_node.train.calibration import TooFewImages, check_sample_size, positives_needed
+
+    # 1.96^2 x 0.9 x 0.1 / h^2: 138.3 -> 139 at +/-0.05, 34.6 -> 35 at +/-0.10
+    assert positives_needed(0.90, 0.05) == 139 and positives_needed(0.90, 0.10) == 35
+    assert positives_needed(0.80, 0.05) == 246
+    assert check_sample_size(139, 200, 0.90) is None
+    assert "+/-0.05" in str(check_sample_size(60, 200, 0.90))  # written, with a warning
+    with pytest.raises(TooFewImages, match="34 assessable; at least 35"):
+        check_sample_size(34, 200, 0.90)
+    with pytest.raises(TooFewImages, match="without osteoporosis: 20"):
+        check_sample_size(200, 20, 0.90)
+
+
+def test_age_bands() -> None:
+    assert [age_band(a) for a in (None, 12.0, 59.99, 60.0, 69.9, 70.0, 79.99, 80.0, 101.0)] == [
+        "unknown", "<60", "<60", "60-69", "60-69", "70-79", "70-79", ">=80", ">=80",
+    ]  # fmt: skip
