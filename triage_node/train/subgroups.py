@@ -180,7 +180,7 @@ def render_subgroups(rows: Sequence[SubgroupRow], variant: str, threshold: float
 
 def plot_subgroups(rows: Sequence[SubgroupRow], variant: str, path: Path) -> Path:
     """A forest plot of the subgroups' AUCs with their CIs (small groups named, no point)."""
-    fig = Figure(figsize=(6.5, 0.32 * len(rows) + 1.2), dpi=120)
+    fig = Figure(figsize=(9.5, 0.32 * len(rows) + 1.2), dpi=120)  # room for scanner names
     ax = fig.subplots()
     ys = np.arange(len(rows))[::-1]
     for y, r in zip(ys, rows, strict=True):
