@@ -65,7 +65,7 @@ class CaseScores:
     ``logits[variant][side]``: the head's logit with that hip in both slots
     (assessed hips only); ``bilateral_logits[variant]``: the head on both hips.
     ``side_reasons``: per side, None when assessed, else why not. Probabilities
-    are a calibration map of these (:meth:`values`).
+    are a calibration map of these (:meth:`value`).
     """
 
     logits: dict[str, dict[Side, float]]
