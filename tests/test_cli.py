@@ -30,14 +30,14 @@ def labelled(tmp_path: Path) -> tuple[Path, Path]:
     return data, labels
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "calibrate"])
 def test_bad_data_is_a_usage_error_before_the_config_is_read(
     tmp_path: Path, labelled: tuple[Path, Path], command: str
 ) -> None:
     _, labels = labelled
     missing_config = tmp_path / "nope.toml"
     args = [command, "--data", str(tmp_path / "no-such-dir"), "--labels", str(labels)]
-    if command == "train":
+    if command in ("train", "calibrate"):
         args += ["--out", str(tmp_path / "bundle")]
     proc = run_cli(*args, config=missing_config, check=False)
     assert proc.returncode == 2
@@ -75,6 +75,17 @@ def test_runtime_failures_go_to_stderr_and_exit_1(
     runs = {
         "score": ["score", "--bundle", missing, "--json", str(image)],
         "evaluate": ["evaluate", "--bundle", missing, "--data", str(data), "--labels", str(labels)],
+        "calibrate": [
+            "calibrate",
+            "--bundle",
+            missing,
+            "--data",
+            str(data),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "calibrated"),
+        ],  # fmt: skip
     }
     for command, args in runs.items():
         proc = run_cli(*args, config=config, check=False)
@@ -115,6 +126,7 @@ def test_no_progress_is_accepted_by_every_command_with_a_progress_bar(tmp_path: 
         "synth": ["--out", str(tmp_path / "out")],
         "train": [*common, "--out", str(tmp_path / "bundle")],
         "evaluate": common,
+        "calibrate": [*common, "--out", str(tmp_path / "calibrated")],
     }
     for command, args in with_progress.items():
         parser = build_parser(command)

@@ -1,7 +1,9 @@
 """``triage-node evaluate``: the seven-model report of a bundle on a labelled set of radiographs.
 
-Prints the report (Markdown, or with ``--json`` one JSON document) and with
-``--report DIR`` writes report.md, report.json, roc.png and calibration.png.
+Prints the report (Markdown, or with ``--json`` one JSON document), with the
+bundle variant's subgroups (scanner, sex, age band, hips assessed), and with
+``--report DIR`` writes report.md, report.json, roc.png, calibration.png,
+subgroups.png and predictions.csv (every image's values, decision and reasons).
 Exit 0 ok, 1 when the bundle or the data cannot be used, 2 bad usage.
 """
 
@@ -24,7 +26,13 @@ from triage_node.commands.common import (
     resolve_bundle,
 )
 from triage_node.config import load_settings
-from triage_node.train.evaluate import evaluate_bundle
+from triage_node.train.evaluate import (
+    dataset_summary,
+    score_cohort,
+    subgroups,
+    variant_predictions,
+    write_predictions,
+)
 from triage_node.train.report import evaluate_variants, render_markdown, write_report
 
 
@@ -50,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="write report.md, report.json, roc.png, calibration.png here",
+        help="write report.md, report.json, roc.png, calibration.png, subgroups.png and "
+        "predictions.csv here",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
     parser.add_argument(
@@ -68,13 +77,22 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config) if args.bundle is None else None
     path = resolve_bundle(args.bundle, settings)
     try:
-        model, predictions, dataset = evaluate_bundle(
-            path, args.data, args.labels, args.jobs, args.progress
-        )
+        cohort = score_cohort(path, args.data, args.labels, args.jobs, args.progress)
+        model = cohort.model
+        predictions, dataset = variant_predictions(cohort), dataset_summary(cohort)
+        groups = subgroups(cohort)
         if args.report:
-            report = write_report(predictions, args.report, dataset, model.synthetic)
+            report = write_report(
+                predictions,
+                args.report,
+                dataset,
+                model.synthetic,
+                subgroups=groups,
+                subgroup_variant=model.variant,
+            )
+            write_predictions(cohort, args.report / "predictions.csv")
         else:
-            report = evaluate_variants(predictions, dataset, model.synthetic)
+            report = evaluate_variants(predictions, dataset, model.synthetic, groups, model.variant)
     except (ModelUnavailable, ValueError) as exc:
         return error(args.command, str(exc))
     if args.json:

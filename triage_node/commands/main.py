@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("db", "database maintenance (db upgrade)"),
     "train": ("train", "train a model bundle from labelled radiographs"),
     "evaluate": ("evaluate", "seven-model evaluation report on a labelled set"),
+    "calibrate": ("calibrate", "refit a bundle's calibration and operating point on site images"),
     "score": ("score", "score DICOM files with the configured model"),
 }
 

@@ -176,10 +176,13 @@ class BundleScoringModel:
                 features.hips[side] = HipFeatures(hips.texture[side], deep[i])
         return features
 
-    def probabilities(
+    def logits(
         self, features: ImageFeatures, head: LinearHead | None = None
     ) -> tuple[dict[Side, float], float | None]:
-        """Per-side (hip duplicated) and combined probabilities of one head."""
+        """Per-side (hip duplicated) and combined raw logits of one head, before calibration.
+
+        ``calibrate`` refits the calibration map on these; :meth:`probabilities` maps them.
+        """
         head = head or self.head
         hips = features.hips
         if not hips:
@@ -190,9 +193,23 @@ class BundleScoringModel:
         ]
         both = {s: hips.get(s) or next(iter(hips.values())) for s in SIDES}
         rows.append(patient_row(head.feature_names, features.clinical, both))
-        probs = head.probability(np.vstack(rows))
-        per_side = {side: float(p) for side, p in zip(hips, probs[:-1], strict=True)}
-        return per_side, float(probs[-1])
+        logits = head.logit(np.vstack(rows))
+        per_side = {side: float(z) for side, z in zip(hips, logits[:-1], strict=True)}
+        return per_side, float(logits[-1])
+
+    def probabilities(
+        self, features: ImageFeatures, head: LinearHead | None = None
+    ) -> tuple[dict[Side, float], float | None]:
+        """Per-side (hip duplicated) and combined calibrated probabilities of one head."""
+        head = head or self.head
+        per_side, combined = self.logits(features, head)
+        if combined is None:
+            return {}, None
+        probs = head.calibration.apply(np.array([*per_side.values(), combined]))
+        return (
+            {side: float(p) for side, p in zip(per_side, probs[:-1], strict=True)},
+            float(probs[-1]),
+        )
 
     def cams(self, features: ImageFeatures) -> dict[Side, np.ndarray]:
         """Grad-CAM per assessable hip on the source grid, scaled together to [0, 1]."""

@@ -12,10 +12,18 @@ plots and JSON come from :mod:`triage_node.train.report`. When ``oracle.json``
 (written by ``triage-node synth``) sits beside the labels, the cohort's oracle
 AUC (what the latent bone density plus clinical data can achieve) is printed
 with it.
+
+The scoring pass (:func:`score_cohort`) keeps each hip's raw head logit, so the
+values under another calibration map (``triage-node calibrate``) come from the
+same pass; it also keeps each image's subgroups (:mod:`triage_node.train.subgroups`)
+and its hips' not-assessable reasons, which :func:`write_predictions` writes to
+``predictions.csv``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -27,27 +35,70 @@ import pydicom
 import torch
 from tqdm import tqdm
 
+from triage_node import durable
+from triage_node.assessment import Side
 from triage_node.score.bundle import load_bundle
 from triage_node.score.features import texture_bases
+from triage_node.score.femur_finder import SIDES
+from triage_node.score.head import Calibration
 from triage_node.score.model import MODEL_FILE, BundleScoringModel
 from triage_node.train.head import image_values
-from triage_node.train.pipeline import read_cases, single_thread_worker
+from triage_node.train.pipeline import Case, read_cases, single_thread_worker
 from triage_node.train.report import VariantPredictions
+from triage_node.train.subgroups import (
+    DIMENSIONS,
+    ImageGroups,
+    SubgroupRow,
+    image_groups,
+    subgroup_rows,
+)
 
 _WORKER_MODEL: BundleScoringModel | None = None
+#: What a hip with no value and no reason from the model was (as the node says it).
+FEMUR_NOT_FOUND = "femur not found"
 
 
 @dataclass(frozen=True)
 class CaseScores:
-    """One image's values under each variant (None: no assessable hip).
+    """One image: each variant's raw head logits, its hips' reasons and its subgroups.
 
-    ``probabilities``: the image value the node decides on (highest assessed
-    side); ``bilateral``: the bilateral head's value on both hips (for comparison).
+    ``logits[variant][side]``: the head's logit with that hip in both slots
+    (assessed hips only); ``bilateral_logits[variant]``: the head on both hips.
+    ``side_reasons``: per side, None when assessed, else why not. Probabilities
+    are a calibration map of these (:meth:`value`).
     """
 
-    probabilities: dict[str, float] | None
-    reason: str | None
-    bilateral: dict[str, float] | None = None
+    logits: dict[str, dict[Side, float]]
+    bilateral_logits: dict[str, float]
+    side_reasons: dict[Side, str | None]
+    groups: ImageGroups
+    sop_instance_uid: str
+
+    @property
+    def assessed(self) -> list[Side]:
+        return [s for s in SIDES if self.side_reasons.get(s) is None]
+
+    @property
+    def reason(self) -> str | None:
+        """Why the image has no value (its hips' reasons), or None when it has one."""
+        if self.assessed:
+            return None
+        return "; ".join(sorted({f"{s}: {r}" for s, r in self.side_reasons.items()}))
+
+    def side_values(self, variant: str, calibration: Calibration) -> dict[Side, float]:
+        """Each assessed hip's probability under ``calibration``."""
+        sides = self.logits[variant]
+        probs = calibration.apply(np.array([sides[s] for s in sides]))
+        return {s: float(p) for s, p in zip(sides, probs, strict=True)}
+
+    def value(self, variant: str, calibration: Calibration) -> float | None:
+        """The image value (highest assessed side) under ``calibration``; None: not assessable."""
+        if not self.assessed:
+            return None
+        per_side = self.side_values(variant, calibration)
+        return float(
+            image_values({s: np.array([p]) for s, p in per_side.items()}, [self.assessed])[0]
+        )
 
 
 def _init(bundle_path: str) -> None:
@@ -66,21 +117,96 @@ def _loaded() -> BundleScoringModel:
 def _score_case(path: Path) -> CaseScores:
     model = _loaded()
     names = texture_bases([n for h in model.heads.values() for n in h.feature_names])
-    features = model.image_features(pydicom.dcmread(path), texture_names=names)
-    if not features.hips:
-        reasons = sorted({f"{s}: {r}" for s, r in features.not_assessable.items()})
-        return CaseScores(None, "; ".join(reasons))
-    values: dict[str, float] = {}
+    ds = pydicom.dcmread(path)
+    features = model.image_features(ds, texture_names=names)
+    reasons: dict[Side, str | None] = {
+        s: None if s in features.hips else features.not_assessable.get(s, FEMUR_NOT_FOUND)
+        for s in SIDES
+    }
+    logits: dict[str, dict[Side, float]] = {}
     bilateral: dict[str, float] = {}
     for variant, head in model.heads.items():
-        per_side, combined = model.probabilities(features, head)
-        sides = list(per_side)
-        values[variant] = float(
-            image_values({s: np.array([per_side[s]]) for s in sides}, [sides])[0]
-        )
-        if combined is not None:  # never None: the image has an assessable hip
+        per_side, combined = model.logits(features, head)
+        if combined is not None:  # None: no assessable hip
+            logits[variant] = per_side
             bilateral[variant] = combined
-    return CaseScores(values, None, bilateral)
+    return CaseScores(
+        logits, bilateral, reasons, image_groups(ds), str(ds.get("SOPInstanceUID", ""))
+    )
+
+
+@dataclass(frozen=True)
+class ScoredCohort:
+    """A labelled set scored by every head of a bundle (see :func:`score_cohort`)."""
+
+    model: BundleScoringModel
+    cases: list[Case]
+    scores: list[CaseScores]
+    data_dir: Path
+    labels_csv: Path
+    synthetic_data: bool
+
+    @property
+    def scored(self) -> list[int]:
+        """Indices of the images with an assessable hip."""
+        return [i for i, s in enumerate(self.scores) if s.assessed]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of the scored images."""
+        return np.array([self.cases[i].label for i in self.scored], dtype=int)
+
+    def threshold(self, variant: str) -> float:
+        """The variant's operating point in the bundle (the model's own for its variant)."""
+        model = self.model
+        return model.threshold if variant == model.variant else model.operating_points[variant]
+
+    def values(self, variant: str, calibration: Calibration | None = None) -> np.ndarray:
+        """Image values of the scored images (default: the bundle's calibration)."""
+        cal = calibration or self.model.heads[variant].calibration
+        return np.array([self.scores[i].value(variant, cal) for i in self.scored])
+
+    def bilateral(self, variant: str, calibration: Calibration | None = None) -> np.ndarray:
+        """The bilateral head's values of the scored images."""
+        cal = calibration or self.model.heads[variant].calibration
+        return cal.apply(np.array([self.scores[i].bilateral_logits[variant] for i in self.scored]))
+
+    def reasons(self) -> dict[str, int]:
+        """Images with no assessable hip, counted by their hips' reasons."""
+        counts: dict[str, int] = {}
+        for s in self.scores:
+            if s.reason:
+                counts[s.reason] = counts.get(s.reason, 0) + 1
+        return counts
+
+
+def score_cohort(
+    bundle_path: Path,
+    data_dir: Path,
+    labels_csv: Path,
+    jobs: int = 1,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> ScoredCohort:
+    """Score every listed image with all heads (``jobs`` processes; progress bar on stderr)."""
+    case_set = read_cases(labels_csv, data_dir)
+    cases = case_set.cases
+    paths = [c.path for c in cases]
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
+    scores: list[CaseScores] = []
+    if jobs <= 1:
+        _init(str(bundle_path))
+        for p in paths:
+            scores.append(_score_case(p))
+            bar.update()
+    else:
+        with ProcessPoolExecutor(jobs, initializer=_init, initargs=(str(bundle_path),)) as pool:
+            for s in pool.map(_score_case, paths, chunksize=1):
+                scores.append(s)
+                bar.update()
+        _init(str(bundle_path))
+    bar.close()
+    return ScoredCohort(_loaded(), cases, scores, data_dir, labels_csv, case_set.synthetic)
 
 
 def bilateral_operating_points(model: BundleScoringModel) -> dict[str, float]:
@@ -98,59 +224,132 @@ def bilateral_operating_points(model: BundleScoringModel) -> dict[str, float]:
     }
 
 
-def evaluate_bundle(
-    bundle_path: Path, data_dir: Path, labels_csv: Path, jobs: int = 1, progress: bool = False
-) -> tuple[Any, list[Any], dict[str, Any]]:
-    """Score every listed image with all heads: (model, VariantPredictions list, dataset info)."""
-    cases = read_cases(labels_csv, data_dir).cases
-    paths = [c.path for c in cases]
-    bar = tqdm(total=len(paths), desc="evaluate", unit="img", disable=not progress)
-    scores: list[CaseScores] = []
-    if jobs <= 1:
-        _init(str(bundle_path))
-        for p in paths:
-            scores.append(_score_case(p))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(jobs, initializer=_init, initargs=(str(bundle_path),)) as pool:
-            for s in pool.map(_score_case, paths, chunksize=1):
-                scores.append(s)
-                bar.update()
-        _init(str(bundle_path))
-    bar.close()
-    model = _loaded()
-    scored = [i for i, s in enumerate(scores) if s.probabilities is not None]
-    labels = np.array([cases[i].label for i in scored])
-    reasons: dict[str, int] = {}
-    for s in scores:
-        if s.reason:
-            reasons[s.reason] = reasons.get(s.reason, 0) + 1
+def variant_predictions(cohort: ScoredCohort) -> list[VariantPredictions]:
+    """Each variant's image values, labels and operating points, for the report."""
+    model = cohort.model
+    labels = cohort.labels
     bilateral_thresholds = bilateral_operating_points(model)
-    predictions = [
+    return [
         VariantPredictions(
             variant=v,
             labels=labels,
-            probability=np.array([scores[i].probabilities[v] for i in scored]),  # type: ignore[index]
-            threshold=model.threshold if v == model.variant else model.operating_points[v],
-            bilateral=np.array([scores[i].bilateral[v] for i in scored]),  # type: ignore[index]
+            probability=cohort.values(v),
+            threshold=cohort.threshold(v),
+            bilateral=cohort.bilateral(v),
             bilateral_threshold=bilateral_thresholds.get(v),
         )
         for v in model.heads
     ]
+
+
+def dataset_summary(cohort: ScoredCohort) -> dict[str, Any]:
+    """What the data were: counts, not-assessable reasons, the bundle, the oracle AUC."""
+    model = cohort.model
+    reasons = cohort.reasons()
     dataset: dict[str, Any] = {
-        "labels": str(labels_csv),
-        "images listed": len(cases),
-        "images scored": len(scored),
+        "labels": str(cohort.labels_csv),
+        "images listed": len(cohort.cases),
+        "images scored": len(cohort.scored),
         "not assessable": sum(reasons.values()),
         "bundle": f"{model.name} {model.version}",
     }
     if reasons:
         dataset["not assessable reasons"] = reasons
-    oracle = labels_csv.parent / "oracle.json"
+    oracle = cohort.labels_csv.parent / "oracle.json"
     if oracle.exists():
         info = json.loads(oracle.read_text())
         if info.get("oracle_auc") is not None:
             dataset["oracle AUC (synth, latent density + clinical)"] = round(
                 float(info["oracle_auc"]), 3
             )
-    return model, predictions, dataset
+    return dataset
+
+
+def subgroups(cohort: ScoredCohort, variant: str | None = None) -> list[SubgroupRow]:
+    """The subgroup rows (:mod:`triage_node.train.subgroups`) of one variant (default: the
+    bundle's), at its operating point."""
+    variant = variant or cohort.model.variant
+    scored = cohort.scored
+    dropped = sorted(set(range(len(cohort.scores))) - set(scored))
+    labels, values, threshold = cohort.labels, cohort.values(variant), cohort.threshold(variant)
+
+    def of(index: int, dimension: str) -> str:
+        s = cohort.scores[index]
+        if dimension == "hips assessed":
+            return {1: "one hip", 2: "two hips"}.get(len(s.assessed), "none")
+        g = s.groups
+        return {"scanner": g.scanner, "sex": g.sex, "age band": g.age_band}[dimension]
+
+    rows: list[SubgroupRow] = []
+    for dimension in DIMENSIONS:
+        not_assessable = [] if dimension == "hips assessed" else [of(i, dimension) for i in dropped]
+        rows += subgroup_rows(
+            dimension, [of(i, dimension) for i in scored], labels, values, threshold, not_assessable
+        )
+    return rows
+
+
+def evaluate_bundle(
+    bundle_path: Path, data_dir: Path, labels_csv: Path, jobs: int = 1, progress: bool = False
+) -> tuple[Any, list[Any], dict[str, Any]]:
+    """Score every listed image with all heads: (model, VariantPredictions list, dataset info)."""
+    cohort = score_cohort(bundle_path, data_dir, labels_csv, jobs, progress)
+    return cohort.model, variant_predictions(cohort), dataset_summary(cohort)
+
+
+def _decision(value: float | None, threshold: float) -> str:
+    if value is None:
+        return "not assessable"
+    return "DXA recommended" if value >= threshold else "low likelihood"
+
+
+def write_predictions(cohort: ScoredCohort, path: Path) -> Path:
+    """``predictions.csv``: one row per listed image (see docs/model.md "predictions.csv").
+
+    File (relative to the data directory), SOP Instance UID, label, subgroups,
+    each hip's reason, the bundle variant's decision at its operating point, then
+    per variant the image value, each hip's value and the bilateral value. No
+    patient name, ID or birth date (the age is a band).
+    """
+    model = cohort.model
+    variants = list(model.heads)
+    header = [
+        "file", "sop_instance_uid", "label", "manufacturer", "model_name", "sex", "age_band",
+        "hips_assessed", "reason_right", "reason_left", "variant", "threshold", "decision",
+    ]  # fmt: skip
+    for v in variants:
+        header += [f"{v}_value", f"{v}_right", f"{v}_left", f"{v}_bilateral", f"{v}_positive"]
+    lines = []
+    for case, s in zip(cohort.cases, cohort.scores, strict=True):
+        g = s.groups
+        try:
+            file = str(case.path.relative_to(cohort.data_dir))
+        except ValueError:
+            file = case.path.name
+        value = s.value(model.variant, model.head.calibration)
+        row: list[Any] = [
+            file, s.sop_instance_uid, case.label, g.manufacturer, g.model_name, g.sex,
+            g.age_band, len(s.assessed), s.side_reasons.get("right") or "",
+            s.side_reasons.get("left") or "", model.variant, f"{model.threshold:.6f}",
+            _decision(value, model.threshold),
+        ]  # fmt: skip
+        for v in variants:
+            head = model.heads[v]
+            if not s.assessed:
+                row += ["", "", "", "", ""]
+                continue
+            sides = s.side_values(v, head.calibration)
+            image = s.value(v, head.calibration)
+            bilateral = float(head.calibration.apply(np.array([s.bilateral_logits[v]]))[0])
+            row += [
+                f"{image:.6f}",
+                f"{sides['right']:.6f}" if "right" in sides else "",
+                f"{sides['left']:.6f}" if "left" in sides else "",
+                f"{bilateral:.6f}",
+                int(image is not None and image >= cohort.threshold(v)),
+            ]
+        lines.append(row)
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([header, *lines])
+    durable.write_text(path, buffer.getvalue())
+    return path

@@ -85,13 +85,7 @@ def calibrate(
     logit = head.logit(X_val)
     y_val = np.asarray(y_val).astype(int)
     if kind == "platt":
-        lr = LogisticRegression(C=1e6, max_iter=1000).fit(logit[:, None], y_val)
-        slope, offset = float(lr.coef_[0, 0]), float(lr.intercept_[0])
-        if slope <= 0:
-            # A small validation set can make the fitted slope negative, which would invert
-            # the ranking the head learned. Keep slope 1 and fit only the offset instead.
-            slope, offset = 1.0, _fit_offset(logit, y_val)
-        return head.with_calibration(Calibration("platt", params=(slope, offset)))
+        return head.with_calibration(fit_platt(logit, y_val))
     if kind == "isotonic":
         raw = 1.0 / (1.0 + np.exp(-logit))
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y_val)
@@ -105,6 +99,24 @@ def calibrate(
     if kind == "none":
         return head.with_calibration(Calibration())
     raise ValueError(f"calibration kind: {kind!r} is not platt, isotonic or none")
+
+
+def fit_platt(logit: np.ndarray, y: np.ndarray) -> Calibration:
+    """Platt calibration ``sigmoid(a * logit + b)`` fitted on raw logits and 0/1 labels.
+
+    1-D logistic regression, unpenalised in effect and without oversampling, so the
+    probabilities reflect the prevalence of ``y``; a non-positive slope is replaced
+    by slope 1 with a fitted offset, so calibration never inverts the ranking.
+    """
+    logit = np.asarray(logit, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(logit[:, None], y)
+    slope, offset = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+    if slope <= 0:
+        # A small validation set can make the fitted slope negative, which would invert
+        # the ranking the head learned. Keep slope 1 and fit only the offset instead.
+        slope, offset = 1.0, _fit_offset(logit, y)
+    return Calibration("platt", params=(slope, offset))
 
 
 def _fit_offset(logit: np.ndarray, y: np.ndarray) -> float:

@@ -6,8 +6,9 @@ the bilateral head's value for the same images; output is ``report.md``,
 ``report.json``, ``roc.png`` and ``calibration.png`` in a directory. The main
 table is the node's decision rule; a second table gives the bilateral value
 beside it (AUC, sensitivity and specificity at its operating point, DeLong test
-of the difference). Every number in the Markdown is in the JSON with the counts
-it came from.
+of the difference); optionally a third gives the bundle's variant by subgroup
+(:mod:`triage_node.train.subgroups`, plotted in ``subgroups.png``). Every number
+in the Markdown is in the JSON with the counts it came from.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from triage_node.train.metrics import (
     holm_adjust,
     metrics_at_threshold,
 )
+from triage_node.train.subgroups import SubgroupRow, plot_subgroups, render_subgroups
 
 REFERENCE_VARIANT = "D"
 CALIBRATION_BINS = 10
@@ -106,6 +108,8 @@ class EvaluationReport:
     reference: str = REFERENCE_VARIANT
     synthetic_model: bool = False
     value: str = IMAGE_VALUE
+    subgroups: list[SubgroupRow] = field(default_factory=list)
+    subgroup_variant: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,8 +119,11 @@ def evaluate_variants(
     predictions: Sequence[VariantPredictions],
     dataset: dict[str, Any] | None = None,
     synthetic_model: bool = False,
+    subgroups: Sequence[SubgroupRow] = (),
+    subgroup_variant: str = "",
 ) -> EvaluationReport:
-    """AUC (DeLong CI), metrics at each operating point, DeLong vs ``D`` (Holm-adjusted)."""
+    """AUC (DeLong CI), metrics at each operating point, DeLong vs ``D`` (Holm-adjusted);
+    ``subgroups`` (of ``subgroup_variant``) are carried into the report as given."""
     if not predictions:
         raise ValueError("predictions: no variants to evaluate")
     labels = np.asarray(predictions[0].labels).astype(int)
@@ -146,7 +153,14 @@ def evaluate_variants(
         )
         for p in sorted(predictions, key=lambda p: list(VARIANTS).index(p.variant))
     ]
-    return EvaluationReport(rows, dict(dataset or {}), REFERENCE_VARIANT, synthetic_model)
+    return EvaluationReport(
+        rows,
+        dict(dataset or {}),
+        REFERENCE_VARIANT,
+        synthetic_model,
+        subgroups=list(subgroups),
+        subgroup_variant=subgroup_variant,
+    )
 
 
 def _bilateral(labels: np.ndarray, p: VariantPredictions) -> BilateralComparison | None:
@@ -206,7 +220,14 @@ def render_markdown(report: EvaluationReport, title: str = "Model evaluation") -
             cells.append(f"{row.vs_reference.p_value:.3g} ({row.vs_reference_p_adjusted:.3g})")
         lines.append("| " + " | ".join(cells) + " |")
     lines += _bilateral_table(report.rows)
+    if report.subgroups:
+        threshold = next(
+            r.at_threshold.threshold for r in report.rows if r.variant == report.subgroup_variant
+        )
+        lines += render_subgroups(report.subgroups, report.subgroup_variant, threshold)
     lines += ["", "![ROC curves](roc.png)", "", "![Calibration](calibration.png)", ""]
+    if report.subgroups:
+        lines += ["![Subgroups](subgroups.png)", ""]
     return "\n".join(lines)
 
 
@@ -296,12 +317,17 @@ def write_report(
     dataset: dict[str, Any] | None = None,
     synthetic_model: bool = False,
     title: str = "Model evaluation",
+    subgroups: Sequence[SubgroupRow] = (),
+    subgroup_variant: str = "",
 ) -> EvaluationReport:
-    """Evaluate and write ``report.md``, ``report.json``, ``roc.png``, ``calibration.png``."""
+    """Evaluate and write ``report.md``, ``report.json``, ``roc.png``, ``calibration.png``
+    (and ``subgroups.png`` with subgroups)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = evaluate_variants(predictions, dataset, synthetic_model)
+    report = evaluate_variants(predictions, dataset, synthetic_model, subgroups, subgroup_variant)
     (out_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     (out_dir / "report.md").write_text(render_markdown(report, title))
     plot_roc(predictions, out_dir / "roc.png")
     plot_calibration(predictions, out_dir / "calibration.png")
+    if report.subgroups:
+        plot_subgroups(report.subgroups, subgroup_variant, out_dir / "subgroups.png")
     return report
