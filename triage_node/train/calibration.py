@@ -386,7 +386,11 @@ def write_calibrated_bundle(
     info["calibration"] = "platt"
     files[MODEL_FILE] = (json.dumps(info, indent=2, sort_keys=True) + "\n").encode()
     files[REFERENCE_FILE] = reference.dumps().encode()
-    digest = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()[:8]
+    # The base bundle's version is hashed too: the same site images calibrating two bundles
+    # give two versions (two Device UIDs), even where the refitted files come out the same.
+    digest = hashlib.sha256(
+        f"{base.name} {base.version}\n".encode() + b"".join(files[k] for k in sorted(files))
+    ).hexdigest()[:8]
     main = result.variants[result.variant]
     synthetic = base.synthetic or result.data_synthetic
     validation = {}
