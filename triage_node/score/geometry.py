@@ -57,12 +57,15 @@ class RoiGeometry:
         return u, v
 
     def cut(self, image: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
-        """Sample the ROI from a 2D source ``image`` (``order`` 1 = bilinear, 0 = nearest)."""
+        """Sample the ROI from a 2D source ``image`` (``order`` 1 = bilinear, 0 = nearest).
+
+        Bilinear sampling is float64; nearest keeps ``image``'s dtype (it only copies
+        values, and a full-size mask need not be converted first).
+        """
         u, v = np.mgrid[: self.size, : self.size]
         r, c = self.roi_to_source(u, v)
-        return ndimage.map_coordinates(
-            np.asarray(image, dtype=np.float64), [r, c], order=order, mode="constant", cval=cval
-        )
+        data = image if order == 0 else np.asarray(image, dtype=np.float64)
+        return ndimage.map_coordinates(data, [r, c], order=order, mode="constant", cval=cval)
 
     def paste(
         self,
