@@ -99,3 +99,76 @@ def test_the_heatmap_shows_the_pixels_the_model_reads() -> None:
         picture = windowed_grayscale(ds)
         np.testing.assert_allclose(picture, (model_input - low) / (high - low), atol=1e-6)
     np.testing.assert_array_equal(decode_radiograph(with_lut).pixels, np.minimum(3.0 * raw, 4095))
+
+
+def _pydicom_display(
+    ds: Dataset, output_range: tuple[float, float] | None, dtype: type, invert: str
+) -> np.ndarray:
+    """display_pixels as pydicom's LUT functions compute it on the whole image (the
+    reference the table lookup must reproduce bit for bit)."""
+    from highdicom.pixels import apply_voi_window
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+
+    from triage_node.display import modality_range, voi_range
+
+    values = np.asarray(apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds))
+    native = voi_range(ds)
+    if output_range is None:
+        low, high = native or modality_range(ds)
+        pixels = np.asarray(values, dtype=dtype)
+    else:
+        if native is None:
+            native = float(values.min()), max(float(values.max()), float(values.min()) + 1.0)
+        low, high = output_range
+        pixels = apply_voi_window(
+            values, window_center=(native[0] + native[1]) / 2.0,
+            window_width=native[1] - native[0], voi_lut_function="LINEAR_EXACT",
+            output_range=output_range, dtype=dtype,
+        )  # fmt: skip
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        if invert == "pixel_range":
+            low, high = float(pixels.min()), float(pixels.max())
+        pixels = (low + high) - pixels
+    return pixels
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["window", "linear_exact", "sigmoid", "rescale", "voi_lut", "signed", "no_voi", "mono1"],
+)
+def test_display_pixels_are_pydicoms_bit_for_bit(setup: str) -> None:
+    """The one-pass table lookup gives exactly the numbers of pydicom's LUT functions, so
+    the model's inputs do not move (docs/model.md, "Scoring speed and memory")."""
+    from triage_node.display import display_pixels
+
+    ds = make_radiograph(rows=40, columns=30)
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 4096, size=(40, 30)).astype(np.uint16)
+    ds.WindowCenter, ds.WindowWidth = 1800.5, 1500
+    if setup == "linear_exact":
+        ds.VOILUTFunction = "LINEAR_EXACT"
+    elif setup == "sigmoid":
+        ds.VOILUTFunction = "SIGMOID"
+    elif setup == "rescale":
+        ds.RescaleSlope, ds.RescaleIntercept = 0.37, -12.5
+    elif setup == "voi_lut":
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 12]
+        item.LUTData = list(((np.arange(4096) ** 0.5) * 64).astype(int))
+        ds.VOILUTSequence = [item]
+    elif setup == "signed":
+        ds.PixelRepresentation = 1
+        values = (values.astype(np.int16) - 2048).astype(np.int16).view(np.uint16)
+    elif setup == "no_voi":
+        del ds.WindowCenter, ds.WindowWidth
+    elif setup == "mono1":
+        ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.PixelData = values.tobytes()
+    for output_range, dtype, invert in (
+        (None, np.float64, "pixel_range"),  # the model's inputs
+        ((0.0, 1.0), np.float32, "output_range"),  # the heatmap's picture
+    ):
+        expected = _pydicom_display(ds, output_range, dtype, invert)
+        got = display_pixels(ds, output_range=output_range, dtype=dtype, invert=invert)  # type: ignore[arg-type]
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)

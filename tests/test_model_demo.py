@@ -44,6 +44,19 @@ def test_shipped_demo_bundle_verifies_and_says_what_it_is() -> None:
     manifest = bundle.manifest
     assert manifest.synthetic and "NOT FOR CLINICAL USE" in manifest.intended_use
     assert manifest.training_data["images_used"] >= 1500
+    # it carries its validation reference, at its own operating point
+    from triage_node.score.reference import read_reference
+
+    reference = read_reference(bundle)
+    assert reference is not None and reference.threshold == manifest.operating_point.threshold
+    assert reference.images == manifest.training_data["validation"]["n"]
+    # inference computes few texture groups: well under a third of the full set's cost
+    from triage_node.score.model import BundleScoringModel
+    from triage_node.score.texture import all_texture_groups, texture_cost, texture_groups
+
+    groups = texture_groups(BundleScoringModel(bundle).texture_names)
+    assert 1 <= len(groups) <= 3
+    assert texture_cost(groups) <= 0.3 * texture_cost(all_texture_groups())
 
 
 def test_demo_model_gives_reasons_not_probabilities_for_what_is_not_a_hip() -> None:

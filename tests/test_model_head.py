@@ -10,6 +10,7 @@ import torch
 
 from triage_node.score.head import Calibration, LinearHead
 from triage_node.score.manifest import VARIANTS
+from triage_node.score.texture import texture_cost, texture_group
 from triage_node.train.head import HeadSettings, calibrate, choose_operating_point, fit_head
 from triage_node.train.selection import (
     SelectionSettings,
@@ -17,6 +18,7 @@ from triage_node.train.selection import (
     feature_group,
     lasso_select,
     select_features,
+    texture_groups_by_cost,
 )
 
 NAMES = (
@@ -79,6 +81,72 @@ def test_empty_lasso_falls_back_to_best_single_feature() -> None:
     y = (rng.random(60) < 0.5).astype(int)
     X[:, 2] += 0.3 * y
     assert len(lasso_select(X, y, ["a", "b", "c", "d"], SelectionSettings(threshold=1e9))) == 1
+
+
+#: Six texture groups, four features each per side; see _texture_cohort.
+GROUP_FEATURES = {
+    ("original", "shape2D"): ["Elongation", "MajorAxisLength", "Perimeter", "Sphericity"],
+    ("original", "glcm"): ["Contrast", "Idm", "Id", "JointEnergy"],
+    ("wavelet-LH", "glszm"): [
+        "ZoneEntropy",
+        "ZonePercentage",
+        "SizeZoneNonUniformity",
+        "ZoneVariance",
+    ],
+    ("wavelet-HL", "glrlm"): ["RunEntropy", "RunPercentage", "RunVariance", "ShortRunEmphasis"],
+    ("wavelet-HH", "firstorder"): ["Energy", "Entropy", "Kurtosis", "Skewness"],
+    ("wavelet-HH", "ngtdm"): ["Busyness", "Coarseness", "Complexity", "Contrast"],
+}
+TEXTURE_NAMES = [
+    f"{side}:{t}_{c}_{f}" for side in ("left", "right") for (t, c), fs in GROUP_FEATURES.items()
+    for f in fs
+]  # fmt: skip
+
+
+def _texture_cohort(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Label from one density factor that several groups measure with noise: the cheapest
+    (original/shape2D) as well as costlier wavelet groups; original/glcm does not measure
+    it; one column is constant."""
+    rng = np.random.default_rng(seed)
+    density = rng.normal(size=n)
+    y = (density + 0.5 * rng.normal(size=n) > 0.3).astype(int)
+    X = rng.normal(size=(n, len(TEXTURE_NAMES)))
+    for j, name in enumerate(TEXTURE_NAMES):
+        carries = name.endswith(("_Perimeter", "_Energy", "_RunEntropy", "_ZoneEntropy"))
+        X[:, j] += (1.5 if carries else 0) * density
+    X[:, TEXTURE_NAMES.index("left:original_shape2D_Elongation")] = 3.0  # never varies
+    return X, y
+
+
+def test_cost_aware_selection_keeps_few_cheap_groups() -> None:
+    X, y = _texture_cohort(500, seed=1)
+    settings = SelectionSettings()
+    choice = texture_groups_by_cost(X, y, TEXTURE_NAMES, range(len(TEXTURE_NAMES)), [], settings)
+    assert choice.groups[0] == ("original", "shape2D")  # same signal, the cheapest group
+    assert len(choice.groups) <= 2 and choice.cost_fraction <= settings.texture_budget
+    assert choice.steps[0].auc > choice.base_auc == 0.5
+    selected = select_features(X, y, TEXTURE_NAMES, "T", settings)
+    groups = {texture_group(n.partition(":")[2]) for n in selected}
+    assert groups <= set(choice.groups) and "left:original_shape2D_Perimeter" in selected
+    assert "left:original_shape2D_Elongation" not in selected  # constant: never selected
+    # without the cost, LASSO reads every group that carries the factor: inference pays for all
+    plain = select_features(X, y, TEXTURE_NAMES, "T", SelectionSettings(cost_aware=False))
+    plain_groups = {texture_group(n.partition(":")[2]) for n in plain}
+    assert len(plain_groups) > len(groups)
+    assert texture_cost(plain_groups) > texture_cost(groups)
+
+
+def test_a_variant_with_texture_keeps_at_least_one_group() -> None:
+    """Deep features that already explain the label: texture adds nothing, one group stays."""
+    X, y = _texture_cohort(300, seed=2)
+    deep = np.column_stack([X[:, TEXTURE_NAMES.index("left:original_shape2D_Perimeter")]] * 2)
+    names = ["clinical:age", "left:deep_000", "right:deep_000", *TEXTURE_NAMES]
+    rows = np.column_stack([np.random.default_rng(0).normal(size=len(y)), deep, X])
+    selected = select_features(rows, y, names, "DTC", SelectionSettings(min_gain=0.05))
+    texture = [n for n in selected if feature_group(n) == "texture"]
+    assert texture and len({texture_group(n.partition(":")[2]) for n in texture}) == 1
+    with pytest.raises(ValueError, match="texture_budget"):
+        SelectionSettings(texture_budget=0)
 
 
 def test_head_fit_round_trip_and_softmax_equivalence() -> None:

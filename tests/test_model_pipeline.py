@@ -14,6 +14,8 @@ from triage_node.commands.main import main
 from triage_node.score.bundle import load_bundle
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, VARIANTS
 from triage_node.score.model import BundleScoringModel
+from triage_node.score.reference import REFERENCE_FILE, read_reference
+from triage_node.score.texture import texture_groups
 from triage_node.train.pipeline import read_cases
 
 N_IMAGES = 40
@@ -61,6 +63,53 @@ def test_bundle_manifest(bundle: Path) -> None:
     dtc = m.metrics["validation"]["DTC"]
     assert dtc["threshold"] == m.operating_point.threshold == info["thresholds"]["DTC"]
     assert dtc["bilateral"]["threshold"] == info["bilateral_thresholds"]["DTC"]
+    # texture chosen by (image type, class) group: inference computes the groups listed
+    model = BundleScoringModel(loaded)
+    assert [f"{t}/{c}" for t, c in texture_groups(model.texture_names)] == dtc["texture_groups"]
+    assert 0 < dtc["texture_cost_fraction"] <= 0.25
+
+
+def test_bundle_carries_its_validation_reference(bundle: Path) -> None:
+    """reference.json: the DTC image values of the validation split at its operating point."""
+    loaded = load_bundle(bundle)
+    m = loaded.manifest
+    assert REFERENCE_FILE in m.files  # listed, so hash-checked like every file
+    reference = read_reference(loaded)
+    assert reference is not None
+    validation = m.training_data["validation"]
+    assert reference.images == reference.scored == validation["n"]  # training used them all
+    assert reference.sides == 2 * validation["n"]
+    assert reference.threshold == m.operating_point.threshold
+    op = m.metrics["validation"]["DTC"]
+    positives, negatives = validation["positives"], validation["n"] - validation["positives"]
+    expected = (
+        op["validation_sensitivity"] * positives + (1 - op["validation_specificity"]) * negatives
+    )
+    assert reference.positives == round(expected)
+    assert "validation split" in reference.source
+
+
+def test_refit_on_the_networks_of_a_bundle(bundle: Path, cohort: Path, tmp_path: Path) -> None:
+    """--networks-from: the same finder and Siamese bytes; selection, heads, reference anew."""
+    out = tmp_path / "refit"
+    args = [
+        "train", "--data", str(cohort), "--labels", str(cohort / "labels.csv"),
+        "--out", str(out), "--cache", str(bundle.parent / "cache"), "--seed", "3",
+        "--networks-from", str(bundle), "--texture-budget", "0.01",
+        "--jobs", "2", "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+    assert main(args) == 0
+    old, new = load_bundle(bundle), load_bundle(out)
+    for name in ("femur_finder.safetensors", "siamese.safetensors"):
+        assert new.raw(name) == old.raw(name)
+    assert new.manifest.training_data["networks_from"] == f"DTC {old.manifest.version}"
+    assert new.read_json("model.json")["siamese"] == old.read_json("model.json")["siamese"]
+    assert read_reference(new) is not None
+    # a budget below any one group's cost: each variant with texture keeps exactly one
+    assert all(
+        len(new.manifest.metrics["validation"][v]["texture_groups"]) == 1
+        for v in ("T", "TC", "DT", "DTC")
+    )
 
 
 def test_score_command(

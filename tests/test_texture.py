@@ -6,12 +6,17 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from radiomics import featureextractor
 
 from triage_node.score.texture import (
+    all_texture_groups,
     extract_selected_texture,
     extract_texture,
     mirror_for_side,
+    texture_cost,
     texture_feature_names,
+    texture_group,
+    texture_groups,
     wavelet_bands,
     zscore_in_mask,
 )
@@ -113,3 +118,52 @@ def test_wavelet_bands_and_mirroring() -> None:
     flipped = mirror_for_side(image, mirror=True)
     assert np.array_equal(flipped[:, 0], image[:, -1])
     assert mirror_for_side(image, mirror=False) is image
+
+
+def test_texture_groups_and_their_cost() -> None:
+    groups = all_texture_groups()
+    assert len(groups) == 21 == len({texture_group(n) for n in texture_feature_names()})
+    assert texture_group("wavelet-HH_glcm_Contrast") == ("wavelet-HH", "glcm")
+    assert texture_groups(
+        ["wavelet-HH_glcm_Contrast", "original_glcm_Idm", "original_glcm_Id"]
+    ) == [
+        ("original", "glcm"),
+        ("wavelet-HH", "glcm"),
+    ]
+    with pytest.raises(ValueError, match="wavelet-LL"):
+        texture_group("wavelet-LL_glcm_Contrast")
+    full = texture_cost(groups)
+    one = texture_cost([("original", "firstorder")])
+    # every image type pays its set-up, a wavelet band its transform: one type is far cheaper
+    assert 0 < one < texture_cost([("original", "firstorder"), ("wavelet-HH", "firstorder")])
+    assert one < 0.3 * full
+    assert texture_cost([]) == 0
+
+
+def test_only_the_groups_asked_for_are_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference pays for the (image type, class) groups of the head's features, no others."""
+    computed: list[tuple[str, ...]] = []
+    execute = featureextractor.RadiomicsFeatureExtractor.execute
+
+    def recording(self: featureextractor.RadiomicsFeatureExtractor, *args: object) -> object:
+        computed.append(tuple(sorted(c for c, f in self.enabledFeatures.items() if f)))
+        return execute(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(featureextractor.RadiomicsFeatureExtractor, "execute", recording)
+    image, mask = _roi(period=4)
+    bands: list[tuple[str, ...]] = []
+    real_bands = wavelet_bands
+    monkeypatch.setattr(
+        "triage_node.score.texture.wavelet_bands",
+        lambda z, wanted: bands.append(tuple(wanted)) or real_bands(z, wanted),
+    )
+    names = ["original_glcm_Contrast", "original_glcm_Idm", "wavelet-HH_firstorder_Mean"]
+    values = extract_selected_texture(image, mask, names)
+    assert list(values) == names
+    # one pyradiomics run per image type, each with the classes asked for only
+    assert sorted(computed) == [("firstorder",), ("glcm",)]
+    assert bands == [("HH",)]  # one band resized, not three
+    computed.clear()
+    bands.clear()
+    extract_selected_texture(image, mask, ["original_firstorder_Energy"])
+    assert computed == [("firstorder",)] and bands == [()]

@@ -122,6 +122,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="synthetic chest/blank images that teach the finder 'not found'",
     )
     add_bundle_argument(parser, default="the demo bundle", flag="--finder-bundle")
+    parser.add_argument(
+        "--networks-from",
+        default=None,
+        metavar="BUNDLE",
+        help="reuse this bundle's femur finder and Siamese branch (and their ROI and texture "
+        "settings; 'demo' for the shipped demo bundle): only the selection, heads, "
+        "calibration and operating points are fitted",
+    )
+    parser.add_argument(
+        "--texture-budget",
+        type=float,
+        default=0.25,
+        help="largest estimated texture extraction cost of a variant, as a fraction of "
+        "the full 325-feature set (cost-aware selection of texture groups; default 0.25)",
+    )
     parser.add_argument("--validation-fraction", type=float, default=0.25)
     parser.add_argument(
         "--target-sensitivity",
@@ -158,6 +173,10 @@ def main(args: argparse.Namespace) -> int:
             finder_bundle=None
             if args.finder_bundle is None
             else resolve_bundle(args.finder_bundle, None),
+            networks_from=None
+            if args.networks_from is None
+            else resolve_bundle(args.networks_from, None),
+            texture_budget=args.texture_budget,
             progress=args.progress,
         )
     except ValueError as exc:

@@ -133,7 +133,7 @@ def _check_cams(
     for side, cam in cams.items():
         if side not in sides:
             raise ValueError(f"cams: side {side!r} is not among the assessed sides {sorted(sides)}")
-        arr = np.asarray(cam, dtype=np.float64)
+        arr = np.asarray(cam, dtype=np.float32)  # full-size maps: float32 is what is drawn
         if arr.shape != (rows, columns):
             raise ValueError(
                 f"cams[{side!r}]: shape {arr.shape} is not the source grid {(rows, columns)}"

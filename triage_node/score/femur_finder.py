@@ -266,12 +266,13 @@ class FemurFinder:
         values = ndimage.map_coordinates(
             component_prob, [rr * steps[0], cc * steps[1]], order=1, mode="constant", cval=0.0
         )
-        mask = np.zeros(shape[:2], dtype=np.uint8)
-        mask[src_r0:src_r1, src_c0:src_c1] = values >= self.config.threshold
-        labels, count = ndimage.label(mask)
+        box = (values >= self.config.threshold).astype(np.uint8)
+        labels, count = ndimage.label(box)  # in the box: nothing lies outside it
         if count > 1:  # keep the main piece; interpolation can split thin tips
             sizes = np.bincount(labels.ravel())[1:]
-            mask = (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
+            box = (labels == 1 + int(np.argmax(sizes))).astype(np.uint8)
+        mask = np.zeros(shape[:2], dtype=np.uint8)
+        mask[src_r0:src_r1, src_c0:src_c1] = box
         return mask
 
     def to_safetensors(self) -> bytes:

@@ -10,6 +10,7 @@ mirrored (so every hip looks like the same side) and ``v' = v`` otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -56,15 +57,27 @@ class RoiGeometry:
         return u, v
 
     def cut(self, image: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
-        """Sample the ROI from a 2D source ``image`` (``order`` 1 = bilinear, 0 = nearest)."""
+        """Sample the ROI from a 2D source ``image`` (``order`` 1 = bilinear, 0 = nearest).
+
+        Bilinear sampling is float64; nearest keeps ``image``'s dtype (it only copies
+        values, and a full-size mask need not be converted first).
+        """
         u, v = np.mgrid[: self.size, : self.size]
         r, c = self.roi_to_source(u, v)
-        return ndimage.map_coordinates(
-            np.asarray(image, dtype=np.float64), [r, c], order=order, mode="constant", cval=cval
-        )
+        data = image if order == 0 else np.asarray(image, dtype=np.float64)
+        return ndimage.map_coordinates(data, [r, c], order=order, mode="constant", cval=cval)
 
-    def paste(self, roi_map: np.ndarray, source_shape: tuple[int, int]) -> np.ndarray:
-        """Map an ROI-grid array (e.g. a Grad-CAM) onto the source grid; 0 outside the ROI."""
+    def paste(
+        self,
+        roi_map: np.ndarray,
+        source_shape: tuple[int, int],
+        dtype: type[np.floating[Any]] = np.float64,
+    ) -> np.ndarray:
+        """Map an ROI-grid array (e.g. a Grad-CAM) onto the source grid; 0 outside the ROI.
+
+        ``dtype``: of the result (float32 halves a full-size map; the interpolation
+        itself is done in float64 either way).
+        """
         if roi_map.shape != (self.size, self.size):
             raise ValueError(f"roi_map shape {roi_map.shape} != ROI ({self.size}, {self.size})")
         edge = self.size - 1.0
@@ -75,7 +88,7 @@ class RoiGeometry:
         row_hi = min(int(np.ceil(r.max())) + 1, source_shape[0])
         col_lo = max(int(np.floor(c.min())), 0)
         col_hi = min(int(np.ceil(c.max())) + 1, source_shape[1])
-        out = np.zeros(source_shape, dtype=np.float64)
+        out = np.zeros(source_shape, dtype=dtype)
         if row_lo >= row_hi or col_lo >= col_hi:
             return out
         rows, cols = np.mgrid[row_lo:row_hi, col_lo:col_hi]

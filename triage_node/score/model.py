@@ -27,7 +27,7 @@ only one hip is assessable the image value is that hip's alone; a warning says s
 
 Grad-CAM of the Siamese branch for each assessable hip is pasted back onto the
 source grid and returned in ``ImageAssessment.extra["cam"]`` (``{"right": array,
-"left": array}``, float64 in [0, 1], source shape); ``explain(dataset)`` gives
+"left": array}``, float32 in [0, 1], source shape); ``explain(dataset)`` gives
 the same maps alone. Calls are thread-safe: the networks stay in eval mode
 and no call changes shared state.
 """
@@ -148,6 +148,15 @@ class BundleScoringModel:
         self.threshold = float(default if threshold is None else threshold)
         self._texture_needed = texture_bases(self.head.feature_names)
 
+    @property
+    def texture_names(self) -> list[str]:
+        """The texture features inference computes per hip: the head's (pyradiomics names).
+
+        Only their (image type, feature class) groups are computed
+        (:func:`~triage_node.score.texture.extract_selected_texture`).
+        """
+        return list(self._texture_needed)
+
     # -- steps ---------------------------------------------------------------------------
     def image_features(
         self, dataset: pydicom.Dataset, texture_names: Sequence[str] | None = None
@@ -228,7 +237,10 @@ class BundleScoringModel:
             }
         pasted = {side: _paste(rois[side].geometry, maps[side], features.shape) for side in rois}
         peak = max(float(m.max()) for m in pasted.values())
-        return {s: (m / peak if peak > 0 else m) for s, m in pasted.items()}
+        if peak > 0:
+            for m in pasted.values():
+                m /= np.float32(peak)  # in place: each map is a full-size array
+        return pasted
 
     # -- ScoringModel -------------------------------------------------------------------
     def assess(self, dataset: pydicom.Dataset) -> ImageAssessment:
@@ -279,7 +291,8 @@ def _clipped_polygon(geometry: RoiGeometry, shape: tuple[int, int]) -> list[tupl
 
 
 def _paste(geometry: RoiGeometry, roi_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    return geometry.paste(np.asarray(roi_map, dtype=np.float64), shape)
+    # float32: a map is only drawn and saved (as float32, ``report.results.save_cams``)
+    return geometry.paste(np.asarray(roi_map, dtype=np.float64), shape, dtype=np.float32)
 
 
 def model_info_json(

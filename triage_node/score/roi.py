@@ -200,5 +200,6 @@ def cut_side_roi(
     # to a grey level or two, 16 times cheaper on a full-size image)
     fill = float(np.median(pixels[::4, ::4]))
     roi_image = in_box.cut(smooth, order=1, cval=fill)
-    roi_mask = (geometry.cut(inside.astype(np.float64), order=0) > 0.5).astype(np.uint8)
+    # nearest-pixel sampling of the mask as it is (no float64 copy of the whole frame)
+    roi_mask = (geometry.cut(inside.view(np.uint8), order=0) > 0.5).astype(np.uint8)
     return SideRoi(side, roi_image, roi_mask, geometry)

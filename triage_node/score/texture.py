@@ -121,11 +121,15 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return z
 
 
-def wavelet_bands(image: np.ndarray) -> dict[str, np.ndarray]:
-    """Detail bands LH, HL, HH of ``pywt.dwt2(image, 'bior1.3')``, resized to ``image.shape``."""
+def wavelet_bands(image: np.ndarray, bands: Iterable[str] = WAVELET_BANDS) -> dict[str, np.ndarray]:
+    """Detail bands of ``pywt.dwt2(image, 'bior1.3')`` (``bands``: of LH, HL, HH), each
+    resized to ``image.shape``; only the bands asked for are resized."""
     _, (lh, hl, hh) = pywt.dwt2(image, WAVELET)
+    wanted = set(bands)
     out = {}
     for name, band in zip(WAVELET_BANDS, (lh, hl, hh), strict=True):
+        if name not in wanted:
+            continue
         factors = (image.shape[0] / band.shape[0], image.shape[1] / band.shape[1])
         resized = ndimage.zoom(band, factors, order=3, grid_mode=True, mode="grid-mirror")
         out[name] = resized[: image.shape[0], : image.shape[1]]
@@ -170,6 +174,92 @@ def _extract(
     return out
 
 
+TextureGroup = tuple[str, str]
+"""(image type, feature class), e.g. ``("wavelet-HH", "glcm")``: what pyradiomics computes
+at once. Its cost is the class's matrices on that image, whatever features are read."""
+
+#: The cost model of cost-aware selection: CPU seconds per ROI (256 px, full-size
+#: radiographs, one thread; medians of 16 ROIs, ``bench/score --group-costs``, 2026-12-01).
+#: Each image type computed pays a set-up (the z-scored image or band handed to
+#: pyradiomics, its mask and discretisation), each wavelet band its transform and resize,
+#: and each class its matrices and features (measured as what leaving the class out of
+#: its image type saves). Only their ratios matter (:func:`texture_cost`).
+IMAGE_TYPE_SECONDS = 0.0064
+WAVELET_BAND_SECONDS = 0.0045
+_CLASS_SECONDS = {
+    ORIGINAL: {
+        "firstorder": 0.0079,
+        "glcm": 0.0055,
+        "glszm": 0.0035,
+        "glrlm": 0.0035,
+        "ngtdm": 0.0028,
+        "shape2D": 0.0020,
+    },
+    "wavelet-LH": {
+        "firstorder": 0.0081,
+        "glcm": 0.0056,
+        "glszm": 0.0035,
+        "glrlm": 0.0034,
+        "ngtdm": 0.0037,
+    },
+    "wavelet-HL": {
+        "firstorder": 0.0081,
+        "glcm": 0.0057,
+        "glszm": 0.0035,
+        "glrlm": 0.0032,
+        "ngtdm": 0.0035,
+    },
+    "wavelet-HH": {
+        "firstorder": 0.0080,
+        "glcm": 0.0045,
+        "glszm": 0.0031,
+        "glrlm": 0.0034,
+        "ngtdm": 0.0033,
+    },
+}
+GROUP_SECONDS: dict[TextureGroup, float] = {
+    (image_type, feature_class): seconds
+    for image_type, classes in _CLASS_SECONDS.items()
+    for feature_class, seconds in classes.items()
+}
+
+
+def texture_group(name: str) -> TextureGroup:
+    """The (image type, feature class) group of a pyradiomics base name
+    (``"wavelet-HH_glcm_Contrast"`` -> ``("wavelet-HH", "glcm")``)."""
+    parts = name.split("_", 2)
+    if len(parts) != 3 or parts[0] not in IMAGE_TYPES or parts[1] not in _classes_for(parts[0]):
+        raise ValueError(f"texture feature name {name!r}: no (image type, class) group")
+    return parts[0], parts[1]
+
+
+def texture_groups(names: Iterable[str]) -> list[TextureGroup]:
+    """The distinct groups of base names, in :func:`texture_feature_names` order."""
+    wanted = {texture_group(n) for n in names}
+    return [g for g in all_texture_groups() if g in wanted]
+
+
+@cache
+def all_texture_groups() -> tuple[TextureGroup, ...]:
+    """Every (image type, class) group, in extraction order (21)."""
+    return tuple((t, c) for t in IMAGE_TYPES for c in _classes_for(t))
+
+
+def texture_cost(groups: Iterable[TextureGroup]) -> float:
+    """Estimated seconds per ROI to compute ``groups`` (see :data:`GROUP_SECONDS`).
+
+    Each image type used pays its set-up once, each wavelet band its transform and
+    resize once, and each group its matrices.
+    """
+    chosen = set(groups)
+    types = {t for t, _ in chosen}
+    return (
+        IMAGE_TYPE_SECONDS * len(types)
+        + WAVELET_BAND_SECONDS * sum(1 for t in types if t != ORIGINAL)
+        + sum(GROUP_SECONDS[g] for g in chosen)
+    )
+
+
 def _parse(name: str) -> tuple[str, str, str]:
     parts = name.split("_", 2)
     if len(parts) != 3 or parts[0] not in IMAGE_TYPES or parts[1] not in _classes_for(parts[0]):
@@ -204,7 +294,7 @@ def extract_selected_texture(
     mask01 = (np.asarray(mask) != 0).astype(np.uint8)
     z = zscore_in_mask(np.asarray(image, dtype=np.float64), mask01)
     mask_image = _to_sitk(mask01, settings.spacing_mm)
-    bands = wavelet_bands(z) if any(t != ORIGINAL for t in by_type) else {}
+    bands = wavelet_bands(z, [t.split("-", 1)[1] for t in by_type if t != ORIGINAL])
     values: dict[str, float] = {}
     for image_type, enabled in by_type.items():
         source = z if image_type == ORIGINAL else bands[image_type.split("-", 1)[1]]

@@ -10,7 +10,10 @@ Steps (``triage-node train``):
 2. Femur finder: trained on the images that have masks, plus a few synthetic
    chest and blank images as "nothing here" examples (``finder_negatives``).
    Without any masks, the finder of ``finder_bundle`` (default: the demo
-   bundle) is reused.
+   bundle) is reused. With ``networks_from`` (``train --networks-from``) the
+   finder and the Siamese branch of that bundle are reused, with its ROI and
+   texture settings, and steps 2 and 5 train nothing: only the selection,
+   heads, calibration and operating points are fitted again.
 3. Per image (in ``jobs`` processes, cached under ``cache_dir`` by the file's
    sha256, the masks' and the settings): decode, then the inference code,
    :func:`~triage_node.score.features.measure_hips`, on the given masks (or
@@ -23,13 +26,16 @@ Steps (``triage-node train``):
 4. Stratified (by label; grouped by ``patient_id`` when present), seeded split
    into training and validation.
 5. Siamese branch on the training split; its pooled features for every image.
-6. For each of the seven variants: LASSO selection and the head on the
-   training split, Platt calibration on the validation split, and there the
+6. For each of the seven variants: selection (texture groups by cost, then
+   LASSO; :mod:`triage_node.train.selection`) and the head on the training
+   split, Platt calibration on the validation split, and there the
    operating point (target sensitivity) and validation AUC with DeLong CI of
    the value the node decides on: the highest assessed side, each hip scored
    in both slots of the head (docs/model.md, "The decision rule"). The
    bilateral value's operating point and AUC are kept beside them.
-7. :func:`~triage_node.score.bundle.write_bundle` with a manifest describing all of it.
+7. The validation reference (:mod:`triage_node.score.reference`): the bundle's
+   variant on the validation images at its operating point.
+8. :func:`~triage_node.score.bundle.write_bundle` with a manifest describing all of it.
 """
 
 from __future__ import annotations
@@ -63,7 +69,13 @@ from triage_node.score.clinical import (
     read_clinical,
 )
 from triage_node.score.decode import decode_radiograph
-from triage_node.score.features import HipFeatures, find_femurs, measure_hips, patient_row
+from triage_node.score.features import (
+    HipFeatures,
+    find_femurs,
+    measure_hips,
+    patient_row,
+    texture_bases,
+)
 from triage_node.score.femur_finder import FINDER_FILE, SIDES, FemurFinder, FinderConfig
 from triage_node.score.manifest import (
     NOT_FOR_CLINICAL_USE,
@@ -78,9 +90,22 @@ from triage_node.score.model import (
     head_file,
     model_info_json,
 )
+from triage_node.score.reference import REFERENCE_FILE, ValidationReference
 from triage_node.score.roi import RoiSettings
-from triage_node.score.siamese import SiameseConfig, branch_features, siamese_to_safetensors
-from triage_node.score.texture import TextureSettings, side_feature_names, texture_feature_names
+from triage_node.score.siamese import (
+    SiameseConfig,
+    branch_features,
+    siamese_from_safetensors,
+    siamese_to_safetensors,
+)
+from triage_node.score.texture import (
+    TextureSettings,
+    all_texture_groups,
+    side_feature_names,
+    texture_cost,
+    texture_feature_names,
+    texture_groups,
+)
 from triage_node.synth import render_instance
 from triage_node.train.deep import DeepTrainingSettings, train_siamese
 from triage_node.train.finder import (
@@ -102,8 +127,9 @@ from triage_node.train.selection import SelectionSettings, feature_group, select
 OSTEOPOROSIS_T_SCORE = -2.5
 #: Columns only the synth cohort's labels.csv has: their presence marks synthetic data.
 SYNTH_COLUMNS = ("density_left", "density_right", "vendor", "oracle")
-#: Version of the per-image cache entries (3: measure_hips, float32 CNN inputs).
-CACHE_VERSION = 3
+#: Version of the per-image cache entries (3: measure_hips, float32 CNN inputs; 4: each
+#: hip's not-assessable reason, for the validation reference).
+CACHE_VERSION = 4
 SITE_INTENDED_USE = (
     "Triage aid for opportunistic osteoporosis screening on hip radiographs; "
     "not a diagnosis. Confirm with DXA."
@@ -287,7 +313,8 @@ def _finder_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
 def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
     """One image's measurements by the inference code (see module doc), as cacheable arrays.
 
-    ``ok_<side>``: the hip is assessable; ``texture_<side>``: its 325 texture
+    ``ok_<side>``: the hip is assessable; ``reason_<side>``: why not (``""`` when it
+    is); ``texture_<side>``: its 325 texture
     values (NaN: not measured); ``deep_input_<side>``: the CNN's float32 input
     (a 1 x 1 zero when not assessable); ``clinical``: raw header values (NaN: missing).
     """
@@ -328,6 +355,7 @@ def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
         for side in SIDES:
             ok = side in hips.rois
             out[f"ok_{side}"] = np.array(ok)
+            out[f"reason_{side}"] = np.array(hips.not_assessable.get(side, ""))
             out[f"texture_{side}"] = hips.texture_vector(side, names)
             out[f"deep_input_{side}"] = (
                 hips.deep_input[side] if ok else np.zeros((1, 1), np.float32)
@@ -386,6 +414,8 @@ class TrainingOptions:
     calibration: str = "platt"
     bilateral: bool = False
     finder_bundle: Path | None = None
+    networks_from: Path | None = None
+    texture_budget: float = 0.25
     progress: bool = True
     texture: TextureSettings = field(default_factory=TextureSettings)
     finder: FinderConfig = field(default_factory=FinderConfig)
@@ -403,6 +433,8 @@ class TrainingOptions:
             raise ValueError("epochs, finder_epochs, jobs and torch_threads must be >= 1")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience: {self.patience} must be >= 1 (or None: no early stop)")
+        if not 0.0 < self.texture_budget <= 1.0:
+            raise ValueError(f"texture_budget: {self.texture_budget} not in (0, 1]")
 
     @property
     def texture_on_roi(self) -> TextureSettings:
@@ -429,6 +461,40 @@ def synthetic_negatives(count: int, seed: int, config: FinderConfig) -> list[Any
         decoded = decode_radiograph(image.dataset)
         samples.append(finder_sample(decoded.pixels, decoded.spacing_mm, [], config))
     return samples
+
+
+@dataclass(frozen=True)
+class ReusedNetworks:
+    """The trained networks of an existing bundle and the settings they were trained with."""
+
+    source: str  # "<name> <version>"
+    finder_bytes: bytes
+    finder_note: str
+    siamese: Any  # SiameseNet, eval mode
+    roi: RoiSettings
+    texture: TextureSettings
+    history: dict[str, Any]
+
+
+def reused_networks(path: Path) -> ReusedNetworks:
+    """The femur finder and Siamese branch of the bundle at ``path`` (``train --networks-from``)."""
+    bundle = load_bundle(path)
+    info = bundle.read_json(MODEL_FILE)
+    texture = info["texture"]
+    siamese_info = info.get("siamese", {})
+    source = f"{bundle.manifest.name} {bundle.manifest.version}"
+    return ReusedNetworks(
+        source=source,
+        finder_bytes=bundle.raw(FINDER_FILE),
+        finder_note=f"{info.get('finder', 'femur finder')} (of {source})",
+        siamese=siamese_from_safetensors(bundle.raw(SIAMESE_FILE)),
+        roi=RoiSettings.from_json(info.get("roi")),
+        texture=TextureSettings(
+            original_bin_width=float(texture["original_bin_width"]),
+            wavelet_bin_width=float(texture["wavelet_bin_width"]),
+        ),
+        history=dict(siamese_info.get("training", {})),
+    )
 
 
 def _reused_finder(options: TrainingOptions) -> bytes:
@@ -460,12 +526,58 @@ def candidate_feature_names(deep_per_side: int) -> list[str]:
     )
 
 
+def _train_siamese(
+    options: TrainingOptions,
+    tensors: dict[Side, torch.Tensor],
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    say: Callable[..., None],
+) -> tuple[Any, dict[str, Any]]:
+    """Step 4: the Siamese branch trained on the training split (early stopping on validation)."""
+    config = options.siamese
+    say(
+        f"train: Siamese on {len(train_idx)} pairs, validation {len(val_idx)}, "
+        f"CNN input {options.roi.deep_size_px} px at {options.roi.deep_spacing_mm} mm, widths "
+        f"{config.first_width or config.width}/{2 * config.width}/{4 * config.width}, "
+        f"up to {options.epochs} epochs"
+        + (f", early stop after {options.patience} without gain" if options.patience else "")
+    )
+    siamese = train_siamese(
+        tensors["left"][train_idx],
+        tensors["right"][train_idx],
+        y[train_idx],
+        config,
+        DeepTrainingSettings(
+            epochs=options.epochs,
+            seed=options.seed,
+            threads=options.torch_threads,
+            patience=options.patience,
+            min_epochs=min(options.min_epochs, options.epochs),
+        ),
+        progress=options.progress,
+        validation=(tensors["left"][val_idx], tensors["right"][val_idx], y[val_idx]),
+    )
+    history = dict(getattr(siamese, "training_history", {}))
+    if history:
+        say(
+            f"train: Siamese stopped after {history['epochs_run']} epoch(s), best epoch "
+            f"{history['best_epoch']}"
+        )
+    return siamese, history
+
+
 def train_bundle(
     data_dir: Path, labels_csv: Path, out: Path, options: TrainingOptions | None = None
 ) -> TrainingResult:
     """Train everything a bundle needs and write it to ``out`` (see module doc)."""
     options = options or TrainingOptions()
     say = print if options.progress else (lambda *a, **k: None)
+    reused = reused_networks(options.networks_from) if options.networks_from else None
+    if reused is not None:  # the networks' own settings, whatever the preset said
+        options = replace(
+            options, roi=reused.roi, texture=reused.texture, siamese=reused.siamese.config
+        )
     case_set = read_cases(labels_csv, data_dir)
     cases = case_set.cases
     if options.cache_dir is not None:
@@ -481,7 +593,11 @@ def train_bundle(
             len(with_masks), options.finder_images, replace=False
         )
         finder_cases = [with_masks[i] for i in sorted(pick)]
-    if with_masks:
+    if reused is not None:
+        finder_bytes = reused.finder_bytes
+        finder_note = reused.finder_note
+        say(f"train: femur finder and Siamese branch of {reused.source}")
+    elif with_masks:
         raw = _map(
             _finder_item,
             [(c, finder_key, options.cache_dir) for c in finder_cases],
@@ -566,35 +682,13 @@ def train_bundle(
     # 4. Siamese branch
     config = options.siamese
     tensors = {s: torch.from_numpy(np.stack(inputs[s])[:, None]) for s in SIDES}
-    say(
-        f"train: Siamese on {len(train_idx)} pairs, validation {len(val_idx)}, "
-        f"CNN input {options.roi.deep_size_px} px at {options.roi.deep_spacing_mm} mm, widths "
-        f"{config.first_width or config.width}/{2 * config.width}/{4 * config.width}, "
-        f"up to {options.epochs} epochs"
-        + (f", early stop after {options.patience} without gain" if options.patience else "")
-    )
-    siamese = train_siamese(
-        tensors["left"][train_idx],
-        tensors["right"][train_idx],
-        y[train_idx],
-        config,
-        DeepTrainingSettings(
-            epochs=options.epochs,
-            seed=options.seed,
-            threads=options.torch_threads,
-            patience=options.patience,
-            min_epochs=min(options.min_epochs, options.epochs),
-        ),
-        progress=options.progress,
-        validation=(tensors["left"][val_idx], tensors["right"][val_idx], y[val_idx]),
-    )
-    history = dict(getattr(siamese, "training_history", {}))
-    if history:
-        say(
-            f"train: Siamese stopped after {history['epochs_run']} epoch(s), best epoch "
-            f"{history['best_epoch']}"
-        )
-    deep = {s: branch_features(siamese.branch, tensors[s]) for s in SIDES}
+    if reused is not None:
+        siamese = reused.siamese
+        history = reused.history
+    else:
+        siamese, history = _train_siamese(options, tensors, y, train_idx, val_idx, say)
+    with torch.no_grad():
+        deep = {s: branch_features(siamese.branch, tensors[s]) for s in SIDES}
 
     # 5. feature matrix
     imputation = ClinicalImputation.fit(
@@ -647,6 +741,7 @@ def train_bundle(
     metrics: dict[str, Any] = {}
     operating_points: dict[str, OperatingPoint] = {}
     selected_by_variant: dict[str, list[str]] = {}
+    values_by_variant: dict[str, np.ndarray] = {}
     y_train, y_val = y[train_idx], y[val_idx]
     for variant in VARIANTS:
         selected = select_features(
@@ -654,7 +749,11 @@ def train_bundle(
             y_train,
             names,
             variant,
-            SelectionSettings(bilateral=options.bilateral, seed=options.seed),
+            SelectionSettings(
+                bilateral=options.bilateral,
+                seed=options.seed,
+                texture_budget=options.texture_budget,
+            ),
         )
         columns = [names.index(n) for n in selected]
         head = fit_head(
@@ -675,6 +774,7 @@ def train_bundle(
         bilateral_thresholds[variant] = bilateral_op.threshold
         operating_points[variant] = op
         selected_by_variant[variant] = selected
+        values_by_variant[variant] = p_val
         metrics[variant] = {
             "validation_auc": auc.auc,
             "validation_auc_ci": [auc.ci_low, auc.ci_high],
@@ -692,12 +792,37 @@ def train_bundle(
                 g: sum(1 for n in selected if feature_group(n) == g) for g in VARIANTS[variant]
             },
         }
+        groups = texture_groups(texture_bases(selected))
+        if "texture" in VARIANTS[variant]:
+            metrics[variant]["texture_groups"] = [f"{t}/{c}" for t, c in groups]
+            metrics[variant]["texture_cost_fraction"] = round(
+                texture_cost(groups) / texture_cost(all_texture_groups()), 3
+            )
         say(
             f"train: {variant:>3} validation AUC {auc.auc:.3f} "
             f"({auc.ci_low:.3f}-{auc.ci_high:.3f}), {len(selected)} features"
         )
 
-    # 7. bundle
+    # 7. validation reference: the bundle's variant at its operating point
+    source = (
+        f"validation split of the development data ({labels_csv.name}; {len(val_idx)} "
+        f"images, {int(y_val.sum())} positive; split seed {options.seed})"
+    )
+    reference = ValidationReference.from_outcomes(
+        values_by_variant[options.variant],
+        [
+            str(items[usable[k]][f"reason_{side}"]) or None
+            if f"reason_{side}" in items[usable[k]]
+            else (None if items[usable[k]][f"ok_{side}"] else "not assessable")
+            for k in val_idx
+            for side in SIDES
+        ],
+        operating_points[options.variant].threshold,
+        source,
+    )
+    files[REFERENCE_FILE] = reference.dumps().encode()
+
+    # 8. bundle
     files[FINDER_FILE] = finder_bytes
     files[SIAMESE_FILE] = siamese_to_safetensors(siamese)
     files[CLINICAL_FILE] = (json.dumps(imputation.to_json(), indent=1) + "\n").encode()
@@ -736,6 +861,7 @@ def train_bundle(
         "siamese_best_epoch": history.get("best_epoch"),
         "finder": finder_note,
         "seed": options.seed,
+        **({"networks_from": reused.source} if reused is not None else {}),
     }
     manifest = BundleManifest(
         name=options.variant,

@@ -1,4 +1,4 @@
-"""Feature selection as in the paper: LASSO per feature group, optional bilateral agreement.
+"""Feature selection: LASSO per feature group as in the paper, texture chosen by its cost first.
 
 Feature names carry their group and side:
 
@@ -7,11 +7,23 @@ Feature names carry their group and side:
 * ``<side>:deep_NNN`` -- deep (Siamese pooled features);
 * ``<side>:<pyradiomics name>`` -- texture.
 
-Each image-feature group in a variant is selected on its own with LassoCV
-(5 folds) on standard-scaled columns and ``SelectFromModel`` with a small
-threshold, like the paper's code. With ``bilateral=True`` LASSO runs on each
-side's columns separately and only base names chosen on *both* sides are kept
-(both sides' columns of them).
+Each image-feature group in a variant is selected with LassoCV (5 folds) on
+standard-scaled columns and ``SelectFromModel`` with a small threshold, like the
+paper's code. With ``bilateral=True`` LASSO runs on each side's columns
+separately and only base names chosen on *both* sides are kept (both sides'
+columns of them). Columns that do not vary on the training rows (e.g. the mean
+of the z-scored ROI, 0 by construction) are never selected.
+
+Texture is chosen by cost before LASSO (:func:`texture_groups_by_cost`): what
+pyradiomics pays for is each (image type, feature class) group's matrices, not
+the features read from them, so selecting features inside all groups saves little
+at inference. A greedy forward pass over the groups adds, at each step, the
+group with the largest gain in cross-validated AUC (on the training rows, with the
+variant's other selected features) per second of estimated extraction time
+(:func:`triage_node.score.texture.texture_cost`), while the gain is at least
+``min_gain`` and the total cost stays within ``texture_budget`` of the full set.
+The first group is kept whatever its gain and cost (a variant named for texture
+uses some). LASSO then selects inside the kept groups.
 """
 
 from __future__ import annotations
@@ -24,10 +36,19 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import SelectFromModel, f_classif
-from sklearn.linear_model import LassoCV
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LassoCV, LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from triage_node.score.manifest import VARIANTS
+from triage_node.score.texture import (
+    TextureGroup,
+    all_texture_groups,
+    texture_cost,
+    texture_group,
+)
 
 CLINICAL_PREFIX = "clinical:"
 SIDES = ("left", "right")
@@ -55,12 +76,25 @@ def columns_for_variant(variant: str, names: Sequence[str]) -> list[int]:
 
 @dataclass(frozen=True)
 class SelectionSettings:
-    """LASSO settings: ``folds`` of LassoCV, ``threshold`` on |coef|, ``seed`` for the folds."""
+    """``folds`` of LassoCV and of the group pass, ``threshold`` on |coef|, ``seed`` for
+    the folds; texture groups (see module doc): ``cost_aware`` (False: LASSO on all 325
+    features per side, as before), ``texture_budget`` (largest estimated cost as a
+    fraction of the full set's), ``min_gain`` (smallest cross-validated AUC gain for
+    which a group is added)."""
 
     folds: int = 5
     threshold: float = DEFAULT_THRESHOLD
     bilateral: bool = False
     seed: int = 0
+    cost_aware: bool = True
+    texture_budget: float = 0.25
+    min_gain: float = 0.002
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.texture_budget <= 1.0:
+            raise ValueError(f"texture_budget: {self.texture_budget} not in (0, 1]")
+        if self.min_gain < 0:
+            raise ValueError(f"min_gain: {self.min_gain} must be >= 0")
 
 
 def lasso_select(
@@ -97,9 +131,27 @@ def lasso_select(
 _SELECTED: dict[str, tuple[str, ...]] = {}
 
 
+def _varying(X: np.ndarray) -> np.ndarray:
+    """Columns whose finite values vary more than float rounding on these rows."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        spread = np.nanmax(X, axis=0) - np.nanmin(X, axis=0)
+        size = np.nanmax(np.abs(X), axis=0)
+    return np.isfinite(spread) & (spread > 1e-9 * np.maximum(np.nan_to_num(size), 1.0))
+
+
 def _lasso_select(
     X: np.ndarray, y: np.ndarray, names: Sequence[str], settings: SelectionSettings
 ) -> list[str]:
+    varying = _varying(X)
+    if not varying.any():
+        return []
+    picked = _lasso_select_varying(X[:, varying], y, settings)
+    kept = iter(picked)
+    return [n for n, v in zip(names, varying, strict=True) if v and next(kept)]
+
+
+def _lasso_select_varying(X: np.ndarray, y: np.ndarray, settings: SelectionSettings) -> np.ndarray:
     scaled = StandardScaler().fit_transform(X)
     scaled = np.nan_to_num(scaled)
     lasso = LassoCV(cv=settings.folds, random_state=settings.seed, max_iter=5000, n_jobs=1)
@@ -113,7 +165,7 @@ def _lasso_select(
             warnings.simplefilter("ignore", RuntimeWarning)
             f_stat, _ = f_classif(scaled, y)
         keep[int(np.nanargmax(np.nan_to_num(f_stat, nan=-1.0)))] = True
-    return [name for name, k in zip(names, keep, strict=True) if k]
+    return np.asarray(keep, dtype=bool)
 
 
 def select_features(
@@ -132,8 +184,13 @@ def select_features(
     X = np.asarray(X, dtype=np.float64)
     names = list(names)
     chosen: set[str] = set()
-    for group in VARIANTS[variant]:
+    # texture last: its groups are chosen for what they add to the variant's other features
+    for group in sorted(VARIANTS[variant], key=lambda g: g == "texture"):
         columns = [i for i, n in enumerate(names) if feature_group(n) == group]
+        if group == "texture" and settings.cost_aware:
+            others = [i for i, n in enumerate(names) if n in chosen]
+            kept = texture_groups_by_cost(X, y, names, columns, others, settings).groups
+            columns = [i for i in columns if texture_group(_base(names[i])) in kept]
         if group == "clinical":
             chosen.update(names[i] for i in columns)
         elif settings.bilateral:
@@ -147,3 +204,92 @@ def select_features(
         else:
             chosen.update(lasso_select(X[:, columns], y, [names[i] for i in columns], settings))
     return [n for n in names if n in chosen]
+
+
+def _base(name: str) -> str:
+    return name.partition(":")[2]
+
+
+@dataclass(frozen=True)
+class GroupStep:
+    """One step of the group pass: the group added, its CV AUC gain and estimated cost."""
+
+    group: TextureGroup
+    auc: float
+    gain: float
+    cost: float
+
+
+@dataclass(frozen=True)
+class GroupChoice:
+    """The texture groups the greedy pass kept (in the order added) and its steps."""
+
+    groups: tuple[TextureGroup, ...]
+    steps: tuple[GroupStep, ...]
+    base_auc: float
+    cost_fraction: float
+
+
+def cv_auc(X: np.ndarray, y: np.ndarray, settings: SelectionSettings) -> float:
+    """Cross-validated AUC of the head's kind of model (median imputation, scaling, L2
+    logistic regression) on the training rows; 0.5 without columns."""
+    if X.shape[1] == 0:
+        return 0.5
+    model = make_pipeline(
+        SimpleImputer(strategy="median", keep_empty_features=True),
+        StandardScaler(),
+        LogisticRegression(C=1.0, max_iter=2000),
+    )
+    folds = StratifiedKFold(settings.folds, shuffle=True, random_state=settings.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return float(cross_val_score(model, X, y, cv=folds, scoring="roc_auc").mean())
+
+
+def texture_groups_by_cost(
+    X: np.ndarray,
+    y: np.ndarray,
+    names: Sequence[str],
+    texture_columns: Sequence[int],
+    other_columns: Sequence[int],
+    settings: SelectionSettings,
+) -> GroupChoice:
+    """The greedy, cost-aware pass over texture groups (see module doc).
+
+    ``texture_columns``: the candidate texture columns of ``names`` (both sides);
+    ``other_columns``: the variant's features already selected (clinical, deep),
+    which every candidate set is evaluated with.
+    """
+    by_group: dict[TextureGroup, list[int]] = {}
+    for i in texture_columns:
+        by_group.setdefault(texture_group(_base(names[i])), []).append(i)
+    y = np.asarray(y).astype(int)
+    full = texture_cost(all_texture_groups())
+    base = list(other_columns)
+    kept: list[TextureGroup] = []
+    steps: list[GroupStep] = []
+    current = base_auc = cv_auc(X[:, base], y, settings)
+    while True:
+        best: tuple[float, GroupStep] | None = None
+        cost_now = texture_cost(kept)
+        for group, columns in by_group.items():
+            if group in kept:
+                continue
+            cost = texture_cost([*kept, group])
+            if kept and cost > settings.texture_budget * full:
+                continue  # (the first group is kept whatever it costs)
+            used = base + [i for g in kept for i in by_group[g]] + columns
+            auc = cv_auc(X[:, used], y, settings)
+            step = GroupStep(group, auc, auc - current, cost)
+            if step.gain < settings.min_gain and kept:
+                continue
+            # gain per second; the first group is kept even without a gain (then: the best)
+            value = step.gain / max(cost - cost_now, 1e-9) if step.gain > 0 else step.gain - 1e9
+            if best is None or value > best[0]:
+                best = (value, step)
+        if best is None:
+            break
+        kept.append(best[1].group)
+        steps.append(best[1])
+        current = best[1].auc
+    return GroupChoice(tuple(kept), tuple(steps), base_auc, texture_cost(kept) / full)
