@@ -153,6 +153,7 @@ def measure_hips(
             side,
             size=roi.size_px,
             roi_spacing_mm=roi.spacing_mm,
+            saturated=decoded.saturated,
         )
         if isinstance(cut, NotAssessable):
             not_assessable[side] = cut.reason
