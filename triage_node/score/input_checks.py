@@ -167,7 +167,7 @@ class MetalRule:
     opening_mm: float = 1.0
     min_metal_mm2: float = 30.0
     ring_mm: float = 2.0
-    min_step: float = 0.2
+    min_step: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,28 @@ class MetalFinding:
     found: bool
     area_mm2: float
     step: float
+
+
+#: Metal that stands in for a femur the finder missed: a stem, screws or a plate,
+#: far larger than a lead letter.
+MISSED_FEMUR_METAL = MetalRule(reach_mm=0.0, min_metal_mm2=300.0)
+
+
+def metal_where_femur_missing(
+    pixels: np.ndarray,
+    saturated: np.ndarray,
+    spacing_mm: tuple[float, float],
+    region: tuple[slice, slice],
+) -> bool:
+    """Whether ``region`` (a side's half of the image) holds metal the size of an implant.
+
+    For a side whose femur was not found: a prosthesis or a plate can hide the
+    femur from the finder, and "metal in the hip" is then the truer reason.
+    Same signature as :func:`metal_in_hip` with :data:`MISSED_FEMUR_METAL`.
+    """
+    area = np.zeros(pixels.shape[:2], dtype=np.uint8)
+    area[region] = 1
+    return metal_in_hip(pixels, saturated, area, spacing_mm, MISSED_FEMUR_METAL).found
 
 
 def _ball(radius_px: int) -> list[int]:
@@ -212,9 +234,11 @@ def metal_in_hip(
     sat = np.asarray(saturated[box], dtype=bool)
     if not sat.any():
         return MetalFinding(False, 0.0, 0.0)
-    near = sitk.GetArrayFromImage(
-        sitk.BinaryDilate(sitk.GetImageFromArray(inside[box].astype(np.uint8)), _ball(reach))
-    ).astype(bool)
+    near = inside[box]
+    if reach > 0:
+        near = sitk.GetArrayFromImage(
+            sitk.BinaryDilate(sitk.GetImageFromArray(near.astype(np.uint8)), _ball(reach))
+        ).astype(bool)
     candidate = sitk.GetImageFromArray((sat & near).astype(np.uint8))
     opened = sitk.BinaryMorphologicalOpening(
         candidate, _ball(int(round(rule.opening_mm / pixel_mm)))
