@@ -122,6 +122,8 @@ def decode_radiograph(ds: pydicom.Dataset) -> DecodedImage:
     elif spacing[0] != spacing[1]:
         warnings.append(f"non-square pixels {spacing[0]} x {spacing[1]} mm")
     field = find_field(pixels, spacing)
+    if np.shares_memory(pixels, raw):  # filled in place below: never the dataset's own array
+        pixels = pixels.copy()
     pixels = fill_outside(pixels, field)
     inset = int(np.ceil(FIELD_INSET_MM / min(spacing)))
     saturated = saturated_pixels(raw, photometric) & field.mask(raw.shape, inset)

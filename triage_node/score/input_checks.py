@@ -128,12 +128,10 @@ def find_field(
 
 
 def fill_outside(pixels: np.ndarray, field: Field) -> np.ndarray:
-    """``pixels`` with everything outside ``field`` set to the image's brightest value."""
-    if not field.collimated(pixels.shape):
-        return pixels
-    out = np.array(pixels, dtype=np.float64, copy=True)
-    out[~field.mask(pixels.shape)] = float(pixels.max())
-    return out
+    """Set everything outside ``field`` to the image's brightest value, in place; returns it."""
+    if field.collimated(pixels.shape):
+        pixels[~field.mask(pixels.shape)] = pixels.max()
+    return pixels
 
 
 def saturated_pixels(stored: np.ndarray, photometric: str, tolerance: float = 0.002) -> np.ndarray:
@@ -142,13 +140,13 @@ def saturated_pixels(stored: np.ndarray, photometric: str, tolerance: float = 0.
     ``stored``: the stored values as decoded, before any LUT or window;
     MONOCHROME1 is turned round (its bright end is the lowest value).
     """
-    values = np.asarray(stored, dtype=np.float64)
-    if photometric == "MONOCHROME1":
-        values = -values
-    top, bottom = float(values.max()), float(values.min())
+    top, bottom = float(stored.max()), float(stored.min())
     if top <= bottom:
-        return np.zeros(values.shape, dtype=bool)
-    return values >= top - max(tolerance * (top - bottom), 0.5)
+        return np.zeros(stored.shape, dtype=bool)
+    margin = max(tolerance * (top - bottom), 0.5)
+    if photometric == "MONOCHROME1":
+        return np.asarray(stored <= bottom + margin)
+    return np.asarray(stored >= top - margin)
 
 
 @dataclass(frozen=True)
