@@ -7,13 +7,12 @@ than from a fraction of the displayed grey range:
   either the plate's unexposed area (bright and grainy on an unshuttered CR, or
   pushed to saturation by processing) or an electronic shutter's flat fill
   (black or white). :func:`find_field` finds the bands along each image edge
-  whose rows (columns) are bright or flat -- their median is near the top of
-  the image's range, or their spread is almost nil -- on a 2 mm copy of the
-  image. It handles blades parallel to the image edges (the usual hip
-  collimation); a rotated field is left unmasked. :func:`fill_outside` gives
-  the area outside one value, the image's brightest (as the default
-  processing shows a shuttered area), so that the femur finder sees every
-  site's border alike.
+  whose rows (columns) are bright -- their median is near the top of the
+  image's range -- or black and flat, on a 2 mm copy of the image. It
+  handles blades parallel to the image edges (the usual hip collimation); a
+  rotated field is left unmasked. :func:`fill_outside` gives the area outside
+  one value, the image's brightest (as the default processing shows a
+  shuttered area), so that the femur finder sees every site's border alike.
 * **Which pixels are saturated?** :func:`saturated_pixels` works on the stored
   values before any windowing (MONOCHROME1 turned so that "bright" is high):
   the pixels within a hair of the image's brightest stored value. Metal, lead
@@ -89,6 +88,7 @@ def find_field(
     pixels: np.ndarray,
     spacing_mm: tuple[float, float],
     bright_level: float = 0.8,
+    dark_level: float = 0.05,
     flat_spread: float = 0.01,
     max_band: float = 0.35,
 ) -> Field:
@@ -96,9 +96,11 @@ def find_field(
 
     A row (column) of the 2 mm copy is border-like when its median reaches
     ``bright_level`` of the range between the image's 1st percentile and its
-    maximum, or when its 5th-95th percentile spread is below ``flat_spread``
-    of that range. Bands of such lines are searched from each edge, up to
-    ``max_band`` of the image.
+    maximum (an unshuttered border, a white shutter), or when it is dark (median
+    at most ``dark_level``) and flat (5th-95th percentile spread below
+    ``flat_spread``): a black shutter. A flat mid-grey band is not a shutter.
+    Bands of such lines are searched from each edge, up to ``max_band`` of
+    the image.
     """
     small = _block_mean(pixels, spacing_mm, FIELD_SPACING_MM)
     whole = Field(0, pixels.shape[0], 0, pixels.shape[1])
@@ -112,7 +114,8 @@ def find_field(
     for axis in (1, 0):  # per row (top, bottom), then per column (left, right)
         median = np.median(norm, axis=axis)
         p5, p95 = np.percentile(norm, [5.0, 95.0], axis=axis)
-        bright, flat = median >= bright_level, (p95 - p5) < flat_spread
+        bright = median >= bright_level
+        flat = ((p95 - p5) < flat_spread) & (median <= dark_level)  # a black shutter fill
         limit = int(max_band * median.size)
         bands.append(_edge_band(bright, flat, limit))
         bands.append(_edge_band(bright[::-1], flat[::-1], limit))
