@@ -19,6 +19,7 @@ from triage_node.commands.common import (
 from triage_node.synth.cohort import generate_cohort
 from triage_node.synth.contact import write_contact_sheet
 from triage_node.synth.samples import write_samples
+from triage_node.synth.sites import SITE_PROFILES
 from triage_node.synth.vendors import VENDORS
 
 
@@ -77,6 +78,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"restrict to these vendor profiles ({' '.join(VENDORS)}; default: all)",
     )
     parser.add_argument(
+        "--profile",
+        action="extend",
+        nargs="+",
+        choices=sorted(SITE_PROFILES),
+        default=None,
+        metavar="NAME",
+        help="acquisition profile(s) of other sites, mixed one per image; labels.csv then "
+        "records profile, metal per side, border, clipping, grid and marker. "
+        + "; ".join(f"{p.name}: {p.description}" for p in SITE_PROFILES.values())
+        + " (default: none, the generator's own images)",
+    )
+    parser.add_argument(
         "--jobs",
         type=positive_int,
         default=None,
@@ -107,6 +120,7 @@ def main(args: argparse.Namespace) -> int:
             vendors=args.vendor,
             jobs=args.jobs,
             progress=args.progress,
+            profiles=args.profile,
         )
     except (OSError, RuntimeError, ValueError) as exc:
         return error(args.command, str(exc))

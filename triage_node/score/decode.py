@@ -4,7 +4,10 @@ Steps, in the order a viewer applies them: decode Pixel Data (any transfer
 syntax pydicom's installed plugins handle), then the model's variant of
 :func:`triage_node.display.display_pixels`: Modality LUT, VOI LUT or window
 onto the VOI's own output range, MONOCHROME1 mirrored about the image's own
-range so that bone is always bright. Spacing comes from Pixel Spacing
+range so that bone is always bright. Then the collimated field is found and
+the area outside it set to the image's brightest value, and the saturated
+stored values (before windowing) are kept as a mask for the metal check
+(:mod:`triage_node.score.input_checks`). Spacing comes from Pixel Spacing
 (calibrated), else Imager Pixel Spacing divided by the Estimated Radiographic
 Magnification Factor, else Nominal Scanned Pixel Spacing, else
 :data:`FALLBACK_SPACING_MM` with a recorded warning.
@@ -20,9 +23,18 @@ from scipy import ndimage
 
 from triage_node.assessment import NotScorable
 from triage_node.display import display_pixels
+from triage_node.score.input_checks import (
+    Field,
+    fill_outside,
+    find_field,
+    saturated_pixels,
+)
 
 #: Used when the header gives no spacing: a typical CR/DX detector pitch (mm).
 FALLBACK_SPACING_MM = 0.15
+#: Saturated pixels this close (mm) inside the collimated field's edge are the
+#: blade's penumbra, not metal.
+FIELD_INSET_MM = 4.0
 
 
 @dataclass(frozen=True)
@@ -32,13 +44,19 @@ class DecodedImage:
     ``pixels``: float64 (rows, columns), bone bright, in the source grid.
     ``spacing_mm``: (row, column) spacing in mm; ``spacing_source`` names the
     attribute it came from (or ``"fallback"``). ``warnings`` are short,
-    PHI-free notes for the report.
+    PHI-free notes for the report. ``field``: the collimated field found
+    (:func:`~triage_node.score.input_checks.find_field`); outside it
+    ``pixels`` hold the image's brightest value. ``saturated``: pixels whose
+    stored value is at the bright end before any windowing, inside the field
+    (None when not computed: the metal check then uses ``pixels``' own top).
     """
 
     pixels: np.ndarray
     spacing_mm: tuple[float, float]
     spacing_source: str
     warnings: tuple[str, ...] = ()
+    field: Field | None = None
+    saturated: np.ndarray | None = None
 
 
 def _uid(ds: pydicom.Dataset) -> str:
@@ -103,7 +121,13 @@ def decode_radiograph(ds: pydicom.Dataset) -> DecodedImage:
         )
     elif spacing[0] != spacing[1]:
         warnings.append(f"non-square pixels {spacing[0]} x {spacing[1]} mm")
-    return DecodedImage(pixels, spacing, source, tuple(warnings))
+    field = find_field(pixels, spacing)
+    if np.shares_memory(pixels, raw):  # filled in place below: never the dataset's own array
+        pixels = pixels.copy()
+    pixels = fill_outside(pixels, field)
+    inset = int(np.ceil(FIELD_INSET_MM / min(spacing)))
+    saturated = saturated_pixels(raw, photometric) & field.mask(raw.shape, inset)
+    return DecodedImage(pixels, spacing, source, tuple(warnings), field, saturated)
 
 
 def resample_to_spacing(

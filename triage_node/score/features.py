@@ -38,7 +38,15 @@ from triage_node.assessment import Side
 from triage_node.score.clinical import CLINICAL_FEATURES, CLINICAL_PREFIX
 from triage_node.score.decode import DecodedImage
 from triage_node.score.femur_finder import SIDES, FemurFinder
-from triage_node.score.roi import NOT_FOUND, NotAssessable, RoiSettings, SideRoi, cut_side_roi
+from triage_node.score.input_checks import metal_where_femur_missing
+from triage_node.score.roi import (
+    NOT_FOUND,
+    PROSTHESIS,
+    NotAssessable,
+    RoiSettings,
+    SideRoi,
+    cut_side_roi,
+)
 from triage_node.score.siamese import normalise_roi
 from triage_node.score.texture import TextureSettings, extract_selected_texture
 
@@ -126,6 +134,19 @@ class MeasuredHips:
         return np.array([values.get(n, np.nan) for n in names], dtype=np.float64)
 
 
+def _implant_on_side(decoded: DecodedImage, side: Side, unilateral: bool) -> bool:
+    """A missed femur hidden by an implant: implant-sized metal on that side of the image.
+
+    The patient's right is the image's left half; a one-hip view searches it whole.
+    """
+    if decoded.saturated is None:
+        return False
+    cols = decoded.pixels.shape[1]
+    half = slice(0, cols // 2) if side == "right" else slice(cols // 2, cols)
+    region = (slice(0, decoded.pixels.shape[0]), slice(0, cols) if unilateral else half)
+    return metal_where_femur_missing(decoded.pixels, decoded.saturated, decoded.spacing_mm, region)
+
+
 def measure_hips(
     decoded: DecodedImage,
     masks: Mapping[Side, np.ndarray | None],
@@ -137,14 +158,21 @@ def measure_hips(
     """Cut, check and measure both hips of ``decoded`` (see module doc).
 
     ``masks[side]`` is that hip's femur mask on the source grid or None
-    (``reasons[side]`` says why; default "femur not found").
+    (``reasons[side]`` says why; default "femur not found"). A femur not found
+    where implant-sized metal lies on its side of the image is reported as
+    "prosthesis or metal in the hip" instead (a stem or plate can hide it
+    from the finder).
     """
     rois: dict[Side, SideRoi] = {}
     not_assessable: dict[Side, str] = {}
+    unilateral = any(r not in (None, NOT_FOUND) for r in reasons.values())
     for side in SIDES:
         mask = masks.get(side)
         if mask is None:
-            not_assessable[side] = reasons.get(side) or NOT_FOUND
+            reason = reasons.get(side) or NOT_FOUND
+            if reason == NOT_FOUND and _implant_on_side(decoded, side, unilateral):
+                reason = PROSTHESIS
+            not_assessable[side] = reason
             continue
         cut = cut_side_roi(
             decoded.pixels,
@@ -153,6 +181,7 @@ def measure_hips(
             side,
             size=roi.size_px,
             roi_spacing_mm=roi.spacing_mm,
+            saturated=decoded.saturated,
         )
         if isinstance(cut, NotAssessable):
             not_assessable[side] = cut.reason

@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from triage_node.assessment import Side
 from triage_node.score.geometry import RoiGeometry
+from triage_node.score.input_checks import MetalRule, metal_in_hip, saturated_pixels
 from triage_node.score.siamese import (
     DEFAULT_ROI_SIZE_PX,
     ROI_SIZE_PX,
@@ -39,16 +40,14 @@ class RoiChecks:
     """Thresholds of the not-assessable checks.
 
     ``min_area_mm2``: smallest believable femur mask. ``top_margin_mm``: space
-    above the mask top in the ROI. ``metal_level``: fraction of the image's
-    grey range above which a pixel counts as metal (metal saturates on a
-    viewer-windowed image; bone does not). ``min_metal_mm2``: connected metal
-    area inside the dilated mask that marks a prosthesis, screw or nail.
+    above the mask top in the ROI. ``metal``: the signature of metal in or at
+    the femur (saturated stored values, compact after an opening, a sharp
+    step to the bone around it; :class:`~triage_node.score.input_checks.MetalRule`).
     """
 
     min_area_mm2: float = 800.0
     top_margin_mm: float = 5.0
-    metal_level: float = 0.98
-    min_metal_mm2: float = 30.0
+    metal: MetalRule = MetalRule()
 
 
 @dataclass(frozen=True)
@@ -143,11 +142,15 @@ def cut_side_roi(
     checks: RoiChecks | None = None,
     size: int = ROI_SIZE_PX,
     roi_spacing_mm: float = ROI_SPACING_MM,
+    saturated: np.ndarray | None = None,
 ) -> SideRoi | NotAssessable:
     """Check one hip's mask on the decoded image and cut its oriented ROI.
 
     ``pixels``: decoded image (bone bright); ``spacing_mm``: its (row, column)
     spacing; ``mask``: that hip's femur mask on the same grid (non-zero inside).
+    ``saturated``: the stored values' saturation mask from decoding
+    (:attr:`~triage_node.score.decode.DecodedImage.saturated`); None takes
+    the pixels at the top of ``pixels``' own range.
     """
     checks = checks or RoiChecks()
     if pixels.shape != mask.shape:
@@ -159,20 +162,10 @@ def cut_side_roi(
     if inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any():
         return NotAssessable(side, CUT_OFF)
     rows, cols = np.nonzero(inside)
-    lo, hi = float(pixels.min()), float(pixels.max())
-    if hi > lo:
-        # only the mask's box (plus the dilation's reach) can hold metal "near" the mask
-        box = (
-            slice(max(rows.min() - 4, 0), rows.max() + 5),
-            slice(max(cols.min() - 4, 0), cols.max() + 5),
-        )
-        metal = pixels[box] >= lo + checks.metal_level * (hi - lo)
-        near = ndimage.binary_dilation(inside[box], iterations=3)
-        labels, count = ndimage.label(metal & near)
-        if count:
-            largest = np.bincount(labels.ravel())[1:].max()
-            if largest * pixel_area >= checks.min_metal_mm2:
-                return NotAssessable(side, PROSTHESIS)
+    if saturated is None:
+        saturated = saturated_pixels(pixels, "MONOCHROME2")
+    if metal_in_hip(pixels, saturated, inside, spacing_mm, checks.metal).found:
+        return NotAssessable(side, PROSTHESIS)
     steps = (roi_spacing_mm / spacing_mm[0], roi_spacing_mm / spacing_mm[1])
     geometry = RoiGeometry(
         origin_row=rows.min() - checks.top_margin_mm / spacing_mm[0],

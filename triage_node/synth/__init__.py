@@ -14,9 +14,11 @@ prosthesis=(False, False), laterality=None, transfer_syntax=None) -> pydicom.Dat
     The dataset plus the latent truth: femur masks per side and the subject row.
 
 ``generate_cohort(out_dir, n, seed=0, size="full", prevalence=0.38, vendors=None,
-jobs=None, progress=True) -> CohortSummary``
+jobs=None, progress=True, profiles=None) -> CohortSummary``
     Write ``n`` DICOM files, per-side femur masks, ``labels.csv`` and
-    ``oracle.json`` to ``out_dir``.
+    ``oracle.json`` to ``out_dir``. ``profiles``: other sites' acquisition
+    profiles to mix (``render_instance(..., profile=NAME)``;
+    :data:`triage_node.synth.sites.SITE_PROFILES`); None: the default images.
 
 ``VENDORS``: the vendor profile names. See ``docs/synth.md`` for the model.
 """

@@ -9,6 +9,7 @@ from scipy import ndimage
 from scipy.special import ndtr
 
 from triage_node.synth.noise import resize
+from triage_node.synth.sites import SiteImage
 from triage_node.synth.vendors import VendorProfile
 
 
@@ -101,11 +102,13 @@ def expose(
     rng: np.random.Generator,
     full_spacing_mm: float,
     scatter_block: np.ndarray | None = None,
+    site: SiteImage | None = None,
 ) -> np.ndarray:
     """Detector signal (log of detected quanta) for an attenuation map on the detector grid.
 
     ``scatter_block``: fraction (0-1) of the scatter absorbed on its way to each
-    pixel (see :func:`scatter_block`), or None.
+    pixel (see :func:`scatter_block`), or None. ``site``: another site's
+    profile (its anti-scatter grid lines act here), None for the default.
     """
     rows, cols = attenuation.shape
     centre = attenuation[rows // 3 : 2 * rows // 3, cols // 3 : 2 * cols // 3]
@@ -126,6 +129,11 @@ def expose(
         prof_x = ndtr((x - lft) / pen) * ndtr((cols - r - x) / pen)
         shutter = 0.02 + 0.98 * np.outer(prof_y, prof_x).astype(np.float32)
         primary = primary * shutter
+    if site is not None and site.profile.grid > 0:
+        # stationary grid: lead strips every few pixels absorb part of the primary beam
+        x = np.arange(cols, dtype=np.float32)
+        lines = 0.5 + 0.5 * np.cos(2.0 * np.pi * x / site.grid_period_px)
+        primary = primary * (1.0 - site.profile.grid * lines)[None, :]
     spr = profile.scatter_fraction * float(np.exp(0.01 * max(reference / 0.021 - 200.0, -100.0)))
     scatter = spr * _lowpass(primary, 30.0 / spacing_mm)
     if scatter_block is not None:
@@ -150,8 +158,12 @@ def process(
     profile: VendorProfile,
     exposure: Exposure,
     metal: np.ndarray | None = None,
+    site: SiteImage | None = None,
 ) -> np.ndarray:
     """Vendor processing to stored pixel values (uint16, photometric applied).
+
+    ``site`` (None: the default): another site's gamma, highlight clipping and
+    collimation border (see :mod:`triage_node.synth.sites`).
 
     As real processing does: the anatomy window comes from a histogram of the
     central field with implants left out (``metal``: path length through metal
@@ -189,11 +201,65 @@ def process(
         out = np.clip(z, 0.0, 1.0) ** (profile.lut_param * exposure.gamma_jitter)
     else:
         out = z
-    out = ANATOMY_CEILING * np.clip(out, 0.0, 1.0)
-    out = out + (1.0 - out) * beyond
+    if site is None:
+        out = ANATOMY_CEILING * np.clip(out, 0.0, 1.0)
+        out = out + (1.0 - out) * beyond
+    else:
+        out = _site_output(out, z0, beyond, spacing_mm, exposure, site)
     maxval = (1 << profile.bits_stored) - 1
     f0, f1 = profile.output_range
     values = (f0 + (f1 - f0) * out) * maxval
+    if site is not None and site.border.startswith("shutter") and exposure.collimation_mm:
+        # electronic shutter: a flat fill with a sharp edge just inside the penumbra
+        outside = ~_field(log_signal.shape, spacing_mm, exposure.collimation_mm, 1.5)
+        values[outside] = (f0 if site.border == "shutter_black" else f1) * maxval
     if profile.photometric == "MONOCHROME1":
         values = maxval - values
     return np.clip(np.rint(values), 0, maxval).astype(np.uint16)
+
+
+def _field(
+    shape: tuple[int, ...], spacing_mm: float, margins_mm: tuple[float, ...], inset_mm: float
+) -> np.ndarray:
+    """Boolean mask of the collimated field, ``inset_mm`` inside the blades' nominal edges."""
+    t, b, lft, r = ((m + inset_mm) / spacing_mm for m in margins_mm)
+    rows, cols = shape
+    y = np.arange(rows)[:, None] + 0.5
+    x = np.arange(cols)[None, :] + 0.5
+    return (y >= t) & (y <= rows - b) & (x >= lft) & (x <= cols - r)
+
+
+def _site_output(
+    out: np.ndarray,
+    z0: np.ndarray,
+    beyond: np.ndarray,
+    spacing_mm: float,
+    exposure: Exposure,
+    site: SiteImage,
+) -> np.ndarray:
+    """The LUT output (0-1) to the output range for another site's profile.
+
+    ``gamma`` acts on the LUT output; ``clip_gain`` above 1 lifts it so the
+    brightest bone hits the top of the range and is hard-clipped there, as
+    metal is; an ``unshuttered`` border is bright and grainy but not
+    saturated (0.90-0.999 of the range, the plate's grain).
+    """
+    p = site.profile
+    out = np.clip(out, 0.0, 1.0) ** p.gamma
+    out = np.clip(ANATOMY_CEILING * p.clip_gain * out, 0.0, 1.0)
+    if site.border == "unshuttered" and exposure.collimation_mm is not None:
+        t, b, lft, r = (m / spacing_mm for m in exposure.collimation_mm)
+        pen = 1.5 / spacing_mm
+        rows, cols = z0.shape
+        y = np.arange(rows, dtype=np.float32) + 0.5
+        x = np.arange(cols, dtype=np.float32) + 0.5
+        inside = np.outer(
+            ndtr((y - t) / pen) * ndtr((rows - b - y) / pen),
+            ndtr((x - lft) / pen) * ndtr((cols - r - x) / pen),
+        ).astype(np.float32)
+        grain = np.clip(z0, 0.0, 4.0)
+        grain = grain - ndimage.uniform_filter(grain, max(3, int(round(4.0 / spacing_mm))))
+        border = np.clip(0.975 + 2.5 * grain, 0.90, 0.999)
+        beyond = beyond * inside  # the border's low signal does not saturate here
+        out = out * inside + border * (1.0 - inside)
+    return out + (1.0 - out) * beyond

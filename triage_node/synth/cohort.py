@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -20,7 +21,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
-from triage_node.synth.instance import render_instance
+from triage_node.synth.instance import SITE_COLUMNS, render_instance
+from triage_node.synth.sites import SITE_PROFILES
 from triage_node.synth.vendors import VENDORS
 
 PROSTHESIS_RATE = 0.03  # per hip
@@ -79,20 +81,33 @@ class CohortSummary:
         )
 
 
-def cohort_item_options(seed: int, index: int, vendors: Sequence[str]) -> dict[str, Any]:
-    """Per-image choices (vendor, prostheses, laterality), from ``(seed, index)`` only."""
+def cohort_item_options(
+    seed: int, index: int, vendors: Sequence[str], profiles: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Per-image choices (vendor, prostheses, laterality, profile), from ``(seed, index)`` only.
+
+    ``profiles`` None: no profile (the default cohort, unchanged); else one
+    of them per image, drawn from its own stream.
+    """
     rng = np.random.default_rng((int(seed), int(index), 7))
     unilateral = rng.random() < UNILATERAL_RATE
-    return {
+    options: dict[str, Any] = {
         "vendor": vendors[int(rng.integers(len(vendors)))],
         "prosthesis": (bool(rng.random() < PROSTHESIS_RATE), bool(rng.random() < PROSTHESIS_RATE)),
         "laterality": (("L", "R")[int(rng.integers(2))]) if unilateral else None,
     }
+    if profiles:
+        pick = np.random.default_rng((int(seed), int(index), 8)).integers(len(profiles))
+        options["profile"] = profiles[int(pick)]
+    return options
 
 
-def _write_item(task: tuple[Path, int, int, str, float, tuple[str, ...]]) -> dict[str, Any]:
+def _write_item(
+    task: tuple[Path, int, int, str, float, tuple[str, ...]],
+    profiles: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
     out_dir, seed, index, size, prevalence, vendors = task
-    opts = cohort_item_options(seed, index, vendors)
+    opts = cohort_item_options(seed, index, vendors, profiles)
     image = render_instance(seed, index=index, size=size, prevalence=prevalence, **opts)
     stem = f"synth_{index:05d}"
     image.dataset.save_as(out_dir / f"{stem}.dcm", enforce_file_format=True)
@@ -133,37 +148,47 @@ def generate_cohort(
     vendors: Sequence[str] | None = None,
     jobs: int | None = None,
     progress: bool = True,
+    profiles: Sequence[str] | None = None,
 ) -> CohortSummary:
     """Write ``n`` hip images to ``out_dir`` with masks, ``labels.csv`` and ``oracle.json``.
 
     Each image depends only on ``(seed, index)``, so the output is the same for
-    any ``jobs``.
+    any ``jobs``. ``profiles``: site profiles to mix (one per image, drawn
+    evenly; a profile may fix the vendor); labels.csv then gains the
+    :data:`~triage_node.synth.instance.SITE_COLUMNS`. None: the default
+    cohort, byte for byte what it always was.
     """
     names = tuple(sorted(vendors or VENDORS))
     unknown = [v for v in names if v not in VENDORS]
     if unknown:
         raise ValueError(f"unknown vendor(s) {unknown}; known: {sorted(VENDORS)}")
+    site_names = tuple(dict.fromkeys(profiles)) if profiles else None
+    unknown = [p for p in site_names or () if p not in SITE_PROFILES]
+    if unknown:
+        raise ValueError(f"unknown profile(s) {unknown}; known: {sorted(SITE_PROFILES)}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [(out, int(seed), i, size, float(prevalence), names) for i in range(n)]
+    write = functools.partial(_write_item, profiles=site_names)
     jobs = max(1, min(jobs or os.cpu_count() or 1, n))
     bar = tqdm(total=n, desc="synth", unit="img", disable=not progress)
     rows: list[dict[str, Any]] = []
     if jobs == 1:
         for task in tasks:
-            rows.append(_write_item(task))
+            rows.append(write(task))
             bar.update()
     else:
         with ProcessPoolExecutor(jobs) as pool:
-            for row in pool.map(_write_item, tasks, chunksize=1):
+            for row in pool.map(write, tasks, chunksize=1):
                 rows.append(row)
                 bar.update()
     bar.close()
 
     with open(out / "labels.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS, lineterminator="\n")
+        columns = LABEL_COLUMNS + (SITE_COLUMNS if site_names else ())
+        writer = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
     auc, note = oracle_auc(rows)
@@ -181,5 +206,7 @@ def generate_cohort(
         "prevalence_requested": prevalence,
         "prevalence_observed": float(labels.mean()),
     }
+    if site_names:
+        oracle["profiles"] = list(site_names)
     (out / "oracle.json").write_text(json.dumps(oracle, indent=2) + "\n")
     return CohortSummary(out, n, float(labels.mean()), counts, auc, note)

@@ -169,11 +169,13 @@ def render_femur(
     rng: np.random.Generator,
     pixel_mm: float,
     prosthesis: bool = False,
+    fixation: str | None = None,
 ) -> FemurRender:
     """Render a femur at femur-local coordinates ``u``, ``v`` (mm arrays, one per pixel).
 
     ``density`` is the side's latent bone density in T-score units; ``pixel_mm``
-    the grid spacing (for anti-aliasing the trabecular lines).
+    the grid spacing (for anti-aliasing the trabecular lines). ``fixation``:
+    ``"screws"`` or ``"plate"`` adds that metal (:func:`fixation_metal`).
     """
     s = shape
     beta = np.radians(s.shaft_tilt)
@@ -247,6 +249,10 @@ def render_femur(
     metal = None
     if prosthesis:
         attenuation, metal = _add_prosthesis(u, v, inner, cortical_path, junction, sdir, ndir, s)
+    if fixation is not None:
+        path = fixation_metal(u, v, s, junction, sdir, ndir, fixation)
+        attenuation = attenuation + MU_METAL * path
+        metal = path if metal is None else metal + path
 
     mask = (d < 0) & (along_shaft < mask_length(s))
     return FemurRender(attenuation=attenuation.astype(np.float32), mask=mask, metal=metal)
@@ -280,6 +286,51 @@ def _add_prosthesis(u, v, inner, cortical_path, junction, sdir, ndir, s):
     bone = (MU_CORTEX * cortical_path + inner * (MU_MARROW + MU_CEMENT)) * (1.0 - head_removed)
     metal = (np.maximum(np.maximum(ball, body), neck) + cup).astype(np.float32)
     return bone + MU_METAL * metal, metal
+
+
+def fixation_metal(u, v, s, junction, sdir, ndir, kind: str) -> np.ndarray:
+    """Path length (mm) through fracture fixation metal; ``kind`` "screws" or "plate".
+
+    ``screws``: three parallel 6.5 mm cannulated screws along the neck, from the
+    lateral cortex into the head (a fixed femoral-neck fracture). ``plate``: a
+    sliding hip screw: a 12 mm lag screw up the neck, its barrel, and a side
+    plate along the lateral shaft cortex (seen edge-on: a 5 mm strip of 16 mm
+    metal path) held by four cortical screws across the shaft.
+    """
+    head = np.zeros(2, dtype=np.float32)
+    lateral = _p([float(sdir[1]), float(-sdir[0])])  # across the shaft, towards +u
+    if lateral[0] < 0:
+        lateral = -lateral
+    nperp = _p([-float(ndir[1]), float(ndir[0])])
+    tip = head + ndir * (0.55 * s.head_radius)
+    entry = junction - ndir * 30.0
+    path = np.zeros_like(u)
+    if kind == "screws":
+        for k in (-0.45, 0.0, 0.45):
+            off = nperp * (k * s.neck_radius)
+            dist, _ = _segment(u, v, entry + off, tip + off)
+            path = np.maximum(path, _chord(dist - 3.25, np.full_like(u, 3.25)))
+        return path.astype(np.float32)
+    if kind != "plate":
+        raise ValueError(f"fixation kind {kind!r}: expected 'screws' or 'plate'")
+    dist, _ = _segment(u, v, entry, tip)
+    path = _chord(dist - 6.0, np.full_like(u, 6.0))
+    barrel_end = junction - ndir * 8.0
+    dist, _ = _segment(u, v, entry, barrel_end)
+    path = np.maximum(path, _chord(dist - 9.5, np.full_like(u, 9.5)))
+    # side plate: from where the barrel leaves the lateral cortex down the shaft
+    surface = junction + lateral * (s.shaft_radius + 2.5)
+    along = (u - float(surface[0])) * sdir[0] + (v - float(surface[1])) * sdir[1]
+    across = (u - float(surface[0])) * lateral[0] + (v - float(surface[1])) * lateral[1]
+    start = float(((entry - surface) * sdir).sum())
+    plate = _sigmoid((2.5 - np.abs(across)) / 0.2) * _sigmoid((along - start) / 0.3)
+    plate = plate * _sigmoid((start + 95.0 - along) / 0.3)
+    path = np.maximum(path, 16.0 * plate)
+    for k in range(4):
+        centre = surface + sdir * (start + 30.0 + 18.0 * k)
+        dist, _ = _segment(u, v, centre, centre - lateral * (2.0 * s.shaft_radius + 4.0))
+        path = np.maximum(path, _chord(dist - 2.25, np.full_like(u, 2.25)))
+    return path.astype(np.float32)
 
 
 def _trabecular_texture(

@@ -408,12 +408,18 @@ def femur_box(grid: Grid, geom: HipGeometry, side: str, ss: int):
 
 
 def render_femurs(
-    grid: Grid, geom: HipGeometry, density: dict[str, float], rng: np.random.Generator, ss: int
+    grid: Grid,
+    geom: HipGeometry,
+    density: dict[str, float],
+    rng: np.random.Generator,
+    ss: int,
+    fixation: dict[str, str | None] | None = None,
 ):
     """Render both femurs on the supersampled grid.
 
     Returns {side: (box, attenuation, mask, metal)}; ``metal`` is the path
-    length through a prosthesis (mm) or None.
+    length through a prosthesis or fixation (mm) or None. ``fixation``: per
+    side ``"screws"``, ``"plate"`` or None.
     """
     out = {}
     sp = grid.spacing / ss
@@ -446,6 +452,7 @@ def render_femurs(
             rng,
             femur_sp,
             prosthesis=geom.prosthesis.get(side, False),
+            fixation=(fixation or {}).get(side),
         )
         att = resize(r.attenuation, (h, w))
         mask = resize(r.mask.astype(np.float32), (h, w)) >= 0.5
@@ -475,6 +482,25 @@ def marker(shape: tuple[int, int], spacing: float, letter: str, at_left: bool) -
     w = min(stamp.shape[1], shape[1] - c0)
     if h > 0 and w > 0 and c0 >= 0:
         out[r0 : r0 + h, c0 : c0 + w] = stamp[:h, :w]
+    return out
+
+
+def hip_marker(grid: Grid, geom: HipGeometry, letter: str) -> np.ndarray:
+    """The lead letter on the soft tissue beside the greater trochanter of its own side."""
+    side = letter if letter in geom.present else geom.present[0]
+    x0, x1, y0, y1 = femur_extent(geom, side)
+    stamp = marker((grid.rows, grid.cols), grid.spacing, letter, at_left=True)
+    rows, cols = np.nonzero(stamp)
+    if not rows.size:
+        return stamp
+    letter_px = stamp[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    gap = 12.0  # mm between the femur's outline and the letter
+    x = x0 - gap - letter_px.shape[1] * grid.spacing if side == "R" else x1 + gap
+    y = y0 + 0.35 * (y1 - y0)
+    r0 = int(np.clip(y / grid.spacing, 0, grid.rows - letter_px.shape[0]))
+    c0 = int(np.clip(x / grid.spacing, 0, grid.cols - letter_px.shape[1]))
+    out = np.zeros_like(stamp)
+    out[r0 : r0 + letter_px.shape[0], c0 : c0 + letter_px.shape[1]] = letter_px
     return out
 
 

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             cut = [
                 cut_side_roi(decoded.pixels, decoded.spacing_mm, m, s, size=size,
-                             roi_spacing_mm=spacing)
+                             roi_spacing_mm=spacing, saturated=decoded.saturated)
                 for s, m in masks.items()
             ]  # fmt: skip
             t = clock(f"ROI cut x2 @ {spacing} mm/{size} px", t)
