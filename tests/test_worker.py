@@ -26,6 +26,7 @@ from pydicom.uid import (
 from sqlalchemy import select
 
 from tests.clock import MovableClock
+from tests.peers import wait_for
 from triage_node.assessment import ImageAssessment, ModelUnavailable, SideAssessment
 from triage_node.config import Settings
 from triage_node.store import Event, Instance, Job, Store, Study, open_store
@@ -435,3 +436,36 @@ def test_a_job_whose_holder_keeps_dying_is_failed(
     assert job.state == "failed" and "died 10 times" in (job.last_error or "")
     assert snapshot(store, Instance, inst_id).state == "failed"
     assert model.calls == 0
+
+
+def test_an_idle_worker_takes_a_job_queued_in_its_process_at_once(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job committed in this process wakes idle workers; they do not wait for their poll.
+
+    The poll interval is an hour: without the wake-up the job would not be claimed
+    within the test's wait. A second job queued while the worker runs the first
+    is taken too (the generation read before the claim closes that gap).
+    """
+    settings = node_settings(tmp_path, database_url, poll_seconds=3600)
+    store = open_store(settings)
+    use_model(monkeypatch, DoubleModel(0.2, 0.7))
+    stopping = threading.Event()
+    worker = Worker(settings, store, default_handlers(settings), "worker-w", stopping)
+    worker.start()
+    try:
+        wait_for(lambda: worker.thread.is_alive(), "the worker thread")
+        for n in (1, 2):
+            inst_id, job_id, _ = add_instance(store, settings.spool_dir)
+            wait_for(
+                lambda job_id=job_id: snapshot(store, Job, job_id).state == "done",
+                f"job {n} claimed and done by the idle worker",
+                timeout=60,
+            )
+            assert snapshot(store, Instance, inst_id).state == "scored"
+    finally:
+        stopping.set()
+        store.job_signal.notify()  # an idle worker stops at once, not after its hour
+        worker.thread.join(30)
+        store.dispose()
+    assert not worker.thread.is_alive()

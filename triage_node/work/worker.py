@@ -160,7 +160,9 @@ class Worker:
         """Claim and run jobs until ``stopping`` is set."""
         log.info("worker started", extra={"owner": self.owner, "kinds": sorted(self.handlers)})
         idle_errors = 0
+        signal = self.store.job_signal
         while not self.stopping.is_set():
+            seen = signal.generation  # before the claim: a job queued after it wakes the wait
             try:
                 ran = self.run_one()
                 idle_errors = 0
@@ -171,7 +173,7 @@ class Worker:
                 self.stopping.wait(min(30.0, self.settings.worker.poll_seconds * 2**idle_errors))
                 continue
             if not ran:
-                self.stopping.wait(self.settings.worker.poll_seconds)
+                signal.wait(seen, self.settings.worker.poll_seconds)
         log.info("worker stopped", extra={"owner": self.owner})
 
     def run_one(self) -> bool:
@@ -396,6 +398,7 @@ class WorkerPool:
     def request_stop(self) -> None:
         """Stop claiming jobs; jobs in hand are given back at their next checkpoint."""
         self.stopping.set()
+        self.store.job_signal.notify()  # idle workers stop now, not after their poll
 
     def stop(self, grace_seconds: float) -> None:
         """Stop claiming; wait up to ``grace_seconds`` for jobs in hand, then release them.
@@ -405,6 +408,7 @@ class WorkerPool:
         ``running`` (its late result, if any, is refused: the lease is gone).
         """
         self.stopping.set()
+        self.store.job_signal.notify()
         deadline = time.monotonic() + grace_seconds
         for w in self.workers:
             w.thread.join(max(0.0, deadline - time.monotonic()))
