@@ -48,14 +48,17 @@ def _sqlite_setup(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
-class JobSignal:
-    """Wakes this process's idle workers as soon as one of its transactions has queued a job.
+class CommitSignal:
+    """Wakes waiters in this process as soon as one of its transactions has committed news.
 
-    Workers that find nothing to do wait for the next signal or ``worker.poll_seconds``,
-    whichever comes first, so a job queued in the same process (the receiver's score
-    job, the report job after scoring, the delivery after the report) is claimed at
-    once instead of on the next poll; jobs queued by other processes (a scale-out
-    setup) and retries that fall due later are still found by polling. The
+    The store has two: ``job_signal`` (a job was queued) and ``study_signal`` (an
+    instance became final). Workers that find nothing to do wait for the next job
+    signal or ``worker.poll_seconds``, whichever comes first, so a job queued in the
+    same process (the receiver's score job, the report job after scoring, the
+    delivery after the report) is claimed at once instead of on the next poll; jobs
+    queued by other processes (a scale-out setup) and retries that fall due later
+    are still found by polling. The completeness check runs on the study signal as
+    well as on its timer. The
     generation counter closes the gap between a worker's empty claim and its wait: a
     job committed in between is a new generation, and the wait returns at once.
     """
@@ -84,20 +87,29 @@ class JobSignal:
             return self._changed.wait_for(lambda: self._generation != seen, timeout)
 
 
-def _signal_committed_jobs(factory: sessionmaker[Session], signal: JobSignal) -> None:
+#: ``session.info`` key a transaction sets when an instance of a study became final.
+STUDY_NEWS = "study_news"
+
+
+def _signal_commits(
+    factory: sessionmaker[Session], jobs: CommitSignal, studies: CommitSignal
+) -> None:
     @event.listens_for(factory, "after_flush")
     def _note_new_jobs(session: Session, _context: Any) -> None:
         if any(isinstance(obj, Job) for obj in session.new):
             session.info["job_queued"] = True
 
     @event.listens_for(factory, "after_commit")
-    def _wake_workers(session: Session) -> None:
+    def _wake(session: Session) -> None:
         if session.info.pop("job_queued", False):
-            signal.notify()
+            jobs.notify()
+        if session.info.pop(STUDY_NEWS, False):
+            studies.notify()
 
     @event.listens_for(factory, "after_rollback")
     def _forget(session: Session) -> None:
         session.info.pop("job_queued", None)
+        session.info.pop(STUDY_NEWS, None)
 
 
 class Store:
@@ -118,9 +130,12 @@ class Store:
             writer = self.engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
-        #: Wakes this process's idle workers when a job is queued here (see JobSignal).
-        self.job_signal = JobSignal()
-        _signal_committed_jobs(self._write, self.job_signal)
+        #: Wakes this process's idle workers when a job is queued here (see CommitSignal).
+        self.job_signal = CommitSignal()
+        #: Fires when a transaction here made an instance final (the completeness check
+        #: looks at its study at once instead of on its next tick).
+        self.study_signal = CommitSignal()
+        _signal_commits(self._write, self.job_signal, self.study_signal)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Session]:

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from triage_node.config import Settings
 from triage_node.store.clock import Clock, utcnow
-from triage_node.store.db import Store, add_event, rows_changed
+from triage_node.store.db import STUDY_NEWS, Store, add_event, rows_changed
 from triage_node.store.jobs import enqueue_job
 from triage_node.store.models import (
     CompletenessPath,
@@ -68,6 +68,7 @@ def instance_finished(session: Session, instance: Instance, *, clock: Clock = ut
     study = session.get(Study, instance.study_id)
     if study is not None:
         study.updated_at = clock()
+    session.info[STUDY_NEWS] = True  # wakes this process's completeness check at commit
 
 
 def enqueue_once(session: Session, kind: JobKind, dedup_key: str, **fields: Any) -> Job | None:
