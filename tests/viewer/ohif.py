@@ -13,17 +13,13 @@ The cache directory is ``$TRIAGE_NODE_OHIF_DIR`` if set, else
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+
+from tests.npm_pin import is_current, mark, read_lock, unpack_pinned
 
 LOCK = Path(__file__).resolve().parent / "ohif.lock"
 FETCH_COMMAND = "python3 -m tests.viewer.ohif"
@@ -31,8 +27,7 @@ FETCH_COMMAND = "python3 -m tests.viewer.ohif"
 
 def lock() -> dict[str, str]:
     """The pinned package: ``package``, ``version`` and ``integrity`` (sha512-BASE64)."""
-    data: dict[str, Any] = json.loads(LOCK.read_text())
-    return {k: str(data[k]) for k in ("package", "version", "integrity")}
+    return read_lock(LOCK)
 
 
 def cache_dir() -> Path:
@@ -43,69 +38,25 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "triage-node-tests" / f"ohif-app-{lock()['version']}"
 
 
-def _marker(where: Path) -> Path:
-    return where / ".triage-node-integrity"
-
-
 def installed() -> Path | None:
     """The unpacked build if it is there and was made from the locked tarball."""
     where = cache_dir()
-    marker = _marker(where)
-    if (where / "index.html").is_file() and marker.is_file():
-        if marker.read_text().strip() == lock()["integrity"]:
-            return where
+    if (where / "index.html").is_file() and is_current(where, lock()):
+        return where
     return None
-
-
-def integrity_of(tarball: Path) -> str:
-    """npm's ``dist.integrity`` form of a file: ``sha512-`` + base64 of its SHA-512."""
-    digest = hashlib.sha512()
-    with open(tarball, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return "sha512-" + base64.b64encode(digest.digest()).decode()
 
 
 def fetch() -> Path:
     """Download the locked tarball with ``npm pack``, verify it, unpack ``dist/``."""
     pinned = lock()
-    spec = f"{pinned['package']}@{pinned['version']}"
     where = cache_dir()
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SystemExit(f"npm is not installed; it is needed to download {spec}")
     with tempfile.TemporaryDirectory() as scratch:
-        packed = subprocess.run(
-            [npm, "pack", spec, "--json", "--pack-destination", scratch],
-            capture_output=True,
-            text=True,
-            cwd=scratch,
-        )
-        if packed.returncode != 0:
-            raise SystemExit(f"npm pack {spec} failed:\n{packed.stderr[-2000:]}")
-        tarball = Path(scratch) / json.loads(packed.stdout)[0]["filename"]
-        got = integrity_of(tarball)
-        if got != pinned["integrity"]:
-            raise SystemExit(
-                f"{tarball.name}: integrity {got} is not the one in {LOCK.name} "
-                f"({pinned['integrity']}); refusing to use it"
-            )
-        unpacked = Path(scratch) / "unpacked"
-        with tarfile.open(tarball) as tar:
-            tar.extractall(unpacked, filter="data")
-        manifest = json.loads((unpacked / "package" / "package.json").read_text())
-        if (manifest.get("name"), manifest.get("version")) != (
-            pinned["package"],
-            pinned["version"],
-        ):
-            raise SystemExit(
-                f"{tarball.name} holds {manifest.get('name')}@{manifest.get('version')}"
-            )
+        package = unpack_pinned(pinned, LOCK.name, Path(scratch))
         if where.exists():
             shutil.rmtree(where)
         where.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(unpacked / "package" / "dist"), where)
-    _marker(where).write_text(pinned["integrity"] + "\n")
+        shutil.move(str(package / "dist"), where)
+    mark(where, pinned)
     return where
 
 

@@ -12,17 +12,13 @@ The cache directory is ``$TRIAGE_NODE_AXE_DIR`` if set, else
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from tests.viewer.ohif import integrity_of
+from tests.npm_pin import is_current, mark, read_lock, unpack_pinned
 
 LOCK = Path(__file__).resolve().parent / "axe.lock"
 FETCH_COMMAND = "python3 -m tests.web.axe"
@@ -30,8 +26,7 @@ SCRIPT = "axe.min.js"
 
 
 def lock() -> dict[str, str]:
-    data: dict[str, Any] = json.loads(LOCK.read_text())
-    return {k: str(data[k]) for k in ("package", "version", "integrity")}
+    return read_lock(LOCK)
 
 
 def cache_dir() -> Path:
@@ -44,51 +39,21 @@ def cache_dir() -> Path:
 def installed() -> Path | None:
     """The verified ``axe.min.js`` if it is there, else None."""
     where = cache_dir()
-    marker = where / ".triage-node-integrity"
     script = where / SCRIPT
-    if script.is_file() and marker.is_file():
-        if marker.read_text().strip() == lock()["integrity"]:
-            return script
+    if script.is_file() and is_current(where, lock()):
+        return script
     return None
 
 
 def fetch() -> Path:
+    """Download the locked tarball with ``npm pack``, verify it, keep ``axe.min.js``."""
     pinned = lock()
-    spec = f"{pinned['package']}@{pinned['version']}"
-    npm = shutil.which("npm")
-    if npm is None:
-        raise SystemExit(f"npm is not installed; it is needed to download {spec}")
     where = cache_dir()
     with tempfile.TemporaryDirectory() as scratch:
-        packed = subprocess.run(
-            [npm, "pack", spec, "--json", "--pack-destination", scratch],
-            capture_output=True,
-            text=True,
-            cwd=scratch,
-        )
-        if packed.returncode != 0:
-            raise SystemExit(f"npm pack {spec} failed:\n{packed.stderr[-2000:]}")
-        tarball = Path(scratch) / json.loads(packed.stdout)[0]["filename"]
-        got = integrity_of(tarball)
-        if got != pinned["integrity"]:
-            raise SystemExit(
-                f"{tarball.name}: integrity {got} is not the one in {LOCK.name} "
-                f"({pinned['integrity']}); refusing to use it"
-            )
-        with tarfile.open(tarball) as tar:
-            tar.extractall(Path(scratch) / "unpacked", filter="data")
-        package = Path(scratch) / "unpacked" / "package"
-        manifest = json.loads((package / "package.json").read_text())
-        if (manifest.get("name"), manifest.get("version")) != (
-            pinned["package"],
-            pinned["version"],
-        ):
-            raise SystemExit(
-                f"{tarball.name} holds {manifest.get('name')}@{manifest.get('version')}"
-            )
+        package = unpack_pinned(pinned, LOCK.name, Path(scratch))
         where.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(package / SCRIPT, where / SCRIPT)
-    (where / ".triage-node-integrity").write_text(pinned["integrity"] + "\n")
+    mark(where, pinned)
     return where / SCRIPT
 
 
