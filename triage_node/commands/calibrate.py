@@ -13,7 +13,6 @@ are too few (nothing written), 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from triage_node.commands.common import (
     EXIT_OK,
     EXIT_USAGE,
     add_bundle_argument,
+    add_jobs_argument,
     add_progress_argument,
     error,
     existing_directory,
@@ -96,12 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"cross-validation folds (default {DEFAULT_FOLDS})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds (default 0)")
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=os.cpu_count() or 1,
-        help="processes for feature extraction (default: all cores)",
-    )
+    add_jobs_argument(parser)
     add_progress_argument(parser)
 
 

@@ -8,6 +8,7 @@ here) before any command reads its config.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -62,6 +63,16 @@ def add_progress_argument(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="progress bars on stderr (default: on)",
+    )
+
+
+def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
+    """``--jobs N``: processes for per-image feature extraction, all cores by default."""
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="processes for feature extraction (default: all cores)",
     )
 
 

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from triage_node.assessment import ModelUnavailable
 from triage_node.commands.common import (
     EXIT_OK,
     add_bundle_argument,
+    add_jobs_argument,
     add_progress_argument,
     error,
     existing_directory,
     existing_file,
-    positive_int,
     resolve_bundle,
 )
 from triage_node.config import load_settings
@@ -62,12 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "predictions.csv here",
     )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=os.cpu_count() or 1,
-        help="processes for feature extraction (default: all cores)",
-    )
+    add_jobs_argument(parser)
     add_progress_argument(parser)
 
 

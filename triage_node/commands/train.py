@@ -7,7 +7,6 @@ bundle build uses the same). Exit 0 ok, 1 on bad data, 2 on bad usage.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from triage_node.commands.common import (
@@ -15,6 +14,7 @@ from triage_node.commands.common import (
     EXIT_OK,
     EXIT_USAGE,
     add_bundle_argument,
+    add_jobs_argument,
     add_progress_argument,
     error,
     existing_directory,
@@ -60,12 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="feature cache directory (resumable; keyed by file sha256)",
     )
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=os.cpu_count() or 1,
-        help="processes for feature extraction (default: all cores)",
-    )
+    add_jobs_argument(parser)
     parser.add_argument(
         "--threads",
         type=positive_int,
