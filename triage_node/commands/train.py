@@ -22,8 +22,10 @@ from triage_node.commands.common import (
     positive_int,
     resolve_bundle,
 )
+from triage_node.score.texture import NORMALISATIONS, ZSCORE, TextureSettings
 from triage_node.train.pipeline import train_bundle
 from triage_node.train.presets import PRESET_FIELDS, PRESETS, training_options
+from triage_node.train.stability import Stability
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,6 +134,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="largest estimated texture extraction cost of a variant, as a fraction of "
         "the full 325-feature set (cost-aware selection of texture groups; default 0.25)",
     )
+    parser.add_argument(
+        "--texture-normalisation",
+        choices=NORMALISATIONS,
+        default=ZSCORE,
+        help="ROI intensity normalisation before texture: 'zscore' (mean and SD in the mask, "
+        "the default) or 'rank' (normal scores of the ranks: unchanged by gamma, LUT or "
+        "range compression); recorded in model.json",
+    )
+    parser.add_argument(
+        "--texture-stability",
+        type=existing_file,
+        default=None,
+        metavar="FILE",
+        help="keep as texture candidates only the features this stability file lists "
+        "(ICC across acquisition profiles, bench/texture_stability --out); its "
+        "normalisation must match --texture-normalisation",
+    )
     parser.add_argument("--validation-fraction", type=float, default=0.25)
     parser.add_argument(
         "--target-sensitivity",
@@ -172,6 +191,10 @@ def main(args: argparse.Namespace) -> int:
             if args.networks_from is None
             else resolve_bundle(args.networks_from, None),
             texture_budget=args.texture_budget,
+            texture=TextureSettings(normalisation=args.texture_normalisation),
+            texture_stability=None
+            if args.texture_stability is None
+            else Stability.load(args.texture_stability),
             progress=args.progress,
         )
     except ValueError as exc:

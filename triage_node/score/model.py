@@ -126,11 +126,7 @@ class BundleScoringModel:
             self.clinical_imputation = ClinicalImputation.from_json(bundle.read_json(CLINICAL_FILE))
             self.finder = FemurFinder.from_safetensors(bundle.raw(FINDER_FILE))
             self.siamese: SiameseNet = siamese_from_safetensors(bundle.raw(SIAMESE_FILE))
-            self.texture_settings = TextureSettings(
-                original_bin_width=float(info["texture"]["original_bin_width"]),
-                wavelet_bin_width=float(info["texture"]["wavelet_bin_width"]),
-                spacing_mm=tuple(info["texture"]["spacing_mm"]),  # type: ignore[arg-type]
-            )
+            self.texture_settings = TextureSettings.from_json(info["texture"])
             self.roi = RoiSettings.from_json(info.get("roi"))
             self.operating_points: dict[str, float] = {
                 v: float(t) for v, t in info["thresholds"].items()
@@ -300,11 +296,7 @@ def model_info_json(
 ) -> bytes:
     """``model.json``: texture settings and every variant's threshold (plus free-form extras)."""
     data = {
-        "texture": {
-            "original_bin_width": texture.original_bin_width,
-            "wavelet_bin_width": texture.wavelet_bin_width,
-            "spacing_mm": list(texture.spacing_mm),
-        },
+        "texture": texture.to_json(),
         "thresholds": {v: float(t) for v, t in thresholds.items()},
         **extra,
     }

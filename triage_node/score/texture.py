@@ -26,6 +26,22 @@ Differences from the paper, on purpose:
   paper's large negative constant, so the wavelet bands do not ring at the
   mask border.
 
+Intensity normalisation (``TextureSettings.normalisation``, recorded in a
+bundle's ``model.json``; a bundle without the key uses ``"zscore"``):
+
+* ``"zscore"`` (the paper's, and every bundle before the key existed): the
+  mean and SD inside the mask. This is pyradiomics' own ``normalize`` setting
+  restricted to the ROI (pyradiomics z-scores the whole image), so the features
+  are already unchanged by a linear change of contrast (window, gain, offset).
+* ``"rank"``: each pixel inside the mask is replaced by the normal score of its
+  rank, ``Phi^-1((rank - 0.5) / n)`` (ties share their mean rank): mean 0, SD
+  about 1, so the same bin widths apply. The values depend only on the order of
+  the intensities, so any monotone processing a site applies (gamma, LUT shape,
+  range compression) leaves them unchanged; what a monotone map cannot undo
+  (edge enhancement, noise, clipping that ties the brightest pixels) still
+  shows. pyradiomics has no such setting; this is the rank-based inverse normal
+  transform used for the same purpose in quantitative imaging.
+
 Feature names follow pyradiomics: ``original_<class>_<feature>`` and
 ``wavelet-LH_<class>_<feature>`` (HL, HH likewise).
 """
@@ -33,15 +49,16 @@ Feature names follow pyradiomics: ``original_<class>_<feature>`` and
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import numpy as np
 import pywt
 import SimpleITK as sitk
 from radiomics import featureextractor, getFeatureClasses, setVerbosity
-from scipy import ndimage
+from scipy import ndimage, special, stats
 
 ORIGINAL = "original"
 WAVELET_BANDS = ("LH", "HL", "HH")
@@ -49,6 +66,9 @@ WAVELET = "bior1.3"
 TEXTURE_CLASSES = ("firstorder", "glcm", "glszm", "glrlm", "ngtdm")
 SHAPE_CLASS = "shape2D"
 IMAGE_TYPES = (ORIGINAL,) + tuple(f"wavelet-{band}" for band in WAVELET_BANDS)
+ZSCORE = "zscore"
+RANK = "rank"
+NORMALISATIONS = (ZSCORE, RANK)
 
 
 @dataclass(frozen=True)
@@ -57,12 +77,15 @@ class TextureSettings:
 
     ``original_bin_width`` and ``wavelet_bin_width`` are in SD units of the
     z-scored ROI; ``spacing_mm`` is the (row, column) pixel spacing of the ROI
-    grid in millimetres (it scales the shape features only).
+    grid in millimetres (it scales the shape features only); ``normalisation``
+    is how the ROI's intensities are made unit-free (:data:`NORMALISATIONS`, see
+    module doc).
     """
 
     original_bin_width: float = 0.2
     wavelet_bin_width: float = 0.1
     spacing_mm: tuple[float, float] = (0.5, 0.5)
+    normalisation: str = ZSCORE
 
     def __post_init__(self) -> None:
         for name in ("original_bin_width", "wavelet_bin_width"):
@@ -70,6 +93,34 @@ class TextureSettings:
                 raise ValueError(f"TextureSettings.{name}: must be > 0, got {getattr(self, name)}")
         if len(self.spacing_mm) != 2 or min(self.spacing_mm) <= 0:
             raise ValueError(f"TextureSettings.spacing_mm: bad spacing {self.spacing_mm}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(
+                f"TextureSettings.normalisation: {self.normalisation!r} not in {NORMALISATIONS}"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``"texture"`` object of ``model.json``. ``normalisation`` is written only when
+        it is not ``"zscore"``, so bundles (and feature caches) of the default are unchanged."""
+        data: dict[str, Any] = {
+            "original_bin_width": self.original_bin_width,
+            "wavelet_bin_width": self.wavelet_bin_width,
+            "spacing_mm": list(self.spacing_mm),
+        }
+        if self.normalisation != ZSCORE:
+            data["normalisation"] = self.normalisation
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TextureSettings:
+        """Settings from a ``model.json`` ``"texture"`` object; without ``normalisation``
+        (every bundle before it existed): ``"zscore"``, as those bundles were trained."""
+        spacing = data.get("spacing_mm", cls.spacing_mm)
+        return cls(
+            original_bin_width=float(data["original_bin_width"]),
+            wavelet_bin_width=float(data["wavelet_bin_width"]),
+            spacing_mm=(float(spacing[0]), float(spacing[1])),
+            normalisation=str(data.get("normalisation", ZSCORE)),
+        )
 
 
 @cache
@@ -119,6 +170,30 @@ def zscore_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     z = np.zeros(image.shape, dtype=np.float64)
     z[inside] = (values - values.mean()) / sd
     return z
+
+
+def rank_normal_in_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Normal scores of the ranks of ``image`` inside ``mask``, ``Phi^-1((r - 0.5) / n)``
+    (ties: mean rank); 0 outside. Unchanged by any strictly increasing map of ``image``.
+
+    Raises ``ValueError`` like :func:`zscore_in_mask`.
+    """
+    zscore_in_mask(image, mask)  # the same checks (shape, size, contrast)
+    inside = mask.astype(bool)
+    values = image[inside].astype(np.float64)
+    ranks = stats.rankdata(values, method="average")
+    out = np.zeros(image.shape, dtype=np.float64)
+    out[inside] = special.ndtri((ranks - 0.5) / values.size)
+    return out
+
+
+def normalise_in_mask(image: np.ndarray, mask: np.ndarray, normalisation: str) -> np.ndarray:
+    """The ROI normalised as ``normalisation`` says (see module doc)."""
+    if normalisation == RANK:
+        return rank_normal_in_mask(image, mask)
+    if normalisation == ZSCORE:
+        return zscore_in_mask(image, mask)
+    raise ValueError(f"normalisation: {normalisation!r} not in {NORMALISATIONS}")
 
 
 def wavelet_bands(image: np.ndarray, bands: Iterable[str] = WAVELET_BANDS) -> dict[str, np.ndarray]:
@@ -277,7 +352,7 @@ def extract_selected_texture(
 ) -> dict[str, float]:
     """Compute only the texture features in ``names`` for one oriented ROI.
 
-    ``image`` is the ROI's intensities (any unit; z-scored here), ``mask`` the
+    ``image`` is the ROI's intensities (any unit; normalised here), ``mask`` the
     femur mask on the same grid (non-zero inside). Only the image types and
     feature classes that ``names`` need are computed; the wavelet transform is
     skipped entirely when no band feature is asked for. Returns name -> value
@@ -292,7 +367,7 @@ def extract_selected_texture(
     if not wanted:
         return {}
     mask01 = (np.asarray(mask) != 0).astype(np.uint8)
-    z = zscore_in_mask(np.asarray(image, dtype=np.float64), mask01)
+    z = normalise_in_mask(np.asarray(image, dtype=np.float64), mask01, settings.normalisation)
     mask_image = _to_sitk(mask01, settings.spacing_mm)
     bands = wavelet_bands(z, [t.split("-", 1)[1] for t in by_type if t != ORIGINAL])
     values: dict[str, float] = {}

@@ -46,7 +46,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,7 @@ from triage_node.train.head import (
 )
 from triage_node.train.metrics import auc_with_ci
 from triage_node.train.selection import SelectionSettings, feature_group, select_features
+from triage_node.train.stability import Stability
 
 OSTEOPOROSIS_T_SCORE = -2.5
 #: Columns only the synth cohort's labels.csv has: their presence marks synthetic data.
@@ -326,11 +327,7 @@ def _feature_item(task: tuple[Case, str, Path | None]) -> dict[str, np.ndarray]:
         decoded = decode_radiograph(ds)
         settings = json.loads(settings_key)
         texture = settings["texture"]
-        texture_settings = TextureSettings(
-            original_bin_width=texture["original_bin_width"],
-            wavelet_bin_width=texture["wavelet_bin_width"],
-            spacing_mm=tuple(texture["spacing_mm"]),
-        )
+        texture_settings = TextureSettings.from_json(texture)
         masks: dict[Side, np.ndarray | None]
         reasons: dict[Side, str | None] = {}
         if any(case.masks.values()):
@@ -418,6 +415,7 @@ class TrainingOptions:
     texture_budget: float = 0.25
     progress: bool = True
     texture: TextureSettings = field(default_factory=TextureSettings)
+    texture_stability: Stability | None = None
     finder: FinderConfig = field(default_factory=FinderConfig)
     roi: RoiSettings = field(default_factory=RoiSettings)
     siamese: SiameseConfig = field(default_factory=lambda: SiameseConfig(first_width=16))
@@ -435,6 +433,12 @@ class TrainingOptions:
             raise ValueError(f"patience: {self.patience} must be >= 1 (or None: no early stop)")
         if not 0.0 < self.texture_budget <= 1.0:
             raise ValueError(f"texture_budget: {self.texture_budget} not in (0, 1]")
+        stability = self.texture_stability
+        if stability is not None and stability.normalisation != self.texture.normalisation:
+            raise ValueError(
+                f"texture stability: measured with normalisation {stability.normalisation!r}, "
+                f"but training uses {self.texture.normalisation!r}"
+            )
 
     @property
     def texture_on_roi(self) -> TextureSettings:
@@ -489,10 +493,7 @@ def reused_networks(path: Path) -> ReusedNetworks:
         finder_note=f"{info.get('finder', 'femur finder')} (of {source})",
         siamese=siamese_from_safetensors(bundle.raw(SIAMESE_FILE)),
         roi=RoiSettings.from_json(info.get("roi")),
-        texture=TextureSettings(
-            original_bin_width=float(texture["original_bin_width"]),
-            wavelet_bin_width=float(texture["wavelet_bin_width"]),
-        ),
+        texture=replace(TextureSettings.from_json(texture), spacing_mm=TextureSettings.spacing_mm),
         history=dict(siamese_info.get("training", {})),
     )
 
@@ -576,7 +577,11 @@ def train_bundle(
     reused = reused_networks(options.networks_from) if options.networks_from else None
     if reused is not None:  # the networks' own settings, whatever the preset said
         options = replace(
-            options, roi=reused.roi, texture=reused.texture, siamese=reused.siamese.config
+            options,
+            roi=reused.roi,
+            # the networks do not see texture: its normalisation is this training's choice
+            texture=replace(reused.texture, normalisation=options.texture.normalisation),
+            siamese=reused.siamese.config,
         )
     case_set = read_cases(labels_csv, data_dir)
     cases = case_set.cases
@@ -642,7 +647,7 @@ def train_bundle(
     # 2. per-image features (cached)
     settings_key = json.dumps(
         {
-            "texture": asdict(options.texture_on_roi),
+            "texture": options.texture_on_roi.to_json(),
             "roi": options.roi.to_json(),
             "version": CACHE_VERSION,
             "finder": hashlib.sha256(finder_bytes).hexdigest() if not with_masks else "",
@@ -753,6 +758,9 @@ def train_bundle(
                 bilateral=options.bilateral,
                 seed=options.seed,
                 texture_budget=options.texture_budget,
+                stable_texture=None
+                if options.texture_stability is None
+                else options.texture_stability.kept,
             ),
         )
         columns = [names.index(n) for n in selected]
@@ -841,6 +849,11 @@ def train_bundle(
             "bilateral_selection": options.bilateral,
             "decision_value": DECISION_VALUE,
             "bilateral_thresholds": bilateral_thresholds,
+            **(
+                {}
+                if options.texture_stability is None
+                else {"texture_stability": options.texture_stability.record()}
+            ),
         },
     )
     created = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()

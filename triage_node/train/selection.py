@@ -24,6 +24,11 @@ variant's other selected features) per second of estimated extraction time
 ``min_gain`` and the total cost stays within ``texture_budget`` of the full set.
 The first group is kept whatever its gain and cost (a variant named for texture
 uses some). LASSO then selects inside the kept groups.
+
+Before both, with ``stable_texture`` set (``train --texture-stability FILE``,
+:mod:`triage_node.train.stability`), texture columns whose base name is not in
+it are dropped: only features reproducible across acquisition profiles are
+candidates.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ class SelectionSettings:
     the folds; texture groups (see module doc): ``cost_aware`` (False: LASSO on all 325
     features per side, as before), ``texture_budget`` (largest estimated cost as a
     fraction of the full set's), ``min_gain`` (smallest cross-validated AUC gain for
-    which a group is added)."""
+    which a group is added); ``stable_texture``: the texture base names allowed as
+    candidates (None: all; see module doc)."""
 
     folds: int = 5
     threshold: float = DEFAULT_THRESHOLD
@@ -89,6 +95,7 @@ class SelectionSettings:
     cost_aware: bool = True
     texture_budget: float = 0.25
     min_gain: float = 0.002
+    stable_texture: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.texture_budget <= 1.0:
@@ -187,6 +194,9 @@ def select_features(
     # texture last: its groups are chosen for what they add to the variant's other features
     for group in sorted(VARIANTS[variant], key=lambda g: g == "texture"):
         columns = [i for i, n in enumerate(names) if feature_group(n) == group]
+        if group == "texture" and settings.stable_texture is not None:
+            stable = set(settings.stable_texture)
+            columns = [i for i in columns if _base(names[i]) in stable]
         if group == "texture" and settings.cost_aware:
             others = [i for i, n in enumerate(names) if n in chosen]
             kept = texture_groups_by_cost(X, y, names, columns, others, settings).groups
