@@ -15,8 +15,9 @@ from triage_node.score.bundle import load_bundle
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, VARIANTS
 from triage_node.score.model import BundleScoringModel
 from triage_node.score.reference import REFERENCE_FILE, read_reference
-from triage_node.score.texture import texture_groups
+from triage_node.score.texture import texture_feature_names, texture_groups
 from triage_node.train.pipeline import read_cases
+from triage_node.train.stability import Stability
 
 N_IMAGES = 40
 
@@ -110,6 +111,49 @@ def test_refit_on_the_networks_of_a_bundle(bundle: Path, cohort: Path, tmp_path:
         len(new.manifest.metrics["validation"][v]["texture_groups"]) == 1
         for v in ("T", "TC", "DT", "DTC")
     )
+
+
+def test_refit_with_rank_normalisation_and_stable_texture_only(
+    bundle: Path, cohort: Path, tmp_path: Path
+) -> None:
+    """--texture-normalisation rank --texture-stability FILE: only the stable features are
+    candidates; the bundle records both and scores with the normalisation it was trained on."""
+    kept = [n for n in texture_feature_names() if n.startswith(("original_glcm", "original_glrlm"))]
+    stability = Stability(
+        kept=tuple(kept),
+        threshold=0.75,
+        kind="ICC(2,1)",
+        normalisation="rank",
+        profiles=("cr_unshuttered", "dx_clipped"),
+        subjects=1,
+        hips=2,
+        seed=0,
+        icc=dict.fromkeys(kept, 0.9),
+    )
+    stable_file = tmp_path / "stability.json"
+    stable_file.write_text(json.dumps(stability.to_json()))
+    out = tmp_path / "rank"
+    args = [
+        "train", "--data", str(cohort), "--labels", str(cohort / "labels.csv"),
+        "--out", str(out), "--cache", str(bundle.parent / "cache"), "--seed", "3",
+        "--networks-from", str(bundle), "--texture-normalisation", "rank",
+        "--texture-stability", str(stable_file),
+        "--jobs", "2", "--threads", "1", "--no-progress",
+    ]  # fmt: skip
+    assert main(args) == 0
+    info = load_bundle(out).read_json("model.json")
+    assert info["texture"]["normalisation"] == "rank"
+    assert info["texture_stability"]["kept"] == kept
+    assert info["texture_stability"]["threshold"] == 0.75
+    assert "normalisation" not in load_bundle(bundle).read_json("model.json")["texture"]
+    for variant in ("T", "DTC"):
+        model = BundleScoringModel(load_bundle(out), variant=variant)
+        assert model.texture_settings.normalisation == "rank"
+        assert model.texture_names and set(model.texture_names) <= set(kept)
+    # a stability file measured with another normalisation is refused (exit 2)
+    args[args.index("rank")] = "zscore"
+    assert main([*args[:6], str(tmp_path / "refused"), *args[7:]]) == 2
+    assert not (tmp_path / "refused").exists()
 
 
 def test_score_command(
