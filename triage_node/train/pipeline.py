@@ -33,9 +33,10 @@ Steps (``triage-node train``):
    the value the node decides on: the highest assessed side, each hip scored
    in both slots of the head (docs/model.md, "The decision rule"). The
    bilateral value's operating point and AUC are kept beside them. Then the
-   variant's one-hip head (:func:`fit_onehip_head`): the same selection, head and
-   calibration on per-hip rows (each assessed hip alone, with its image's label),
-   for images with one assessable hip (docs/model.md, "One hip").
+   variant's one-hip head (:func:`fit_onehip_head`): the selected features in
+   one slot, a head and its calibration on per-hip rows (each assessed hip
+   alone, with its image's label), for images with one assessable hip
+   (docs/model.md, "One hip").
 7. The validation reference (:mod:`triage_node.score.reference`): the bundle's
    variant on the validation images at its operating point.
 8. :func:`~triage_node.score.bundle.write_bundle` with a manifest describing all of it.
@@ -67,6 +68,7 @@ from triage_node.assessment import Side
 from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle, write_bundle
 from triage_node.score.clinical import (
     CLINICAL_FEATURES,
+    CLINICAL_PREFIX,
     ClinicalImputation,
     clinical_feature_names,
     read_clinical,
@@ -541,27 +543,27 @@ def fit_onehip_head(
     train: np.ndarray,
     val: np.ndarray,
     names: Sequence[str],
-    variant: str,
+    selected: Sequence[str],
     threshold: float,
     options: TrainingOptions,
 ) -> tuple[Any, dict[str, Any]]:
     """A variant's one-hip head on per-hip rows (each assessed hip alone, its image's label).
 
-    Selection and head on the training images' hips, Platt calibration on the
-    validation images' hips. The node decides a one-hip image at the variant's
-    one threshold; the sensitivity and specificity per validation hip at that
-    threshold, and the threshold a separate operating point would have, are kept
-    for comparison (docs/model.md, "One hip").
+    Its features are the bilateral head's selection put in one slot (clinical, and
+    each selected per-side feature of either side as ``right:``), so a one-hip image
+    costs no texture the bilateral head does not compute, and no second selection
+    runs. Head on the training images' hips, Platt calibration on the validation
+    images' hips. The node decides a one-hip image at the variant's one threshold;
+    the sensitivity and specificity per validation hip at that threshold, and the
+    threshold a separate operating point would have, are kept for comparison
+    (docs/model.md, "One hip").
     """
-    selected = select_features(
-        X[train],
-        y[train],
-        names,
-        variant,
-        SelectionSettings(seed=options.seed, texture_budget=options.texture_budget),
-    )
-    columns = [list(names).index(n) for n in selected]
-    head = fit_head(X[train][:, columns], y[train], selected, HeadSettings(seed=options.seed))
+    one_slot = {
+        n if n.startswith(CLINICAL_PREFIX) else f"right:{n.partition(':')[2]}" for n in selected
+    }
+    chosen = [n for n in names if n in one_slot]
+    columns = [list(names).index(n) for n in chosen]
+    head = fit_head(X[train][:, columns], y[train], chosen, HeadSettings(seed=options.seed))
     head = calibrate(head, X[val][:, columns], y[val], options.calibration)
     p = head.probability(X[val][:, columns])
     auc = auc_with_ci(y[val], p)
@@ -574,7 +576,7 @@ def fit_onehip_head(
         "sensitivity_at_threshold": float(positive[y[val] == 1].mean()),
         "specificity_at_threshold": float((~positive[y[val] == 0]).mean()),
         "own_threshold": own.threshold,
-        "features": len(selected),
+        "features": len(chosen),
     }
 
 
@@ -867,7 +869,7 @@ def train_bundle(
             f"({auc.ci_low:.3f}-{auc.ci_high:.3f}), {len(selected)} features"
         )
         onehip, onehip_metrics = fit_onehip_head(
-            X_hip_all, y_hip_all, hip_train, hip_val, onehip_names, variant, op.threshold, options
+            X_hip_all, y_hip_all, hip_train, hip_val, onehip_names, selected, op.threshold, options
         )
         files[onehip_head_file(variant)] = (json.dumps(onehip.to_json(), indent=1) + "\n").encode()
         metrics[variant]["one_hip"] = onehip_metrics
