@@ -11,9 +11,15 @@ import pydicom
 import pytest
 
 from triage_node.commands.main import main
-from triage_node.score.bundle import load_bundle
+from triage_node.score.bundle import load_bundle, write_bundle
+from triage_node.score.features import patient_row, texture_bases
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, VARIANTS
-from triage_node.score.model import BundleScoringModel
+from triage_node.score.model import (
+    BILATERAL_HEAD,
+    ONEHIP_HEAD,
+    BundleScoringModel,
+    onehip_head_file,
+)
 from triage_node.score.reference import REFERENCE_FILE, read_reference
 from triage_node.score.texture import texture_feature_names, texture_groups
 from triage_node.train.pipeline import read_cases
@@ -253,6 +259,71 @@ def test_assess_and_explain_on_a_hip(bundle: Path, cohort: Path) -> None:
     for cam in cams.values():
         assert cam.shape == (ds.Rows, ds.Columns) and 0.0 <= cam.min() and cam.max() <= 1.0
     assert set(model.explain(ds)) == scored
+
+
+def _one_hip_image(model: BundleScoringModel) -> pydicom.Dataset:
+    """A synthetic image with exactly one assessable hip: a unilateral view or a prosthesis."""
+    from triage_node.synth import make_instance
+
+    for seed in range(31, 41):
+        for ds in (
+            make_instance(seed, laterality="L"),
+            make_instance(seed, prosthesis=(seed % 2 == 0, seed % 2 == 1)),
+        ):
+            if len(model.image_features(ds, texture_names=()).rois) == 1:
+                return ds
+    pytest.fail("no synthetic unilateral or one-prosthesis image had exactly one hip found")
+
+
+def test_training_writes_a_one_hip_head_per_variant(bundle: Path) -> None:
+    loaded = load_bundle(bundle)
+    model = BundleScoringModel(loaded)
+    assert set(model.onehip_heads) == set(VARIANTS)
+    for v in VARIANTS:
+        assert onehip_head_file(v) in loaded.manifest.files  # hashed, so verified on load
+        names = model.onehip_heads[v].feature_names
+        assert not any(n.startswith("left:") for n in names), "one hip: one slot"
+        one_hip = loaded.manifest.metrics["validation"][v]["one_hip"]
+        assert 0.0 <= one_hip["validation_auc"] <= 1.0 and one_hip["validation_hips"] > 0
+    # the texture inference computes covers the one-hip head's too
+    assert set(texture_bases(model.onehip_heads["DTC"].feature_names)) <= set(model.texture_names)
+
+
+def test_one_hip_image_is_scored_by_the_one_hip_head(
+    bundle: Path, cohort: Path, tmp_path: Path
+) -> None:
+    model = BundleScoringModel(load_bundle(bundle))
+    ds = _one_hip_image(model)
+    result = model.assess(ds)
+    (side,) = [s for s in result.sides if s.probability is not None]
+    features = model.image_features(ds)
+    hip = features.hips[side.side]
+    head = model.onehip_heads["DTC"]
+    row = patient_row(head.feature_names, features.clinical, {"right": hip, "left": hip})
+    assert result.extra["head"] == ONEHIP_HEAD
+    assert side.probability == pytest.approx(float(head.probability(row[None])[0]))
+    duplicated, _ = model.probabilities(features)
+    assert side.probability != pytest.approx(duplicated[side.side])
+    assert any("scored by the one-hip head" in w for w in result.warnings)
+    # a two-hip image stays with the bilateral head
+    for path in sorted(cohort.glob("synth_*.dcm")):
+        two = pydicom.dcmread(path)
+        if len(model.image_features(two, texture_names=()).rois) == 2:
+            assert model.assess(two).extra["head"] == BILATERAL_HEAD
+            break
+    else:
+        pytest.fail("no image of the cohort had both hips found")
+
+    # a bundle without one-hip heads (every bundle before them): the hip is duplicated
+    loaded = load_bundle(bundle)
+    files = {n: loaded.raw(n) for n in loaded.manifest.files if "_onehip" not in n}
+    old = BundleScoringModel(load_bundle(write_bundle(tmp_path / "old", loaded.manifest, files)))
+    assert old.onehip_heads == {}
+    fallback = old.assess(ds)
+    assert fallback.extra["head"] == BILATERAL_HEAD
+    value = next(s.probability for s in fallback.sides if s.probability is not None)
+    assert value == pytest.approx(duplicated[side.side])
+    assert any("the image value is that hip's alone" in w for w in fallback.warnings)
 
 
 def test_site_csv_by_uid_and_t_score(cohort: Path, tmp_path: Path) -> None:

@@ -23,7 +23,11 @@ Per-side probability = the bilateral head applied to that hip duplicated into
 both slots (ROIs are already oriented alike, so no further mirroring);
 ``combined_probability`` = the head on both hips (kept for evaluation; it decides
 nothing: the image value is the highest assessed side, ``assessment.py``). When
-only one hip is assessable the image value is that hip's alone; a warning says so.
+only one hip is assessable the image value is that hip's alone, scored by the
+variant's one-hip head (``head_<V>_onehip.json``: trained on single hips, its own
+Platt calibration) when the bundle has one, else by the bilateral head with the hip
+duplicated; a warning says so and ``extra["head"]`` names the head
+(docs/model.md, "One hip").
 
 Grad-CAM of the Siamese branch for each assessable hip is pasted back onto the
 source grid and returned in ``ImageAssessment.extra["cam"]`` (``{"right": array,
@@ -78,6 +82,12 @@ SIAMESE_FILE = "siamese.safetensors"
 CLINICAL_FILE = "clinical.json"
 MODEL_FILE = "model.json"
 STAND_IN_WARNING = "only the {side} hip was assessable; the image value is that hip's alone"
+ONEHIP_WARNING = (
+    "only the {side} hip was assessable; the image value is that hip's, scored by the one-hip head"
+)
+#: ``ImageAssessment.extra["head"]``: which head gave the per-side probabilities.
+BILATERAL_HEAD = "bilateral"
+ONEHIP_HEAD = "one-hip"
 
 
 def head_file(variant: str) -> str:
@@ -85,6 +95,16 @@ def head_file(variant: str) -> str:
     if variant not in VARIANTS:
         raise ValueError(f"variant: {variant!r} is not one of {sorted(VARIANTS)}")
     return f"head_{variant}.json"
+
+
+def onehip_head_file(variant: str) -> str:
+    """Bundle file name of a variant's one-hip head, e.g. ``head_DTC_onehip.json``.
+
+    A one-hip head takes one hip's features (named with the ``right:`` slot, ROIs
+    being oriented alike) and the clinical values; bundles without it score a lone
+    hip by duplicating it into the bilateral head.
+    """
+    return head_file(variant).replace(".json", "_onehip.json")
 
 
 @dataclass
@@ -123,6 +143,11 @@ class BundleScoringModel:
                 for v in VARIANTS
                 if bundle.has(head_file(v))
             }
+            self.onehip_heads = {
+                v: LinearHead.from_json(bundle.read_json(onehip_head_file(v)), onehip_head_file(v))
+                for v in VARIANTS
+                if bundle.has(onehip_head_file(v))
+            }
             self.clinical_imputation = ClinicalImputation.from_json(bundle.read_json(CLINICAL_FILE))
             self.finder = FemurFinder.from_safetensors(bundle.raw(FINDER_FILE))
             self.siamese: SiameseNet = siamese_from_safetensors(bundle.raw(SIAMESE_FILE))
@@ -142,11 +167,15 @@ class BundleScoringModel:
             else self.operating_points[self.variant]
         )
         self.threshold = float(default if threshold is None else threshold)
-        self._texture_needed = texture_bases(self.head.feature_names)
+        onehip = self.onehip_heads.get(self.variant)
+        self._texture_needed = texture_bases(
+            [*self.head.feature_names, *(onehip.feature_names if onehip else ())]
+        )
 
     @property
     def texture_names(self) -> list[str]:
-        """The texture features inference computes per hip: the head's (pyradiomics names).
+        """The texture features inference computes per hip: the head's and its one-hip
+        head's (pyradiomics names).
 
         Only their (image type, feature class) groups are computed
         (:func:`~triage_node.score.texture.extract_selected_texture`).
@@ -202,6 +231,18 @@ class BundleScoringModel:
         per_side = {side: float(z) for side, z in zip(hips, logits[:-1], strict=True)}
         return per_side, float(logits[-1])
 
+    def onehip_probability(
+        self, features: ImageFeatures, variant: str | None = None
+    ) -> float | None:
+        """The one-hip head's calibrated probability of an image with exactly one assessable
+        hip; None when the image has two (or none) or the bundle has no one-hip head."""
+        head = self.onehip_heads.get(variant or self.variant)
+        if head is None or len(features.hips) != 1:
+            return None
+        hip = next(iter(features.hips.values()))
+        row = patient_row(head.feature_names, features.clinical, {"right": hip, "left": hip})
+        return float(head.probability(row[None])[0])
+
     def probabilities(
         self, features: ImageFeatures, head: LinearHead | None = None
     ) -> tuple[dict[Side, float], float | None]:
@@ -215,6 +256,21 @@ class BundleScoringModel:
             {side: float(p) for side, p in zip(per_side, probs[:-1], strict=True)},
             float(probs[-1]),
         )
+
+    def side_probabilities(
+        self, features: ImageFeatures
+    ) -> tuple[dict[Side, float], float | None, str]:
+        """What the node decides on: per-side probabilities, the combined one and which head.
+
+        Two assessable hips: the bilateral head, each hip in both slots. One: the
+        variant's one-hip head when the bundle has it, else the bilateral head with
+        the hip duplicated (docs/model.md, "One hip").
+        """
+        per_side, combined = self.probabilities(features)
+        onehip = self.onehip_probability(features)
+        if onehip is None:
+            return per_side, combined, BILATERAL_HEAD
+        return {side: onehip for side in per_side}, combined, ONEHIP_HEAD
 
     def cams(self, features: ImageFeatures) -> dict[Side, np.ndarray]:
         """Grad-CAM per assessable hip on the source grid, scaled together to [0, 1]."""
@@ -251,10 +307,11 @@ class BundleScoringModel:
     def _assessment(
         self, features: ImageFeatures, cams: Mapping[Side, np.ndarray]
     ) -> ImageAssessment:
-        per_side, combined = self.probabilities(features)
+        per_side, combined, head = self.side_probabilities(features)
         warnings = list(features.warnings)
         if len(per_side) == 1:
-            warnings.append(STAND_IN_WARNING.format(side=next(iter(per_side))))
+            warning = ONEHIP_WARNING if head == ONEHIP_HEAD else STAND_IN_WARNING
+            warnings.append(warning.format(side=next(iter(per_side))))
         sides = []
         for side in SIDES:
             roi = features.rois.get(side)
@@ -273,7 +330,7 @@ class BundleScoringModel:
             threshold=self.threshold,
             synthetic_model=self.synthetic,
             warnings=tuple(warnings),
-            extra={"cam": dict(cams), "variant": self.variant},
+            extra={"cam": dict(cams), "variant": self.variant, "head": head},
             combined_probability=combined,
         )
 

@@ -26,7 +26,7 @@ import csv
 import io
 import json
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,9 @@ class CaseScores:
     ``logits[variant][side]``: the head's logit with that hip in both slots
     (assessed hips only); ``bilateral_logits[variant]``: the head on both hips.
     ``side_reasons``: per side, None when assessed, else why not. Probabilities
-    are a calibration map of these (:meth:`value`).
+    are a calibration map of these (:meth:`value`), except that of an image with
+    one assessable hip when the bundle has the variant's one-hip head:
+    ``onehip[variant]`` is that head's calibrated probability, and the node's value.
     """
 
     logits: dict[str, dict[Side, float]]
@@ -73,6 +75,7 @@ class CaseScores:
     side_reasons: dict[Side, str | None]
     groups: ImageGroups
     sop_instance_uid: str
+    onehip: dict[str, float] = field(default_factory=dict)
 
     @property
     def assessed(self) -> list[Side]:
@@ -86,8 +89,11 @@ class CaseScores:
         return "; ".join(sorted({f"{s}: {r}" for s, r in self.side_reasons.items()}))
 
     def side_values(self, variant: str, calibration: Calibration) -> dict[Side, float]:
-        """Each assessed hip's probability under ``calibration``."""
+        """Each assessed hip's probability under ``calibration`` (a lone hip: the one-hip
+        head's own, when there is one)."""
         sides = self.logits[variant]
+        if variant in self.onehip:
+            return {s: self.onehip[variant] for s in sides}
         probs = calibration.apply(np.array([sides[s] for s in sides]))
         return {s: float(p) for s, p in zip(sides, probs, strict=True)}
 
@@ -116,7 +122,8 @@ def _loaded() -> BundleScoringModel:
 
 def _score_case(path: Path) -> CaseScores:
     model = _loaded()
-    names = texture_bases([n for h in model.heads.values() for n in h.feature_names])
+    heads = [*model.heads.values(), *model.onehip_heads.values()]
+    names = texture_bases([n for h in heads for n in h.feature_names])
     ds = pydicom.dcmread(path)
     features = model.image_features(ds, texture_names=names)
     reasons: dict[Side, str | None] = {
@@ -125,13 +132,17 @@ def _score_case(path: Path) -> CaseScores:
     }
     logits: dict[str, dict[Side, float]] = {}
     bilateral: dict[str, float] = {}
+    onehip: dict[str, float] = {}
     for variant, head in model.heads.items():
         per_side, combined = model.logits(features, head)
         if combined is not None:  # None: no assessable hip
             logits[variant] = per_side
             bilateral[variant] = combined
+        p = model.onehip_probability(features, variant)
+        if p is not None:
+            onehip[variant] = p
     return CaseScores(
-        logits, bilateral, reasons, image_groups(ds), str(ds.get("SOPInstanceUID", ""))
+        logits, bilateral, reasons, image_groups(ds), str(ds.get("SOPInstanceUID", "")), onehip
     )
 
 

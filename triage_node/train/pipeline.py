@@ -32,7 +32,11 @@ Steps (``triage-node train``):
    operating point (target sensitivity) and validation AUC with DeLong CI of
    the value the node decides on: the highest assessed side, each hip scored
    in both slots of the head (docs/model.md, "The decision rule"). The
-   bilateral value's operating point and AUC are kept beside them.
+   bilateral value's operating point and AUC are kept beside them. Then the
+   variant's one-hip head (:func:`fit_onehip_head`): the selected features in
+   one slot, a head and its calibration on per-hip rows (each assessed hip
+   alone, with its image's label), for images with one assessable hip
+   (docs/model.md, "One hip").
 7. The validation reference (:mod:`triage_node.score.reference`): the bundle's
    variant on the validation images at its operating point.
 8. :func:`~triage_node.score.bundle.write_bundle` with a manifest describing all of it.
@@ -64,6 +68,7 @@ from triage_node.assessment import Side
 from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle, write_bundle
 from triage_node.score.clinical import (
     CLINICAL_FEATURES,
+    CLINICAL_PREFIX,
     ClinicalImputation,
     clinical_feature_names,
     read_clinical,
@@ -89,6 +94,7 @@ from triage_node.score.model import (
     SIAMESE_FILE,
     head_file,
     model_info_json,
+    onehip_head_file,
 )
 from triage_node.score.reference import REFERENCE_FILE, ValidationReference
 from triage_node.score.roi import RoiSettings
@@ -527,6 +533,54 @@ def candidate_feature_names(deep_per_side: int) -> list[str]:
     )
 
 
+def onehip_feature_names(names: Sequence[str]) -> list[str]:
+    """The one-hip head's candidates: clinical and one hip's features, in the ``right:`` slot."""
+    return [n for n in names if not n.startswith("left:")]
+
+
+def fit_onehip_head(
+    X: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    val: np.ndarray,
+    names: Sequence[str],
+    selected: Sequence[str],
+    threshold: float,
+    options: TrainingOptions,
+) -> tuple[Any, dict[str, Any]]:
+    """A variant's one-hip head on per-hip rows (each assessed hip alone, its image's label).
+
+    Its features are the bilateral head's selection put in one slot (clinical, and
+    each selected per-side feature of either side as ``right:``), so a one-hip image
+    costs no texture the bilateral head does not compute, and no second selection
+    runs. Head on the training images' hips, Platt calibration on the validation
+    images' hips. The node decides a one-hip image at the variant's one threshold;
+    the sensitivity and specificity per validation hip at that threshold, and the
+    threshold a separate operating point would have, are kept for comparison
+    (docs/model.md, "One hip").
+    """
+    one_slot = {
+        n if n.startswith(CLINICAL_PREFIX) else f"right:{n.partition(':')[2]}" for n in selected
+    }
+    chosen = [n for n in names if n in one_slot]
+    columns = [list(names).index(n) for n in chosen]
+    head = fit_head(X[train][:, columns], y[train], chosen, HeadSettings(seed=options.seed))
+    head = calibrate(head, X[val][:, columns], y[val], options.calibration)
+    p = head.probability(X[val][:, columns])
+    auc = auc_with_ci(y[val], p)
+    own = choose_operating_point(y[val], p, options.target_sensitivity)
+    positive = p >= threshold
+    return head, {
+        "validation_hips": int(val.sum()),
+        "validation_auc": auc.auc,
+        "validation_auc_ci": [auc.ci_low, auc.ci_high],
+        "sensitivity_at_threshold": float(positive[y[val] == 1].mean()),
+        "specificity_at_threshold": float((~positive[y[val] == 0]).mean()),
+        "own_threshold": own.threshold,
+        "features": len(chosen),
+    }
+
+
 def _train_siamese(
     options: TrainingOptions,
     tensors: dict[Side, torch.Tensor],
@@ -738,6 +792,18 @@ def train_bundle(
         for side in SIDES
     }
     assessed: list[list[Side]] = [[s for s in SIDES if items[i][f"ok_{s}"]] for i in usable]
+    # One-hip examples: every assessed hip of an image, alone, with the image's label.
+    onehip_names = onehip_feature_names(names)
+    X_hip, y_hip, hip_image = [], [], []
+    for k in range(len(y)):
+        for side in assessed[k]:
+            hip = hips[k][side]
+            X_hip.append(patient_row(onehip_names, clinical_rows[k], {"right": hip, "left": hip}))
+            y_hip.append(y[k])
+            hip_image.append(k)
+    X_hip_all, y_hip_all, hip_of = np.vstack(X_hip), np.array(y_hip), np.array(hip_image)
+    hip_train = np.isin(hip_of, train_idx)
+    hip_val = np.isin(hip_of, val_idx)
 
     # 6. seven heads
     files: dict[str, bytes] = {}
@@ -809,6 +875,15 @@ def train_bundle(
         say(
             f"train: {variant:>3} validation AUC {auc.auc:.3f} "
             f"({auc.ci_low:.3f}-{auc.ci_high:.3f}), {len(selected)} features"
+        )
+        onehip, onehip_metrics = fit_onehip_head(
+            X_hip_all, y_hip_all, hip_train, hip_val, onehip_names, selected, op.threshold, options
+        )
+        files[onehip_head_file(variant)] = (json.dumps(onehip.to_json(), indent=1) + "\n").encode()
+        metrics[variant]["one_hip"] = onehip_metrics
+        say(
+            f"train: {variant:>3} one-hip head: validation AUC per hip "
+            f"{onehip_metrics['validation_auc']:.3f}, {len(onehip.feature_names)} features"
         )
 
     # 7. validation reference: the bundle's variant at its operating point
