@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -27,6 +28,14 @@ def read_lock(path: Path) -> dict[str, str]:
     """The pinned package: ``package``, ``version`` and ``integrity`` (sha512-BASE64)."""
     data: dict[str, Any] = json.loads(path.read_text())
     return {k: str(data[k]) for k in ("package", "version", "integrity")}
+
+
+def cache_dir(pinned: dict[str, str], env_var: str, name: str) -> Path:
+    """``$env_var`` if set, else ``~/.cache/triage-node-tests/<name>-<version>``."""
+    override = os.environ.get(env_var)
+    if override:
+        return Path(override)
+    return Path.home() / ".cache" / "triage-node-tests" / f"{name}-{pinned['version']}"
 
 
 def integrity_of(tarball: Path) -> str:

@@ -12,12 +12,12 @@ The cache directory is ``$TRIAGE_NODE_AXE_DIR`` if set, else
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
+from tests.npm_pin import cache_dir as npm_cache_dir
 from tests.npm_pin import is_current, mark, read_lock, unpack_pinned
 
 LOCK = Path(__file__).resolve().parent / "axe.lock"
@@ -30,10 +30,7 @@ def lock() -> dict[str, str]:
 
 
 def cache_dir() -> Path:
-    override = os.environ.get("TRIAGE_NODE_AXE_DIR")
-    if override:
-        return Path(override)
-    return Path.home() / ".cache" / "triage-node-tests" / f"axe-core-{lock()['version']}"
+    return npm_cache_dir(lock(), "TRIAGE_NODE_AXE_DIR", "axe-core")
 
 
 def installed() -> Path | None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -29,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
 from triage_node.web.app import Console
-from triage_node.web.server import HTTPServer, answer
+from triage_node.web.server import HTTPServer, ThreadedServer, answer
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 
-class OpsServer:
+class OpsServer(ThreadedServer):
     """A small threaded HTTP server for the three endpoints, in a daemon thread."""
 
     def __init__(
@@ -98,25 +97,10 @@ class OpsServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 pass  # one line per scrape would drown the node's own log
 
-        self.httpd = HTTPServer((host, port), Handler)
         self.host = host
-        self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="ops-http", daemon=True
-        )
+        self._serve_in(HTTPServer((host, port), Handler), "ops-http")
 
     @staticmethod
     def _send_json(handler: Any, doc: dict[str, Any]) -> None:
         ok = bool(doc.get("ready", doc.get("alive", True)))
         handler._send(200 if ok else 503, (json.dumps(doc) + "\n").encode(), "application/json")
-
-    def start(self) -> OpsServer:
-        """Serve in the background; returns at once."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)

@@ -15,7 +15,7 @@ import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from triage_node.config import WebSection
 from triage_node.web.app import Console, Request
@@ -68,7 +68,33 @@ def answer(handler: BaseHTTPRequestHandler, console: Console, *, tls: bool = Fal
         handler.wfile.write(response.body)
 
 
-class ConsoleServer:
+class ThreadedServer:
+    """An ``HTTPServer`` served from a daemon thread: ``start`` returns at once, ``stop`` closes.
+
+    The node's ops endpoint (metrics, health) and the console's own port both run so.
+    """
+
+    httpd: HTTPServer
+    _thread: threading.Thread
+
+    def _serve_in(self, httpd: HTTPServer, thread_name: str) -> None:
+        self.httpd = httpd
+        self.port = int(httpd.server_address[1])
+        self._thread = threading.Thread(target=httpd.serve_forever, name=thread_name, daemon=True)
+
+    def start(self) -> Self:
+        """Serve in the background; returns at once."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(5)
+
+
+class ConsoleServer(ThreadedServer):
     """The console on ``[web] host:port`` in a daemon thread (HTTPS with a certificate)."""
 
     def __init__(self, web: WebSection, console: Console) -> None:
@@ -87,26 +113,14 @@ class ConsoleServer:
                 pass  # the console logs what matters (logins, resends) itself
 
         assert web.port is not None
-        self.httpd = HTTPServer((web.host, web.port), Handler)
+        httpd = HTTPServer((web.host, web.port), Handler)
         if web.certificate is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(
                 str(web.certificate), str(web.private_key) if web.private_key else None
             )
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
         self.host = web.host
-        self.port = int(self.httpd.server_address[1])
         self.scheme = "https" if tls else "http"
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, name="console-http", daemon=True
-        )
-
-    def start(self) -> ConsoleServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(5)
+        self._serve_in(httpd, "console-http")
