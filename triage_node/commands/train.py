@@ -13,7 +13,6 @@ from triage_node.commands.common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    add_bundle_argument,
     add_jobs_argument,
     add_progress_argument,
     error,
@@ -104,6 +103,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop Siamese training after this many epochs without validation-AUC gain "
         "(0: no early stopping, run all epochs)",
     )
+    parser.add_argument(
+        "--augment",
+        type=float,
+        default=None,
+        metavar="PROB",
+        help="probability that a Siamese training pair is passed through a random "
+        "acquisition-processing chain per epoch (range compression, edge enhancement, gamma, "
+        "highlight clipping, noise; cpu preset 0.5, paper 0; 0: off)",
+    )
     parser.add_argument("--finder-epochs", type=int, default=40, help="femur finder epochs")
     parser.add_argument(
         "--finder-images",
@@ -118,7 +126,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=16,
         help="synthetic chest/blank images that teach the finder 'not found'",
     )
-    add_bundle_argument(parser, default="the demo bundle", flag="--finder-bundle")
+    parser.add_argument(
+        "--finder-bundle",
+        default=None,
+        metavar="BUNDLE",
+        help="reuse this bundle's femur finder instead of training one ('demo': the shipped "
+        "demo bundle's; without the flag a finder is trained on the masked images, and "
+        "labels without masks reuse the demo bundle's)",
+    )
     parser.add_argument(
         "--networks-from",
         default=None,

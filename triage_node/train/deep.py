@@ -9,6 +9,10 @@ end-to-end Siamese head's AUC on the validation pairs is measured; training
 stops once it has not improved for ``patience`` epochs (never before
 ``min_epochs``) and the weights of the best epoch are kept. ``patience=None``
 runs all ``epochs`` and keeps the last weights (the paper's schedule).
+
+``augment``: the probability that a training pair is passed through a randomly
+drawn acquisition-processing chain in an epoch (:mod:`triage_node.train.augment`);
+validation pairs never are.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from triage_node.score.siamese import POSITIVE_CLASS, SiameseConfig, SiameseNet
+from triage_node.train.augment import PairAugmenter
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,8 @@ class DeepTrainingSettings:
     threads: int = 2
     patience: int | None = None
     min_epochs: int = 5
+    augment: float = 0.0  # probability a pair is processed (train/augment.py); 0: off
+    input_spacing_mm: float = 1.0  # the CNN input's pixel size (augmentation blur widths)
 
     def __post_init__(self) -> None:
         if self.patience is not None and self.patience < 1:
@@ -47,6 +54,8 @@ class DeepTrainingSettings:
             )
         if self.learning_rate <= 0:
             raise ValueError(f"DeepTrainingSettings.learning_rate: {self.learning_rate} <= 0")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ValueError(f"DeepTrainingSettings.augment: {self.augment} not in [0, 1]")
 
 
 def oversample_minority(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -116,6 +125,7 @@ def train_siamese(
     )
     loss_fn = nn.CrossEntropyLoss()
     target = torch.from_numpy(labels)
+    augmenter = PairAugmenter(settings.augment, settings.input_spacing_mm, settings.seed)
     bar = tqdm(range(settings.epochs), desc="siamese", unit="epoch", disable=not progress)
     aucs: list[float] = []
     best_auc, best_epoch, best_state = -1.0, 0, None
@@ -123,13 +133,15 @@ def train_siamese(
     for epoch in bar:
         model.train()
         order = oversample_minority(labels, rng)
+        augmenter.start_epoch(epoch)
         total, seen = 0.0, 0
         for start in range(0, len(order), settings.batch_size):
             batch = torch.from_numpy(order[start : start + settings.batch_size])
             if len(batch) < 2:  # BatchNorm needs more than one sample
                 continue
             optimiser.zero_grad()
-            loss = loss_fn(model(left[batch], right[batch]), target[batch])
+            pair_left, pair_right = augmenter(left[batch], right[batch])
+            loss = loss_fn(model(pair_left, pair_right), target[batch])
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * len(batch)
@@ -157,6 +169,7 @@ def train_siamese(
         "epochs_run": epochs_run,
         "max_epochs": settings.epochs,
         "patience": settings.patience,
+        "augment": settings.augment,
         "best_epoch": best_epoch if settings.patience is not None else epochs_run,
         "validation_auc": [round(a, 4) for a in aucs],
     }

@@ -9,11 +9,12 @@ Steps (``triage-node train``):
    directory; ``1``/``0`` flags mean the synth naming ``<stem>_femur_L.png``).
 2. Femur finder: trained on the images that have masks, plus a few synthetic
    chest and blank images as "nothing here" examples (``finder_negatives``).
-   Without any masks, the finder of ``finder_bundle`` (default: the demo
-   bundle) is reused. With ``networks_from`` (``train --networks-from``) the
-   finder and the Siamese branch of that bundle are reused, with its ROI and
-   texture settings, and steps 2 and 5 train nothing: only the selection,
-   heads, calibration and operating points are fitted again.
+   With ``finder_bundle`` given (``train --finder-bundle``), or without any
+   masks, that bundle's finder (default: the demo bundle's) is reused instead.
+   With ``networks_from`` (``train --networks-from``) the finder and the
+   Siamese branch of that bundle are reused, with its ROI and texture
+   settings, and steps 2 and 5 train nothing: only the selection, heads,
+   calibration and operating points are fitted again.
 3. Per image (in ``jobs`` processes, cached under ``cache_dir`` by the file's
    sha256, the masks' and the settings): decode, then the inference code,
    :func:`~triage_node.score.features.measure_hips`, on the given masks (or
@@ -113,6 +114,7 @@ from triage_node.score.texture import (
     texture_groups,
 )
 from triage_node.synth import render_instance
+from triage_node.synth.sites import DEFAULT_PROFILE
 from triage_node.train.deep import DeepTrainingSettings, train_siamese
 from triage_node.train.finder import (
     FinderSample,
@@ -156,6 +158,7 @@ class Case:
     label: int
     masks: dict[Side, Path | None]
     patient: str
+    profile: str | None = None  # synth acquisition profile (labels.csv ``profile``)
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,8 @@ def read_cases(labels_csv: Path, data_dir: Path) -> CaseSet:
             value = row.get(column, "1" if column not in columns else "")
             masks[side] = _mask_path(value or "", path, side, data_dir)
         patient = row.get("patient_id", "").strip() or str(path)
-        cases.append(Case(path, _label(row, where), masks, patient))
+        profile = row.get("profile", "").strip() or (DEFAULT_PROFILE if synthetic else None)
+        cases.append(Case(path, _label(row, where), masks, patient, profile))
     if not cases:
         raise ValueError(f"{labels_csv}: no hip images listed")
     return CaseSet(
@@ -427,6 +431,7 @@ class TrainingOptions:
     siamese: SiameseConfig = field(default_factory=lambda: SiameseConfig(first_width=16))
     patience: int | None = 5
     min_epochs: int = 8
+    augment: float = 0.0  # Siamese processing augmentation probability (train/augment.py)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -437,6 +442,8 @@ class TrainingOptions:
             raise ValueError("epochs, finder_epochs, jobs and torch_threads must be >= 1")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience: {self.patience} must be >= 1 (or None: no early stop)")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ValueError(f"augment: {self.augment} not in [0, 1]")
         if not 0.0 < self.texture_budget <= 1.0:
             raise ValueError(f"texture_budget: {self.texture_budget} not in (0, 1]")
         stability = self.texture_stability
@@ -484,6 +491,7 @@ class ReusedNetworks:
     roi: RoiSettings
     texture: TextureSettings
     history: dict[str, Any]
+    training_profiles: list[str] | None  # the networks' development profiles (None: unknown)
 
 
 def reused_networks(path: Path) -> ReusedNetworks:
@@ -501,7 +509,14 @@ def reused_networks(path: Path) -> ReusedNetworks:
         roi=RoiSettings.from_json(info.get("roi")),
         texture=replace(TextureSettings.from_json(texture), spacing_mm=TextureSettings.spacing_mm),
         history=dict(siamese_info.get("training", {})),
+        training_profiles=info.get("networks_training_profiles"),
     )
+
+
+def _bundle_name(path: Path) -> str:
+    """``<name> <version>`` of the bundle at ``path`` (what a reused part came from)."""
+    manifest = load_bundle(path).manifest
+    return f"{manifest.name} {manifest.version}"
 
 
 def _reused_finder(options: TrainingOptions) -> bytes:
@@ -597,6 +612,7 @@ def _train_siamese(
         f"{config.first_width or config.width}/{2 * config.width}/{4 * config.width}, "
         f"up to {options.epochs} epochs"
         + (f", early stop after {options.patience} without gain" if options.patience else "")
+        + (f", processing augmentation of {options.augment:.0%} of pairs" * bool(options.augment))
     )
     siamese = train_siamese(
         tensors["left"][train_idx],
@@ -609,6 +625,8 @@ def _train_siamese(
             threads=options.torch_threads,
             patience=options.patience,
             min_epochs=min(options.min_epochs, options.epochs),
+            augment=options.augment,
+            input_spacing_mm=options.roi.deep_spacing_mm,
         ),
         progress=options.progress,
         validation=(tensors["left"][val_idx], tensors["right"][val_idx], y[val_idx]),
@@ -656,7 +674,7 @@ def train_bundle(
         finder_bytes = reused.finder_bytes
         finder_note = reused.finder_note
         say(f"train: femur finder and Siamese branch of {reused.source}")
-    elif with_masks:
+    elif with_masks and options.finder_bundle is None:
         raw = _map(
             _finder_item,
             [(c, finder_key, options.cache_dir) for c in finder_cases],
@@ -696,7 +714,7 @@ def train_bundle(
         finder_note += f"{options.finder_negatives} synthetic negatives"
     else:
         finder_bytes = _reused_finder(options)
-        finder_note = f"reused from {options.finder_bundle or 'the demo bundle'}"
+        finder_note = f"reused from {_bundle_name(options.finder_bundle or DEMO_BUNDLE_DIR)}"
 
     # 2. per-image features (cached)
     settings_key = json.dumps(
@@ -906,6 +924,8 @@ def train_bundle(
     files[REFERENCE_FILE] = reference.dumps().encode()
 
     # 8. bundle
+    profiles = {cases[i].profile for i in usable}
+    training_profiles = None if None in profiles else sorted(str(p) for p in profiles)
     files[FINDER_FILE] = finder_bytes
     files[SIAMESE_FILE] = siamese_to_safetensors(siamese)
     files[CLINICAL_FILE] = (json.dumps(imputation.to_json(), indent=1) + "\n").encode()
@@ -924,6 +944,12 @@ def train_bundle(
             "bilateral_selection": options.bilateral,
             "decision_value": DECISION_VALUE,
             "bilateral_thresholds": bilateral_thresholds,
+            # acquisition profiles of the development images (None: not known, site data
+            # without a profile column), and of those the networks were trained on
+            "training_profiles": training_profiles,
+            "networks_training_profiles": (
+                reused.training_profiles if reused is not None else training_profiles
+            ),
             **(
                 {}
                 if options.texture_stability is None

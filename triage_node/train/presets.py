@@ -2,9 +2,10 @@
 
 ``cpu`` (the default, what the demo build uses): texture on the 256 px / 0.5 mm
 ROI, the CNN on it block-averaged to 128 px / 1.0 mm, Siamese block 1 with 16
-channels, early stopping on validation AUC (patience 5). ``paper``: the
-paper's Siamese (32-64-128 channels, 30 epochs, no early stopping), both
-branches on the 256 px / 0.5 mm ROI. See docs/model.md "Training presets".
+channels, early stopping on validation AUC (patience 5), acquisition-processing
+augmentation of half the training pairs per epoch. ``paper``: the paper's
+Siamese (32-64-128 channels, 30 epochs, no early stopping, no augmentation),
+both branches on the 256 px / 0.5 mm ROI. See docs/model.md "Training presets".
 Used by ``triage-node train`` and the demo bundle build alike.
 """
 
@@ -29,6 +30,7 @@ class Preset:
     siamese_width: int  # Siamese base width (32: 32-64-128)
     siamese_first_width: int  # channels of Siamese block 1
     patience: int  # epochs without validation-AUC gain before stopping; 0: no early stop
+    augment: float  # probability a training pair gets processing augmentation; 0: none
 
 
 PRESETS: dict[str, Preset] = {
@@ -40,6 +42,7 @@ PRESETS: dict[str, Preset] = {
         siamese_width=32,
         siamese_first_width=16,
         patience=5,
+        augment=0.5,
     ),
     "paper": Preset(
         epochs=30,
@@ -49,6 +52,7 @@ PRESETS: dict[str, Preset] = {
         siamese_width=32,
         siamese_first_width=32,
         patience=0,
+        augment=0.0,
     ),
 }
 
@@ -76,5 +80,6 @@ def training_options(
             width=int(chosen.siamese_width), first_width=int(chosen.siamese_first_width)
         ),
         patience=int(chosen.patience) or None,
+        augment=float(chosen.augment),
         **options,
     )
