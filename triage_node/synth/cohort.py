@@ -110,9 +110,15 @@ def _write_item(
     opts = cohort_item_options(seed, index, vendors, profiles)
     image = render_instance(seed, index=index, size=size, prevalence=prevalence, **opts)
     stem = f"synth_{index:05d}"
-    image.dataset.save_as(out_dir / f"{stem}.dcm", enforce_file_format=True)
+    # each file appears whole or not at all: an interrupted run leaves no truncated file
+    # (a cache is keyed by the bytes, and a half-written mask fails training much later)
     for side, mask in image.masks.items():
-        Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / f"{stem}_femur_{side}.png")
+        path = out_dir / f"{stem}_femur_{side}.png"
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path.with_suffix(".png.part"), "PNG")
+        os.replace(path.with_suffix(".png.part"), path)
+    path = out_dir / f"{stem}.dcm"
+    image.dataset.save_as(path.with_suffix(".dcm.part"), enforce_file_format=True)
+    os.replace(path.with_suffix(".dcm.part"), path)
     return {"file": f"{stem}.dcm", **image.row}
 
 
