@@ -167,6 +167,8 @@ def test_evaluate_writes_subgroups_and_predictions(
     calibrated: Path, cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rows = list(csv.DictReader(open(cohort / "labels.csv")))[:30]
+    for i, row in enumerate(rows):  # a labels CSV that names two acquisition profiles
+        row["profile"] = ("site-a", "site-b")[i % 2]
     labels = tmp_path / "labels.csv"
     with open(labels, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -183,7 +185,11 @@ def test_evaluate_writes_subgroups_and_predictions(
 
     data = json.loads((report / "report.json").read_text())
     groups = {(g["dimension"], g["group"]): g for g in data["subgroups"]}
-    assert {d for d, _ in groups} == {"scanner", "sex", "age band", "hips assessed"}
+    assert {d for d, _ in groups} == {
+        "scanner", "sex", "age band", "hips assessed", "acquisition profile"
+    }  # fmt: skip
+    by_profile = {g: groups[("acquisition profile", g)] for g in ("site-a", "site-b")}
+    assert [p["n"] + p["not_assessable"] for p in by_profile.values()] == [15, 15]
     assert sum(g["n"] + g["not_assessable"] for (d, _), g in groups.items() if d == "sex") == 30
     for g in groups.values():  # small groups are shown, flagged, without an AUC
         small = min(g["positives"], g["n"] - g["positives"]) < 10
@@ -199,6 +205,7 @@ def test_evaluate_writes_subgroups_and_predictions(
     for p, r in zip(predictions, rows, strict=True):
         assert p["sop_instance_uid"] == r["sop_instance_uid"] and p["label"] == r["label"]
         assert p["sex"] == r["sex"] and p["age_band"] == age_band(float(r["age"]))
+        assert p["profile"] == r["profile"]
         assert float(p["threshold"]) == pytest.approx(threshold, abs=1e-6)
         if p["decision"] == "not assessable":
             assert p["DTC_value"] == "" and (p["reason_left"] or p["reason_right"])

@@ -276,9 +276,14 @@ def dataset_summary(cohort: ScoredCohort) -> dict[str, Any]:
     return dataset
 
 
+#: The subgroup of a labels CSV's ``profile`` column (synth cohorts with several profiles).
+PROFILE_DIMENSION = "acquisition profile"
+
+
 def subgroups(cohort: ScoredCohort, variant: str | None = None) -> list[SubgroupRow]:
     """The subgroup rows (:mod:`triage_node.train.subgroups`) of one variant (default: the
-    bundle's), at its operating point."""
+    bundle's), at its operating point; by acquisition profile too when the labels name
+    more than one."""
     variant = variant or cohort.model.variant
     scored = cohort.scored
     dropped = sorted(set(range(len(cohort.scores))) - set(scored))
@@ -288,11 +293,16 @@ def subgroups(cohort: ScoredCohort, variant: str | None = None) -> list[Subgroup
         s = cohort.scores[index]
         if dimension == "hips assessed":
             return {1: "one hip", 2: "two hips"}.get(len(s.assessed), "none")
+        if dimension == PROFILE_DIMENSION:
+            return cohort.cases[index].profile or "unknown"
         g = s.groups
         return {"scanner": g.scanner, "sex": g.sex, "age band": g.age_band}[dimension]
 
+    dimensions = list(DIMENSIONS)
+    if len({c.profile for c in cohort.cases} - {None}) > 1:  # synth cohorts of several sites
+        dimensions.append(PROFILE_DIMENSION)
     rows: list[SubgroupRow] = []
-    for dimension in DIMENSIONS:
+    for dimension in dimensions:
         not_assessable = [] if dimension == "hips assessed" else [of(i, dimension) for i in dropped]
         rows += subgroup_rows(
             dimension, [of(i, dimension) for i in scored], labels, values, threshold, not_assessable
@@ -317,7 +327,8 @@ def _decision(value: float | None, threshold: float) -> str:
 def write_predictions(cohort: ScoredCohort, path: Path) -> Path:
     """``predictions.csv``: one row per listed image (see docs/model.md "predictions.csv").
 
-    File (relative to the data directory), SOP Instance UID, label, subgroups,
+    File (relative to the data directory), SOP Instance UID, label, subgroups (with
+    the acquisition profile when the labels CSV has one),
     each hip's reason, the bundle variant's decision at its operating point, then
     per variant the image value, each hip's value and the bilateral value. No
     patient name, ID or birth date (the age is a band).
@@ -328,6 +339,9 @@ def write_predictions(cohort: ScoredCohort, path: Path) -> Path:
         "file", "sop_instance_uid", "label", "manufacturer", "model_name", "sex", "age_band",
         "hips_assessed", "reason_right", "reason_left", "variant", "threshold", "decision",
     ]  # fmt: skip
+    profiles = any(c.profile is not None for c in cohort.cases)
+    if profiles:  # a labels CSV that names the acquisition profile (synth)
+        header.insert(7, "profile")
     for v in variants:
         header += [f"{v}_value", f"{v}_right", f"{v}_left", f"{v}_bilateral", f"{v}_positive"]
     lines = []
@@ -344,6 +358,8 @@ def write_predictions(cohort: ScoredCohort, path: Path) -> Path:
             s.side_reasons.get("left") or "", model.variant, f"{model.threshold:.6f}",
             _decision(value, model.threshold),
         ]  # fmt: skip
+        if profiles:
+            row.insert(7, case.profile or "")
         for v in variants:
             head = model.heads[v]
             if not s.assessed:
