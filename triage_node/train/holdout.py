@@ -647,8 +647,8 @@ def plot_holdout(document: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
     ax.axhline(0.5, linestyle=":", color="grey", linewidth=1)
     lowest = min([r["auc"]["ci_low"] for r in rows if r["auc"] is not None] + [0.5])
-    ax.set(ylabel="AUC (95% CI)", ylim=(min(0.4, lowest - 0.05), 1.0), title="Held-out profiles")
-    ax.legend(loc="lower left", fontsize="small")
+    ax.set(ylabel="AUC (95% CI)", ylim=(min(0.4, lowest - 0.05), 1.02), title="Held-out profiles")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     return path
