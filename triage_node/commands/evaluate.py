@@ -4,6 +4,9 @@ Prints the report (Markdown, or with ``--json`` one JSON document), with the
 bundle variant's subgroups (scanner, sex, age band, hips assessed), and with
 ``--report DIR`` writes report.md, report.json, roc.png, calibration.png,
 subgroups.png and predictions.csv (every image's values, decision and reasons).
+With ``--hold-out-profile P ...`` it trains a bundle per held-out acquisition
+profile on the others and evaluates it on that profile's images
+(``train/holdout.py``; docs/model.md "Held-out profiles").
 Exit 0 ok, 1 when the bundle or the data cannot be used, 2 bad usage.
 """
 
@@ -15,16 +18,20 @@ from pathlib import Path
 
 from triage_node.assessment import ModelUnavailable
 from triage_node.commands.common import (
+    EXIT_FAILURE,
     EXIT_OK,
+    EXIT_USAGE,
     add_bundle_argument,
     add_jobs_argument,
     add_progress_argument,
     error,
     existing_directory,
     existing_file,
+    positive_int,
     resolve_bundle,
 )
 from triage_node.config import load_settings
+from triage_node.score.texture import NORMALISATIONS, ZSCORE, TextureSettings
 from triage_node.train.evaluate import (
     dataset_summary,
     score_cohort,
@@ -32,12 +39,25 @@ from triage_node.train.evaluate import (
     variant_predictions,
     write_predictions,
 )
+from triage_node.train.holdout import HoldoutOptions, HoldoutUsageError, render_holdout, run_holdout
+from triage_node.train.presets import training_options
 from triage_node.train.report import evaluate_variants, render_markdown, write_report
+from triage_node.train.stability import Stability
+
+#: The flags of the held-out-profile mode only (dest names).
+HOLDOUT_ONLY = (
+    "test_data", "test_labels", "networks_from", "cache", "seed", "threads",
+    "texture_normalisation", "texture_stability", "texture_budget",
+)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``evaluate [--bundle B] --data DIR --labels CSV [--report DIR] [--json]``."""
-    add_bundle_argument(parser, default="[model] bundle of the config")
+    add_bundle_argument(
+        parser,
+        default="[model] bundle of the config; with --hold-out-profile: none, else the "
+        "in-profile bundle scored on the same held-out images",
+    )
     parser.add_argument(
         "--data",
         type=existing_directory,
@@ -63,10 +83,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON document")
     add_jobs_argument(parser)
     add_progress_argument(parser)
+    holdout = parser.add_argument_group(
+        "held-out profiles",
+        "--hold-out-profile P [P ...] --report DIR: per profile P, train a bundle on the "
+        "--data/--labels images of every other profile (the 'default' profile, the "
+        "project's own images, is never held out and always trained on) into DIR/P/bundle "
+        "and evaluate it on P's images; DIR/holdout.md, holdout.json, holdout.png",
+    )
+    holdout.add_argument(
+        "--hold-out-profile",
+        nargs="+",
+        default=None,
+        metavar="P",
+        help="acquisition profile(s) of the labels' 'profile' column to hold out, or 'all' "
+        "(every profile but default)",
+    )
+    holdout.add_argument(
+        "--test-data",
+        type=existing_directory,
+        default=None,
+        metavar="DIR",
+        help="score each fold on this set's images of the held-out profile (default: "
+        "those of --data, which the fold does not train on)",
+    )
+    holdout.add_argument(
+        "--test-labels", type=existing_file, default=None, metavar="CSV", help="its labels"
+    )
+    holdout.add_argument(
+        "--networks-from",
+        default=None,
+        metavar="BUNDLE",
+        help="reuse this bundle's femur finder and Siamese branch in every fold (refused "
+        "when its model.json does not record their training profiles or names a held-out one)",
+    )
+    holdout.add_argument(
+        "--cache", type=Path, default=None, metavar="DIR", help="feature cache (as for train)"
+    )
+    holdout.add_argument("--seed", type=int, default=0, help="training seed (as for train)")
+    holdout.add_argument(
+        "--threads", type=positive_int, default=None, help="torch threads (default: --jobs)"
+    )
+    holdout.add_argument(
+        "--texture-normalisation", choices=NORMALISATIONS, default=ZSCORE, help="as for train"
+    )
+    holdout.add_argument(
+        "--texture-stability",
+        type=existing_file,
+        default=None,
+        metavar="FILE",
+        help="as for train",
+    )
+    holdout.add_argument("--texture-budget", type=float, default=0.25, help="as for train")
 
 
 def main(args: argparse.Namespace) -> int:
     """Evaluate, print (and write) the report."""
+    if args.hold_out_profile:
+        return _holdout(args)
+    given = [f"--{n.replace('_', '-')}" for n in HOLDOUT_ONLY if _given(args, n)]
+    if given:
+        return error(args.command, f"{', '.join(given)} only with --hold-out-profile", EXIT_USAGE)
     # The config is read only for its [model] bundle.
     settings = load_settings(args.config) if args.bundle is None else None
     path = resolve_bundle(args.bundle, settings)
@@ -95,4 +171,59 @@ def main(args: argparse.Namespace) -> int:
         print(render_markdown(report))
         if args.report:
             print(f"evaluate: report written to {args.report}")
+    return EXIT_OK
+
+
+def _given(args: argparse.Namespace, name: str) -> bool:
+    defaults = {"seed": 0, "texture_normalisation": ZSCORE, "texture_budget": 0.25}
+    return getattr(args, name) != defaults.get(name)
+
+
+def _holdout(args: argparse.Namespace) -> int:
+    """``--hold-out-profile``: the folds (``train/holdout.py``), then print holdout.md/json."""
+    if args.report is None:
+        return error(args.command, "--hold-out-profile needs --report DIR", EXIT_USAGE)
+    try:
+        training = training_options(
+            "cpu",
+            {},
+            seed=args.seed,
+            jobs=args.jobs,
+            torch_threads=args.threads or args.jobs,
+            cache_dir=args.cache,
+            networks_from=None
+            if args.networks_from is None
+            else resolve_bundle(args.networks_from, None),
+            texture_budget=args.texture_budget,
+            texture=TextureSettings(normalisation=args.texture_normalisation),
+            texture_stability=None
+            if args.texture_stability is None
+            else Stability.load(args.texture_stability),
+            progress=args.progress,
+        )
+        options = HoldoutOptions(
+            data=args.data,
+            labels=args.labels,
+            report=args.report,
+            profiles=args.hold_out_profile,
+            test_data=args.test_data,
+            test_labels=args.test_labels,
+            bundle=None if args.bundle is None else resolve_bundle(args.bundle, None),
+            training=training,
+            jobs=args.jobs,
+            progress=args.progress,
+        )
+    except ValueError as exc:
+        return error(args.command, str(exc), EXIT_USAGE)
+    try:
+        document = run_holdout(options)
+    except HoldoutUsageError as exc:
+        return error(args.command, str(exc), EXIT_USAGE)
+    except (ModelUnavailable, ValueError) as exc:
+        return error(args.command, str(exc), EXIT_FAILURE)
+    if args.json:
+        print(json.dumps(document, indent=2, default=float))
+    else:
+        print(render_holdout(document))
+        print(f"evaluate: held-out report written to {args.report}")
     return EXIT_OK

@@ -136,6 +136,8 @@ from triage_node.train.stability import Stability
 OSTEOPOROSIS_T_SCORE = -2.5
 #: Columns only the synth cohort's labels.csv has: their presence marks synthetic data.
 SYNTH_COLUMNS = ("density_left", "density_right", "vendor", "oracle")
+#: The labels column naming each image's acquisition profile (``triage-node synth --profile``).
+PROFILE_COLUMN = "profile"
 #: Version of the per-image cache entries (3: measure_hips, float32 CNN inputs; 4: each
 #: hip's not-assessable reason, for the validation reference).
 CACHE_VERSION = 4
@@ -163,12 +165,18 @@ class Case:
 
 @dataclass(frozen=True)
 class CaseSet:
-    """Cases read from a labels CSV and what the CSV was."""
+    """Cases read from a labels CSV and what the CSV was.
+
+    ``profiles``: the acquisition profiles of the listed images (sorted; the CSV's
+    ``profile`` column, ``["default"]`` for a synth CSV without one), None for site
+    data that names none.
+    """
 
     cases: list[Case]
     synthetic: bool
     source: str
     has_masks: bool
+    profiles: list[str] | None = None
 
 
 def _label(row: dict[str, str], where: str) -> int:
@@ -218,6 +226,7 @@ def read_cases(labels_csv: Path, data_dir: Path) -> CaseSet:
     synthetic = all(c in columns for c in SYNTH_COLUMNS[:3])
     uid_index: dict[str, Path] | None = None
     cases = []
+    profiles: set[str] = set()
     for number, row in enumerate(rows, start=2):
         where = f"{labels_csv}:{number}"
         if row.get("kind", "hip") not in ("hip", ""):
@@ -239,15 +248,20 @@ def read_cases(labels_csv: Path, data_dir: Path) -> CaseSet:
             value = row.get(column, "1" if column not in columns else "")
             masks[side] = _mask_path(value or "", path, side, data_dir)
         patient = row.get("patient_id", "").strip() or str(path)
-        profile = row.get("profile", "").strip() or (DEFAULT_PROFILE if synthetic else None)
+        profile = row.get(PROFILE_COLUMN, "").strip() or (DEFAULT_PROFILE if synthetic else None)
         cases.append(Case(path, _label(row, where), masks, patient, profile))
+        if PROFILE_COLUMN in columns:
+            profiles.add(row[PROFILE_COLUMN].strip() or DEFAULT_PROFILE)
     if not cases:
         raise ValueError(f"{labels_csv}: no hip images listed")
+    if PROFILE_COLUMN not in columns and synthetic:
+        profiles.add(DEFAULT_PROFILE)
     return CaseSet(
         cases,
         synthetic,
         "triage-node synth" if synthetic else "site",
         any(m is not None for c in cases for m in c.masks.values()),
+        sorted(profiles) if profiles else None,
     )
 
 
@@ -491,7 +505,8 @@ class ReusedNetworks:
     roi: RoiSettings
     texture: TextureSettings
     history: dict[str, Any]
-    training_profiles: list[str] | None  # the networks' development profiles (None: unknown)
+    #: The acquisition profiles the networks were trained on (None: not recorded).
+    training_profiles: list[str] | None = None
 
 
 def reused_networks(path: Path) -> ReusedNetworks:
@@ -509,8 +524,15 @@ def reused_networks(path: Path) -> ReusedNetworks:
         roi=RoiSettings.from_json(info.get("roi")),
         texture=replace(TextureSettings.from_json(texture), spacing_mm=TextureSettings.spacing_mm),
         history=dict(siamese_info.get("training", {})),
-        training_profiles=info.get("networks_training_profiles"),
+        training_profiles=networks_training_profiles(info),
     )
+
+
+def networks_training_profiles(model_info: dict[str, Any]) -> list[str] | None:
+    """The acquisition profiles a bundle's femur finder and Siamese branch were trained on,
+    from its ``model.json`` (None: the bundle predates the record, or its data named none)."""
+    profiles = model_info.get("networks_training_profiles")
+    return None if profiles is None else sorted(str(p) for p in profiles)
 
 
 def _bundle_name(path: Path) -> str:
@@ -519,10 +541,12 @@ def _bundle_name(path: Path) -> str:
     return f"{manifest.name} {manifest.version}"
 
 
-def _reused_finder(options: TrainingOptions) -> bytes:
+def _reused_finder(options: TrainingOptions) -> tuple[bytes, list[str] | None]:
+    """The femur finder of ``finder_bundle`` (default: the demo bundle), and the profiles
+    its networks were trained on (None: not recorded)."""
     path = options.finder_bundle or DEMO_BUNDLE_DIR
     bundle = load_bundle(path)
-    return bundle.raw(FINDER_FILE)
+    return bundle.raw(FINDER_FILE), networks_training_profiles(bundle.read_json(MODEL_FILE))
 
 
 def split_development(
@@ -670,9 +694,12 @@ def train_bundle(
             len(with_masks), options.finder_images, replace=False
         )
         finder_cases = [with_masks[i] for i in sorted(pick)]
+    # the profiles the finder and the Siamese branch see (docs/model.md, "Held-out profiles")
+    networks_profiles = case_set.profiles
     if reused is not None:
         finder_bytes = reused.finder_bytes
         finder_note = reused.finder_note
+        networks_profiles = reused.training_profiles
         say(f"train: femur finder and Siamese branch of {reused.source}")
     elif with_masks and options.finder_bundle is None:
         raw = _map(
@@ -713,7 +740,13 @@ def train_bundle(
         finder_note = f"trained on {len(finder_cases)} masked images + "
         finder_note += f"{options.finder_negatives} synthetic negatives"
     else:
-        finder_bytes = _reused_finder(options)
+        finder_bytes, finder_profiles = _reused_finder(options)
+        # the finder's own profiles count too; unrecorded ones leave the record unknown
+        networks_profiles = (
+            None
+            if finder_profiles is None or case_set.profiles is None
+            else sorted({*finder_profiles, *case_set.profiles})
+        )
         finder_note = f"reused from {_bundle_name(options.finder_bundle or DEMO_BUNDLE_DIR)}"
 
     # 2. per-image features (cached)
@@ -924,8 +957,6 @@ def train_bundle(
     files[REFERENCE_FILE] = reference.dumps().encode()
 
     # 8. bundle
-    profiles = {cases[i].profile for i in usable}
-    training_profiles = None if None in profiles else sorted(str(p) for p in profiles)
     files[FINDER_FILE] = finder_bytes
     files[SIAMESE_FILE] = siamese_to_safetensors(siamese)
     files[CLINICAL_FILE] = (json.dumps(imputation.to_json(), indent=1) + "\n").encode()
@@ -944,12 +975,9 @@ def train_bundle(
             "bilateral_selection": options.bilateral,
             "decision_value": DECISION_VALUE,
             "bilateral_thresholds": bilateral_thresholds,
-            # acquisition profiles of the development images (None: not known, site data
-            # without a profile column), and of those the networks were trained on
-            "training_profiles": training_profiles,
-            "networks_training_profiles": (
-                reused.training_profiles if reused is not None else training_profiles
-            ),
+            # what the images were (synth --profile; docs/model.md, "Held-out profiles")
+            "training_profiles": case_set.profiles,
+            "networks_training_profiles": networks_profiles,
             **(
                 {}
                 if options.texture_stability is None
