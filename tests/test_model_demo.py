@@ -6,7 +6,14 @@ import filecmp
 from pathlib import Path
 
 from triage_node.synth import generate_cohort
-from triage_node.train.demo import CohortSpec, estimate_minutes, join_labels, resumable_cohort
+from triage_node.train.demo import (
+    DEV_SITES_SEED,
+    SITE_PROFILES,
+    CohortSpec,
+    estimate_minutes,
+    join_labels,
+    resumable_cohort,
+)
 
 
 def test_resumable_cohort_matches_synth_and_resumes(tmp_path: Path) -> None:
@@ -28,11 +35,37 @@ def test_resumable_cohort_matches_synth_and_resumes(tmp_path: Path) -> None:
     ]
 
 
+def test_resumable_profile_cohort_matches_synth_profile(tmp_path: Path) -> None:
+    # the multi-site cohorts: labels.csv gains the site columns, oracle.json the profiles
+    spec = CohortSpec("sites", 3, DEV_SITES_SEED, "small", SITE_PROFILES)
+    out, rendered = resumable_cohort(tmp_path, spec, 1, progress=False)
+    assert rendered == 3
+    generate_cohort(
+        tmp_path / "ref", 3, seed=DEV_SITES_SEED, size="small", jobs=1, progress=False,
+        profiles=SITE_PROFILES,
+    )  # fmt: skip
+    for name in ("labels.csv", "oracle.json", "synth_00000.dcm", "synth_00002.dcm"):
+        assert filecmp.cmp(out / name, tmp_path / "ref" / name, shallow=False), name
+    assert "profile" in (out / "labels.csv").read_text().splitlines()[0].split(",")
+
+
 def test_estimate_has_every_stage() -> None:
-    specs = [CohortSpec("dev-small", 1600, 1, "small"), CohortSpec("test", 400, 2, "small")]
-    minutes = estimate_minutes(specs, jobs=2, threads=2, finder_images=400, finder_epochs=40)
-    assert set(minutes) >= {"cohorts", "features", "femur finder", "siamese", "evaluate"}
-    assert 20 < sum(minutes.values()) < 75
+    specs = [
+        CohortSpec("dev-small", 1600, 1, "small"),
+        CohortSpec("test", 400, 2, "small"),
+        CohortSpec("dev-sites", 1400, 3, "small", SITE_PROFILES),
+        CohortSpec("test-sites", 1050, 4, "small", SITE_PROFILES),
+    ]
+    minutes = estimate_minutes(
+        specs, jobs=2, threads=2, finder_images=400, finder_epochs=40, stability_subjects=60
+    )
+    assert set(minutes) >= {
+        "cohorts", "texture stability", "femur finder", "siamese", "heads (the bundle, dev-sites)",
+        "evaluate", "held-out profiles",
+    }  # fmt: skip
+    assert 80 < sum(minutes.values()) < 150
+    without = estimate_minutes(specs, 2, 2, 400, 40, stability_subjects=60, holdout=False)
+    assert without["held-out profiles"] == 0 < minutes["held-out profiles"]
 
 
 def test_shipped_demo_bundle_verifies_and_says_what_it_is() -> None:

@@ -32,16 +32,10 @@ from triage_node.commands.common import (
 )
 from triage_node.config import load_settings
 from triage_node.score.texture import NORMALISATIONS, ZSCORE, TextureSettings
-from triage_node.train.evaluate import (
-    dataset_summary,
-    score_cohort,
-    subgroups,
-    variant_predictions,
-    write_predictions,
-)
+from triage_node.train.evaluate import cohort_report, score_cohort
 from triage_node.train.holdout import HoldoutOptions, HoldoutUsageError, render_holdout, run_holdout
 from triage_node.train.presets import training_options
-from triage_node.train.report import evaluate_variants, render_markdown, write_report
+from triage_node.train.report import render_markdown
 from triage_node.train.stability import Stability
 
 #: The flags of the held-out-profile mode only (dest names).
@@ -147,22 +141,9 @@ def main(args: argparse.Namespace) -> int:
     settings = load_settings(args.config) if args.bundle is None else None
     path = resolve_bundle(args.bundle, settings)
     try:
-        cohort = score_cohort(path, args.data, args.labels, args.jobs, args.progress)
-        model = cohort.model
-        predictions, dataset = variant_predictions(cohort), dataset_summary(cohort)
-        groups = subgroups(cohort)
-        if args.report:
-            report = write_report(
-                predictions,
-                args.report,
-                dataset,
-                model.synthetic,
-                subgroups=groups,
-                subgroup_variant=model.variant,
-            )
-            write_predictions(cohort, args.report / "predictions.csv")
-        else:
-            report = evaluate_variants(predictions, dataset, model.synthetic, groups, model.variant)
+        report = cohort_report(
+            score_cohort(path, args.data, args.labels, args.jobs, args.progress), args.report
+        )
     except (ModelUnavailable, ValueError) as exc:
         return error(args.command, str(exc))
     if args.json:

@@ -44,7 +44,12 @@ from triage_node.score.head import Calibration
 from triage_node.score.model import MODEL_FILE, BundleScoringModel
 from triage_node.train.head import image_values
 from triage_node.train.pipeline import Case, read_cases, single_thread_worker
-from triage_node.train.report import VariantPredictions
+from triage_node.train.report import (
+    EvaluationReport,
+    VariantPredictions,
+    evaluate_variants,
+    write_report,
+)
 from triage_node.train.subgroups import (
     DIMENSIONS,
     ImageGroups,
@@ -310,12 +315,28 @@ def subgroups(cohort: ScoredCohort, variant: str | None = None) -> list[Subgroup
     return rows
 
 
-def evaluate_bundle(
-    bundle_path: Path, data_dir: Path, labels_csv: Path, jobs: int = 1, progress: bool = False
-) -> tuple[Any, list[Any], dict[str, Any]]:
-    """Score every listed image with all heads: (model, VariantPredictions list, dataset info)."""
-    cohort = score_cohort(bundle_path, data_dir, labels_csv, jobs, progress)
-    return cohort.model, variant_predictions(cohort), dataset_summary(cohort)
+def cohort_report(cohort: ScoredCohort, report_dir: Path | None = None) -> EvaluationReport:
+    """The report ``triage-node evaluate`` prints: all variants, the bundle variant's
+    subgroups; with ``report_dir`` also its files (:func:`~triage_node.train.report.write_report`
+    and ``predictions.csv``). ``ValueError`` when no image had an assessable hip."""
+    if not len(cohort.scored):
+        reasons = "; ".join(f"{n} x {r}" for r, n in cohort.reasons().items())
+        raise ValueError(f"none of {len(cohort.cases)} images had an assessable hip ({reasons})")
+    model = cohort.model
+    predictions, dataset = variant_predictions(cohort), dataset_summary(cohort)
+    groups = subgroups(cohort)
+    if report_dir is None:
+        return evaluate_variants(predictions, dataset, model.synthetic, groups, model.variant)
+    report = write_report(
+        predictions,
+        report_dir,
+        dataset,
+        model.synthetic,
+        subgroups=groups,
+        subgroup_variant=model.variant,
+    )
+    write_predictions(cohort, report_dir / "predictions.csv")
+    return report
 
 
 def _decision(value: float | None, threshold: float) -> str:

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from triage_node.assessment import Side
 from triage_node.score.decode import decode_radiograph
@@ -143,6 +146,13 @@ class Stability:
             icc={n: (float("nan") if v is None else float(v)) for n, v in data["icc"].items()},
         )
 
+    def write(self, path: Path) -> Path:
+        """Write the stability file (:meth:`to_json`; ``train --texture-stability``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
     @classmethod
     def load(cls, path: Path) -> Stability:
         """Read a stability file (``bench/texture_stability --out``); ValueError when bad."""
@@ -223,6 +233,86 @@ def stability_cohort(
 
 def _measure(args: tuple[Any, ...]) -> list[np.ndarray] | None:
     return measure_subject(*args)
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+#: The profiles, subjects and seed of the shipped stability file (``bench/texture_stability``).
+DEFAULT_PROFILES = ("cr_unshuttered", "dx_clipped", "compressed")
+DEFAULT_SUBJECTS = 60
+DEFAULT_SEED = 7700
+
+
+@dataclass(frozen=True)
+class StabilityMeasurement:
+    """:func:`measure_stability`'s result: per normalisation its :class:`Stability`
+    (ICC(2,1) per feature, the kept list) and the raw values (hips x profiles x 325)."""
+
+    stabilities: tuple[Stability, ...]
+    values: tuple[np.ndarray, ...]
+    subjects: int
+
+    @property
+    def hips(self) -> int:
+        """Hips measured under every profile."""
+        return int(self.values[0].shape[0])
+
+
+def measure_stability(
+    n: int = DEFAULT_SUBJECTS,
+    seed: int = DEFAULT_SEED,
+    profiles: Sequence[str] = DEFAULT_PROFILES,
+    normalisations: Sequence[str] = ("rank",),
+    threshold: float = DEFAULT_THRESHOLD,
+    size: str = "small",
+    jobs: int = 1,
+    progress: bool = False,
+) -> StabilityMeasurement:
+    """Render subjects 0..n-1 of ``seed`` under every one of ``profiles``, measure both
+    hips' texture on their true masks on the ROI grid (:func:`stability_cohort`) with each
+    of ``normalisations`` and keep, per normalisation, the features whose ICC(2,1) reaches
+    ``threshold``. ``jobs`` processes of one torch thread each."""
+    roi = RoiSettings()
+    spacing = (roi.spacing_mm, roi.spacing_mm)
+    settings = [TextureSettings(spacing_mm=spacing, normalisation=x) for x in normalisations]
+
+    def bar(items: Iterable[Any]) -> Iterable[Any]:
+        return tqdm(items, total=n, desc="stability", unit="subject", disable=not progress)
+
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs, initializer=_one_thread) as pool:
+            values, subjects = stability_cohort(
+                seed, n, profiles, settings, roi, size, lambda f, a: bar(pool.map(f, a))
+            )
+    else:
+        threads = torch.get_num_threads()
+        _one_thread()
+        try:
+            values, subjects = stability_cohort(
+                seed, n, profiles, settings, roi, size, lambda f, a: bar(map(f, a))
+            )
+        finally:
+            torch.set_num_threads(threads)
+    names = texture_feature_names()
+    stabilities = []
+    for normalisation, v in zip(normalisations, values, strict=True):
+        iccs = feature_iccs(v, names, ICC_KIND)
+        stabilities.append(
+            Stability(
+                kept=stable_features(iccs, threshold),
+                threshold=threshold,
+                kind=ICC_KIND,
+                normalisation=normalisation,
+                profiles=tuple(profiles),
+                subjects=subjects,
+                hips=int(v.shape[0]),
+                seed=seed,
+                icc=iccs,
+            )
+        )
+    return StabilityMeasurement(tuple(stabilities), tuple(values), subjects)
 
 
 def group_table(iccs: dict[str, float], threshold: float = DEFAULT_THRESHOLD) -> dict[str, int]:
