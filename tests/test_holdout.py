@@ -12,6 +12,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from triage_node.commands.main import main
@@ -19,6 +20,8 @@ from triage_node.score.bundle import DEMO_BUNDLE_DIR, load_bundle, write_bundle
 from triage_node.score.femur_finder import FINDER_FILE
 from triage_node.score.manifest import VARIANTS, BundleManifest
 from triage_node.score.model import MODEL_FILE
+from triage_node.score.texture import RANK, texture_feature_names
+from triage_node.train.stability import ICC_KIND, Stability, feature_iccs, stable_features
 
 N_IMAGES = 48  # seed 23: 14 default (7 positive), 17 cr_unshuttered (11), 17 dx_clipped (11)
 PROFILES = ("default", "cr_unshuttered", "dx_clipped")
@@ -85,14 +88,33 @@ def networks(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _rewritten(work / "tiny", work / "bundle", {FINDER_FILE: finder})
 
 
+def _stability(path: Path) -> Path:
+    """A rank stability file over cr_unshuttered, dx_clipped and compressed, with its raw
+    values: under cr_unshuttered all but the last 25 features move, so with it 25 are kept
+    and without it all 325."""
+    names = texture_feature_names()
+    rng = np.random.default_rng(0)
+    values = np.repeat(rng.normal(size=(30, 1, len(names))), 3, axis=1)
+    values += 0.05 * rng.normal(size=values.shape)
+    values[:, 0, :-25] += 3.0 * rng.normal(size=(30, len(names) - 25))
+    iccs = feature_iccs(values, names)
+    profiles = ("cr_unshuttered", "dx_clipped", "compressed")
+    stability = Stability(stable_features(iccs), 0.75, ICC_KIND, RANK, profiles, 15, 30, 1, iccs)
+    assert len(stability.kept) == 25
+    return stability.write(path, values)
+
+
 @pytest.fixture(scope="session")
 def holdout(cohort: Path, networks: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    report = tmp_path_factory.mktemp("holdout") / "report"
+    work = tmp_path_factory.mktemp("holdout")
+    report = work / "report"
     args = [
         "evaluate", "--hold-out-profile", HELD_OUT, "--data", str(cohort),
         "--labels", str(cohort / "labels.csv"), "--report", str(report),
         "--networks-from", str(networks), "--bundle", str(networks),
         "--cache", str(networks.parent / "cache"), "--seed", "3", "--texture-budget", "0.01",
+        "--texture-normalisation", "rank", "--texture-stability",
+        str(_stability(work / "stability.json")),
         "--jobs", "2", "--threads", "1", "--no-progress", "--json",
     ]  # fmt: skip
     assert main(args) == 0
@@ -104,6 +126,9 @@ def test_fold_trains_without_the_held_out_profile(holdout: Path, cohort: Path) -
     info = load_bundle(fold / "bundle").read_json(MODEL_FILE)
     assert info["training_profiles"] == ["default", "dx_clipped"]
     assert info["networks_training_profiles"] == ["default"]  # the reused networks' own
+    # the texture filter was measured again without the held-out profile's renderings
+    assert info["texture_stability"]["profiles"] == ["dx_clipped", "compressed"]
+    assert len(info["texture_stability"]["kept"]) == len(texture_feature_names())
     _, train_rows = _rows(fold / "train-labels.csv")
     _, test_rows = _rows(fold / "test-labels.csv")
     assert {r["profile"] for r in train_rows} == {"default", "dx_clipped"}

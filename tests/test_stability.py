@@ -165,6 +165,33 @@ def test_stability_file_round_trip_and_its_normalisation_must_match(tmp_path) ->
         Stability.load(tmp_path / "bad.json")
 
 
+def test_a_profile_left_out_recomputes_the_iccs_from_the_raw_values(tmp_path) -> None:
+    names = texture_feature_names()
+    rng = np.random.default_rng(0)
+    hips = rng.normal(size=(40, 1, len(names)))
+    values = np.repeat(hips, 3, axis=1) + 0.05 * rng.normal(size=(40, 3, len(names)))
+    values[:, 0, :300] += 3.0 * rng.normal(size=(40, 300))  # the CR moves 300 features
+    iccs = feature_iccs(values, names)
+    profiles = ("cr_unshuttered", "dx_clipped", "compressed")
+    stability = Stability(
+        stable_features(iccs), 0.75, "ICC(2,1)", RANK, profiles, 20, 40, 1, iccs, values
+    )
+    assert len(stability.kept) == len(names) - 300
+    path = stability.write(tmp_path / "stability.json", values)
+    loaded = Stability.load(path)
+    assert loaded.values is not None and loaded.values.shape == values.shape
+    without = loaded.without("cr_unshuttered")
+    assert without.profiles == ("dx_clipped", "compressed")
+    assert without.kept == tuple(names)  # without the CR every feature agrees
+    assert without.record()["profiles"] == ["dx_clipped", "compressed"]
+    assert loaded.without("metal") is loaded  # not measured: nothing to leave out
+    with pytest.raises(ValueError, match="fewer than 2"):
+        without.without("dx_clipped")
+    (tmp_path / "stability.values.npz").unlink()  # a file without its raw values
+    with pytest.raises(ValueError, match="cannot be left out"):
+        Stability.load(path).without("cr_unshuttered")
+
+
 def test_the_same_subject_under_several_profiles() -> None:
     rows = [render_subject(20250101, 3, p).row for p in ("default", "cr_unshuttered", "compressed")]
     for key in ("patient_id", "age", "sex", "weight", "t_score", "density_left", "label"):

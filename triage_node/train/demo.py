@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             ).stabilities[0]
         except ValueError as exc:
             return failed("texture stability", exc)
-        stability.write(stability_file)
+        stability.write(stability_file, stability.values)
         print(f"wrote {stability_file}: {len(stability.kept)} features kept ({RANK})")
     done(f"texture stability ({stability_file})")
 

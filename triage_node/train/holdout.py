@@ -15,6 +15,11 @@ profile P (a fold):
    with all seven heads (:func:`~triage_node.train.evaluate.score_cohort`) and
    reported in ``DIR/P/report/`` as ``evaluate --report`` does.
 
+With a texture stability file (``texture_stability``) measured on the held-out
+profile too, each fold uses it measured again without that profile
+(:meth:`~triage_node.train.stability.Stability.without`): the held-out
+renderings choose none of the fold's features.
+
 A fold whose held-out images have fewer than :data:`MIN_PER_CLASS` of either
 class is skipped (a warning, a "skipped" row with the counts), not trained.
 With ``networks_from`` the networks must not have seen a held-out profile: the
@@ -227,6 +232,7 @@ class _Fold:
     bundle_version: str = ""
     values: _Values | None = None
     test_labels: Path | None = None
+    stability_profiles: list[str] | None = None  # the fold's texture stability profiles
 
 
 def run_holdout(
@@ -292,12 +298,24 @@ def run_holdout(
         )
         fold.bundle = fold_dir / "bundle"
         try:
+            # the texture reproducibility filter is measured again without the held-out
+            # profile's renderings: they must not choose the fold's features
+            stability = options.training.texture_stability
+            if stability is not None and p in stability.profiles:
+                stability = stability.without(p)
+                say(
+                    f"fold {p}: texture stability over {', '.join(stability.profiles)}: "
+                    f"{len(stability.kept)} features kept"
+                )
+            fold.stability_profiles = None if stability is None else list(stability.profiles)
             with contextlib.redirect_stdout(sys.stderr):  # stdout: the report only
                 result = train_bundle(
                     options.data,
                     train_csv,
                     fold.bundle,
-                    replace(options.training, progress=options.progress),
+                    replace(
+                        options.training, progress=options.progress, texture_stability=stability
+                    ),
                 )
         except ValueError as exc:
             raise ValueError(f"fold {p}: training: {exc}") from exc
@@ -457,6 +475,7 @@ def _document(
             "profile": f.profile,
             "status": f.status,
             "trained_on": {"n": f.train_n, "profiles": f.train_profiles},
+            "texture_stability_profiles": f.stability_profiles,
             "held_out": {"listed": f.listed, "positives": f.positives_listed},
             "test_labels": str(f.test_labels),
         }
@@ -602,6 +621,11 @@ def render_holdout(document: dict[str, Any]) -> str:
             f"{f['held_out']['scored']} scored; DTC - D = "
             + ("-" if d is None else f"{d['difference']:+.3f} (P {d['p']:.3g})")
             + f"; bundle {f['bundle_version']}"
+            + (
+                f"; texture stability over {', '.join(f['texture_stability_profiles'])}"
+                if f.get("texture_stability_profiles")
+                else ""
+            )
         )
     pooled = document.get("pooled")
     if pooled and pooled["dtc_minus_d"]:

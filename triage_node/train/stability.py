@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,9 @@ class Stability:
     hips: int
     seed: int
     icc: dict[str, float]
+    #: the raw values (hips x profiles x 325) when known (:meth:`load` of a file with its
+    #: sidecar, :func:`measure_stability`); not part of the file or of the bundle's record
+    values: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """Everything, ICCs rounded to 4 places (NaN as null)."""
@@ -146,20 +149,76 @@ class Stability:
             icc={n: (float("nan") if v is None else float(v)) for n, v in data["icc"].items()},
         )
 
-    def write(self, path: Path) -> Path:
-        """Write the stability file (:meth:`to_json`; ``train --texture-stability``)."""
+    def write(self, path: Path, values: np.ndarray | None = None) -> Path:
+        """Write the stability file (:meth:`to_json`; ``train --texture-stability``) and,
+        with ``values`` (hips x profiles x 325, this measurement's), the sidecar
+        :func:`values_path` that :meth:`without` needs."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        if values is not None:
+            np.savez_compressed(
+                values_path(path), values=np.asarray(values, dtype=np.float64),
+                names=np.array(texture_feature_names()), profiles=np.array(self.profiles),
+            )  # fmt: skip
         return path
 
     @classmethod
     def load(cls, path: Path) -> Stability:
-        """Read a stability file (``bench/texture_stability --out``); ValueError when bad."""
+        """Read a stability file (``bench/texture_stability --out``); ValueError when bad.
+
+        The raw values of its sidecar (:func:`values_path`), when there is one, come
+        along (``values``), so that :meth:`without` can leave a profile out."""
         try:
-            return cls.from_json(json.loads(Path(path).read_text()))
+            stability = cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path}: not a texture stability file ({exc})") from exc
+        sidecar = values_path(Path(path))
+        if sidecar.exists():
+            with np.load(sidecar) as data:
+                if tuple(str(p) for p in data["profiles"]) != stability.profiles:
+                    raise ValueError(f"{sidecar}: its profiles are not those of {path}")
+                object.__setattr__(stability, "values", np.array(data["values"]))
+        return stability
+
+    def without(self, profile: str) -> Stability:
+        """The same measurement with ``profile`` left out: the ICCs recomputed over the
+        other profiles' renderings of the same hips (a held-out profile must not choose
+        the features a model trained without it uses). Itself when ``profile`` was not
+        measured; ValueError when fewer than 2 profiles would remain or the raw values
+        are not at hand (a stability file written without its sidecar)."""
+        if profile not in self.profiles:
+            return self
+        keep = [i for i, p in enumerate(self.profiles) if p != profile]
+        if len(keep) < 2:
+            raise ValueError(
+                f"texture stability: leaving {profile} out leaves fewer than 2 profiles "
+                f"({', '.join(self.profiles)})"
+            )
+        if self.values is None:
+            raise ValueError(
+                f"texture stability: measured with {profile}, and without its raw values "
+                f"({VALUES_SUFFIX} beside the file) it cannot be left out; measure again with "
+                "bench/texture_stability --out FILE (which writes them)"
+            )
+        values = self.values[:, keep, :]
+        iccs = feature_iccs(values, texture_feature_names(), self.kind)
+        return replace(
+            self,
+            kept=stable_features(iccs, self.threshold),
+            profiles=tuple(self.profiles[i] for i in keep),
+            icc=iccs,
+            values=values,
+        )
+
+
+#: The raw values beside a stability file ``x.json``: ``x.values.npz``.
+VALUES_SUFFIX = ".values.npz"
+
+
+def values_path(path: Path) -> Path:
+    """Where the raw values of the stability file ``path`` are kept."""
+    return path.with_name(path.stem + VALUES_SUFFIX)
 
 
 def stable_features(
@@ -240,7 +299,7 @@ def _one_thread() -> None:
 
 
 #: The profiles, subjects and seed of the shipped stability file (``bench/texture_stability``).
-DEFAULT_PROFILES = ("cr_unshuttered", "dx_clipped", "compressed")
+DEFAULT_PROFILES = ("cr_unshuttered", "dx_clipped", "shutter", "compressed", "grid_marker")
 DEFAULT_SUBJECTS = 60
 DEFAULT_SEED = 7700
 
@@ -310,6 +369,7 @@ def measure_stability(
                 hips=int(v.shape[0]),
                 seed=seed,
                 icc=iccs,
+                values=v,
             )
         )
     return StabilityMeasurement(tuple(stabilities), tuple(values), subjects)
