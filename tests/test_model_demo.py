@@ -76,7 +76,16 @@ def test_shipped_demo_bundle_verifies_and_says_what_it_is() -> None:
     assert size <= 20 * 2**20
     manifest = bundle.manifest
     assert manifest.synthetic and "NOT FOR CLINICAL USE" in manifest.intended_use
-    assert manifest.training_data["images_used"] >= 1500
+    # networks from the generator's own images; everything the heads learn from images
+    # of every acquisition profile (docs/model.md, "The shipped build")
+    info = bundle.read_json("model.json")
+    assert info["networks_training_profiles"] == ["default"]
+    assert set(info["training_profiles"]) == set(SITE_PROFILES) and len(SITE_PROFILES) == 7
+    assert info["texture"]["normalisation"] == "rank"
+    assert info["texture_stability"]["icc_kind"] == "ICC(2,1)"
+    assert len(info["texture_stability"]["profiles"]) == 5
+    assert manifest.training_data["images_used"] >= 1300
+    assert bundle.has("head_DTC_onehip.json")
     # it carries its validation reference, at its own operating point
     from triage_node.score.reference import read_reference
 

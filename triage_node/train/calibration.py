@@ -59,7 +59,7 @@ from triage_node.score.bundle import load_bundle, write_bundle
 from triage_node.score.femur_finder import SIDES
 from triage_node.score.head import Calibration
 from triage_node.score.manifest import NOT_FOR_CLINICAL_USE, BundleManifest, OperatingPoint
-from triage_node.score.model import MODEL_FILE, head_file
+from triage_node.score.model import MODEL_FILE, head_file, onehip_head_file
 from triage_node.score.reference import REFERENCE_FILE, ValidationReference
 from triage_node.train.evaluate import ScoredCohort, bilateral_operating_points
 from triage_node.train.head import choose_operating_point, fit_platt
@@ -363,6 +363,35 @@ def calibrate_cohort(
     return result, reference
 
 
+def _onehip_calibration(head: dict[str, Any], cal: VariantCalibration) -> dict[str, Any] | None:
+    """The one-hip head ``head`` with the site's recalibration applied to it, or None.
+
+    The one-hip head's Platt map put its values on the same validation scale as the
+    bilateral head's. The site refit replaces the bilateral map ``(a0, b0)`` by
+    ``(a1, b1)``: on that scale, the calibrated logit ``L`` becomes
+    ``a1 / a0 * (L - b0) + b1``. The same move is applied to the one-hip head's
+    calibrated logit (its own map composed with it), so that a hip scored alone reads
+    on the site's scale and meets the site's threshold like a hip scored as a pair. None
+    when either map is not a Platt map (the composition is then not defined; the caller
+    drops the one-hip head, and such hips are scored by the refitted bilateral head).
+    """
+    own = head.get("calibration", {})
+    if cal.before.kind != "platt" or own.get("kind") != "platt" or cal.before.params[0] == 0:
+        return None
+    a0, b0 = cal.before.params
+    a1, b1 = cal.after.params
+    a, b = own["params"]
+    scale = a1 / a0
+    moved = dict(head)
+    moved["calibration"] = {
+        "kind": "platt",
+        "params": [scale * a, scale * (b - b0) + b1],
+        "x": [],
+        "y": [],
+    }
+    return moved
+
+
 def write_calibrated_bundle(
     bundle_path: Path,
     result: CalibrationResult,
@@ -377,6 +406,13 @@ def write_calibrated_bundle(
         head = bundle.read_json(head_file(variant))
         head["calibration"] = {"kind": "platt", "params": list(cal.after.params), "x": [], "y": []}
         files[head_file(variant)] = (json.dumps(head, indent=1) + "\n").encode()
+        onehip = onehip_head_file(variant)
+        if onehip in files:
+            moved = _onehip_calibration(bundle.read_json(onehip), cal)
+            if moved is None:  # no map to move: one hip is scored by the refitted head
+                del files[onehip]
+            else:
+                files[onehip] = (json.dumps(moved, indent=1) + "\n").encode()
     info = bundle.read_json(MODEL_FILE)
     info["thresholds"] = {v: c.new_threshold for v, c in result.variants.items()}
     info["bilateral_thresholds"] = {
