@@ -185,10 +185,21 @@ def test_refuses_networks_that_saw_the_held_out_profile(
     message = capsys.readouterr().err
     assert HELD_OUT in message and "would not be a held-out test" in message
     assert not (tmp_path / "r" / HELD_OUT / "bundle").exists()
-    # a bundle that predates the record (the shipped demo bundle) is refused too
-    args[args.index("--networks-from") + 1] = "demo"
+    # a bundle that predates the record is refused too
+    for key in ("networks_training_profiles", "training_profiles"):
+        info.pop(key)
+    old = _rewritten(
+        networks, tmp_path / "old", {MODEL_FILE: (json.dumps(info, indent=2) + "\n").encode()}
+    )
+    args[args.index("--networks-from") + 1] = str(old)
     assert main(args) == 2
     assert "predates the record" in capsys.readouterr().err
+
+
+def test_the_shipped_bundle_records_networks_of_the_default_profile_only() -> None:
+    # so `--networks-from demo` is a held-out test for every other profile (docs/model.md)
+    info = load_bundle(DEMO_BUNDLE_DIR).read_json(MODEL_FILE)
+    assert info["networks_training_profiles"] == ["default"]
 
 
 def test_usage_and_data_errors(
