@@ -26,6 +26,7 @@ from triage_node.commands.common import (
     error,
     existing_directory,
     existing_file,
+    fraction,
     positive_int,
     resolve_bundle,
 )
@@ -43,17 +44,6 @@ from triage_node.train.pipeline import read_cases
 
 #: More folds than this leave too few images of a class in each (35 of each is the floor).
 MAX_FOLDS = 10
-
-
-def sensitivity(value: str) -> float:
-    """argparse ``type=``: a target sensitivity in (0, 1)."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0.0 < number < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {number}")
-    return number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target-sensitivity",
-        type=sensitivity,
+        type=fraction,
         default=DEFAULT_TARGET,
         help=f"sensitivity the operating point is chosen for (default {DEFAULT_TARGET})",
     )

@@ -76,6 +76,17 @@ def add_jobs_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def fraction(value: str) -> float:
+    """argparse ``type=``: a number strictly between 0 and 1 (a prevalence, a sensitivity)."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 < number < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {number}")
+    return number
+
+
 def add_bundle_argument(
     parser: argparse.ArgumentParser, default: str, flag: str = "--bundle"
 ) -> None:

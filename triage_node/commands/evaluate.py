@@ -27,16 +27,15 @@ from triage_node.commands.common import (
     error,
     existing_directory,
     existing_file,
-    positive_int,
     resolve_bundle,
 )
+from triage_node.commands.train import add_fitting_arguments, fitting_options
 from triage_node.config import load_settings
-from triage_node.score.texture import NORMALISATIONS, ZSCORE, TextureSettings
+from triage_node.score.texture import ZSCORE
 from triage_node.train.evaluate import cohort_report, score_cohort
 from triage_node.train.holdout import HoldoutOptions, HoldoutUsageError, render_holdout, run_holdout
 from triage_node.train.presets import training_options
 from triage_node.train.report import render_markdown
-from triage_node.train.stability import Stability
 
 #: The flags of the held-out-profile mode only (dest names).
 HOLDOUT_ONLY = (
@@ -82,7 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hold-out-profile P [P ...] --report DIR: per profile P, train a bundle on the "
         "--data/--labels images of every other profile (the 'default' profile, the "
         "project's own images, is never held out and always trained on) into DIR/P/bundle "
-        "and evaluate it on P's images; DIR/holdout.md, holdout.json, holdout.png",
+        "and evaluate it on P's images; DIR/holdout.md, holdout.json, holdout.png. "
+        "--networks-from is refused when the bundle's model.json does not record the "
+        "profiles its networks were trained on, or names a held-out one",
     )
     holdout.add_argument(
         "--hold-out-profile",
@@ -103,31 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     holdout.add_argument(
         "--test-labels", type=existing_file, default=None, metavar="CSV", help="its labels"
     )
-    holdout.add_argument(
-        "--networks-from",
-        default=None,
-        metavar="BUNDLE",
-        help="reuse this bundle's femur finder and Siamese branch in every fold (refused "
-        "when its model.json does not record their training profiles or names a held-out one)",
-    )
-    holdout.add_argument(
-        "--cache", type=Path, default=None, metavar="DIR", help="feature cache (as for train)"
-    )
-    holdout.add_argument("--seed", type=int, default=0, help="training seed (as for train)")
-    holdout.add_argument(
-        "--threads", type=positive_int, default=None, help="torch threads (default: --jobs)"
-    )
-    holdout.add_argument(
-        "--texture-normalisation", choices=NORMALISATIONS, default=ZSCORE, help="as for train"
-    )
-    holdout.add_argument(
-        "--texture-stability",
-        type=existing_file,
-        default=None,
-        metavar="FILE",
-        help="as for train",
-    )
-    holdout.add_argument("--texture-budget", type=float, default=0.25, help="as for train")
+    add_fitting_arguments(holdout)  # as for train: each fold is fitted so
 
 
 def main(args: argparse.Namespace) -> int:
@@ -165,23 +142,7 @@ def _holdout(args: argparse.Namespace) -> int:
     if args.report is None:
         return error(args.command, "--hold-out-profile needs --report DIR", EXIT_USAGE)
     try:
-        training = training_options(
-            "cpu",
-            {},
-            seed=args.seed,
-            jobs=args.jobs,
-            torch_threads=args.threads or args.jobs,
-            cache_dir=args.cache,
-            networks_from=None
-            if args.networks_from is None
-            else resolve_bundle(args.networks_from, None),
-            texture_budget=args.texture_budget,
-            texture=TextureSettings(normalisation=args.texture_normalisation),
-            texture_stability=None
-            if args.texture_stability is None
-            else Stability.load(args.texture_stability),
-            progress=args.progress,
-        )
+        training = training_options("cpu", {}, **fitting_options(args))
         options = HoldoutOptions(
             data=args.data,
             labels=args.labels,

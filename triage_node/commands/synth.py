@@ -14,6 +14,7 @@ from triage_node.commands.common import (
     EXIT_OK,
     add_progress_argument,
     error,
+    fraction,
     positive_int,
 )
 from triage_node.synth.cohort import generate_cohort
@@ -21,17 +22,6 @@ from triage_node.synth.contact import write_contact_sheet
 from triage_node.synth.samples import write_samples
 from triage_node.synth.sites import SITE_PROFILES
 from triage_node.synth.vendors import VENDORS
-
-
-def fraction(value: str) -> float:
-    """argparse ``type=``: a number strictly between 0 and 1."""
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0.0 < number < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {number}")
-    return number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from triage_node.commands.common import (
     EXIT_FAILURE,
@@ -25,6 +26,79 @@ from triage_node.score.texture import NORMALISATIONS, ZSCORE, TextureSettings
 from triage_node.train.pipeline import train_bundle
 from triage_node.train.presets import PRESET_FIELDS, PRESETS, training_options
 from triage_node.train.stability import Stability
+
+
+def add_fitting_arguments(parser: argparse._ActionsContainer) -> None:
+    """The flags of how a bundle is fitted that ``train`` and ``evaluate --hold-out-profile``
+    (its folds) share: ``--seed --cache --threads --networks-from --texture-budget
+    --texture-normalisation --texture-stability`` (read back by :func:`fitting_options`)."""
+    parser.add_argument("--seed", type=int, default=0, help="split, initialisation, sampling")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="feature cache directory (resumable; keyed by file sha256)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch threads for the CNNs (default: --jobs)",
+    )
+    parser.add_argument(
+        "--networks-from",
+        default=None,
+        metavar="BUNDLE",
+        help="reuse this bundle's femur finder and Siamese branch (and their ROI and texture "
+        "settings; 'demo' for the shipped demo bundle): only the selection, heads, "
+        "calibration and operating points are fitted",
+    )
+    parser.add_argument(
+        "--texture-budget",
+        type=float,
+        default=0.25,
+        help="largest estimated texture extraction cost of a variant, as a fraction of "
+        "the full 325-feature set (cost-aware selection of texture groups; default 0.25)",
+    )
+    parser.add_argument(
+        "--texture-normalisation",
+        choices=NORMALISATIONS,
+        default=ZSCORE,
+        help="ROI intensity normalisation before texture: 'zscore' (mean and SD in the mask, "
+        "the default) or 'rank' (normal scores of the ranks: unchanged by gamma, LUT or "
+        "range compression); recorded in model.json",
+    )
+    parser.add_argument(
+        "--texture-stability",
+        type=existing_file,
+        default=None,
+        metavar="FILE",
+        help="keep as texture candidates only the features this stability file lists "
+        "(ICC across acquisition profiles, bench/texture_stability --out); its "
+        "normalisation must match --texture-normalisation",
+    )
+
+
+def fitting_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:class:`~triage_node.train.pipeline.TrainingOptions` fields from the flags of
+    :func:`add_fitting_arguments` (and ``--jobs``, ``--progress``); ValueError when the
+    stability file is not one."""
+    return {
+        "seed": args.seed,
+        "jobs": args.jobs,
+        "torch_threads": args.threads or args.jobs,
+        "cache_dir": args.cache,
+        "networks_from": None
+        if args.networks_from is None
+        else resolve_bundle(args.networks_from, None),
+        "texture_budget": args.texture_budget,
+        "texture": TextureSettings(normalisation=args.texture_normalisation),
+        "texture_stability": None
+        if args.texture_stability is None
+        else Stability.load(args.texture_stability),
+        "progress": args.progress,
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,21 +127,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["C", "T", "TC", "D", "DC", "DT", "DTC"],
         help="variant the bundle scores with (all seven heads are stored)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="split, initialisation, sampling")
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="feature cache directory (resumable; keyed by file sha256)",
-    )
     add_jobs_argument(parser)
-    parser.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch threads for the CNNs (default: --jobs)",
-    )
+    add_fitting_arguments(parser)
     parser.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -134,38 +195,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "demo bundle's; without the flag a finder is trained on the masked images, and "
         "labels without masks reuse the demo bundle's)",
     )
-    parser.add_argument(
-        "--networks-from",
-        default=None,
-        metavar="BUNDLE",
-        help="reuse this bundle's femur finder and Siamese branch (and their ROI and texture "
-        "settings; 'demo' for the shipped demo bundle): only the selection, heads, "
-        "calibration and operating points are fitted",
-    )
-    parser.add_argument(
-        "--texture-budget",
-        type=float,
-        default=0.25,
-        help="largest estimated texture extraction cost of a variant, as a fraction of "
-        "the full 325-feature set (cost-aware selection of texture groups; default 0.25)",
-    )
-    parser.add_argument(
-        "--texture-normalisation",
-        choices=NORMALISATIONS,
-        default=ZSCORE,
-        help="ROI intensity normalisation before texture: 'zscore' (mean and SD in the mask, "
-        "the default) or 'rank' (normal scores of the ranks: unchanged by gamma, LUT or "
-        "range compression); recorded in model.json",
-    )
-    parser.add_argument(
-        "--texture-stability",
-        type=existing_file,
-        default=None,
-        metavar="FILE",
-        help="keep as texture candidates only the features this stability file lists "
-        "(ICC across acquisition profiles, bench/texture_stability --out); its "
-        "normalisation must match --texture-normalisation",
-    )
     parser.add_argument("--validation-fraction", type=float, default=0.25)
     parser.add_argument(
         "--target-sensitivity",
@@ -188,13 +217,9 @@ def main(args: argparse.Namespace) -> int:
             args.preset,
             {name: getattr(args, name) for name in PRESET_FIELDS},
             variant=args.model,
-            seed=args.seed,
             finder_epochs=args.finder_epochs,
             finder_negatives=args.finder_negatives,
             finder_images=args.finder_images or None,
-            jobs=args.jobs,
-            torch_threads=args.threads or args.jobs,
-            cache_dir=args.cache,
             validation_fraction=args.validation_fraction,
             target_sensitivity=args.target_sensitivity,
             bilateral=args.bilateral_selection,
@@ -202,15 +227,7 @@ def main(args: argparse.Namespace) -> int:
             finder_bundle=None
             if args.finder_bundle is None
             else resolve_bundle(args.finder_bundle, None),
-            networks_from=None
-            if args.networks_from is None
-            else resolve_bundle(args.networks_from, None),
-            texture_budget=args.texture_budget,
-            texture=TextureSettings(normalisation=args.texture_normalisation),
-            texture_stability=None
-            if args.texture_stability is None
-            else Stability.load(args.texture_stability),
-            progress=args.progress,
+            **fitting_options(args),
         )
     except ValueError as exc:
         return error(args.command, str(exc), EXIT_USAGE)

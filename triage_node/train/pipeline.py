@@ -226,7 +226,6 @@ def read_cases(labels_csv: Path, data_dir: Path) -> CaseSet:
     synthetic = all(c in columns for c in SYNTH_COLUMNS[:3])
     uid_index: dict[str, Path] | None = None
     cases = []
-    profiles: set[str] = set()
     for number, row in enumerate(rows, start=2):
         where = f"{labels_csv}:{number}"
         if row.get("kind", "hip") not in ("hip", ""):
@@ -248,20 +247,23 @@ def read_cases(labels_csv: Path, data_dir: Path) -> CaseSet:
             value = row.get(column, "1" if column not in columns else "")
             masks[side] = _mask_path(value or "", path, side, data_dir)
         patient = row.get("patient_id", "").strip() or str(path)
-        profile = row.get(PROFILE_COLUMN, "").strip() or (DEFAULT_PROFILE if synthetic else None)
+        # the profile column names it (blank: the generator's own); a synth CSV without
+        # the column is all default; site data without it: not known
+        profile = (
+            row[PROFILE_COLUMN].strip() or DEFAULT_PROFILE
+            if PROFILE_COLUMN in columns
+            else (DEFAULT_PROFILE if synthetic else None)
+        )
         cases.append(Case(path, _label(row, where), masks, patient, profile))
-        if PROFILE_COLUMN in columns:
-            profiles.add(row[PROFILE_COLUMN].strip() or DEFAULT_PROFILE)
     if not cases:
         raise ValueError(f"{labels_csv}: no hip images listed")
-    if PROFILE_COLUMN not in columns and synthetic:
-        profiles.add(DEFAULT_PROFILE)
+    profiles = {c.profile for c in cases}
     return CaseSet(
         cases,
         synthetic,
         "triage-node synth" if synthetic else "site",
         any(m is not None for c in cases for m in c.masks.values()),
-        sorted(profiles) if profiles else None,
+        None if None in profiles else sorted(str(p) for p in profiles),
     )
 
 
